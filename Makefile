@@ -1,0 +1,49 @@
+# Two commands set everything up on a fresh machine: `make demo` and `make test`.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+PIP    := $(BIN)/python -m pip
+# torch is installed on its own first, pinned: a bare `torch` would pull several GB of CUDA wheels.
+TORCH  := torch==2.13.0
+DEMO   := .demo
+
+.PHONY: venv install dev demo test lint bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+
+$(VENV)/.installed: $(BIN)/python pyproject.toml
+	$(PIP) install -q $(TORCH)
+	$(PIP) install -q -e .
+	touch $@
+
+$(VENV)/.dev-installed: $(VENV)/.installed
+	$(PIP) install -q -e '.[dev]'
+	touch $@
+
+venv install: $(VENV)/.installed
+dev: $(VENV)/.dev-installed
+
+# The whole pipeline, so far, on the bundled sample exports.
+demo: $(VENV)/.installed
+	rm -rf $(DEMO)
+	$(BIN)/twinlm init $(DEMO) --name demo --me "Alex Rivera" --me alex
+	$(BIN)/twinlm ingest -w $(DEMO) examples/exports
+	$(BIN)/twinlm ingest -w $(DEMO) examples/exports
+	$(BIN)/twinlm people -w $(DEMO)
+	$(BIN)/twinlm stats -w $(DEMO)
+
+test: $(VENV)/.dev-installed
+	$(BIN)/ruff check twinlm tests benchmarks
+	$(BIN)/python -m pytest -q
+
+lint: $(VENV)/.dev-installed
+	$(BIN)/ruff check twinlm tests benchmarks
+	$(BIN)/ruff format --check twinlm tests benchmarks
+
+bench: $(VENV)/.installed
+	$(BIN)/python benchmarks/run.py
+
+clean:
+	rm -rf $(VENV) $(DEMO) build *.egg-info .pytest_cache .ruff_cache

@@ -1,0 +1,125 @@
+"""Helpers shared by the parsers: stable ids, text repair, streaming JSON with located errors."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import ijson
+
+from twinlm.errors import ExportError
+from twinlm.model import Conversation, Kind, Message, ParseOptions, ParseReport
+
+HEAD_BYTES = 64 * 1024
+
+
+def read_head(path: Path, n: int = HEAD_BYTES) -> str:
+    """The first `n` bytes as text (BOM stripped, undecodable bytes replaced) for format sniffing."""
+    with open(path, "rb") as f:
+        raw = f.read(n)
+    return raw.decode("utf-8", errors="replace").lstrip("\ufeff")
+
+
+def stable_id(*parts: object) -> str:
+    """A short id that is the same for the same parts in every run and every re-export."""
+    h = hashlib.blake2b(digest_size=10)
+    for part in parts:
+        h.update(str(part).encode("utf-8", "surrogatepass"))
+        h.update(b"\x1f")
+    return h.hexdigest()
+
+
+def fix_mojibake(text: str) -> str:
+    """Repair UTF-8 that was written out as latin-1 code points (Facebook/Instagram exports).
+
+    "Ã©" -> "é", "ð\x9f\x98\x82" -> "😂". Text that is not mojibake is returned unchanged.
+    """
+    if text.isascii():
+        return text
+    try:
+        return text.encode("latin-1").decode("utf-8")
+    except (UnicodeEncodeError, UnicodeDecodeError):
+        return text
+
+
+def clip(text: str, options: ParseOptions, report: ParseReport) -> str:
+    """Cut a message at `options.max_message_chars`, counting it, so one pasted log can't dominate."""
+    if len(text) > options.max_message_chars:
+        report.note("message cut to max_message_chars")
+        return text[: options.max_message_chars]
+    return text
+
+
+def placeholder(kind: str) -> str:
+    """The text that stands for media in a message: "[photo]", "[voice message]", "[sticker]"."""
+    return f"[{kind}]"
+
+
+def media_message(
+    options: ParseOptions, report: ParseReport, what: str, kind: Kind = Kind.MEDIA
+) -> str | None:
+    """Placeholder text for a media-only message, or None (counted) when config drops media."""
+    if options.media == "drop":
+        report.skip(f"media dropped ({what})")
+        return None
+    return placeholder(what)
+
+
+def in_slices(
+    template: Conversation, messages: Iterable[Message], options: ParseOptions, report: ParseReport
+) -> Iterator[Conversation]:
+    """Yield `template` with its messages replaced by consecutive slices of `messages`.
+
+    Keeps memory flat for chats with millions of messages. Always yields at least one slice so
+    that an empty conversation is still recorded.
+    """
+    from dataclasses import replace
+
+    batch: list[Message] = []
+    yielded = False
+    report.conversations += 1
+    for message in messages:
+        batch.append(message)
+        if len(batch) >= options.batch_size:
+            report.messages += len(batch)
+            yield replace(template, messages=tuple(batch))
+            yielded = True
+            batch = []
+    if batch or not yielded:
+        report.messages += len(batch)
+        yield replace(template, messages=tuple(batch))
+
+
+_WS = re.compile(r"[ \t]+")
+
+
+def json_events(path: Path, f: BinaryIO) -> Iterator[tuple[str, str, Any]]:
+    """ijson's (prefix, event, value) stream, with errors turned into ExportError at a byte offset."""
+    try:
+        yield from ijson.parse(f, use_float=True)
+    except ijson.JSONError as e:
+        raise ExportError(path, f"invalid or truncated JSON ({_first_line(e)})", f"byte {f.tell()}") from None
+
+
+def json_items(path: Path, f: BinaryIO, prefix: str) -> Iterator[Any]:
+    """Stream the JSON values at `prefix` (ijson syntax, e.g. "messages.item"), located errors."""
+    try:
+        yield from ijson.items(f, prefix, use_float=True)
+    except ijson.JSONError as e:
+        raise ExportError(path, f"invalid or truncated JSON ({_first_line(e)})", f"byte {f.tell()}") from None
+
+
+def _first_line(e: Exception) -> str:
+    text = str(e).strip().splitlines()
+    return _WS.sub(" ", text[0])[:120] if text else type(e).__name__
+
+
+def open_json(path: Path) -> BinaryIO:
+    """Open a JSON export for streaming, skipping a UTF-8 byte-order mark (Messenger writes one)."""
+    f = open(path, "rb")  # noqa: SIM115 - returned to the caller, who closes it
+    if f.read(3) != b"\xef\xbb\xbf":
+        f.seek(0)
+    return f
