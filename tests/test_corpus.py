@@ -1,0 +1,130 @@
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from twinlm.corpus.db import Corpus
+from twinlm.model import Conversation, Message
+
+T0 = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
+
+
+def chat(n: int, *, conv_id: str = "c1", start: int = 0, text: str = "hi {i}") -> Conversation:
+    messages = tuple(
+        Message(id=f"{conv_id}:{i}", author_id=f"u{i % 2}", author_name=f"User {i % 2}",
+                timestamp=T0 + timedelta(minutes=i), text=text.format(i=i))
+        for i in range(start, start + n)
+    )
+    return Conversation(source="test", id=conv_id, title="A chat", kind="chat", messages=messages)
+
+
+def import_all(corpus: Corpus, *conversations: Conversation):
+    with corpus.importing(["x"]) as import_id, corpus.file_savepoint() as changes:
+        for c in conversations:
+            corpus.add(c, import_id)
+    return changes
+
+
+def snapshot(corpus: Corpus) -> list[tuple]:
+    return corpus.db.execute(
+        "SELECT m.native_id, m.text, m.ts, m.excluded, m.user_text, c.native_id, c.title "
+        "FROM messages m JOIN conversations c ON c.id = m.conversation ORDER BY m.native_id"
+    ).fetchall()
+
+
+def test_reimport_adds_nothing_and_newer_export_adds_only_new(tmp_path: Path) -> None:
+    with Corpus(tmp_path / "corpus.db") as corpus:
+        first = import_all(corpus, chat(10))
+        assert (first.new_conversations, first.new_messages, first.updated_messages) == (1, 10, 0)
+        before = snapshot(corpus)
+        again = import_all(corpus, chat(10))
+        assert (again.new_conversations, again.new_messages, again.updated_messages) == (0, 0, 0)
+        assert snapshot(corpus) == before
+        newer = import_all(corpus, chat(15))  # next month's export: the old 10 plus 5 more
+        assert (newer.new_conversations, newer.new_messages, newer.updated_messages) == (0, 5, 0)
+        assert corpus.count("messages") == 15
+        assert corpus.count("imports") == 3
+
+
+def test_slices_of_one_conversation_merge(tmp_path: Path) -> None:
+    with Corpus(tmp_path / "corpus.db") as corpus:
+        changes = import_all(corpus, chat(3), chat(4, start=3), chat(2, conv_id="c2"))
+        assert (changes.new_conversations, changes.new_messages) == (2, 9)
+        rows = corpus.db.execute(
+            "SELECT c.native_id, count(*) FROM messages m JOIN conversations c ON c.id = m.conversation "
+            "GROUP BY c.native_id ORDER BY 1").fetchall()
+        assert rows == [("c1", 7), ("c2", 2)]
+
+
+def test_platform_edit_updates_raw_text_but_keeps_user_edits(tmp_path: Path) -> None:
+    with Corpus(tmp_path / "corpus.db") as corpus:
+        import_all(corpus, chat(3))
+        corpus.db.execute("UPDATE messages SET excluded = 1 WHERE native_id = 'c1:0'")
+        corpus.db.execute("UPDATE messages SET user_text = 'mine' WHERE native_id = 'c1:1'")
+        corpus.db.execute("UPDATE conversations SET excluded = 1, user_note = 'private'")
+        changes = import_all(corpus, chat(3, text="edited {i}"))
+        assert (changes.new_messages, changes.updated_messages) == (0, 3)
+        rows = {r[0]: r for r in snapshot(corpus)}
+        assert rows["c1:0"][1] == "edited 0" and rows["c1:0"][3] == 1
+        assert rows["c1:1"][1] == "edited 1" and rows["c1:1"][4] == "mine"
+        assert corpus.db.execute("SELECT excluded, user_note FROM conversations").fetchone() == (1, "private")
+
+
+def test_failed_file_rolls_back_only_that_file(tmp_path: Path) -> None:
+    with Corpus(tmp_path / "corpus.db") as corpus:
+        with corpus.importing(["a", "b"]) as import_id:
+            with corpus.file_savepoint():
+                corpus.add(chat(2), import_id)
+            with pytest.raises(RuntimeError), corpus.file_savepoint():
+                corpus.add(chat(5, conv_id="bad"), import_id)
+                raise RuntimeError("parser failed half-way")
+            with corpus.file_savepoint() as changes:
+                corpus.add(chat(1, conv_id="bad"), import_id)  # the cache must not point at rolled-back rows
+        assert changes.new_conversations == 1
+        assert corpus.count("messages") == 3
+        assert corpus.count("conversations") == 2
+
+
+def test_exception_rolls_back_the_whole_import(tmp_path: Path) -> None:
+    with Corpus(tmp_path / "corpus.db") as corpus:
+        import_all(corpus, chat(2))
+        before = snapshot(corpus)
+        with pytest.raises(KeyError), corpus.importing(["x"]) as import_id:
+            corpus.add(chat(50, conv_id="other"), import_id)
+            raise KeyError("bug")
+        assert snapshot(corpus) == before
+        assert corpus.count("imports") == 1
+
+
+def test_import_killed_half_way_leaves_corpus_as_before(tmp_path: Path) -> None:
+    db = tmp_path / "corpus.db"
+    with Corpus(db) as corpus:
+        import_all(corpus, chat(5))
+        before = snapshot(corpus)
+    # A child process imports a large batch and is SIGKILLed in the middle of the transaction.
+    script = textwrap.dedent(f"""
+        import os, signal, sys
+        sys.path.insert(0, {str(Path(__file__).parent)!r})
+        from test_corpus import chat
+        from twinlm.corpus.db import Corpus
+        corpus = Corpus(__import__("pathlib").Path({str(db)!r}))
+        corpus.db.execute("PRAGMA cache_size = 8")  # tiny cache: uncommitted pages spill to the WAL file
+        with corpus.importing(["big"]) as import_id, corpus.file_savepoint():
+            for k in range(20):
+                corpus.add(chat(1000, conv_id=f"k{{k}}"), import_id)
+            os.kill(os.getpid(), signal.SIGKILL)
+    """)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    assert os.path.getsize(str(db) + "-wal") > 1_000_000  # the killed transaction's pages reached disk
+    with Corpus(db) as corpus:
+        assert snapshot(corpus) == before
+        assert corpus.count("imports") == 1
+        assert corpus.db.execute("PRAGMA integrity_check").fetchone() == ("ok",)

@@ -1,0 +1,3 @@
+from twinlm.cli import app
+
+app(prog_name="twinlm")

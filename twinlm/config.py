@@ -1,0 +1,229 @@
+"""`twin.yaml`: one pydantic model is the single source of truth for the file, the CLI and the docs.
+
+Every field carries a description; `twinlm init` writes the file with those descriptions as
+comments, the CLI takes its option help from them, and an invalid file gets one error line that
+names the file, the line, the field and the fix.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
+
+from twinlm.errors import ConfigError
+from twinlm.model import ParseOptions
+
+CONFIG_NAME = "twin.yaml"
+
+
+class IngestConfig(BaseModel):
+    """How exports are read into the corpus."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    paths: list[str] = Field(
+        default_factory=list,
+        description="Exports to read when `twinlm ingest` is given no paths (files, folders or zips; "
+        "relative to the workspace).",
+    )
+    media: Literal["placeholder", "drop"] = Field(
+        "placeholder",
+        description="Photos, voice notes, stickers, files: 'placeholder' keeps a marker such as "
+        "[photo] in the conversation, 'drop' leaves such messages out.",
+    )
+    max_message_chars: int = Field(
+        20_000, ge=100, description="Longer messages (pasted logs, dumps) are cut to this many characters."
+    )
+    timezone: str | None = Field(
+        None,
+        description="IANA time zone (e.g. Europe/Berlin) for exports that store local times "
+        "(WhatsApp, old Telegram). Empty: this machine's time zone.",
+    )
+    whatsapp_date_order: Literal["auto", "day_first", "month_first"] = Field(
+        "auto",
+        description="WhatsApp dates such as 03/04/21: 'auto' infers the order per file from the dates "
+        "themselves.",
+    )
+    max_unpacked_gb: float = Field(
+        50.0, gt=0, description="Refuse zip archives that would unpack to more than this (zip-bomb guard)."
+    )
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, value: str | None) -> str | None:
+        if value in (None, ""):
+            return None
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown time zone {value!r}; use an IANA name such as 'Europe/Paris' "
+                             "or leave it empty for this machine's zone") from None
+        return value
+
+    def parse_options(self) -> ParseOptions:
+        return ParseOptions(
+            media=self.media,
+            max_message_chars=self.max_message_chars,
+            timezone=self.timezone,
+            whatsapp_date_order=self.whatsapp_date_order,
+        )
+
+
+class TwinConfig(BaseModel):
+    """One twin: whose history it is, who is who, and how each stage runs."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(
+        "my-twin", min_length=1, description="A name for this twin, used in model and run names."
+    )
+    me: list[str] = Field(
+        default_factory=list,
+        description="Your names and ids on every platform (display names, user ids, phone numbers, "
+        "or 'source:id' such as 'discord:1234'). `twinlm people` lists the candidates.",
+    )
+    people: dict[str, list[str]] = Field(
+        default_factory=dict,
+        description="Other people, one entry each: a canonical name mapped to their aliases across "
+        "platforms, so one person is one speaker.",
+    )
+    ingest: IngestConfig = Field(default_factory=IngestConfig, description=IngestConfig.__doc__ or "")
+
+    @field_validator("me")
+    @classmethod
+    def _no_blank_aliases(cls, value: list[str]) -> list[str]:
+        if any(not alias.strip() for alias in value):
+            raise ValueError("aliases must not be empty; remove the blank entry")
+        return value
+
+    @field_validator("people")
+    @classmethod
+    def _aliases_unique(cls, value: dict[str, list[str]], info: ValidationInfo) -> dict[str, list[str]]:
+        owner: dict[str, str] = {alias.casefold(): "me" for alias in info.data.get("me", [])}
+        for person, aliases in value.items():
+            for alias in [person, *aliases]:
+                key = alias.casefold()
+                if key in owner and owner[key] != person:
+                    raise ValueError(f"alias {alias!r} of {person!r} also belongs to {owner[key]!r}; "
+                                     "keep it under one of them")
+                owner[key] = person
+        return value
+
+
+# ----------------------------------------------------------------------------------- loading
+
+
+def load_config(path: Path) -> TwinConfig:
+    """Read and validate twin.yaml; every problem becomes one ConfigError line with the line number."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: not found; create a workspace with `twinlm init DIR`") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {e.start})") from None
+    try:
+        node = yaml.compose(text)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f":{mark.line + 1}" if mark else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ConfigError(f"{path}{where}: invalid YAML: {problem}") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}:1: expected a mapping of settings (name: ..., me: [...]), "
+                          f"found {type(data).__name__}")
+    try:
+        return TwinConfig.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(_describe(path, node, e)) from None
+
+
+def _describe(path: Path, node: yaml.Node | None, error: ValidationError) -> str:
+    """The first validation problem as `file:line: field: what is wrong; the fix`."""
+    first = error.errors()[0]
+    loc = tuple(first["loc"])
+    field = ".".join(str(part) for part in loc) or "(top level)"
+    line = _line_of(node, loc)
+    where = f"{path}:{line}" if line else str(path)
+    kind = first["type"]
+    if kind == "extra_forbidden":
+        known = _known_fields(loc[:-1])
+        return f"{where}: {field}: unknown setting; valid settings here: {', '.join(known)}"
+    message = first["msg"].removeprefix("Value error, ")
+    if kind == "literal_error":
+        message = f"{message} (got {first.get('input')!r})"
+    return f"{where}: {field}: {message}"
+
+
+def _known_fields(parent: tuple[Any, ...]) -> list[str]:
+    model: type[BaseModel] = TwinConfig
+    for part in parent:
+        annotation = model.model_fields[str(part)].annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            model = annotation
+    return list(model.model_fields)
+
+
+def _line_of(node: yaml.Node | None, loc: tuple[Any, ...]) -> int | None:
+    """1-based line of the YAML node at `loc` (or of its deepest existing parent)."""
+    line = node.start_mark.line + 1 if node is not None else None
+    for part in loc:
+        if isinstance(node, yaml.MappingNode):
+            pair = next(((k, v) for k, v in node.value if k.value == part), None)
+            if pair is None:
+                break
+            line, node = pair[0].start_mark.line + 1, pair[1]
+        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value):
+            node = node.value[part]
+            line = node.start_mark.line + 1
+        else:
+            break
+    return line
+
+
+# ----------------------------------------------------------------------------------- writing
+
+
+def render_config(config: TwinConfig) -> str:
+    """twin.yaml text for `config`, each setting preceded by its description as a comment."""
+    lines = [
+        "# twinlm workspace configuration. Every setting is optional unless noted;",
+        "# `twinlm --help` and the docs describe the same fields.",
+        "",
+    ]
+    _render_model(config, lines, indent="")
+    return "\n".join(lines) + "\n"
+
+
+def _render_model(model: BaseModel, lines: list[str], indent: str) -> None:
+    for name, info in type(model).model_fields.items():
+        value = getattr(model, name)
+        for comment in _wrap(info.description or "", 100 - len(indent)):
+            lines.append(f"{indent}# {comment}")
+        if isinstance(value, BaseModel):
+            lines.append(f"{indent}{name}:")
+            _render_model(value, lines, indent + "  ")
+        else:
+            dumped = yaml.safe_dump({name: value}, allow_unicode=True, sort_keys=False,
+                                    default_flow_style=False).rstrip("\n")
+            lines.extend(indent + part for part in dumped.splitlines())
+        lines.append("")
+
+
+def _wrap(text: str, width: int) -> list[str]:
+    words, out, current = text.split(), [], ""
+    for word in words:
+        if current and len(current) + 1 + len(word) > width:
+            out.append(current)
+            current = word
+        else:
+            current = f"{current} {word}".strip()
+    if current:
+        out.append(current)
+    return out

@@ -1,0 +1,240 @@
+"""The corpus: one SQLite file holding every imported conversation, raw, plus the user's edits.
+
+Rows are keyed by (source, native id), so an import is an idempotent upsert: the same export twice
+adds nothing and next month's export adds only what is new. The whole import runs in one
+transaction (one savepoint per file), so a killed import leaves the database as it was. Cleaning
+decisions are made later, at build time; only the user's own exclusions and edits live here.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import orjson
+
+from twinlm.model import Conversation
+
+SCHEMA_VERSION = 1
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS imports (
+    id INTEGER PRIMARY KEY,
+    started_at TEXT NOT NULL,
+    finished_at TEXT,
+    paths TEXT NOT NULL,             -- JSON list of what was given to `twinlm ingest`
+    summary TEXT                     -- JSON: per file format, counts, skips by reason
+);
+CREATE TABLE IF NOT EXISTS conversations (
+    id INTEGER PRIMARY KEY,
+    source TEXT NOT NULL,            -- format name: chatgpt, discord, telegram, ...
+    native_id TEXT NOT NULL,
+    kind TEXT NOT NULL,              -- chat | assistant | document | dataset
+    title TEXT NOT NULL,
+    platform_detail TEXT NOT NULL DEFAULT '',
+    participants TEXT NOT NULL DEFAULT '[]',
+    system_prompt TEXT,
+    excluded INTEGER NOT NULL DEFAULT 0,   -- set by the user: leave out of every dataset
+    user_note TEXT,                        -- the user's note, e.g. why it is excluded
+    first_import INTEGER NOT NULL REFERENCES imports(id),
+    UNIQUE (source, native_id)
+);
+CREATE TABLE IF NOT EXISTS messages (
+    id INTEGER PRIMARY KEY,
+    conversation INTEGER NOT NULL REFERENCES conversations(id),
+    source TEXT NOT NULL,
+    native_id TEXT NOT NULL,
+    author_id TEXT NOT NULL,
+    author_name TEXT NOT NULL,
+    ts INTEGER,                      -- milliseconds since the epoch, UTC; NULL when the export has none
+    kind TEXT NOT NULL,
+    role TEXT NOT NULL,
+    text TEXT NOT NULL,              -- raw, as exported
+    reply_to TEXT,
+    forwarded_from TEXT,
+    edited INTEGER NOT NULL DEFAULT 0,     -- edited on the platform
+    excluded INTEGER NOT NULL DEFAULT 0,   -- set by the user: leave this message out
+    user_text TEXT,                        -- set by the user: replaces `text` at build time
+    first_import INTEGER NOT NULL REFERENCES imports(id),
+    UNIQUE (source, native_id)
+);
+CREATE INDEX IF NOT EXISTS messages_by_conversation ON messages (conversation, ts);
+"""
+
+_UPSERT_CONVERSATION = """
+INSERT INTO conversations (source, native_id, kind, title, platform_detail, participants,
+                           system_prompt, first_import)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+ON CONFLICT (source, native_id) DO UPDATE SET
+    kind = excluded.kind, title = excluded.title, platform_detail = excluded.platform_detail,
+    participants = excluded.participants,
+    system_prompt = coalesce(excluded.system_prompt, conversations.system_prompt)
+WHERE (conversations.kind, conversations.title, conversations.platform_detail,
+       conversations.participants, conversations.system_prompt)
+   IS NOT (excluded.kind, excluded.title, excluded.platform_detail, excluded.participants,
+           coalesce(excluded.system_prompt, conversations.system_prompt))
+RETURNING id
+"""
+
+# A re-exported message whose content changed on the platform (an edit) updates the raw columns;
+# the user's own columns (excluded, user_text) are never touched by an import.
+_UPSERT_MESSAGE = """
+INSERT INTO messages (conversation, source, native_id, author_id, author_name, ts, kind, role, text,
+                      reply_to, forwarded_from, edited, first_import)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+ON CONFLICT (source, native_id) DO UPDATE SET
+    author_id = excluded.author_id, author_name = excluded.author_name, ts = excluded.ts,
+    kind = excluded.kind, role = excluded.role, text = excluded.text, reply_to = excluded.reply_to,
+    forwarded_from = excluded.forwarded_from, edited = excluded.edited
+WHERE (messages.author_id, messages.author_name, messages.ts, messages.kind, messages.role,
+       messages.text, messages.reply_to, messages.forwarded_from, messages.edited)
+   IS NOT (excluded.author_id, excluded.author_name, excluded.ts, excluded.kind, excluded.role,
+           excluded.text, excluded.reply_to, excluded.forwarded_from, excluded.edited)
+"""
+
+
+@dataclass(slots=True)
+class Changes:
+    """What an import changed: new rows and rows whose raw content was updated."""
+
+    new_conversations: int = 0
+    new_messages: int = 0
+    updated_messages: int = 0
+
+    def add(self, other: Changes) -> None:
+        self.new_conversations += other.new_conversations
+        self.new_messages += other.new_messages
+        self.updated_messages += other.updated_messages
+
+
+class Corpus:
+    """An open corpus database. Use as a context manager; writes go through `importing()`."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # isolation_level=None: transactions are explicit (BEGIN/SAVEPOINT below), never implicit.
+        self.db = sqlite3.connect(path, isolation_level=None)
+        self.db.execute("PRAGMA journal_mode = WAL")
+        self.db.execute("PRAGMA synchronous = NORMAL")
+        self.db.execute("PRAGMA foreign_keys = ON")
+        self.db.execute("PRAGMA cache_size = -65536")  # 64 MiB page cache
+        self.db.executescript(SCHEMA)
+        self.db.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+        self._conversation_ids: dict[tuple[str, str], int] = {}
+        self._message_writes = 0
+
+    def close(self) -> None:
+        self.db.close()
+
+    def __enter__(self) -> Corpus:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------------------ writing
+
+    @contextmanager
+    def importing(self, paths: list[str]) -> Iterator[int]:
+        """One transaction for a whole import; yields the import id. Any exception rolls it all back."""
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            import_id = self.db.execute(
+                "INSERT INTO imports (started_at, paths) VALUES (?, ?)",
+                (_now(), orjson.dumps(paths).decode()),
+            ).lastrowid
+            assert import_id is not None
+            yield import_id
+            self.db.execute("UPDATE imports SET finished_at = ? WHERE id = ?", (_now(), import_id))
+            self.db.execute("COMMIT")
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            self._conversation_ids.clear()
+            raise
+
+    @contextmanager
+    def file_savepoint(self) -> Iterator[Changes]:
+        """Everything read from one file lands together or not at all (rolled back on error)."""
+        self.db.execute("SAVEPOINT file")
+        changes = Changes()
+        max_conversation = self._max_id("conversations")
+        max_message = self._max_id("messages")
+        self._message_writes = 0
+        cache_before = dict(self._conversation_ids)
+        try:
+            yield changes
+        except BaseException:
+            self.db.execute("ROLLBACK TO file")
+            self.db.execute("RELEASE file")
+            self._conversation_ids = cache_before
+            raise
+        # New rows get ids above the old maximum; every other change counted by SQLite is an update.
+        changes.new_conversations = self._count_above("conversations", max_conversation)
+        changes.new_messages = self._count_above("messages", max_message)
+        changes.updated_messages = self._message_writes - changes.new_messages
+        self.db.execute("RELEASE file")
+
+    def add(self, conversation: Conversation, import_id: int) -> None:
+        """Upsert one conversation (or one slice of it) and its messages."""
+        key = (conversation.source, conversation.id)
+        row_id = self._conversation_ids.get(key)
+        if row_id is None or conversation.system_prompt is not None:
+            row_id = self._upsert_conversation(conversation, import_id)
+            self._conversation_ids[key] = row_id
+        source = conversation.source
+        before = self.db.total_changes
+        self.db.executemany(
+            _UPSERT_MESSAGE,
+            [
+                (
+                    row_id, source, m.id, m.author_id, m.author_name,
+                    None if m.timestamp is None else int(m.timestamp.timestamp() * 1000),
+                    m.kind.value, m.role.value, m.text, m.reply_to, m.forwarded_from, m.edited, import_id,
+                )
+                for m in conversation.messages
+            ],
+        )
+        # Inserts plus real updates; unchanged re-imported rows are skipped by the upsert's WHERE.
+        self._message_writes += self.db.total_changes - before
+
+    def _upsert_conversation(self, c: Conversation, import_id: int) -> int:
+        participants = orjson.dumps(list(c.participants)).decode()
+        row = self.db.execute(
+            _UPSERT_CONVERSATION,
+            (c.source, c.id, c.kind, c.title, c.platform_detail, participants, c.system_prompt, import_id),
+        ).fetchone()
+        if row is not None:
+            return int(row[0])
+        # Unchanged existing conversation: the upsert's WHERE skipped it and returned nothing.
+        (existing,) = self.db.execute(
+            "SELECT id FROM conversations WHERE source = ? AND native_id = ?", (c.source, c.id)
+        ).fetchone()
+        return int(existing)
+
+    def _max_id(self, table: str) -> int:
+        return int(self.db.execute(f"SELECT coalesce(max(id), 0) FROM {table}").fetchone()[0])
+
+    def _count_above(self, table: str, floor: int) -> int:
+        return int(self.db.execute(f"SELECT count(*) FROM {table} WHERE id > ?", (floor,)).fetchone()[0])
+
+    def record_summary(self, import_id: int, summary: object) -> None:
+        self.db.execute(
+            "UPDATE imports SET summary = ? WHERE id = ?", (orjson.dumps(summary).decode(), import_id)
+        )
+
+    # ------------------------------------------------------------------------------ reading
+
+    def count(self, table: str) -> int:
+        if table not in {"conversations", "messages", "imports"}:
+            raise ValueError(table)
+        return int(self.db.execute(f"SELECT count(*) FROM {table}").fetchone()[0])
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")

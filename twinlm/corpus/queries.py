@@ -1,0 +1,72 @@
+"""Read-only questions about the corpus: who speaks where (`twinlm people`), what is in it (`stats`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from twinlm.corpus.db import Corpus
+from twinlm.identities import Resolver
+from twinlm.model import utc_from_ms
+
+
+@dataclass(frozen=True, slots=True)
+class Speaker:
+    source: str
+    author_id: str
+    author_name: str  # the most recent display name
+    messages: int
+    first: datetime | None
+    last: datetime | None
+    person: str | None  # "me", a canonical name from twin.yaml, or None when not mapped yet
+
+
+@dataclass(slots=True)
+class SourceStats:
+    source: str
+    conversations: int
+    messages: int
+    first: datetime | None
+    last: datetime | None
+    top_speakers: list[tuple[str, int]] = field(default_factory=list)
+
+
+def speakers(corpus: Corpus, resolve: Resolver) -> list[Speaker]:
+    """Every author with message counts, most active first. Documents have no speakers."""
+    rows = corpus.db.execute(
+        """
+        SELECT source, author_id, count(*), min(ts), max(ts),
+               (SELECT author_name FROM messages AS latest
+                 WHERE latest.source = m.source AND latest.author_id = m.author_id
+                 ORDER BY latest.ts DESC LIMIT 1)
+        FROM messages AS m WHERE kind != 'document' AND NOT excluded
+        GROUP BY source, author_id ORDER BY count(*) DESC, source, author_id
+        """
+    ).fetchall()
+    return [
+        Speaker(source, author_id, name, count, _time(first), _time(last), resolve(source, author_id, name))
+        for source, author_id, count, first, last, name in rows
+    ]
+
+
+def source_stats(corpus: Corpus, top: int = 5) -> list[SourceStats]:
+    stats = []
+    for source, conversations, messages, first, last in corpus.db.execute(
+        """
+        SELECT c.source, count(DISTINCT c.id), count(m.id), min(m.ts), max(m.ts)
+        FROM conversations AS c LEFT JOIN messages AS m ON m.conversation = c.id
+        GROUP BY c.source ORDER BY count(m.id) DESC, c.source
+        """
+    ):
+        top_rows = corpus.db.execute(
+            """SELECT author_name, count(*) FROM messages WHERE source = ? AND kind != 'document'
+               GROUP BY author_id ORDER BY count(*) DESC, author_name LIMIT ?""",
+            (source, top),
+        ).fetchall()
+        stats.append(SourceStats(source, conversations, messages, _time(first), _time(last),
+                                 [(name, count) for name, count in top_rows]))
+    return stats
+
+
+def _time(ms: int | None) -> datetime | None:
+    return None if ms is None else utc_from_ms(ms)

@@ -1,0 +1,36 @@
+"""One person, many names: map each (source, author id, display name) to `me`, a person, or nobody."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from twinlm.config import TwinConfig
+
+ME = "me"
+
+Resolver = Callable[[str, str, str], str | None]
+
+
+def resolver(config: TwinConfig) -> Resolver:
+    """A function (source, author_id, author_name) -> "me" | a person's canonical name | None.
+
+    An alias matches a display name or an author id (case-insensitive), or exactly one account when
+    written "source:id" (e.g. "discord:1234"). In a ChatGPT export the user is always you.
+    """
+    owner: dict[str, str] = {}
+    for person, aliases in config.people.items():
+        for alias in [person, *aliases]:
+            owner[alias.casefold()] = person
+    for alias in config.me:
+        owner[alias.casefold()] = ME
+
+    def resolve(source: str, author_id: str, author_name: str) -> str | None:
+        if source == "chatgpt" and author_id == "user":
+            return ME
+        for key in (f"{source}:{author_id}", author_id, author_name):
+            found = owner.get(key.casefold())
+            if found:
+                return found
+        return None
+
+    return resolve
