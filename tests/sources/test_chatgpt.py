@@ -1,0 +1,443 @@
+"""ChatGPT export parser: visible branch only, custom instructions, tools left out, broken trees."""
+
+from __future__ import annotations
+
+import contextlib
+from collections import Counter
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from twinlm.errors import ExportError
+from twinlm.model import Conversation, Kind, ParseOptions, ParseReport, Role
+from twinlm.sources import chatgpt, detect
+from twinlm.sources._common import read_head, stable_id
+
+from conftest import REALDATA
+
+FIX = Path(__file__).parent.parent / "fixtures" / "chatgpt"
+FIXTURES = sorted(FIX.glob("*.json"))
+
+
+def run(name: str, options: ParseOptions | None = None) -> tuple[list[Conversation], ParseReport]:
+    report = ParseReport()
+    convs = list(chatgpt.parse(FIX / name, options or ParseOptions(), report))
+    return convs, report
+
+
+def utc(seconds: float) -> datetime:
+    return datetime.fromtimestamp(seconds, tz=UTC)
+
+
+def by_id(convs: list[Conversation]) -> dict[str, Conversation]:
+    return {c.id: c for c in convs}
+
+
+# --- branches, custom instructions, several conversations --------------------------------------
+
+
+def test_array_of_several_conversations_in_file_order() -> None:
+    convs, report = run("branched.json")
+    assert [c.id for c in convs] == ["conv-branch", "conv-ci", "conv-wrapped", "conv-system"]
+    assert report.conversations == 4
+    assert report.messages == 11
+    assert report.skipped == Counter({"other branch": 3, "hidden node": 2})
+    assert report.notes == Counter({"custom instructions -> system prompt": 3})
+    for c in convs:
+        assert c.source == "chatgpt"
+        assert c.kind == "assistant"
+        assert c.participants == ("You", "ChatGPT")
+
+
+def test_only_the_current_node_branch_is_kept() -> None:
+    conv = by_id(run("branched.json")[0])["conv-branch"]
+    assert conv.title == "Branched maths"
+    assert conv.system_prompt is None
+    assert conv.platform_detail == "model: gpt-4"  # no default_model_slug: first answer's model
+    assert [m.id for m in conv.messages] == ["a-u1", "a-a1", "a-u2b", "a-a3b"]
+    assert [m.text for m in conv.messages] == ["Hi there", "Hello! How can I help?", "What is 2+3?", "Five."]
+    assert [m.role for m in conv.messages] == [Role.USER, Role.ASSISTANT, Role.USER, Role.ASSISTANT]
+    assert [(m.author_id, m.author_name) for m in conv.messages] == [
+        ("user", "You"),
+        ("assistant", "ChatGPT"),
+        ("user", "You"),
+        ("assistant", "ChatGPT"),
+    ]
+    assert [m.timestamp for m in conv.messages] == [
+        utc(1700000000.5),
+        utc(1700000001.25),
+        utc(1700000020.0),
+        utc(1700000030.75),
+    ]
+    assert conv.messages[0].timestamp == datetime(2023, 11, 14, 22, 13, 20, 500000, tzinfo=UTC)
+    assert [m.reply_to for m in conv.messages] == [None, "a-u1", "a-a1", "a-u2b"]
+    # the edited user turn (it has a user sibling) is flagged; the regenerated answer is not
+    assert [m.edited for m in conv.messages] == [False, False, True, False]
+    assert all(m.kind is Kind.TEXT for m in conv.messages)
+
+
+def test_custom_instructions_become_the_system_prompt() -> None:
+    convs = by_id(run("branched.json")[0])
+    ci = convs["conv-ci"]
+    # user_context_message_data holds the user's own words, without OpenAI's wrapper
+    assert ci.system_prompt == "I am a nurse in Lyon.\n\nAnswer in French, briefly."
+    assert ci.platform_detail == "model: gpt-4o"  # default_model_slug wins over the answers' slug
+    assert ci.title == "Custom instructions"
+    # two assistant nodes of one answer stay two messages
+    assert [(m.id, m.role, m.text) for m in ci.messages] == [
+        ("b-u1", Role.USER, "Quelle heure est-il à Tokyo ?"),
+        ("b-a1", Role.ASSISTANT, "Il est 9 h."),
+        ("b-a1b", Role.ASSISTANT, "(heure de Tokyo)"),
+    ]
+    assert ci.messages[2].reply_to == "b-a1"
+    assert ci.messages[0].timestamp == utc(1710000000.0)
+
+    wrapped = convs["conv-wrapped"]
+    assert wrapped.system_prompt == "I write Rust at work.\nI have two cats.\n\nBe terse."
+    assert [m.text for m in wrapped.messages] == ["ping", "pong"]
+    assert wrapped.platform_detail == ""
+
+    old = convs["conv-system"]
+    assert old.system_prompt == "You are a helpful pirate."
+    assert [(m.author_name, m.text) for m in old.messages] == [("You", "Ahoy?"), ("ChatGPT", "Arr!")]
+
+
+# --- what is left out ---------------------------------------------------------------------------
+
+
+def test_tool_browsing_code_and_reasoning_nodes_are_left_out_and_counted() -> None:
+    convs, report = run("tools.json")
+    assert len(convs) == 1
+    conv = convs[0]
+    assert conv.id == "conv-tools"
+    assert [(m.id, m.role, m.text) for m in conv.messages] == [
+        ("t-u1", Role.USER, "Plot sin(x), then find today's news."),
+        ("t-final", Role.ASSISTANT, "Here is the plot and today's news."),
+    ]
+    assert conv.messages[1].reply_to == "t-u1"
+    assert conv.messages[1].timestamp == utc(1720000060.0)
+    assert report.messages == 2
+    assert report.skipped == Counter(
+        {
+            "reasoning": 3,  # thoughts, reasoning_recap, channel "analysis"
+            "tool call": 2,  # code sent to python, search sent to browser
+            "browsing": 2,  # tether_browsing_display, tether_quote
+            "hidden node": 2,  # is_visually_hidden_from_conversation, weight 0
+            "code execution output": 1,
+            "system error": 1,
+            "non-final channel (commentary)": 1,
+            "tool message": 1,  # a generated image from dalle
+            "computer output": 1,
+            "memory context": 1,
+        }
+    )
+    assert not report.notes
+
+
+def test_multimodal_images_voice_code_files_and_timestamps() -> None:
+    convs, report = run("multimodal.json")
+    conv = convs[0]
+    got = [(m.id, m.role, m.kind, m.text) for m in conv.messages]
+    assert got == [
+        ("m-u1", Role.USER, Kind.TEXT, "What is in this picture?\n[image]"),
+        ("m-a1", Role.ASSISTANT, Kind.TEXT, "A cat."),
+        ("m-u2", Role.USER, Kind.MEDIA, "[image]\n[image]"),
+        ("m-a2", Role.ASSISTANT, Kind.TEXT, "```python\nprint('hi')\n```"),
+        ("m-u3", Role.USER, Kind.TEXT, "can you hear me"),
+        ("m-a3", Role.ASSISTANT, Kind.TEXT, "Yes, loud and clear."),
+        ("m-u4", Role.USER, Kind.MEDIA, "[voice message]"),
+        ("m-a4", Role.ASSISTANT, Kind.TEXT, "```\nls -la\n```"),
+        ("m-u5", Role.USER, Kind.TEXT, "Summarise this\n[file]"),
+        ("m-a7", Role.ASSISTANT, Kind.TEXT, "Done."),
+    ]
+    ts = {m.id: m.timestamp for m in conv.messages}
+    assert ts["m-u1"] == utc(1730000000.0)
+    assert ts["m-a1"] is None  # null create_time
+    assert ts["m-u2"] is None  # absurd create_time (1e20): dropped, noted
+    assert ts["m-a7"] == utc(1730000010.0)
+    assert report.skipped == Counter({"unknown content type (app_pairing_content)": 1, "empty message": 1})
+    assert report.notes == Counter(
+        {"voice message kept as its transcription": 2, "absurd timestamp dropped": 1}
+    )
+
+
+def test_media_drop_option() -> None:
+    convs, report = run("multimodal.json", ParseOptions(media="drop"))
+    texts = {m.id: m.text for m in convs[0].messages}
+    assert texts["m-u1"] == "What is in this picture?"
+    assert texts["m-u5"] == "Summarise this"
+    assert "m-u2" not in texts  # images only: nothing left
+    assert "m-u4" not in texts  # voice only
+    assert len(convs[0].messages) == 8
+    assert report.skipped == Counter(
+        {
+            "media dropped (image)": 3,
+            "media dropped (voice message)": 1,
+            "media dropped (file)": 1,
+            "unknown content type (app_pairing_content)": 1,
+            "empty message": 1,
+        }
+    )
+
+
+def test_long_messages_are_clipped() -> None:
+    convs, report = run("branched.json", ParseOptions(max_message_chars=5))
+    conv = by_id(convs)["conv-branch"]
+    assert [m.text for m in conv.messages] == ["Hi th", "Hello", "What ", "Five."]
+    assert report.notes["message cut to max_message_chars"] == 6  # 3 here, 3 in conv-ci
+
+
+def test_big_conversations_come_in_slices_with_one_id() -> None:
+    convs, report = run("multimodal.json", ParseOptions(batch_size=4))
+    assert [c.id for c in convs] == ["conv-media"] * 3
+    assert [len(c.messages) for c in convs] == [4, 4, 2]
+    assert report.conversations == 1
+    assert report.messages == 10
+
+
+# --- broken trees and odd shapes ----------------------------------------------------------------
+
+
+def test_cycles_dangling_parents_and_missing_current_node() -> None:
+    convs, report = run("broken_tree.json")
+    got = {c.id: [(m.id, m.text) for m in c.messages] for c in convs}
+    assert got == {
+        "conv-cycle": [("x1", "one"), ("x2", "two"), ("x3", "three")],
+        "conv-dangling": [("y-u1", "orphan question"), ("y-a1", "orphan answer")],
+        # no current_node: from the root, always the last child
+        "conv-nocurrent": [
+            ("z-u1", "tell me a joke"),
+            ("z-a1b", "second joke"),
+            ("z-u2", "ha"),
+            ("z-a2", "glad you liked it"),
+        ],
+        "conv-badcurrent": [("w-u1", "are you there"), ("w-a1", "yes")],
+        "conv-allcycle": [("v1", "round"), ("v2", "and round")],
+    }
+    assert report.skipped == Counter({"other branch": 1})  # z-a1
+    assert report.notes == Counter(
+        {"current_node missing, last branch used": 3, "cycle in parent links": 1, "dangling parent link": 1}
+    )
+    assert report.conversations == 5
+    assert report.messages == 13
+
+
+def test_single_conversation_object_not_in_a_list() -> None:
+    convs, report = run("single.json")
+    assert len(convs) == 1
+    conv = convs[0]
+    # no id in the file: a stable id from title and create_time
+    assert conv.id == stable_id("One conversation\n\nTitle: not in a list", 1680000000.123)
+    assert conv.title == "One conversation\n\nTitle: not in a list"
+    assert conv.platform_detail == "model: text-davinci-002-render-sha"
+    assert [(m.id, m.role, m.text, m.timestamp) for m in conv.messages] == [
+        ("s-u1", Role.USER, "Hello", None),
+        ("s-a1", Role.ASSISTANT, "Hi!", None),
+        ("s-u2", Role.USER, "Bye", utc(1680000050.0)),
+        ("s-a2", Role.ASSISTANT, "Bye!", utc(1680000051.5)),
+    ]
+    assert report.skipped == Counter({"hidden node": 1})  # the empty system message
+
+
+def test_malformed_records_are_skipped_and_counted() -> None:
+    convs, report = run("malformed.json")
+    assert [c.id for c in convs] == ["conv-bad"]
+    assert [(m.id, m.text, m.timestamp) for m in convs[0].messages] == [("n5", "ok text", None)]
+    assert report.skipped == Counter(
+        {
+            "malformed conversation": 3,  # 42, a string, an object without mapping
+            "malformed message": 3,  # node not an object, message not an object, author not an object
+            "empty message": 1,  # parts not a list
+            "unknown role (critic)": 1,
+        }
+    )
+
+
+def _ids(path: Path) -> list[tuple[str, list[str]]]:
+    return [(c.id, [m.id for m in c.messages]) for c in chatgpt.parse(path, ParseOptions(), ParseReport())]
+
+
+def test_ids_are_stable_across_runs() -> None:
+    for path in FIXTURES:
+        assert _ids(path) == _ids(path)
+
+
+def test_message_ids_are_unique_across_fixture_files() -> None:
+    ids = [mid for path in FIXTURES for _, mids in _ids(path) for mid in mids]
+    assert len(ids) == len(set(ids)) == 41
+
+
+# --- bad files ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        (b"", "empty file"),
+        (b"  \n\t\r\n ", "empty file"),
+        (bytes(range(256)) * 4, "not a ChatGPT export"),
+        (b"42", "not a ChatGPT export"),
+        (b'{"title": "x", "messages": []}', "no 'mapping'"),
+        (b"[] trailing", "invalid or truncated JSON"),
+    ],
+)
+def test_unreadable_files_raise_export_error(tmp_path: Path, data: bytes, message: str) -> None:
+    path = tmp_path / "conversations.json"
+    path.write_bytes(data)
+    with pytest.raises(ExportError, match=message) as err:
+        list(chatgpt.parse(path, ParseOptions(), ParseReport()))
+    assert str(path) in str(err.value)
+
+
+def test_truncated_export_names_the_byte_and_the_conversation(tmp_path: Path) -> None:
+    data = (FIX / "branched.json").read_bytes()
+    cut = data.index(b'"conv-ci"') + 200
+    path = tmp_path / "conversations.json"
+    path.write_bytes(data[:cut])
+    report = ParseReport()
+    got: list[str] = []
+    with pytest.raises(ExportError) as err:
+        got.extend(c.id for c in chatgpt.parse(path, ParseOptions(), report))
+    assert got == ["conv-branch"]  # what came before the damage was read
+    assert err.value.where == f"byte {cut}, conversations[1]"
+    assert "truncated JSON" in str(err.value)
+
+
+def test_non_utf8_text_is_an_export_error(tmp_path: Path) -> None:
+    data = (FIX / "branched.json").read_bytes().replace("à".encode(), b"\xe0")
+    path = tmp_path / "conversations.json"
+    path.write_bytes(data)
+    with pytest.raises(ExportError, match="conversations\\[1\\]"):
+        list(chatgpt.parse(path, ParseOptions(), ParseReport()))
+
+
+def test_utf8_bom_is_accepted(tmp_path: Path) -> None:
+    path = tmp_path / "conversations.json"
+    path.write_bytes(b"\xef\xbb\xbf" + (FIX / "single.json").read_bytes())
+    assert chatgpt.looks_like(read_head(path), path)
+    assert [len(c.messages) for c in chatgpt.parse(path, ParseOptions(), ParseReport())] == [4]
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    name=st.sampled_from([p.name for p in FIXTURES]),
+    cut=st.floats(min_value=0.0, max_value=1.0),
+    edits=st.lists(st.tuples(st.floats(min_value=0.0, max_value=1.0), st.integers(0, 255)), max_size=8),
+)
+def test_damaged_files_parse_or_raise_export_error(
+    tmp_path_factory: pytest.TempPathFactory, name: str, cut: float, edits: list[tuple[float, int]]
+) -> None:
+    data = bytearray((FIX / name).read_bytes())
+    for where, value in edits:
+        data[min(int(where * len(data)), len(data) - 1)] = value
+    data = data[: int(cut * len(data))] if cut < 0.95 else data
+    path = tmp_path_factory.mktemp("fuzz") / "conversations.json"
+    path.write_bytes(bytes(data))
+    with contextlib.suppress(ExportError):
+        list(chatgpt.parse(path, ParseOptions(), ParseReport()))
+
+
+# --- detection ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("path", FIXTURES, ids=lambda p: p.name)
+def test_detects_fixtures(path: Path) -> None:
+    assert chatgpt.looks_like(read_head(path), path)
+    assert detect(path) == "chatgpt"
+
+
+def test_detects_a_head_cut_mid_file(tmp_path: Path) -> None:
+    data = (FIX / "branched.json").read_bytes()[:700]
+    path = tmp_path / "export.bin"
+    path.write_bytes(data)
+    assert chatgpt.looks_like(read_head(path), path)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "",
+        "[]",
+        '{"messages": [{"role": "user", "content": "mapping"}]}',
+        '{"messages": [{"content": "\\"mapping\\": {\\"content_type\\": 1}"}]}',
+        '12/9/20, 23:55 - Ann: "mapping": {"content_type": 1}',
+    ],
+)
+def test_rejects_other_content(text: str) -> None:
+    assert not chatgpt.looks_like(text, Path("conversations.json"))
+
+
+def _realdata(fmt: str | None = None) -> list[Path]:
+    if not REALDATA.is_dir():
+        pytest.skip("no realdata folder (set TWINLM_EXTRA_EXPORTS)")
+    files = sorted(p for p in REALDATA.rglob("*") if p.is_file() and p.name != "PROVENANCE.md")
+    return [p for p in files if fmt is None or p.parent.name == fmt]
+
+
+def test_realdata_detection() -> None:
+    files = _realdata()
+    ours = [p for p in files if p.parent.name == "chatgpt"]
+    others = [p for p in files if p.parent.name != "chatgpt"]
+    assert ours and others
+    for path in ours:
+        assert chatgpt.looks_like(read_head(path), path), path
+        assert detect(path) == "chatgpt"
+    for path in others:
+        assert not chatgpt.looks_like(read_head(path), path), path
+        assert detect(path) != "chatgpt"
+
+
+REALDATA_EXPECTED = {
+    # file: (conversations, messages, skipped)
+    "kongmono_openai_convo_nodes.json": (1, 27, Counter({"hidden node": 1})),
+    "pionxzh_fixture_image-generation.json": (
+        1,
+        4,
+        Counter(
+            {
+                "tool message": 10,
+                "reasoning": 4,
+                "other branch": 2,
+                "tool call": 2,
+                "empty message": 1,
+                "hidden node": 1,
+            }
+        ),
+    ),
+}
+
+
+def test_realdata_files_parse_without_leaks() -> None:
+    files = _realdata("chatgpt")
+    assert files
+    for path in files:
+        report = ParseReport()
+        convs = list(chatgpt.parse(path, ParseOptions(), report))
+        messages = [m for c in convs for m in c.messages]
+        for m in messages:
+            assert m.role in (Role.USER, Role.ASSISTANT)
+            assert (m.author_id, m.author_name) in {("user", "You"), ("assistant", "ChatGPT")}
+            assert m.text.strip()
+            assert not m.text.startswith(("tool text", "Thought for", "code "))
+            assert m.timestamp is None or m.timestamp.tzinfo is UTC
+        if path.name in REALDATA_EXPECTED:
+            n_convs, n_msgs, skipped = REALDATA_EXPECTED[path.name]
+            assert (len(convs), len(messages), report.skipped) == (n_convs, n_msgs, skipped)
+
+
+def test_realdata_kongmono_shape() -> None:
+    path = REALDATA / "chatgpt" / "kongmono_openai_convo_nodes.json"
+    if not path.is_file():
+        pytest.skip("realdata file absent")
+    (conv,) = chatgpt.parse(path, ParseOptions(), ParseReport())
+    assert conv.title == "Entity Mapping: Entities and Clear Research Questions\n\nTitle: Entity Mapping"
+    assert conv.platform_detail == "model: text-davinci-002-render-sha"
+    assert conv.messages[0].id == "aaa2a6fb-0c93-4a39-8016-b6db79159698"
+    assert conv.messages[0].timestamp == utc(1684891373.595028)
+    assert conv.messages[-1].id == "468287de-fc50-4cfa-90aa-ac161ed16ca0"
+    assert conv.messages[-1].text == " with the broader movement for Jamaican independence."
+    roles = [m.role for m in conv.messages]
+    assert roles.count(Role.USER) == 13 and roles.count(Role.ASSISTANT) == 14
