@@ -1,0 +1,334 @@
+"""DiscordChatExporter JSON parser: fixtures with the real edge cases, detection, fuzzing."""
+
+from __future__ import annotations
+
+import os
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from twinlm.errors import ExportError
+from twinlm.model import Conversation, Kind, Message, ParseOptions, ParseReport
+from twinlm.sources import detect, discord
+from twinlm.sources._common import read_head
+
+from conftest import REALDATA
+
+FIXTURES = Path(__file__).parent.parent / "fixtures" / "discord"
+
+
+def run(path: Path, **options: object) -> tuple[list[Conversation], ParseReport]:
+    report = ParseReport()
+    convs = list(discord.parse(path, ParseOptions(**options), report))  # type: ignore[arg-type]
+    return convs, report
+
+
+def messages(convs: list[Conversation]) -> list[Message]:
+    return [m for c in convs for m in c.messages]
+
+
+def utc(*args: int) -> datetime:
+    return datetime(*args, tzinfo=UTC)
+
+
+def test_guild_channel() -> None:
+    convs, report = run(FIXTURES / "guild_general.json")
+    assert len(convs) == 1
+    conv = convs[0]
+    assert (conv.source, conv.id, conv.kind) == ("discord", "200000000000000010", "chat")
+    assert conv.title == "Book Club / #general"
+    assert conv.platform_detail == "guild channel"
+    msgs = conv.messages
+    assert [m.id for m in msgs] == [
+        "200000000000000010:1001",
+        "200000000000000010:1002",
+        "200000000000000010:1005",
+        "200000000000000010:1006",
+        "200000000000000010:1007",
+        "200000000000000010:1008",
+        "200000000000000010:1011",
+        "200000000000000010:1012",
+    ]
+    assert [m.author_name for m in msgs] == ["Ana", "Ben", "Ben", "Ana", "carl", "Ben", "Ben", "carl"]
+    assert msgs[0].author_id == "100000000000000001"
+    assert msgs[0].text == "anyone finished the book? <:pog:123>"
+    assert msgs[0].timestamp == datetime(2024, 3, 1, 9, 1, 0, 123000, tzinfo=UTC)
+    # Reply: "+02:00" offset converted to UTC, reply_to is the namespaced referenced id.
+    assert msgs[1].text == "yes!! the ending"
+    assert msgs[1].timestamp == utc(2024, 3, 1, 9, 2, 30)
+    assert msgs[1].reply_to == "200000000000000010:1001"
+    assert [m.reply_to for m in msgs[2:]] == [None] * 6
+    assert (msgs[2].text, msgs[2].kind) == ("[image]", Kind.MEDIA)  # "cover.PNG": case-insensitive
+    assert (msgs[3].text, msgs[3].kind, msgs[3].edited) == ("look at this\n[video]\n[file]", Kind.TEXT, True)
+    assert (msgs[4].text, msgs[4].kind) == ("[sticker]", Kind.STICKER)
+    assert (msgs[5].text, msgs[5].kind) == ("https://example.com/review", Kind.TEXT)  # link preview kept
+    assert (msgs[6].text, msgs[6].kind) == ("[voice message]", Kind.MEDIA)
+    assert (msgs[7].text, msgs[7].forwarded_from, msgs[7].reply_to) == ("forwarded words", "unknown", None)
+    assert not any(m.edited for m in msgs if m.id != "200000000000000010:1006")
+    assert dict(report.skipped) == {
+        "service message (member joined)": 1,
+        "bot author": 1,
+        "service message (pin)": 1,
+        "bot command": 1,
+        "empty message": 1,
+        "empty message (embed only)": 1,
+    }
+    assert (report.conversations, report.messages) == (1, 8)
+
+
+def test_dm_with_call() -> None:
+    convs, report = run(FIXTURES / "dm_call.json")
+    (conv,) = convs
+    assert (conv.id, conv.title, conv.platform_detail) == ("200000000000000020", "DM with benji", "DM")
+    assert [(m.id, m.author_name, m.text, m.reply_to) for m in conv.messages] == [
+        ("200000000000000020:2001", "Ana", "call me?", None),
+        ("200000000000000020:2003", "Ben", "that was fun", "200000000000000020:2001"),
+    ]
+    assert conv.messages[1].timestamp == utc(2024, 4, 2, 20, 14)
+    assert dict(report.skipped) == {"service message (call)": 1}
+
+
+def test_group_dm_renames_and_recipients() -> None:
+    convs, report = run(FIXTURES / "group_dm.json")
+    (conv,) = convs
+    assert (conv.id, conv.title, conv.platform_detail) == ("200000000000000030", "road trip", "group DM")
+    assert [(m.author_id, m.text) for m in conv.messages] == [
+        ("100000000000000003", "who is driving"),
+        ("100000000000000002", "me 🚗"),
+    ]
+    assert dict(report.skipped) == {
+        "service message (recipient added)": 1,
+        "service message (channel renamed)": 2,
+        "service message (channel icon changed)": 1,
+        "service message (recipient removed)": 1,
+    }
+
+
+def test_thread_has_parent_channel_in_title() -> None:
+    convs, report = run(FIXTURES / "thread.json")
+    (conv,) = convs
+    assert conv.id == "200000000000000040"
+    assert conv.title == "Book Club / #general / Chapter 3 spoilers"
+    assert conv.platform_detail == "thread in #general"
+    assert [(m.text, m.reply_to) for m in conv.messages] == [
+        ("the twist!", None),
+        ("I KNOW", "200000000000000040:4001"),
+    ]
+    assert dict(report.skipped) == {
+        "service message (thread starter)": 1,
+        "service message (thread created)": 1,
+    }
+
+
+def test_old_schema() -> None:
+    convs, report = run(FIXTURES / "old_schema.json")
+    (conv,) = convs
+    assert (conv.id, conv.title) == ("400000000000000002", "Old Friends / #off-topic")
+    msgs = conv.messages
+    # No nickname: the account name; no isBot: a person.
+    assert [(m.author_id, m.author_name) for m in msgs] == [
+        ("400000000000000010", "dora"),
+        ("400000000000000011", "eli"),
+        ("400000000000000010", "dora"),
+    ]
+    assert [m.timestamp for m in msgs] == [
+        utc(2019, 6, 1, 12, 30),  # "+02:00", no fraction
+        datetime(2019, 6, 1, 12, 31, 5, 123456, tzinfo=UTC),  # 7 fractional digits and "Z"
+        utc(2019, 6, 1, 12, 32),  # "-05:00"
+    ]
+    assert msgs[1].text == "seven fractional digits and Z\n[audio]"
+    assert [m.edited for m in msgs] == [False, True, False]
+    assert not report.skipped
+
+
+def test_bad_timestamps_and_malformed_records_are_counted() -> None:
+    convs, report = run(FIXTURES / "bad_timestamp.json")
+    (conv,) = convs
+    assert [(m.id, m.author_id, m.author_name, m.text) for m in conv.messages] == [
+        ("500000000000000002:7001", "500000000000000010", "Fay", "first"),
+        ("500000000000000002:7005", "500000000000000011", "gus", "last"),  # int id, null nickname
+    ]
+    assert dict(report.skipped) == {"malformed message (timestamp)": 2, "malformed message": 2}
+
+
+def test_header_after_messages() -> None:
+    convs, _ = run(FIXTURES / "reordered_keys.json")
+    (conv,) = convs
+    assert (conv.id, conv.title) == ("600000000000000002", "Sorted Keys / #resaved")
+    (msg,) = conv.messages
+    assert (msg.id, msg.author_name, msg.reply_to) == (
+        "600000000000000002:8001",
+        "Hal",
+        "600000000000000002:7999",
+    )
+
+
+def test_media_drop_counts_each_dropped_message() -> None:
+    convs, report = run(FIXTURES / "guild_general.json", media="drop")
+    texts = [m.text for m in messages(convs)]
+    assert texts == [
+        "anyone finished the book? <:pog:123>",
+        "yes!! the ending",
+        "look at this",
+        "https://example.com/review",
+        "forwarded words",
+    ]
+    assert report.skipped["media dropped (image)"] == 1
+    assert report.skipped["media dropped (sticker)"] == 1
+    assert report.skipped["media dropped (voice message)"] == 1
+    assert report.notes["media placeholder dropped from a text message"] == 1
+
+
+def test_slices_share_the_conversation_id() -> None:
+    convs, report = run(FIXTURES / "guild_general.json", batch_size=3)
+    assert [len(c.messages) for c in convs] == [3, 3, 2]
+    assert {c.id for c in convs} == {"200000000000000010"}
+    assert (report.conversations, report.messages) == (1, 8)
+
+
+def test_ids_are_stable_and_unique() -> None:
+    first = [m.id for p in sorted(FIXTURES.glob("*.json")) for m in messages(run(p)[0])]
+    second = [m.id for p in sorted(FIXTURES.glob("*.json")) for m in messages(run(p)[0])]
+    assert first == second
+    assert len(set(first)) == len(first)
+
+
+def test_clip_long_message(tmp_path: Path) -> None:
+    convs, report = run(FIXTURES / "dm_call.json", max_message_chars=4)
+    assert [m.text for m in messages(convs)] == ["call", "that"]
+    assert report.notes["message cut to max_message_chars"] == 2
+
+
+NAIVE = (
+    '{"guild": {"id": "1", "name": "G"}, "channel": {"id": "2", "type": "GuildTextChat", "name": "c"},'
+    ' "messages": [{"id": "3", "type": "Default", "timestamp": "2024-01-01T12:00:00",'
+    ' "content": "hi", "author": {"id": "4", "name": "x"}}]}'
+)
+
+
+def test_timestamp_without_offset_uses_options_timezone(tmp_path: Path) -> None:
+    path = tmp_path / "naive.json"
+    path.write_text(NAIVE, encoding="utf-8")
+    convs, _ = run(path, timezone="Europe/Berlin")
+    assert messages(convs)[0].timestamp == utc(2024, 1, 1, 11, 0)
+    with pytest.raises(ExportError, match="unknown timezone"):
+        run(path, timezone="Not/AZone")
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (b"", "invalid or truncated JSON"),
+        (b"   \n\t  ", "invalid or truncated JSON"),
+        (b"\xff\xfe\x00garbage\x81", "invalid or truncated JSON"),
+        (b"[1, 2]", "top level is not an object"),
+        (b'{"guild": {"id": "1"}, "messages": []}', "no channel header"),
+        (b'{"guild": {"id": "1"}, "channel": {"id": "2"}}', "no messages array"),
+    ],
+)
+def test_unreadable_files_raise_export_error(tmp_path: Path, content: bytes, message: str) -> None:
+    path = tmp_path / "bad.json"
+    path.write_bytes(content)
+    with pytest.raises(ExportError, match=message) as info:
+        run(path)
+    assert str(path) in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_truncated_file_names_the_byte_offset(tmp_path: Path) -> None:
+    data = (FIXTURES / "guild_general.json").read_bytes()
+    path = tmp_path / "cut.json"
+    path.write_bytes(data[: len(data) // 2])
+    report = ParseReport()
+    got: list[Message] = []
+    with pytest.raises(ExportError, match=r"invalid or truncated JSON") as info:
+        for conv in discord.parse(path, ParseOptions(), report):
+            got.extend(conv.messages)
+    assert info.value.where is not None and info.value.where.startswith("byte ")
+
+
+def test_looks_like() -> None:
+    for path in FIXTURES.glob("*.json"):
+        assert discord.looks_like(read_head(path), path), path
+    # Cut mid-file is fine: only the header is needed.
+    head = (FIXTURES / "guild_general.json").read_text(encoding="utf-8")[:400]
+    assert discord.looks_like(head, Path("x"))
+    assert not discord.looks_like('{"name": "Chat", "type": "personal_chat", "messages": []}', Path("x"))
+    assert not discord.looks_like('{"participants": [{"name": "a"}], "messages": []}', Path("x"))
+    assert not discord.looks_like('[{"guild": {"id": 1}, "channel": {"id": 2}}]', Path("x"))
+    # A DCE header quoted inside a string of another export is escaped, so it does not match.
+    assert not discord.looks_like('{"text": "{\\"guild\\": {\\"channel\\": {", "messages": []}', Path("x"))
+
+
+def _realdata_files() -> list[Path]:
+    if not REALDATA.is_dir():
+        return []
+    return sorted(p for p in REALDATA.rglob("*") if p.is_file() and p.name != "PROVENANCE.md")
+
+
+def test_detection_on_realdata() -> None:
+    files = _realdata_files()
+    if not files:
+        pytest.skip("no realdata folder")
+    for path in files:
+        mine = path.parent.name == "discord"
+        assert discord.looks_like(read_head(path), path) == mine, path
+        if mine:
+            assert detect(path) == "discord", path
+
+
+def test_detect_fixtures() -> None:
+    for path in FIXTURES.glob("*.json"):
+        assert detect(path) == "discord", path
+
+
+SERVICE_TEXTS = ("Started a call", "Pinned a message", "Joined the server", "Changed the channel")
+
+
+def test_realdata_parses_without_service_text() -> None:
+    root = os.environ.get("TWINLM_EXTRA_EXPORTS")
+    if not root or not (Path(root) / "discord").is_dir():
+        pytest.skip("TWINLM_EXTRA_EXPORTS not set")
+    files = sorted((Path(root) / "discord").glob("*.json"))
+    assert files
+    for path in files:
+        convs, report = run(path)
+        msgs = messages(convs)
+        assert report.conversations == 1 and msgs, path
+        for m in msgs:
+            assert m.timestamp is not None and m.timestamp.tzinfo is not None
+            assert not m.text.startswith(SERVICE_TEXTS), (path, m.text)
+        assert len({m.id for m in msgs}) == len(msgs)
+
+
+FUZZ_SOURCES = sorted(FIXTURES.glob("*.json"))
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    index=st.integers(min_value=0, max_value=len(FUZZ_SOURCES) - 1),
+    cut=st.floats(min_value=0.0, max_value=1.0),
+    edits=st.lists(st.tuples(st.floats(min_value=0.0, max_value=1.0), st.integers(0, 255)), max_size=8),
+    drop=st.booleans(),
+)
+def test_fuzzed_files_parse_or_raise_export_error(
+    tmp_path_factory: pytest.TempPathFactory,
+    index: int,
+    cut: float,
+    edits: list[tuple[float, int]],
+    drop: bool,
+) -> None:
+    data = bytearray(FUZZ_SOURCES[index].read_bytes())
+    for where, byte in edits:
+        data[min(int(where * len(data)), len(data) - 1)] = byte
+    if cut < 0.7:
+        data = data[: int(cut / 0.7 * len(data))]
+    path = tmp_path_factory.mktemp("fuzz") / "export.json"
+    path.write_bytes(bytes(data))
+    try:
+        run(path, media="drop" if drop else "placeholder")
+    except ExportError as e:
+        assert str(path) in str(e)
