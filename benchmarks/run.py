@@ -1,0 +1,177 @@
+"""`make bench`: ingest throughput and peak memory, twinlm against a plain `json.load` + loop.
+
+Each measurement runs in its own child process pinned to one core, so peak RSS is that run's own.
+The baseline is what a glue script does: load the whole file, loop over the messages, pull out
+author, time and text. twinlm's figure includes everything the baseline does not: detection,
+the full parser rules and the SQLite upsert.
+
+    python benchmarks/run.py            # full sizes (1M-message Telegram, 5,000-conversation ChatGPT, 1 GB)
+    python benchmarks/run.py --quick    # small sizes, a smoke run
+    python benchmarks/run.py --record   # also append the table to benchmarks/RESULTS.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+DATA = HERE / ".data"
+sys.path.insert(0, str(HERE))
+
+
+def _child(kind: str, path: Path) -> None:
+    """Runs in the child process: one measurement, printed as JSON."""
+    if hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})  # one core
+    start = time.perf_counter()
+    if kind == "twinlm":
+        from twinlm.corpus.db import Corpus
+        from twinlm.ingest import ingest
+        from twinlm.model import ParseOptions
+
+        with tempfile.TemporaryDirectory() as tmp, Corpus(Path(tmp) / "corpus.db") as corpus:
+            result = ingest([path], corpus, ParseOptions(timezone="UTC"))
+            if result.failed:
+                raise SystemExit(result.failed[0].error)
+            messages = result.total().report.messages
+    elif kind == "baseline-telegram":
+        with open(path, encoding="utf-8") as f:
+            export = json.load(f)
+        chats = export["chats"]["list"] if "chats" in export else [export]
+        rows = []
+        for chat in chats:
+            for m in chat["messages"]:
+                if m.get("type") == "message":
+                    text = (
+                        m["text"]
+                        if isinstance(m["text"], str)
+                        else "".join(t if isinstance(t, str) else t.get("text", "") for t in m["text"])
+                    )
+                    rows.append((m["id"], m.get("from"), m.get("date_unixtime"), text))
+        messages = len(rows)
+    elif kind == "baseline-chatgpt":
+        with open(path, encoding="utf-8") as f:
+            export = json.load(f)
+        rows = []
+        for conversation in export:
+            for node in conversation["mapping"].values():
+                message = node.get("message")
+                if message:
+                    parts = message["content"].get("parts") or []
+                    rows.append(
+                        (
+                            message["id"],
+                            message["author"]["role"],
+                            message.get("create_time"),
+                            "".join(p for p in parts if isinstance(p, str)),
+                        )
+                    )
+        messages = len(rows)
+    else:
+        raise SystemExit(f"unknown measurement {kind}")
+    seconds = time.perf_counter() - start
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+    print(json.dumps({"messages": messages, "seconds": seconds, "peak_rss_mb": peak_mb}))
+
+
+def _measure(kind: str, path: Path) -> dict[str, float]:
+    proc = subprocess.run(
+        [sys.executable, __file__, "--child", kind, str(path)], capture_output=True, text=True, check=False
+    )
+    if proc.returncode != 0:
+        raise SystemExit(f"{kind} on {path.name} failed:\n{proc.stderr[-2000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _dataset(name: str, make: object) -> Path:
+    path = DATA / name
+    if not path.exists():
+        DATA.mkdir(exist_ok=True)
+        tmp = path.with_suffix(".partial")
+        print(f"generating {name} ...", file=sys.stderr, flush=True)
+        make(tmp)  # type: ignore[operator]
+        tmp.rename(path)
+    return path
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--quick", action="store_true", help="small inputs: a smoke run, not a measurement")
+    parser.add_argument("--record", action="store_true", help="append the results to benchmarks/RESULTS.md")
+    parser.add_argument("--child", nargs=2, metavar=("KIND", "PATH"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        _child(args.child[0], Path(args.child[1]))
+        return
+
+    from gen_chatgpt import write_chatgpt_export
+    from gen_telegram import write_telegram_export
+
+    scale = 0.02 if args.quick else 1.0
+    n_tg, n_gpt, n_big = int(1_000_000 * scale), max(50, int(5_000 * scale)), int(2_800_000 * scale)
+    cases = [
+        (
+            f"Telegram full export, {n_tg:,} messages",
+            "baseline-telegram",
+            _dataset(f"telegram-{n_tg}.json", lambda p: write_telegram_export(p, n_tg, full=True)),
+        ),
+        (
+            f"ChatGPT export, {n_gpt:,} conversations",
+            "baseline-chatgpt",
+            _dataset(f"chatgpt-{n_gpt}.json", lambda p: write_chatgpt_export(p, n_gpt)),
+        ),
+        (
+            f"Telegram single chat, {n_big:,} messages",
+            "baseline-telegram",
+            _dataset(f"telegram-single-{n_big}.json", lambda p: write_telegram_export(p, n_big)),
+        ),
+    ]
+    lines = [
+        f"### Ingest, {datetime.now(UTC).date()} ({platform.processor() or platform.machine()}, "
+        f"{_cpu_name()}, Python {platform.python_version()}{', QUICK' if args.quick else ''})",
+        "",
+        "| input | size | twinlm msg/s | twinlm peak RSS | baseline msg/s | baseline peak RSS "
+        "| speed ratio |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for title, baseline_kind, path in cases:
+        ours = _measure("twinlm", path)
+        base = _measure(baseline_kind, path)
+        rate, base_rate = ours["messages"] / ours["seconds"], base["messages"] / base["seconds"]
+        size_mib = path.stat().st_size / 2**20
+        lines.append(
+            f"| {title} | {size_mib:,.0f} MiB | {rate:,.0f} | {ours['peak_rss_mb']:,.0f} MiB "
+            f"| {base_rate:,.0f} | {base['peak_rss_mb']:,.0f} MiB | {rate / base_rate:.2f}x |"
+        )
+        print(lines[-1], flush=True)
+    table = "\n".join(lines) + "\n"
+    print("\n" + table)
+    if args.record:
+        with open(HERE / "RESULTS.md", "a", encoding="utf-8") as f:
+            f.write("\n" + table)
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip() + f", {os.cpu_count()} cores"
+    except OSError:
+        pass
+    return f"{os.cpu_count()} cores"
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,270 @@
+"""The `twinlm` command line: one command per pipeline verb.
+
+Option help is taken from the config model's field descriptions, so twin.yaml, `--help` and the
+docs say the same thing. Errors for users are one line on stderr and exit code 1; a traceback means
+a bug in twinlm.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from collections import Counter
+from collections.abc import Callable
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import orjson
+import typer
+from pydantic import BaseModel, ValidationError
+from rich.console import Console
+from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from twinlm import __version__
+from twinlm.config import IngestConfig, TwinConfig
+from twinlm.corpus.db import Corpus
+from twinlm.corpus.queries import source_stats, speakers
+from twinlm.errors import TwinError
+from twinlm.identities import resolver
+from twinlm.ingest import IngestResult, ingest
+from twinlm.sources import FORMATS
+from twinlm.workspace import init_workspace, open_workspace
+
+app = typer.Typer(
+    name="twinlm",
+    help="Turn your own chat history and documents into a private, fine-tuned LLM.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,  # help texts contain literal brackets such as "[photo]"
+)
+out = Console()
+err = Console(stderr=True)
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _user_errors(command: F) -> F:
+    """Show TwinError as one red line and exit 1; anything else is a bug and keeps its traceback."""
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return command(*args, **kwargs)
+        except TwinError as e:
+            err.print(f"[bold red]error:[/] {e}", markup=True, highlight=False, soft_wrap=True)
+            raise typer.Exit(1) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _help(model: type[BaseModel], field: str) -> str:
+    return model.model_fields[field].description or ""
+
+
+Workspace = Annotated[
+    Path, typer.Option("--workspace", "-w", help="The twin's folder (holds twin.yaml).", show_default=False)
+]
+AsJson = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON instead of tables.")]
+
+
+def _version(value: bool) -> None:
+    if value:
+        out.print(f"twinlm {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")
+    ] = False,
+) -> None:
+    """Turn your own chat history and documents into a private, fine-tuned LLM."""
+
+
+@app.command()
+@_user_errors
+def init(
+    directory: Annotated[Path, typer.Argument(help="Folder to create the workspace in.")],
+    name: Annotated[str | None, typer.Option(help=_help(TwinConfig, "name"))] = None,
+    me: Annotated[list[str] | None, typer.Option(help=_help(TwinConfig, "me") + " Repeat for each.")] = None,
+    force: Annotated[bool, typer.Option(help="Overwrite an existing twin.yaml.")] = False,
+) -> None:
+    """Create a workspace: a commented twin.yaml and the folders every stage writes to."""
+    try:
+        config = TwinConfig(name=name or directory.resolve().name, me=me or [])
+    except ValidationError as e:
+        first = e.errors()[0]
+        raise TwinError(f"--{first['loc'][0]}: {first['msg']}") from None
+    path = init_workspace(directory, config, force=force)
+    out.print(f"Created [bold]{path}[/]. Next: [cyan]twinlm ingest -w {directory} PATH...[/]")
+
+
+@app.command("ingest")
+@_user_errors
+def ingest_command(
+    paths: Annotated[
+        list[Path] | None,
+        typer.Argument(help="Export files, folders or zips. Default: ingest.paths from twin.yaml.",
+                       show_default=False),
+    ] = None,
+    workspace: Workspace = Path("."),
+    format: Annotated[
+        str | None,
+        typer.Option("--format", help=f"Skip detection and read every file as: {', '.join(FORMATS)}."),
+    ] = None,
+    media: Annotated[str | None, typer.Option(help=_help(IngestConfig, "media"))] = None,
+    timezone: Annotated[str | None, typer.Option(help=_help(IngestConfig, "timezone"))] = None,
+    whatsapp_date_order: Annotated[
+        str | None, typer.Option(help=_help(IngestConfig, "whatsapp_date_order"))
+    ] = None,
+    as_json: AsJson = False,
+) -> None:
+    """Read exports into the corpus. Re-running with the same or a newer export adds only what is new."""
+    ws = open_workspace(workspace)
+    overrides = {k: v for k, v in {"media": media, "timezone": timezone,
+                                   "whatsapp_date_order": whatsapp_date_order}.items() if v is not None}
+    try:
+        settings = IngestConfig.model_validate({**ws.config.ingest.model_dump(), **overrides})
+    except ValidationError as e:
+        first = e.errors()[0]
+        raise TwinError(f"--{str(first['loc'][0]).replace('_', '-')}: "
+                        f"{first['msg'].removeprefix('Value error, ')}") from None
+    if format is not None and format not in FORMATS:
+        raise TwinError(f"--format: unknown format {format!r}; choose one of: {', '.join(FORMATS)}")
+    targets = paths or [ws.root / p for p in settings.paths]
+    if not targets:
+        raise TwinError("nothing to ingest: give export paths, or list them under ingest.paths in twin.yaml")
+
+    started = time.perf_counter()
+    with Corpus(ws.corpus_path) as corpus, Progress(
+        SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(),
+        console=err, transient=True, disable=as_json,
+    ) as progress:
+        task = progress.add_task("Reading", total=None)
+        result = ingest(
+            targets, corpus, settings.parse_options(), fmt=format,
+            max_unpacked_bytes=int(settings.max_unpacked_gb * 2**30),
+            on_file=lambda name: progress.update(task, description=f"Reading {name}"),
+            on_progress=lambda name, n: progress.update(task, description=f"Reading {name}: {n:,} messages"),
+        )
+    elapsed = time.perf_counter() - started
+    if as_json:
+        typer.echo(orjson.dumps(result.summary(), option=orjson.OPT_INDENT_2).decode())
+    else:
+        _print_ingest(result, elapsed)
+    if result.failed:
+        raise typer.Exit(1)
+
+
+def _print_ingest(result: IngestResult, elapsed: float) -> None:
+    table = Table(title="Read", title_justify="left")
+    for column in ("file", "format", "conversations", "messages", "new", "updated", "skipped"):
+        table.add_column(column, justify="left" if column in ("file", "format") else "right")
+    ok = [f for f in result.files if not f.error]
+    for f in ok:
+        table.add_row(f.name, f.format or "", f"{f.report.conversations:,}", f"{f.report.messages:,}",
+                      f"{f.changes.new_messages:,}", f"{f.changes.updated_messages:,}",
+                      f"{sum(f.report.skipped.values()):,}")
+    total = result.total()
+    if len(ok) > 1:
+        table.add_row("[bold]total", "", f"{total.report.conversations:,}", f"{total.report.messages:,}",
+                      f"{total.changes.new_messages:,}", f"{total.changes.updated_messages:,}",
+                      f"{sum(total.report.skipped.values()):,}")
+    if ok:
+        out.print(table)
+    reasons: Counter[str] = Counter()
+    for f in ok:
+        reasons.update({f"{f.format}: {reason}": n for reason, n in f.report.skipped.items()})
+    reasons.update({f"file: {reason}": n for reason, n in result.not_exports.items()})
+    if reasons:
+        skipped = Table(title="Left out, by reason", title_justify="left")
+        skipped.add_column("reason")
+        skipped.add_column("count", justify="right")
+        for reason, n in sorted(reasons.items(), key=lambda kv: (-kv[1], kv[0])):
+            skipped.add_row(reason, f"{n:,}")
+        out.print(skipped)
+    notes = Counter[str]()
+    for f in ok:
+        notes.update(f.report.notes)
+    if notes:
+        out.print("Notes: " + "; ".join(f"{what} ({n:,})" for what, n in sorted(notes.items())))
+    for f in result.failed:
+        err.print(f"[bold red]error:[/] {f.error}", highlight=False, soft_wrap=True)
+    rate = total.report.messages / elapsed if elapsed > 0 else 0.0
+    out.print(f"{total.changes.new_messages:,} new messages, {total.changes.new_conversations:,} new "
+              f"conversations in {elapsed:.1f}s ({rate:,.0f} messages/s).")
+
+
+@app.command()
+@_user_errors
+def people(
+    workspace: Workspace = Path("."),
+    unmapped: Annotated[bool, typer.Option(help="Only speakers not yet mapped in twin.yaml.")] = False,
+    limit: Annotated[int, typer.Option(help="Show at most this many rows (0: all).")] = 50,
+    as_json: AsJson = False,
+) -> None:
+    """List speakers with message counts per source, to fill in `me:` and `people:` in twin.yaml."""
+    ws = open_workspace(workspace)
+    with Corpus(ws.corpus_path) as corpus:
+        rows = speakers(corpus, resolver(ws.config))
+    if unmapped:
+        rows = [r for r in rows if r.person is None]
+    if limit:
+        rows = rows[:limit]
+    if as_json:
+        typer.echo(orjson.dumps([
+            {"source": r.source, "author_id": r.author_id, "name": r.author_name, "messages": r.messages,
+             "first": _iso(r.first), "last": _iso(r.last), "person": r.person}
+            for r in rows
+        ], option=orjson.OPT_INDENT_2).decode())
+        return
+    table = Table(title="Speakers", title_justify="left")
+    for column in ("person", "name", "source", "author id", "messages", "first", "last"):
+        table.add_column(column, justify="right" if column == "messages" else "left")
+    for r in rows:
+        person = "[bold green]me[/]" if r.person == "me" else (r.person or "[dim]-[/]")
+        table.add_row(person, r.author_name, r.source, r.author_id, f"{r.messages:,}", _day(r.first),
+                      _day(r.last))
+    out.print(table)
+    if not ws.config.me:
+        out.print("Add your own names/ids to [bold]me:[/] in twin.yaml (and others' aliases to "
+                  "[bold]people:[/]) so every platform's you is one speaker.")
+
+
+@app.command()
+@_user_errors
+def stats(workspace: Workspace = Path("."), as_json: AsJson = False) -> None:
+    """Per source: conversations, messages, date range and top speakers."""
+    ws = open_workspace(workspace)
+    with Corpus(ws.corpus_path) as corpus:
+        rows = source_stats(corpus)
+    if as_json:
+        typer.echo(orjson.dumps([
+            {"source": s.source, "conversations": s.conversations, "messages": s.messages,
+             "first": _iso(s.first), "last": _iso(s.last),
+             "top_speakers": [{"name": n, "messages": c} for n, c in s.top_speakers]}
+            for s in rows
+        ], option=orjson.OPT_INDENT_2).decode())
+        return
+    if not rows:
+        out.print("The corpus is empty: run [cyan]twinlm ingest PATH...[/] first.")
+        return
+    table = Table(title="Corpus", title_justify="left")
+    for column in ("source", "conversations", "messages", "from", "to", "top speakers"):
+        table.add_column(column, justify="right" if column in ("conversations", "messages") else "left")
+    for s in rows:
+        top = ", ".join(f"{name} ({count:,})" for name, count in s.top_speakers)
+        table.add_row(s.source, f"{s.conversations:,}", f"{s.messages:,}", _day(s.first), _day(s.last), top)
+    out.print(table)
+
+
+def _iso(t: datetime | None) -> str | None:
+    return t.isoformat() if t else None
+
+
+def _day(t: datetime | None) -> str:
+    return t.date().isoformat() if t else "-"

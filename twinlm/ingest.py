@@ -1,0 +1,246 @@
+"""`twinlm ingest`: read export files, folders and zips into the corpus, in one transaction.
+
+Each file is detected by content and parsed by its source module; what it yields is upserted under
+a per-file savepoint. A file that cannot be read is reported with its one-line error and leaves no
+trace; the other files still import. A bug (any other exception) rolls back the whole import.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import zipfile
+from collections import Counter
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+
+from twinlm import sources
+from twinlm.corpus.db import Changes, Corpus
+from twinlm.errors import ExportError
+from twinlm.model import ParseOptions, ParseReport
+
+# Leading bytes of files that are media, never exports: skipped inside zips without unpacking them.
+MEDIA_MAGIC = (b"\xff\xd8\xff", b"\x89PNG", b"GIF8", b"RIFF", b"OggS", b"ID3", b"\x1aE\xdf\xa3", b"fLaC")
+MAX_ZIP_DEPTH = 2
+SUSPICIOUS_RATIO = 100  # uncompressed/compressed: chat exports compress 5-20x, bombs 1000x and more
+
+
+@dataclass(slots=True)
+class FileResult:
+    name: str  # as shown to the user: a path, or "archive.zip/member"
+    format: str | None = None
+    report: ParseReport = field(default_factory=ParseReport)
+    changes: Changes = field(default_factory=Changes)
+    error: str | None = None
+
+
+@dataclass(slots=True)
+class IngestResult:
+    import_id: int
+    files: list[FileResult] = field(default_factory=list)
+    not_exports: Counter[str] = field(default_factory=Counter)  # reason -> count, e.g. media files
+
+    @property
+    def failed(self) -> list[FileResult]:
+        return [f for f in self.files if f.error]
+
+    def total(self) -> FileResult:
+        total = FileResult(name="total")
+        for f in self.files:
+            total.report.merge(f.report)
+            total.changes.add(f.changes)
+        return total
+
+    def summary(self) -> dict[str, object]:
+        return {
+            "import_id": self.import_id,
+            "files": [
+                {
+                    "file": f.name, "format": f.format, "error": f.error,
+                    "conversations": f.report.conversations, "messages": f.report.messages,
+                    "new_conversations": f.changes.new_conversations,
+                    "new_messages": f.changes.new_messages, "updated_messages": f.changes.updated_messages,
+                    "skipped": dict(f.report.skipped), "notes": dict(f.report.notes),
+                }
+                for f in self.files
+            ],
+            "not_exports": dict(self.not_exports),
+        }
+
+
+@dataclass(slots=True)
+class _Input:
+    path: Path  # where the bytes are (a temporary file for zip members)
+    name: str  # what the user sees
+    explicit: bool  # named on the command line: an unknown format is an error, not a skip
+
+
+ProgressCallback = Callable[[str, int], None]  # (file name, messages read so far in that file)
+
+
+def ingest(
+    paths: list[Path],
+    corpus: Corpus,
+    options: ParseOptions,
+    *,
+    fmt: str | None = None,
+    max_unpacked_bytes: int = 50 * 2**30,
+    on_file: Callable[[str], None] | None = None,
+    on_progress: ProgressCallback | None = None,
+) -> IngestResult:
+    """Import `paths` (files, folders, zips) into `corpus`. Returns what each file gave."""
+    for path in paths:
+        if not path.exists():
+            raise ExportError(path, "no such file or folder")
+    with corpus.importing([str(p) for p in paths]) as import_id, tempfile.TemporaryDirectory(
+        prefix=".ingest-", dir=corpus.path.parent
+    ) as scratch:
+        result = IngestResult(import_id=import_id)
+        inputs = _expand(paths, Path(scratch), max_unpacked_bytes, result)
+        for item in inputs:
+            if on_file:
+                on_file(item.name)
+            result.files.append(_ingest_file(item, corpus, import_id, options, fmt, on_progress, result))
+        result.files = [f for f in result.files if f.format or f.error]
+        corpus.record_summary(import_id, result.summary())
+    return result
+
+
+def _ingest_file(
+    item: _Input,
+    corpus: Corpus,
+    import_id: int,
+    options: ParseOptions,
+    fmt: str | None,
+    on_progress: ProgressCallback | None,
+    result: IngestResult,
+) -> FileResult:
+    file_result = FileResult(name=item.name)
+    try:
+        if item.path.stat().st_size == 0:
+            if item.explicit:
+                raise ExportError(item.name, "empty file", "byte 0")
+            result.not_exports["empty file"] += 1
+            return file_result
+        file_format = fmt or sources.detect(item.path)
+        if file_format is None:
+            if item.explicit:
+                raise ExportError(item.name, "not a recognised export (ChatGPT, Discord, Telegram, "
+                                  "WhatsApp, Messenger/Instagram, JSONL dataset, or a .txt/.md/.pdf/.docx "
+                                  "document)")
+            result.not_exports["not an export"] += 1
+            return file_result
+        file_result.format = file_format
+        with corpus.file_savepoint() as changes:
+            for conversation in sources.parse(item.path, file_format, options, file_result.report):
+                corpus.add(conversation, import_id)
+                if on_progress:
+                    on_progress(item.name, file_result.report.messages)
+        file_result.changes = changes
+    except ExportError as e:
+        # Parsers name the file they were given; show the user's name for it (zip members).
+        file_result.error = str(ExportError(item.name, e.message, e.where))
+        file_result.report = ParseReport()
+    except OSError as e:
+        file_result.error = f"{item.name}: cannot read ({e.strerror or e})"
+        file_result.report = ParseReport()
+    return file_result
+
+
+def _expand(paths: list[Path], scratch: Path, max_unpacked: int, result: IngestResult) -> Iterator[_Input]:
+    """Every file to read, in a stable order: folders walked, zips unpacked (safely) into `scratch`."""
+    for path in paths:
+        if path.is_dir():
+            for child in sorted(path.rglob("*")):
+                if child.is_file() and not any(p.startswith(".") for p in child.relative_to(path).parts):
+                    yield from _maybe_archive(_Input(child, str(child), False), scratch, max_unpacked, 0,
+                                              result)
+        else:
+            yield from _maybe_archive(_Input(path, str(path), True), scratch, max_unpacked, 0, result)
+
+
+def _maybe_archive(
+    item: _Input, scratch: Path, max_unpacked: int, depth: int, result: IngestResult
+) -> Iterator[_Input]:
+    if not _is_archive(item.path):
+        yield item
+        return
+    if depth >= MAX_ZIP_DEPTH:
+        error = f"{item.name}: zip nested too deeply; unpack it first"
+        result.files.append(FileResult(item.name, error=error))
+        return
+    try:
+        with zipfile.ZipFile(item.path) as archive:
+            members = _safe_members(archive, item.name, max_unpacked)
+            target = scratch / f"{depth}-{len(list(scratch.iterdir()))}" / _archive_stem(item.name)
+            for info in members:
+                with _unpacked(archive, info, target) as member_path:
+                    if member_path is None:
+                        result.not_exports["media file in archive"] += 1
+                        continue
+                    member = _Input(member_path, f"{item.name}/{info.filename}", False)
+                    yield from _maybe_archive(member, scratch, max_unpacked, depth + 1, result)
+    except ExportError as e:
+        result.files.append(FileResult(item.name, error=str(e)))
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, NotImplementedError, EOFError, OSError) as e:
+        result.files.append(FileResult(item.name, error=f"{item.name}: damaged or unsupported zip ({e})"))
+
+
+def _is_archive(path: Path) -> bool:
+    """A zip that is a container of exports (a .docx is a zip too, but it is a document)."""
+    with open(path, "rb") as f:
+        if f.read(4) != b"PK\x03\x04":
+            return False
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return "word/document.xml" not in archive.namelist()
+    except (zipfile.BadZipFile, OSError):
+        return True  # let the archive reader report the damage with the file's name
+
+
+def _safe_members(archive: zipfile.ZipFile, name: str, max_unpacked: int) -> list[zipfile.ZipInfo]:
+    """Members to unpack, after refusing path traversal and zip bombs (checked before any write)."""
+    members, total = [], 0
+    for info in archive.infolist():
+        parts = PurePosixPath(info.filename.replace("\\", "/")).parts
+        if info.filename.startswith(("/", "\\")) or ".." in parts or (parts and ":" in parts[0]):
+            raise ExportError(name, f"unsafe path {info.filename!r} in zip; refusing to unpack it")
+        if info.is_dir() or any(p.startswith(".") or p == "__MACOSX" for p in parts):
+            continue
+        total += info.file_size
+        if total > max_unpacked:
+            raise ExportError(name, f"zip would unpack to more than {max_unpacked / 2**30:.1f} GB "
+                              "(ingest.max_unpacked_gb); unpack it yourself if that is expected")
+        ratio = info.file_size // max(info.compress_size, 1)
+        if info.file_size > 2**26 and ratio > SUSPICIOUS_RATIO:
+            raise ExportError(name, f"{info.filename!r} compresses {ratio}x: refusing a likely zip bomb")
+        members.append(info)
+    return sorted(members, key=lambda i: i.filename)
+
+
+def _archive_stem(name: str) -> str:
+    # The folder a member is unpacked into carries the archive's name: WhatsApp's `_chat.txt`
+    # takes its chat name from it ("WhatsApp Chat - Alice.zip").
+    stem = PurePosixPath(name.replace("\\", "/")).name
+    return stem[:-4] if stem.lower().endswith(".zip") else stem
+
+
+@contextmanager
+def _unpacked(archive: zipfile.ZipFile, info: zipfile.ZipInfo, target: Path) -> Iterator[Path | None]:
+    """Unpack one member to a temporary file (deleted after use); None for media files."""
+    with archive.open(info) as src:
+        head = src.read(16)
+        if head.startswith(MEDIA_MAGIC) or head[4:8] == b"ftyp":
+            yield None
+            return
+        out = target.joinpath(*PurePosixPath(info.filename).parts)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with open(out, "wb") as dst:
+            dst.write(head)
+            shutil.copyfileobj(src, dst, 1 << 20)  # zipfile stops at the declared size and checks CRC
+    try:
+        yield out
+    finally:
+        out.unlink(missing_ok=True)
