@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 from collections import Counter
 from datetime import UTC, datetime
 from pathlib import Path
@@ -20,6 +21,12 @@ from conftest import REALDATA
 
 FIX = Path(__file__).parent.parent / "fixtures" / "chatgpt"
 FIXTURES = sorted(FIX.glob("*.json"))
+
+
+
+def node(message_id: str | None) -> str | None:
+    """The ChatGPT node id inside a message id ("<conversation id>:<node id>")."""
+    return None if message_id is None else message_id.split(":", 1)[1]
 
 
 def run(name: str, options: ParseOptions | None = None) -> tuple[list[Conversation], ParseReport]:
@@ -57,7 +64,7 @@ def test_only_the_current_node_branch_is_kept() -> None:
     assert conv.title == "Branched maths"
     assert conv.system_prompt is None
     assert conv.platform_detail == "model: gpt-4"  # no default_model_slug: first answer's model
-    assert [m.id for m in conv.messages] == ["a-u1", "a-a1", "a-u2b", "a-a3b"]
+    assert [node(m.id) for m in conv.messages] == ["a-u1", "a-a1", "a-u2b", "a-a3b"]
     assert [m.text for m in conv.messages] == ["Hi there", "Hello! How can I help?", "What is 2+3?", "Five."]
     assert [m.role for m in conv.messages] == [Role.USER, Role.ASSISTANT, Role.USER, Role.ASSISTANT]
     assert [(m.author_id, m.author_name) for m in conv.messages] == [
@@ -73,7 +80,7 @@ def test_only_the_current_node_branch_is_kept() -> None:
         utc(1700000030.75),
     ]
     assert conv.messages[0].timestamp == datetime(2023, 11, 14, 22, 13, 20, 500000, tzinfo=UTC)
-    assert [m.reply_to for m in conv.messages] == [None, "a-u1", "a-a1", "a-u2b"]
+    assert [node(m.reply_to) for m in conv.messages] == [None, "a-u1", "a-a1", "a-u2b"]
     # the edited user turn (it has a user sibling) is flagged; the regenerated answer is not
     assert [m.edited for m in conv.messages] == [False, False, True, False]
     assert all(m.kind is Kind.TEXT for m in conv.messages)
@@ -87,12 +94,12 @@ def test_custom_instructions_become_the_system_prompt() -> None:
     assert ci.platform_detail == "model: gpt-4o"  # default_model_slug wins over the answers' slug
     assert ci.title == "Custom instructions"
     # two assistant nodes of one answer stay two messages
-    assert [(m.id, m.role, m.text) for m in ci.messages] == [
+    assert [(node(m.id), m.role, m.text) for m in ci.messages] == [
         ("b-u1", Role.USER, "Quelle heure est-il à Tokyo ?"),
         ("b-a1", Role.ASSISTANT, "Il est 9 h."),
         ("b-a1b", Role.ASSISTANT, "(heure de Tokyo)"),
     ]
-    assert ci.messages[2].reply_to == "b-a1"
+    assert node(ci.messages[2].reply_to) == "b-a1"
     assert ci.messages[0].timestamp == utc(1710000000.0)
 
     wrapped = convs["conv-wrapped"]
@@ -113,11 +120,11 @@ def test_tool_browsing_code_and_reasoning_nodes_are_left_out_and_counted() -> No
     assert len(convs) == 1
     conv = convs[0]
     assert conv.id == "conv-tools"
-    assert [(m.id, m.role, m.text) for m in conv.messages] == [
+    assert [(node(m.id), m.role, m.text) for m in conv.messages] == [
         ("t-u1", Role.USER, "Plot sin(x), then find today's news."),
         ("t-final", Role.ASSISTANT, "Here is the plot and today's news."),
     ]
-    assert conv.messages[1].reply_to == "t-u1"
+    assert node(conv.messages[1].reply_to) == "t-u1"
     assert conv.messages[1].timestamp == utc(1720000060.0)
     assert report.messages == 2
     assert report.skipped == Counter(
@@ -140,7 +147,7 @@ def test_tool_browsing_code_and_reasoning_nodes_are_left_out_and_counted() -> No
 def test_multimodal_images_voice_code_files_and_timestamps() -> None:
     convs, report = run("multimodal.json")
     conv = convs[0]
-    got = [(m.id, m.role, m.kind, m.text) for m in conv.messages]
+    got = [(node(m.id), m.role, m.kind, m.text) for m in conv.messages]
     assert got == [
         ("m-u1", Role.USER, Kind.TEXT, "What is in this picture?\n[image]"),
         ("m-a1", Role.ASSISTANT, Kind.TEXT, "A cat."),
@@ -153,7 +160,7 @@ def test_multimodal_images_voice_code_files_and_timestamps() -> None:
         ("m-u5", Role.USER, Kind.TEXT, "Summarise this\n[file]"),
         ("m-a7", Role.ASSISTANT, Kind.TEXT, "Done."),
     ]
-    ts = {m.id: m.timestamp for m in conv.messages}
+    ts = {node(m.id): m.timestamp for m in conv.messages}
     assert ts["m-u1"] == utc(1730000000.0)
     assert ts["m-a1"] is None  # null create_time
     assert ts["m-u2"] is None  # absurd create_time (1e20): dropped, noted
@@ -166,7 +173,7 @@ def test_multimodal_images_voice_code_files_and_timestamps() -> None:
 
 def test_media_drop_option() -> None:
     convs, report = run("multimodal.json", ParseOptions(media="drop"))
-    texts = {m.id: m.text for m in convs[0].messages}
+    texts = {node(m.id): m.text for m in convs[0].messages}
     assert texts["m-u1"] == "What is in this picture?"
     assert texts["m-u5"] == "Summarise this"
     assert "m-u2" not in texts  # images only: nothing left
@@ -203,7 +210,7 @@ def test_big_conversations_come_in_slices_with_one_id() -> None:
 
 def test_cycles_dangling_parents_and_missing_current_node() -> None:
     convs, report = run("broken_tree.json")
-    got = {c.id: [(m.id, m.text) for m in c.messages] for c in convs}
+    got = {c.id: [(node(m.id), m.text) for m in c.messages] for c in convs}
     assert got == {
         "conv-cycle": [("x1", "one"), ("x2", "two"), ("x3", "three")],
         "conv-dangling": [("y-u1", "orphan question"), ("y-a1", "orphan answer")],
@@ -233,7 +240,7 @@ def test_single_conversation_object_not_in_a_list() -> None:
     assert conv.id == stable_id("One conversation\n\nTitle: not in a list", 1680000000.123)
     assert conv.title == "One conversation\n\nTitle: not in a list"
     assert conv.platform_detail == "model: text-davinci-002-render-sha"
-    assert [(m.id, m.role, m.text, m.timestamp) for m in conv.messages] == [
+    assert [(node(m.id), m.role, m.text, m.timestamp) for m in conv.messages] == [
         ("s-u1", Role.USER, "Hello", None),
         ("s-a1", Role.ASSISTANT, "Hi!", None),
         ("s-u2", Role.USER, "Bye", utc(1680000050.0)),
@@ -245,7 +252,7 @@ def test_single_conversation_object_not_in_a_list() -> None:
 def test_malformed_records_are_skipped_and_counted() -> None:
     convs, report = run("malformed.json")
     assert [c.id for c in convs] == ["conv-bad"]
-    assert [(m.id, m.text, m.timestamp) for m in convs[0].messages] == [("n5", "ok text", None)]
+    assert [(node(m.id), m.text, m.timestamp) for m in convs[0].messages] == [("n5", "ok text", None)]
     assert report.skipped == Counter(
         {
             "malformed conversation": 3,  # 42, a string, an object without mapping
@@ -257,7 +264,8 @@ def test_malformed_records_are_skipped_and_counted() -> None:
 
 
 def _ids(path: Path) -> list[tuple[str, list[str]]]:
-    return [(c.id, [m.id for m in c.messages]) for c in chatgpt.parse(path, ParseOptions(), ParseReport())]
+    convs = chatgpt.parse(path, ParseOptions(), ParseReport())
+    return [(c.id, [node(m.id) for m in c.messages]) for c in convs]
 
 
 def test_ids_are_stable_across_runs() -> None:
@@ -435,9 +443,20 @@ def test_realdata_kongmono_shape() -> None:
     (conv,) = chatgpt.parse(path, ParseOptions(), ParseReport())
     assert conv.title == "Entity Mapping: Entities and Clear Research Questions\n\nTitle: Entity Mapping"
     assert conv.platform_detail == "model: text-davinci-002-render-sha"
-    assert conv.messages[0].id == "aaa2a6fb-0c93-4a39-8016-b6db79159698"
+    assert node(conv.messages[0].id) == "aaa2a6fb-0c93-4a39-8016-b6db79159698"
     assert conv.messages[0].timestamp == utc(1684891373.595028)
-    assert conv.messages[-1].id == "468287de-fc50-4cfa-90aa-ac161ed16ca0"
+    assert node(conv.messages[-1].id) == "468287de-fc50-4cfa-90aa-ac161ed16ca0"
     assert conv.messages[-1].text == " with the broader movement for Jamaican independence."
     roles = [m.role for m in conv.messages]
     assert roles.count(Role.USER) == 13 and roles.count(Role.ASSISTANT) == 14
+
+
+def test_message_ids_are_namespaced_by_conversation(tmp_path: Path) -> None:
+    # "Branch in new chat" copies can carry the same node ids into another conversation.
+    conv = {"id": "c1", "title": "t", "current_node": "n1", "mapping": {
+        "n1": {"id": "n1", "parent": None, "children": [], "message": {
+            "id": "n1", "author": {"role": "user"}, "content": {"content_type": "text", "parts": ["hi"]}}}}}
+    path = tmp_path / "conversations.json"
+    path.write_text(json.dumps([conv, {**conv, "id": "c2"}]), encoding="utf-8")
+    ids = [m.id for c in chatgpt.parse(path, ParseOptions(), ParseReport()) for m in c.messages]
+    assert ids == ["c1:n1", "c2:n1"]

@@ -113,13 +113,54 @@ def json_items(path: Path, f: BinaryIO, prefix: str) -> Iterator[Any]:
 
 
 def _first_line(e: Exception) -> str:
-    text = str(e).strip().splitlines()
+    # yajl reports its messages as bytes; show them as text, first line only.
+    raw = e.args[0] if e.args and isinstance(e.args[0], bytes) else str(e)
+    text = (raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw).strip().splitlines()
     return _WS.sub(" ", text[0])[:120] if text else type(e).__name__
 
 
 def open_json(path: Path) -> BinaryIO:
-    """Open a JSON export for streaming, skipping a UTF-8 byte-order mark (Messenger writes one)."""
+    """Open a JSON export for streaming, skipping a UTF-8 byte-order mark (Messenger writes one).
+
+    Reads go through a guard against absurd nesting: ijson's time and memory grow with the square
+    of the depth, so 200 KB of "[[[[..." would exhaust memory. No export (nor any message text)
+    holds 1,024 opening brackets in a row; ijson handles that depth cheaply.
+    """
     f = open(path, "rb")  # noqa: SIM115 - returned to the caller, who closes it
     if f.read(3) != b"\xef\xbb\xbf":
         f.seek(0)
-    return f
+    return _NestingGuard(f, path)  # type: ignore[return-value]
+
+
+_DEEP = re.compile(rb"(?:[\[{]\s*){1024}")
+
+
+class _NestingGuard:
+    """A binary reader that refuses runs of 1,024 opening brackets (checked per read and across reads)."""
+
+    def __init__(self, f: BinaryIO, path: Path) -> None:
+        self._f, self._path, self._tail = f, path, b""
+
+    def read(self, n: int = -1) -> bytes:
+        data = self._f.read(n)
+        self._check(data)
+        return data
+
+    def readinto(self, buffer: bytearray | memoryview) -> int:  # what ijson calls
+        n = self._f.readinto(buffer)
+        self._check(bytes(memoryview(buffer)[:n]))
+        return n
+
+    def _check(self, data: bytes) -> None:
+        if data and _DEEP.search(self._tail + data):
+            raise ExportError(self._path, "JSON nested too deeply to be an export", f"byte {self._f.tell()}")
+        self._tail = data[-16384:]
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._f, name)  # tell, seek, close, ...
+
+    def __enter__(self) -> _NestingGuard:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._f.close()

@@ -164,7 +164,7 @@ def _build(
         author_id, author_name = _author(role, _dict(msg.get("author")))
         messages.append(
             Message(
-                id=nid,
+                id=f"{conv_id}:{nid}",  # node ids may repeat across "branch in new chat" copies
                 author_id=author_id,
                 author_name=author_name,
                 timestamp=_timestamp(msg.get("create_time"), report),
