@@ -191,7 +191,7 @@ def write_telegram_export(path: Path, n_messages: int, full: bool = False, seed:
         sizes = _chat_sizes(rng, n_messages)
         types = ("personal_chat", "private_group", "private_supergroup", "public_channel", "bot_chat")
         split = len(sizes) - max(1, len(sizes) // 10)
-        for section, chunk in (("chats", sizes[:split]), ("left_chats", sizes[split:])):
+        for section, chunk, first in (("chats", sizes[:split], 0), ("left_chats", sizes[split:], split)):
             out.write(f',\n "{section}": {{\n  "about": "This is the list of {section}.",\n  "list": [')
             for j, size in enumerate(chunk):
                 if section == "chats" and j == 1:
@@ -202,7 +202,8 @@ def write_telegram_export(path: Path, n_messages: int, full: bool = False, seed:
                     members = [people[0], me]
                 else:
                     ctype = "private_supergroup" if section == "left_chats" else types[j % len(types)]
-                    chat = {"name": _text(rng)[:30], "type": ctype, "id": 1_000_000_000 + 101 * j}
+                    # chat ids unique across both lists, as in a real export
+                    chat = {"name": _text(rng)[:30], "type": ctype, "id": 1_000_000_000 + 101 * (first + j)}
                     members = [*rng.sample(people, 4), me]
                 out.write(("," if j else "") + "\n   ")
                 _write_chat(out, rng, chat, size, 3, members)

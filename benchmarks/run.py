@@ -33,17 +33,19 @@ def _child(kind: str, path: Path) -> None:
     """Runs in the child process: one measurement, printed as JSON."""
     if hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})  # one core
-    start = time.perf_counter()
     if kind == "twinlm":
         from twinlm.corpus.db import Corpus
         from twinlm.ingest import ingest
         from twinlm.model import ParseOptions
-
+    start = time.perf_counter()  # after imports: both sides time reading the file, nothing else
+    if kind == "twinlm":
         with tempfile.TemporaryDirectory() as tmp, Corpus(Path(tmp) / "corpus.db") as corpus:
             result = ingest([path], corpus, ParseOptions(timezone="UTC"))
             if result.failed:
                 raise SystemExit(result.failed[0].error)
             messages = result.total().report.messages
+            if corpus.count("messages") != messages:  # every message read must be one row: ids unique
+                raise SystemExit(f"{corpus.count('messages')} rows for {messages} messages read")
     elif kind == "baseline-telegram":
         with open(path, encoding="utf-8") as f:
             export = json.load(f)

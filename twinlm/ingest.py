@@ -7,6 +7,7 @@ trace; the other files still import. A bug (any other exception) rolls back the 
 
 from __future__ import annotations
 
+import gc
 import shutil
 import tempfile
 import zipfile
@@ -94,6 +95,27 @@ def ingest(
     for path in paths:
         if not path.exists():
             raise ExportError(path, "no such file or folder")
+    # Ingest allocates millions of short-lived, acyclic objects; the cycle collector would walk them
+    # over and over (~9% of ingest time). Paused here, restored (and run once) after.
+    gc_was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        return _ingest(paths, corpus, options, fmt, max_unpacked_bytes, on_file, on_progress)
+    finally:
+        if gc_was_enabled:
+            gc.enable()
+            gc.collect()
+
+
+def _ingest(
+    paths: list[Path],
+    corpus: Corpus,
+    options: ParseOptions,
+    fmt: str | None,
+    max_unpacked_bytes: int,
+    on_file: Callable[[str], None] | None,
+    on_progress: ProgressCallback | None,
+) -> IngestResult:
     with corpus.importing([str(p) for p in paths]) as import_id, tempfile.TemporaryDirectory(
         prefix=".ingest-", dir=corpus.path.parent
     ) as scratch:

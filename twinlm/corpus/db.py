@@ -17,7 +17,7 @@ from pathlib import Path
 
 import orjson
 
-from twinlm.model import Conversation
+from twinlm.model import Conversation, Kind, Role
 
 SCHEMA_VERSION = 1
 
@@ -63,7 +63,8 @@ CREATE TABLE IF NOT EXISTS messages (
     first_import INTEGER NOT NULL REFERENCES imports(id),
     UNIQUE (source, native_id)
 );
-CREATE INDEX IF NOT EXISTS messages_by_conversation ON messages (conversation, ts);
+-- No secondary index on purpose: each costs ~20% of ingest speed, and every reader (build, people,
+-- stats) scans the whole table once anyway.
 """
 
 _UPSERT_CONVERSATION = """
@@ -97,6 +98,9 @@ WHERE (messages.author_id, messages.author_name, messages.ts, messages.kind, mes
            excluded.text, excluded.reply_to, excluded.forwarded_from, excluded.edited)
 """
 
+_KIND_TEXT = {kind: kind.value for kind in Kind}
+_ROLE_TEXT = {role: role.value for role in Role}
+
 
 @dataclass(slots=True)
 class Changes:
@@ -120,7 +124,11 @@ class Corpus:
         path.parent.mkdir(parents=True, exist_ok=True)
         # isolation_level=None: transactions are explicit (BEGIN/SAVEPOINT below), never implicit.
         self.db = sqlite3.connect(path, isolation_level=None)
-        self.db.execute("PRAGMA journal_mode = WAL")
+        self.db.execute("PRAGMA page_size = 16384")  # only takes effect on a new file; fewer b-tree splits
+        # A rollback journal, not WAL: an import is one big transaction of mostly new pages, which a
+        # rollback journal writes once where WAL writes them twice (log, then checkpoint): ~8% faster
+        # ingest. Both leave the file as it was when the process is killed mid-transaction.
+        self.db.execute("PRAGMA journal_mode = DELETE")
         self.db.execute("PRAGMA synchronous = NORMAL")
         self.db.execute("PRAGMA foreign_keys = ON")
         self.db.execute("PRAGMA cache_size = -65536")  # 64 MiB page cache
@@ -189,16 +197,19 @@ class Corpus:
             self._conversation_ids[key] = row_id
         source = conversation.source
         before = self.db.total_changes
+        # Bind exact str/int only: sqlite3 runs its adapter lookup for every value of a subclass
+        # (StrEnum, bool), ~380 ns each, which cost ~1 s per million messages.
         self.db.executemany(
             _UPSERT_MESSAGE,
-            [
+            (
                 (
                     row_id, source, m.id, m.author_id, m.author_name,
                     None if m.timestamp is None else int(m.timestamp.timestamp() * 1000),
-                    m.kind.value, m.role.value, m.text, m.reply_to, m.forwarded_from, m.edited, import_id,
+                    _KIND_TEXT[m.kind], _ROLE_TEXT[m.role], m.text, m.reply_to, m.forwarded_from,
+                    int(m.edited), import_id,
                 )
                 for m in conversation.messages
-            ],
+            ),
         )
         # Inserts plus real updates; unchanged re-imported rows are skipped by the upsert's WHERE.
         self._message_writes += self.db.total_changes - before
