@@ -29,7 +29,26 @@ GENERATED = (
 )
 
 # (format, speakers) for the shared real samples; only checked when such a file is in the folder.
-KNOWN: dict[str, tuple[str, set[str]]] = {}
+KNOWN: dict[str, tuple[str, set[str]]] = {
+    "kongmono_openai_convo_nodes.json": ("chatgpt", {"ChatGPT", "You"}),
+    "pionxzh_fixture_image-generation.json": ("chatgpt", {"You"}),  # every answer there is a tool's
+    "chat-analytics_DM_2A_2M.json": ("discord", {"mlomb"}),  # the other author is a bot
+    "chat-analytics_GC_3A_5M.json": ("discord", {"lombi", "mlomb", "theplant"}),
+    "dcef_example_guild_chill_talk.json": ("discord", {"Adam", "Patrick", "RICK NITRO", "Thomas"}),
+    "chat-analytics_messenger_2A_7M.json": ("messenger", {"Alice", "Bob"}),
+    "chat-analytics_DM_2A_7M.json": ("telegram", {"Alice", "Bob"}),
+    "telegram-chat-parser_public_supergroup.json": ("telegram", {"Ben"}),
+    "telegram-chat-parser_saved.json": ("telegram", {"Ben", "test"}),
+    "tkonverter_SYNTHETIC_schema_personal.json": ("telegram", {"Alice Example", "Me"}),
+    "chat-analytics_4A_11M.txt": ("whatsapp", {"Alice", "Bob", "Eve", "Mallory", "Trent"}),
+    "chat-miner_testlog_android.txt": (
+        "whatsapp", {"+12 345 578", "Jahn Doe", "John Doe", "John Doe 🤓", "John-John Doe", "🤓"}),
+    "whatsapp-chat-parser_short-chat_android.txt": ("whatsapp", {"+410123456789", "Sample User", "TestBot"}),
+    # "Pokemon Chat" only ever posts the encryption notice: not a speaker.
+    "whatstk_pokemon_android_de.txt": (
+        "whatsapp", {"Ash Ketchum", "Brock", "Jessie & James", "Meowth", "Misty", "Prof. Oak", "Raichu",
+                     "Wobbuffet"}),
+}
 
 
 def _ids(files: list[Path]) -> list[str]:

@@ -420,7 +420,7 @@ def test_detection_on_realdata() -> None:
 
 # (conversation messages, distinct authors, skips) per real export, with the date order chosen.
 REAL_EXPECTED = {
-    "chat-analytics_4A_11M.txt": (11, 5, {"system line": 3}, "day-first (ambiguous dates, default)"),
+    "chat-analytics_4A_11M.txt": (11, 5, {"system line": 3}, "month-first (unpadded US-style dates)"),
     "chat-miner_testlog_android.txt": (20, 6, {"system line": 3}, "month-first (a date field > 12)"),
     "whatsapp-chat-parser_short-chat_android.txt": (3, 3, {"system line": 2}, "month-first (dates in order)"),
     "whatstk_pokemon_android_de.txt": (18, 8, {"system line": 2}, "day-first (a date field > 12)"),
@@ -445,3 +445,16 @@ def test_realdata() -> None:
                 skips,
             )
             assert report.notes[f"date order {order}"] == 1
+
+
+def test_unpadded_two_digit_year_dates_tie_break_to_month_first(tmp_path: Path) -> None:
+    path = tmp_path / "WhatsApp Chat with Bo.txt"
+    path.write_text("12/9/20, 23:55 - Bo: hi\n12/9/20, 23:56 - Al: hey\n", encoding="utf-8")
+    report = ParseReport()
+    (conv,) = list(whatsapp.parse(path, ParseOptions(timezone="UTC"), report))
+    assert conv.messages[0].timestamp == datetime(2020, 12, 9, 23, 55, tzinfo=UTC)
+    assert report.notes["date order month-first (unpadded US-style dates)"] == 1
+    padded = tmp_path / "WhatsApp Chat with Cy.txt"
+    padded.write_text("12/09/2020, 23:55 - Cy: hi\n", encoding="utf-8")
+    (conv,) = list(whatsapp.parse(padded, ParseOptions(timezone="UTC"), ParseReport()))
+    assert conv.messages[0].timestamp == datetime(2020, 9, 12, 23, 55, tzinfo=UTC)  # day-first default

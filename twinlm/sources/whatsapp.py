@@ -9,7 +9,8 @@ Decisions worth knowing:
 - Dates: day-first vs month-first is decided per file: a first field > 12 means day-first, a
   second field > 12 month-first (the first such line decides). Otherwise `whatsapp_date_order`
   when not "auto", else the order with fewer backward steps from one message to the next, else
-  day-first. The decision is a report note. Year-first dates (`2019-12-24`) are always y-m-d.
+  month-first for unpadded US-style dates ("12/9/20"), else day-first. The decision is a report
+  note. Year-first dates (`2019-12-24`) are always y-m-d.
 - Times are local with no zone: converted with `options.timezone` (None = this machine's zone).
   A backward jump inside a DST fall-back hour takes the second (fold=1) reading.
 - Encoding: UTF-8 (BOM or not). A line that is not valid UTF-8 is read as cp1252 (latin-1 for the
@@ -171,7 +172,7 @@ def _open(path: Path) -> BinaryIO:
 def _day_first(path: Path, options: ParseOptions, report: ParseReport) -> bool:
     """First pass: decide the date order for the whole file; fail when no line is a WhatsApp line."""
     forced = options.whatsapp_date_order
-    seen = has_day_month = False
+    seen = has_day_month = unpadded_us = False
     prev = {True: -1, False: -1}
     back = {True: 0, False: 0}
     with _open(path) as f:
@@ -189,6 +190,11 @@ def _day_first(path: Path, options: ParseOptions, report: ParseReport) -> bool:
             if a > 12 or b > 12:
                 report.note(f"date order {'day' if a > 12 else 'month'}-first (a date field > 12)")
                 return a > 12
+            # en-US Android writes "12/9/20": no zero padding, slashes, a two-digit year. Day-first
+            # locales pad ("09/12/2020", "09.12.20"): a tie-breaker when nothing else decides.
+            unpadded_us = unpadded_us or (
+                m["sep"] == "/" and len(m["c"]) == 2 and (len(m["a"]) == 1 or len(m["b"]) == 1)
+            )
             for order in (True, False):
                 key = c * 10000 + (b * 100 + a if order else a * 100 + b)
                 back[order] += key < prev[order]
@@ -205,6 +211,9 @@ def _day_first(path: Path, options: ParseOptions, report: ParseReport) -> bool:
         order = back[True] < back[False]
         report.note(f"date order {'day' if order else 'month'}-first (dates in order)")
         return order
+    if unpadded_us:
+        report.note("date order month-first (unpadded US-style dates)")
+        return False
     report.note("date order day-first (ambiguous dates, default)")
     return True
 
