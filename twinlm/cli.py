@@ -194,9 +194,9 @@ def _print_ingest(result: IngestResult, elapsed: float) -> None:
         out.print("Notes: " + "; ".join(f"{what} ({n:,})" for what, n in sorted(notes.items())))
     for f in result.failed:
         err.print(f"[bold red]error:[/] {f.error}", highlight=False, soft_wrap=True)
-    rate = total.report.messages / elapsed if elapsed > 0 else 0.0
+    speed = f" ({total.report.messages / elapsed:,.0f} messages/s)" if elapsed >= 1 else ""
     out.print(f"{total.changes.new_messages:,} new messages, {total.changes.new_conversations:,} new "
-              f"conversations in {elapsed:.1f}s ({rate:,.0f} messages/s).")
+              f"conversations in {elapsed:.1f}s{speed}.")
 
 
 @app.command()
