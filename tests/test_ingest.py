@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 import shutil
 import zipfile
 from pathlib import Path
@@ -137,3 +138,26 @@ def test_unknown_files_inside_folders_are_counted_not_errors(tmp_path: Path) -> 
 def test_missing_path_is_an_error(tmp_path: Path) -> None:
     with Corpus(tmp_path / "corpus.db") as corpus, pytest.raises(ExportError, match="no such file"):
         ingest([tmp_path / "nope.json"], corpus, OPTIONS)
+
+
+def test_progress_follows_bytes_read_in_large_files(tmp_path: Path) -> None:
+    chat = tmp_path / "WhatsApp Chat with Mom.txt"
+    chat.write_text("".join(f"12/06/2024, 19:{i % 60:02d} - Mom: message {i}\n" for i in range(12_000)))
+    telegram = tmp_path / "result.json"
+    messages = [{"id": i, "type": "message", "date_unixtime": str(1_700_000_000 + i), "from": "Jo",
+                 "from_id": "user1", "text": f"message {i}"} for i in range(40_000)]
+    telegram.write_text(json.dumps({"name": "Jo", "type": "personal_chat", "id": 1, "messages": messages},
+                                   indent=1))
+    for path in (chat, telegram):
+        calls: list[tuple[int, int, int]] = []
+
+        def record(_: str, n: int, done: int, size: int, calls: list = calls) -> None:
+            calls.append((n, done, size))
+
+        with Corpus(tmp_path / f"{path.stem}.db") as corpus:
+            ingest([path], corpus, OPTIONS, on_progress=record)
+        size = path.stat().st_size
+        assert calls[-1] == (12_000 if path == chat else 40_000, size, size)
+        positions = [done for _, done, _ in calls]
+        assert positions == sorted(positions)
+        assert 0 < positions[0] < size  # updates arrive while the file is being read, not only at the end

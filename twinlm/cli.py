@@ -19,7 +19,15 @@ import orjson
 import typer
 from pydantic import BaseModel, ValidationError
 from rich.console import Console
-from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    SpinnerColumn,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 from rich.table import Table
 
 from twinlm import __version__
@@ -141,15 +149,20 @@ def ingest_command(
 
     started = time.perf_counter()
     with Corpus(ws.corpus_path) as corpus, Progress(
-        SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(),
-        console=err, transient=True, disable=as_json,
+        SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
+        TimeElapsedColumn(), TimeRemainingColumn(), console=err, transient=True, disable=as_json,
     ) as progress:
         task = progress.add_task("Reading", total=None)
+
+        def show(name: str, messages: int, done: int, size: int) -> None:
+            label = Path(name).name
+            progress.update(task, description=f"{label}: {messages:,} messages", completed=done, total=size)
+
         result = ingest(
             targets, corpus, settings.parse_options(), fmt=format,
             max_unpacked_bytes=int(settings.max_unpacked_gb * 2**30),
-            on_file=lambda name: progress.update(task, description=f"Reading {name}"),
-            on_progress=lambda name, n: progress.update(task, description=f"Reading {name}: {n:,} messages"),
+            on_file=lambda name: progress.reset(task, description=Path(name).name, total=None),
+            on_progress=show,
         )
     elapsed = time.perf_counter() - started
     if as_json:

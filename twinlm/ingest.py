@@ -21,6 +21,7 @@ from twinlm import sources
 from twinlm.corpus.db import Changes, Corpus
 from twinlm.errors import ExportError
 from twinlm.model import ParseOptions, ParseReport
+from twinlm.sources._common import position, untrack
 
 # Leading bytes of files that are media, never exports: skipped inside zips without unpacking them.
 MEDIA_MAGIC = (b"\xff\xd8\xff", b"\x89PNG", b"GIF8", b"RIFF", b"OggS", b"ID3", b"\x1aE\xdf\xa3", b"fLaC")
@@ -78,7 +79,8 @@ class _Input:
     explicit: bool  # named on the command line: an unknown format is an error, not a skip
 
 
-ProgressCallback = Callable[[str, int], None]  # (file name, messages read so far in that file)
+# (file name, messages read so far in it, bytes of it read so far, its size in bytes)
+ProgressCallback = Callable[[str, int, int, int], None]
 
 
 def ingest(
@@ -155,11 +157,17 @@ def _ingest_file(
             result.not_exports["not an export"] += 1
             return file_result
         file_result.format = file_format
+        size = item.path.stat().st_size
+        untrack()
+        done = 0
         with corpus.file_savepoint() as changes:
             for conversation in sources.parse(item.path, file_format, options, file_result.report):
                 corpus.add(conversation, import_id)
                 if on_progress:
-                    on_progress(item.name, file_result.report.messages)
+                    done = max(done, position() or 0)  # the last slice may come after the file closed
+                    on_progress(item.name, file_result.report.messages, done, size)
+        if on_progress:
+            on_progress(item.name, file_result.report.messages, size, size)
         file_result.changes = changes
     except ExportError as e:
         # Parsers name the file they were given; show the user's name for it (zip members).

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import re
 from collections.abc import Iterable, Iterator
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -14,6 +15,28 @@ from twinlm.errors import ExportError
 from twinlm.model import Conversation, Kind, Message, ParseOptions, ParseReport
 
 HEAD_BYTES = 64 * 1024
+
+# The file a parser is streaming from, so progress displays can show how far it has read.
+_current_input: ContextVar[BinaryIO | None] = ContextVar("twinlm_current_input", default=None)
+
+
+def track(f: BinaryIO) -> BinaryIO:
+    """Mark `f` as the file being read: `position()` follows it. Returns `f`."""
+    _current_input.set(f)
+    return f
+
+
+def position() -> int | None:
+    """Bytes read so far from the tracked file, or None when nothing is tracked (or it is closed)."""
+    f = _current_input.get()
+    try:
+        return None if f is None or f.closed else f.tell()
+    except (OSError, ValueError):
+        return None
+
+
+def untrack() -> None:
+    _current_input.set(None)
 
 
 def read_head(path: Path, n: int = HEAD_BYTES) -> str:
@@ -129,7 +152,7 @@ def open_json(path: Path) -> BinaryIO:
     f = open(path, "rb")  # noqa: SIM115 - returned to the caller, who closes it
     if f.read(3) != b"\xef\xbb\xbf":
         f.seek(0)
-    return _NestingGuard(f, path)  # type: ignore[return-value]
+    return track(_NestingGuard(f, path))  # type: ignore[arg-type]
 
 
 # Whitespace removed and "{" folded into "[", a run of openers is one substring search: ~0.7 ns per

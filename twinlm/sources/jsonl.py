@@ -42,7 +42,7 @@ import orjson
 
 from twinlm.errors import ExportError
 from twinlm.model import Conversation, Kind, Message, ParseOptions, ParseReport, Role
-from twinlm.sources._common import HEAD_BYTES, clip, in_slices, media_message, stable_id
+from twinlm.sources._common import HEAD_BYTES, clip, in_slices, media_message, stable_id, track
 
 SOURCE = "jsonl"
 TITLE_CHARS = 80
@@ -171,7 +171,7 @@ _Turn = tuple[Role, str, str, list[str], list[str]]  # role, author, full text, 
 
 def parse(path: Path, options: ParseOptions, report: ParseReport) -> Iterator[Conversation]:
     try:
-        f = open(path, "rb")  # noqa: SIM115 - closed below
+        f = track(open(path, "rb"))  # noqa: SIM115 - closed below
     except OSError as e:
         raise ExportError(path, f"cannot read file ({e.strerror or e})") from None
     with f:

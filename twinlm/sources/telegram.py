@@ -11,46 +11,28 @@ Author ids: `from_id` as written ("user123", "channel123"); the 2020 schema's in
 The exporter's own id ("user<id>", from `personal_information.user_id`, or the Saved Messages chat id) is put
 in every conversation's `platform_detail` ("personal_chat; exporter user123") and returned by `exporter_id()`.
 
-Why a hand-written scanner instead of ijson: exports reach gigabytes and ingest must run at >100k messages/s
-on one core. ijson cannot hand out a chat's header and then stream that chat's messages without building the
-chat, and its item building costs as much as a full parse. Telegram Desktop pretty-prints with one space of
-indentation per level, and a raw newline can only be whitespace in JSON, so "\\n<indent>}" ends a message.
-The scanner walks the few structural levels (top object, chat lists, chat objects) itself, and parses the
-messages in batches of ~64 KiB with one `orjson.loads("[" + slice + "]")` per batch. Whatever does not fit
-that pattern (other indentation, minified JSON, a value orjson rejects) falls back per message to json's C
-scanner (`raw_decode`), which either parses it or raises the located error. A slice ends on a structural "}"
-and is only used when it parses whole as a list, so a layout that fools the pattern costs speed, never
-correctness. Memory stays flat: one buffer and one batch of messages at a time.
+Exports reach gigabytes and are streamed with `_jsonstream` (see there for why its scanner is hand-written):
+the walker here goes through the few structural levels (top object, chat lists, chat objects) itself and
+hands each chat's `messages` array to `Stream.batches`, which parses them in orjson batches of ~64 KiB.
+Memory stays flat: one buffer and one batch of messages at a time.
 """
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, tzinfo
 from itertools import chain
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 from zoneinfo import ZoneInfo
-
-import orjson
 
 from twinlm.errors import ExportError
 from twinlm.model import Conversation, Kind, Message, ParseOptions, ParseReport, Role
-from twinlm.sources._common import clip, in_slices, stable_id
+from twinlm.sources._common import clip, in_slices, stable_id, track
+from twinlm.sources._jsonstream import Stream, key_path, open_stream
 
 FORMAT = "telegram"
-
-_CHUNK = 1 << 20  # bytes read at a time
-_BATCH = 1 << 16  # bytes of messages parsed at once (small enough to stay in the CPU cache)
-_ONE_LIMIT = 1 << 24  # a message longer than this is left to json's scanner
-_WS = re.compile(rb"[ \t\r\n]*")
-_KEY = re.compile(rb'"([^"\\\x00-\x1f]*)"[ \t\r\n]*:[ \t\r\n]*')
-# Telegram Desktop writes control characters other than \n \r \t as "\x0B", which is not JSON.
-_X_ESCAPE = re.compile(rb"(?<!\\)((?:\\\\)*)\\x([0-9A-Fa-f]{2})")
-_DECODER = json.JSONDecoder()
-_SURROGATE = re.compile("[\ud800-\udfff]")
 
 _CHAT_TYPES = (
     "personal_chat|private_group|private_supergroup|public_supergroup|public_channel|private_channel"
@@ -90,8 +72,8 @@ def exporter_id(path: Path) -> str | None:
     single-chat export of Saved Messages, parse() puts the chat's id there instead (see platform_detail).
     """
     try:
-        with _open(path) as f:
-            s = _Stream(path, f, ParseReport())
+        with open_stream(path) as f:
+            s = Stream(path, f, ParseReport())
             if s.peek() != 0x7B:  # "{"
                 return None
             s.pos += 1
@@ -108,11 +90,11 @@ def exporter_id(path: Path) -> str | None:
 
 def parse(path: Path, options: ParseOptions, report: ParseReport) -> Iterator[Conversation]:
     try:
-        f = _open(path)
+        f = track(open_stream(path))
     except OSError as e:
         raise ExportError(path, f"cannot read the file ({e.strerror or e})") from None
     with f:
-        s = _Stream(path, f, report)
+        s = Stream(path, f, report)
         c = s.peek()
         if c < 0:
             raise ExportError(path, "empty file: not a Telegram export")
@@ -124,329 +106,10 @@ def parse(path: Path, options: ParseOptions, report: ParseReport) -> Iterator[Co
             raise ExportError(path, "unexpected data after the end of the JSON object", s.at())
 
 
-def _open(path: Path) -> BinaryIO:
-    """The file, past a UTF-8 byte-order mark. Not `_common.open_json`: its nesting guard runs a regex over
-    every byte read (about as long as this whole parser takes); json's scanner and orjson limit nesting
-    themselves, and RecursionError is turned into an ExportError here."""
-    f = open(path, "rb")  # noqa: SIM115 - the caller closes it
-    if f.read(3) != b"\xef\xbb\xbf":
-        f.seek(0)
-    return f
-
-
-class _Stream:
-    """A byte buffer over the export with a cursor: just enough JSON scanning to stream Telegram exports."""
-
-    __slots__ = ("buf", "eof", "f", "offset", "path", "pos", "report")
-
-    def __init__(self, path: Path, f: BinaryIO, report: ParseReport) -> None:
-        self.path = path
-        self.f = f
-        self.report = report
-        self.buf = b""
-        self.pos = 0
-        self.offset = f.tell()  # file offset of buf[0]
-        self.eof = False
-
-    def at(self, extra: int = 0, where: str = "") -> str:
-        place = f"byte {self.offset + self.pos + extra}"
-        return f"{place} ({where})" if where else place
-
-    def more(self, want: int = _CHUNK) -> bool:
-        """Read more bytes, dropping those before the cursor. False at the end of the file."""
-        if self.eof:
-            return False
-        data = self.f.read(max(want, _CHUNK))
-        if not data:
-            self.eof = True
-            return False
-        if self.pos:
-            self.offset += self.pos
-            self.buf = self.buf[self.pos :] + data
-            self.pos = 0
-        else:
-            self.buf += data
-        return True
-
-    def ensure(self, n: int) -> bool:
-        """At least n bytes after the cursor, unless the file ends first."""
-        while len(self.buf) - self.pos < n:
-            if not self.more(n - (len(self.buf) - self.pos)):
-                return False
-        return True
-
-    def skip_ws(self) -> bytes:
-        """Move past whitespace; return (the end of) it: its last line is the indentation of what follows."""
-        carry = b""
-        while True:
-            end = _WS.match(self.buf, self.pos).end()  # type: ignore[union-attr]
-            ws = carry + self.buf[self.pos : end]
-            self.pos = end
-            if end < len(self.buf) or not self.more():
-                return ws
-            carry = ws[-256:]  # a run of whitespace longer than the buffer is not kept whole
-
-    def peek(self) -> int:
-        """The next non-whitespace byte, or -1 at the end of the file."""
-        self.skip_ws()
-        return self.buf[self.pos] if self.pos < len(self.buf) else -1
-
-    def value(self, where: str) -> Any:
-        """Decode the JSON value at the cursor with json's C scanner, reading as much as it needs."""
-        self.skip_ws()
-        size = 4096
-        while True:
-            complete = not self.ensure(size + 1)  # the window reaches the end of the file
-            chunk = self.buf[self.pos : self.pos + size]
-            text = chunk.decode("utf-8", "surrogateescape")
-            try:
-                value, end = _DECODER.raw_decode(text)
-            except json.JSONDecodeError as e:
-                at_end = e.msg.startswith("Unterminated") or e.pos >= len(text.rstrip())
-                if not complete and (at_end or e.pos >= len(text) - 64):
-                    size *= 4  # the value goes on past the window
-                    continue
-                if at_end:
-                    where = self.at(len(chunk), where)
-                    raise ExportError(self.path, f"truncated JSON ({e.msg})", where) from None
-                raise ExportError(
-                    self.path, f"invalid JSON ({e.msg})", self.at(_nbytes(text, e.pos), where)
-                ) from None
-            except RecursionError:
-                raise ExportError(self.path, "JSON nested too deeply", self.at(0, where)) from None
-            if end == len(text) and not complete:
-                size *= 4  # a number at the window's edge may go on
-                continue
-            n = _nbytes(text, end)
-            if not chunk.isascii():
-                try:
-                    chunk[:n].decode("utf-8")
-                except UnicodeDecodeError as e:
-                    raise ExportError(self.path, "not valid UTF-8", self.at(e.start, where)) from None
-            if not chunk.isascii() or "\\u" in text[:end]:
-                try:
-                    value = _scrub(value, self.report)
-                except RecursionError:
-                    raise ExportError(self.path, "JSON nested too deeply", self.at(0, where)) from None
-            self.pos += n
-            return value
-
-    def skip(self, where: str, depth: int = 0) -> None:
-        """Move past one value without holding big arrays or objects in memory."""
-        c = self.peek()
-        if c == 0x5B and depth < 2:  # "["
-            self.pos += 1
-            for i in self.items(where):
-                self.skip(f"{where}[{i}]", depth + 1)
-        elif c == 0x7B and depth < 2:  # "{"
-            self.pos += 1
-            for key in self.keys(where):
-                self.skip(_path(where, key), depth + 1)
-        else:
-            self.value(where)
-
-    def keys(self, where: str) -> Iterator[str]:
-        """Keys of the object whose "{" was just passed; the caller consumes each value."""
-        c = self.peek()
-        if c == 0x7D:  # "}"
-            self.pos += 1
-            return
-        while True:
-            if c != 0x22:  # '"'
-                self._unexpected(c, "a key", where)
-            self.ensure(512)
-            m = _KEY.match(self.buf, self.pos)
-            if m:
-                try:
-                    key = m.group(1).decode("utf-8")
-                except UnicodeDecodeError:
-                    raise ExportError(self.path, "not valid UTF-8", self.at(0, where)) from None
-                self.pos = m.end()
-            else:
-                key = self.value(where)
-                if self.peek() != 0x3A:  # ":"
-                    self._unexpected(self.peek(), '":"', where)
-                self.pos += 1
-            yield key
-            c = self.peek()
-            if c == 0x2C:  # ","
-                self.pos += 1
-                c = self.peek()
-            elif c == 0x7D:
-                self.pos += 1
-                return
-            else:
-                self._unexpected(c, '"," or "}"', where)
-
-    def items(self, where: str) -> Iterator[int]:
-        """Indexes of the array whose "[" was just passed; the caller consumes each element."""
-        c = self.peek()
-        if c == 0x5D:  # "]"
-            self.pos += 1
-            return
-        i = 0
-        while True:
-            yield i
-            i += 1
-            c = self.peek()
-            if c == 0x2C:
-                self.pos += 1
-            elif c == 0x5D:
-                self.pos += 1
-                return
-            else:
-                self._unexpected(c, '"," or "]"', where)
-
-    def _unexpected(self, c: int, expected: str, where: str) -> None:
-        if c < 0:
-            raise ExportError(self.path, f"truncated JSON (expected {expected})", self.at(0, where))
-        raise ExportError(self.path, f"invalid JSON (expected {expected})", self.at(0, where))
-
-    def line_indent(self) -> bytes | None:
-        """The indentation of the line the cursor is on (that of the closing bracket of an array opening
-        here, in any pretty-printed layout), or None when that line is no longer in the buffer."""
-        k = self.buf.rfind(b"\n", 0, self.pos)
-        if k < 0:
-            return None
-        line = self.buf[k + 1 : self.pos]
-        return line[: len(line) - len(line.lstrip(b" \t"))]
-
-    def message_batches(self, where: str, array_indent: bytes | None = None) -> Iterator[list[Any]]:
-        """The elements of the messages array whose "[" is at the cursor, in lists of up to _BATCH bytes.
-
-        `array_indent`, the indentation of the array's own line, lets a batch stop at the array's end.
-        """
-        array_end = None if array_indent is None else b"\n" + array_indent + b"]"
-        self.peek()  # loads the buffer of a fresh stream
-        self.pos += 1
-        ws = self.skip_ws()
-        if self.peek() == 0x5D:
-            self.pos += 1
-            return
-        index = 0
-        slow_until = -1  # file offset up to which the messages go one by one
-        unreliable: set[bytes] = set()  # closing lines that turned out not to end the messages here
-        while True:
-            indent = _indent(ws) if self.pos < len(self.buf) and self.buf[self.pos] == 0x7B else None
-            if indent is None or b"\n" + indent + b"}" in unreliable:
-                yield [self.value(f"{_path(where, 'messages')}[{index}]")]
-                index += 1
-            else:
-                close = b"\n" + indent + b"}"
-                batch = None
-                if self.offset + self.pos >= slow_until:
-                    if len(self.buf) - self.pos < _CHUNK // 2:
-                        self.more()
-                    stop = self._batch_end(close, array_end)
-                    if stop > 0:
-                        try:
-                            batch = orjson.loads(b"[" + self.buf[self.pos : stop] + b"]")
-                        except orjson.JSONDecodeError:
-                            slow_until = self.offset + stop
-                        else:
-                            self.pos = stop
-                            index += len(batch)
-                            yield batch
-                if batch is None:
-                    value, reliable = self._one(close, f"{_path(where, 'messages')}[{index}]")
-                    if not reliable:
-                        unreliable.add(close)
-                    yield [value]
-                    index += 1
-            c = self.peek()
-            if c == 0x2C:
-                self.pos += 1
-                ws = self.skip_ws()
-            elif c == 0x5D:
-                self.pos += 1
-                return
-            else:
-                self._unexpected(c, '"," or "]"', f"{_path(where, 'messages')}[{index}]")
-
-    def _batch_end(self, close: bytes, array_end: bytes | None) -> int:
-        """End of the last whole message within _BATCH bytes that is still in this array, or -1.
-
-        The array ends at its closing line (indented like the line that opened it: nothing inside the
-        messages is indented that little), or else after the first message not followed by ",".
-        Searching for a pattern that ends in "]" is much faster than for one ending in a line break.
-        """
-        buf, pos = self.buf, self.pos
-        limit = min(len(buf), pos + _BATCH)
-        end = buf.find(array_end, pos, limit) if array_end else buf.find(close + b"\n", pos, limit)
-        j = buf.rfind(close, pos, end + len(close)) if end >= 0 else buf.rfind(close + b",", pos, limit)
-        return j + len(close) if j >= 0 else -1
-
-    def _one(self, close: bytes, where: str) -> tuple[Any, bool]:
-        """One message: up to its closing line with orjson, else with json's scanner.
-
-        Also says whether `close` did end the message: if not, it is not searched for again in this array
-        (a layout with one message per line would otherwise be searched to the end of every read).
-        """
-        j = self.buf.find(close, self.pos)
-        while j < 0 and len(self.buf) - self.pos < _ONE_LIMIT:
-            searched = len(self.buf) - self.pos
-            if not self.more(searched):
-                break
-            j = self.buf.find(close, self.pos + max(0, searched - len(close)))
-        if j >= 0:
-            raw = self.buf[self.pos : j + len(close)]
-            try:
-                value = orjson.loads(raw)
-            except orjson.JSONDecodeError:
-                if b"\\x" in raw:
-                    try:
-                        value = orjson.loads(_X_ESCAPE.sub(rb"\1\\u00\2", raw))
-                    except orjson.JSONDecodeError:
-                        pass
-                    else:
-                        self.report.note("invalid \\x escape read as \\u00")
-                        self.pos = j + len(close)
-                        return value, True
-            else:
-                self.pos = j + len(close)
-                return value, True
-        expected_end = self.offset + j + len(close) if j >= 0 else -1
-        value = self.value(where)
-        return value, self.offset + self.pos == expected_end
-
-
-def _path(where: str, key: str) -> str:
-    return f"{where}.{key}" if where else key
-
-
 def _nameless(header: dict[str, Any]) -> bool:
     """Saved Messages and Replies chats have no name key."""
     ctype = header.get("type")
     return isinstance(ctype, str) and ctype in _TITLES
-
-
-def _indent(ws: bytes) -> bytes | None:
-    """The indentation on the last line of a whitespace run, or None when it holds no newline."""
-    k = ws.rfind(b"\n")
-    if k < 0:
-        return None
-    tail = ws[k + 1 :]
-    return tail if not tail.strip(b" \t") else None
-
-
-def _nbytes(text: str, end: int) -> int:
-    return end if text.isascii() else len(text[:end].encode("utf-8", "surrogateescape"))
-
-
-def _scrub(value: Any, report: ParseReport) -> Any:
-    """Replace lone surrogates (from "\\ud800"-style escapes) that could not be stored as UTF-8."""
-    if isinstance(value, str):
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError:
-            report.note("invalid unicode escape replaced")
-            return _SURROGATE.sub("\ufffd", value)
-        return value
-    if isinstance(value, list):
-        return [_scrub(v, report) for v in value]
-    if isinstance(value, dict):
-        return {k: _scrub(v, report) for k, v in value.items()}
-    return value
 
 
 def _exporter(info: Any) -> str | None:
@@ -529,7 +192,7 @@ class _Walker:
         self.clock = clock
         self.exporter: str | None = None  # "user123"
 
-    def chat(self, s: _Stream, where: str, top: bool = False, left: bool = False) -> Iterator[Conversation]:
+    def chat(self, s: Stream, where: str, top: bool = False, left: bool = False) -> Iterator[Conversation]:
         """A chat object (or the top-level object: a single-chat export, or a full export) at the cursor."""
         s.pos += 1
         header: dict[str, Any] = {}
@@ -539,17 +202,17 @@ class _Walker:
             if key == "messages":
                 found = True
                 if s.peek() != 0x5B:
-                    s.skip(_path(where, key))
+                    s.skip(key_path(where, key))
                     self.report.skip("malformed chat")
                 elif "id" in header and "type" in header and ("name" in header or _nameless(header)):
                     yield from self.emit(s, header, where, left, s.line_indent())
                 else:  # a header key comes after the messages (not so in real exports): come back later
                     indent = s.line_indent()
                     deferred.append((s.offset + s.pos, where, indent))
-                    for _ in s.message_batches(where, indent):
+                    for _ in s.batches(key_path(where, key), indent):
                         pass
             elif key in ("name", "type", "id"):
-                header[key] = s.value(_path(where, key))
+                header[key] = s.value(key_path(where, key))
             elif top and key == "personal_information":
                 found = True
                 self.exporter = _exporter(s.value(key))
@@ -557,17 +220,17 @@ class _Walker:
                 found = True
                 yield from self.chat_list(s, key)
             else:
-                s.skip(_path(where, key))
+                s.skip(key_path(where, key))
         if top and deferred and "type" not in header and "id" not in header:
             raise ExportError(self.path, "messages without a chat type or id: not a Telegram export")
         for offset, at, indent in deferred:
             with open(self.path, "rb") as f:
                 f.seek(offset)
-                yield from self.emit(_Stream(self.path, f, self.report), header, at, left, indent)
+                yield from self.emit(Stream(self.path, f, self.report), header, at, left, indent)
         if top and not found:
             raise ExportError(self.path, "no chats or messages: not a Telegram export")
 
-    def chat_list(self, s: _Stream, key: str) -> Iterator[Conversation]:
+    def chat_list(self, s: Stream, key: str) -> Iterator[Conversation]:
         """`chats` / `left_chats`: {"about": ..., "list": [chat, ...]}."""
         if s.peek() != 0x7B:
             s.skip(key)
@@ -590,7 +253,7 @@ class _Walker:
                         self.report.skip("malformed chat")
 
     def emit(
-        self, s: _Stream, header: dict[str, Any], where: str, left: bool, indent: bytes | None
+        self, s: Stream, header: dict[str, Any], where: str, left: bool, indent: bytes | None
     ) -> Iterator[Conversation]:
         """The conversation of one chat, its messages streamed from the array at the cursor."""
         ctype = header.get("type") if isinstance(header.get("type"), str) else None
@@ -611,7 +274,7 @@ class _Walker:
             detail.append(f"exporter {exporter}")
         detail_text = "; ".join(detail)
         template = Conversation(FORMAT, conv_id, title, "chat", (), platform_detail=detail_text)
-        messages = self.messages(s.message_batches(where, indent), conv_id, num, title, ctype)
+        messages = self.messages(s.batches(key_path(where, "messages"), indent), conv_id, num, title, ctype)
         yield from in_slices(template, messages, self.options, self.report)
 
     def messages(

@@ -36,7 +36,7 @@ from zoneinfo import ZoneInfo
 
 from twinlm.errors import ExportError
 from twinlm.model import Conversation, Kind, Message, ParseOptions, ParseReport
-from twinlm.sources._common import clip, in_slices, media_message, stable_id
+from twinlm.sources._common import clip, in_slices, media_message, stable_id, track
 
 FORMAT = "whatsapp"
 
@@ -444,7 +444,7 @@ def _messages(
     head: re.Match[str] | None = None
     rest: list[str] = []
     size = 0
-    with _open(path) as f:
+    with track(_open(path)) as f:  # the second pass: the one progress displays follow
         for line in _lines(path, f, report):
             m = _HEADER.match(line)
             if m is None:
