@@ -33,7 +33,7 @@ from rich.table import Table
 from twinlm import __version__
 from twinlm.config import IngestConfig, TwinConfig
 from twinlm.corpus.db import Corpus
-from twinlm.corpus.queries import source_stats, speakers
+from twinlm.corpus.queries import owners, source_stats, speakers
 from twinlm.errors import TwinError
 from twinlm.identities import resolver
 from twinlm.ingest import IngestResult, ingest
@@ -223,7 +223,7 @@ def people(
     """List speakers with message counts per source, to fill in `me:` and `people:` in twin.yaml."""
     ws = open_workspace(workspace)
     with Corpus(ws.corpus_path) as corpus:
-        rows = speakers(corpus, resolver(ws.config))
+        rows = speakers(corpus, resolver(ws.config, owners(corpus)))
     if unmapped:
         rows = [r for r in rows if r.person is None]
     if limit:

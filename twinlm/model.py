@@ -62,6 +62,7 @@ class Conversation:
     participants: tuple[str, ...] = ()  # display names, when the export lists them
     system_prompt: str | None = None  # e.g. ChatGPT custom instructions
     platform_detail: str = ""  # e.g. "guild: X / #general", "group DM", "personal_chat"
+    owner_id: str | None = None  # author_id of whoever made the export, when the export says (Telegram)
 
 
 @dataclass(slots=True)

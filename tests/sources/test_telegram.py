@@ -261,15 +261,15 @@ def test_2020_schema_migrated_supergroup() -> None:
 
 def test_full_export_reads_every_chat_and_left_chat() -> None:
     convs, report = run(FULL)
-    detail = "; exporter user777000001"
+    assert {c.owner_id for c in convs} == {"user777000001"}
     assert [(c.id, c.title, c.platform_detail, len(c.messages)) for c in convs] == [
-        ("4000000001", "Alice Example", "personal_chat" + detail, 2),
-        ("saved777000001", "Saved Messages", "saved_messages" + detail, 2),
-        ("6000000001", "Weather Bot", "bot_chat" + detail, 2),
-        ("1500000001", "Tech News", "public_channel" + detail, 1),
-        ("300000001", "Book Club", "private_group" + detail, 1),
-        ("4000000002", "Bob", "personal_chat" + detail, 0),
-        ("1300000001", "Old Group", "private_supergroup; left chat" + detail, 1),
+        ("4000000001", "Alice Example", "personal_chat", 2),
+        ("saved777000001", "Saved Messages", "saved_messages", 2),
+        ("6000000001", "Weather Bot", "bot_chat", 2),
+        ("1500000001", "Tech News", "public_channel", 1),
+        ("300000001", "Book Club", "private_group", 1),
+        ("4000000002", "Bob", "personal_chat", 0),
+        ("1300000001", "Old Group", "private_supergroup; left chat", 1),
     ]
     by_id = {m.id: m for c in convs for m in c.messages}
     assert list(by_id) == [
@@ -310,10 +310,11 @@ def test_saved_messages_single_export_names_the_exporter(tmp_path: Path) -> None
     }
     path = write(tmp_path, {"type": "saved_messages", "id": 99, "messages": [msg]})
     (conv,), _ = run(path)
-    assert (conv.id, conv.title, conv.platform_detail) == (
+    assert (conv.id, conv.title, conv.platform_detail, conv.owner_id) == (
         "saved99",
         "Saved Messages",
-        "saved_messages; exporter user99",
+        "saved_messages",
+        "user99",
     )
     assert conv.messages[0].id == "saved99:9"
 

@@ -39,6 +39,7 @@ CREATE TABLE IF NOT EXISTS conversations (
     platform_detail TEXT NOT NULL DEFAULT '',
     participants TEXT NOT NULL DEFAULT '[]',
     system_prompt TEXT,
+    owner_id TEXT,                   -- author id of whoever made the export, when it says
     excluded INTEGER NOT NULL DEFAULT 0,   -- set by the user: leave out of every dataset
     user_note TEXT,                        -- the user's note, e.g. why it is excluded
     first_import INTEGER NOT NULL REFERENCES imports(id),
@@ -69,16 +70,18 @@ CREATE TABLE IF NOT EXISTS messages (
 
 _UPSERT_CONVERSATION = """
 INSERT INTO conversations (source, native_id, kind, title, platform_detail, participants,
-                           system_prompt, first_import)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+                           system_prompt, owner_id, first_import)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
 ON CONFLICT (source, native_id) DO UPDATE SET
     kind = excluded.kind, title = excluded.title, platform_detail = excluded.platform_detail,
     participants = excluded.participants,
-    system_prompt = coalesce(excluded.system_prompt, conversations.system_prompt)
+    system_prompt = coalesce(excluded.system_prompt, conversations.system_prompt),
+    owner_id = coalesce(excluded.owner_id, conversations.owner_id)
 WHERE (conversations.kind, conversations.title, conversations.platform_detail,
-       conversations.participants, conversations.system_prompt)
+       conversations.participants, conversations.system_prompt, conversations.owner_id)
    IS NOT (excluded.kind, excluded.title, excluded.platform_detail, excluded.participants,
-           coalesce(excluded.system_prompt, conversations.system_prompt))
+           coalesce(excluded.system_prompt, conversations.system_prompt),
+           coalesce(excluded.owner_id, conversations.owner_id))
 RETURNING id
 """
 
@@ -218,7 +221,8 @@ class Corpus:
         participants = orjson.dumps(list(c.participants)).decode()
         row = self.db.execute(
             _UPSERT_CONVERSATION,
-            (c.source, c.id, c.kind, c.title, c.platform_detail, participants, c.system_prompt, import_id),
+            (c.source, c.id, c.kind, c.title, c.platform_detail, participants, c.system_prompt, c.owner_id,
+             import_id),
         ).fetchone()
         if row is not None:
             return int(row[0])

@@ -31,6 +31,14 @@ class SourceStats:
     top_speakers: list[tuple[str, int]] = field(default_factory=list)
 
 
+def owners(corpus: Corpus) -> frozenset[tuple[str, str]]:
+    """(source, author id) of the accounts that made the exports, where the exports say so."""
+    rows = corpus.db.execute(
+        "SELECT DISTINCT source, owner_id FROM conversations WHERE owner_id IS NOT NULL"
+    ).fetchall()
+    return frozenset((source, owner) for source, owner in rows)
+
+
 def speakers(corpus: Corpus, resolve: Resolver) -> list[Speaker]:
     """Every author with message counts, most active first. Documents have no speakers."""
     rows = corpus.db.execute(

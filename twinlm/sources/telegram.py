@@ -8,8 +8,8 @@ today's (`from_id` "user123", `date_unixtime`, `text_entities`, `edited_unixtime
 Ids: conversation id = str(chat id) ("saved<id>" for Saved Messages), message id = "<conversation id>:<message
 id>" (message ids are per chat; groups migrated to supergroups keep their old messages under negative ids).
 Author ids: `from_id` as written ("user123", "channel123"); the 2020 schema's integer ids become "user<id>".
-The exporter's own id ("user<id>", from `personal_information.user_id`, or the Saved Messages chat id) is put
-in every conversation's `platform_detail` ("personal_chat; exporter user123") and returned by `exporter_id()`.
+The exporter's own id ("user<id>", from `personal_information.user_id`, or the Saved Messages chat id) is
+every conversation's `owner_id` (so `twinlm people` knows who "me" is) and returned by `exporter_id()`.
 
 Exports reach gigabytes and are streamed with `_jsonstream` (see there for why its scanner is hand-written):
 the walker here goes through the few structural levels (top object, chat lists, chat objects) itself and
@@ -270,10 +270,9 @@ class _Walker:
         detail = [ctype or "unknown"]
         if left:
             detail.append("left chat")
-        if exporter:
-            detail.append(f"exporter {exporter}")
-        detail_text = "; ".join(detail)
-        template = Conversation(FORMAT, conv_id, title, "chat", (), platform_detail=detail_text)
+        template = Conversation(
+            FORMAT, conv_id, title, "chat", (), platform_detail="; ".join(detail), owner_id=exporter
+        )
         messages = self.messages(s.batches(key_path(where, "messages"), indent), conv_id, num, title, ctype)
         yield from in_slices(template, messages, self.options, self.report)
 
