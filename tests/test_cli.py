@@ -77,3 +77,16 @@ def test_help_texts_come_from_the_config_model() -> None:
     code, out, _ = run("ingest", "--help")
     assert code == 0
     assert "[photo]" in out and "IANA time zone" in " ".join(out.split())
+
+
+def test_config_prints_the_workspace_settings_as_valid_commented_yaml(tmp_path: Path) -> None:
+    ws = tmp_path / "twin"
+    run("init", str(ws), "--name", "alex", "--me", "Alex")
+    code, out, _ = run("config", "-w", str(ws))
+    assert code == 0 and "name: alex" in out and "# IANA time zone" in out
+    (tmp_path / "copy.yaml").write_text(out)
+    from twinlm.config import load_config
+
+    assert load_config(tmp_path / "copy.yaml").me == ["Alex"]
+    code, out, _ = run("config", "--markdown")
+    assert code == 0 and out.startswith("# Configuration: twin.yaml")

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from twinlm.config import IngestConfig, TwinConfig, load_config, render_config
+from twinlm.config import IngestConfig, TwinConfig, load_config, reference_markdown, render_config
 from twinlm.errors import ConfigError
 
 
@@ -73,3 +73,9 @@ def test_invalid_yaml_and_wrong_top_level(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="not found"):
         load_config(tmp_path / "missing.yaml")
     assert load_config(_write(tmp_path, "")) == TwinConfig()
+
+
+def test_docs_reference_matches_the_model() -> None:
+    docs = Path(__file__).parent.parent / "docs" / "configuration.md"
+    assert docs.read_text(encoding="utf-8") == reference_markdown(), (
+        "docs/configuration.md is stale: run `twinlm config --markdown > docs/configuration.md`")

@@ -31,7 +31,7 @@ from rich.progress import (
 from rich.table import Table
 
 from twinlm import __version__
-from twinlm.config import IngestConfig, TwinConfig
+from twinlm.config import IngestConfig, TwinConfig, reference_markdown, render_config
 from twinlm.corpus.db import Corpus
 from twinlm.corpus.queries import owners, source_stats, speakers
 from twinlm.errors import TwinError
@@ -109,6 +109,23 @@ def init(
         raise TwinError(f"--{first['loc'][0]}: {first['msg']}") from None
     path = init_workspace(directory, config, force=force)
     out.print(f"Created [bold]{path}[/]. Next: [cyan]twinlm ingest -w {directory} PATH...[/]")
+
+
+@app.command()
+@_user_errors
+def config(
+    workspace: Workspace = Path("."),
+    defaults: Annotated[bool, typer.Option(help="Show the defaults, not a workspace's settings.")] = False,
+    markdown: Annotated[
+        bool, typer.Option(help="Print the Markdown reference of every setting (docs/configuration.md).")
+    ] = False,
+) -> None:
+    """Print the settings of twin.yaml, each with its description (all of them, defaults included)."""
+    if markdown:
+        typer.echo(reference_markdown(), nl=False)
+        return
+    settings = TwinConfig() if defaults else open_workspace(workspace).config
+    typer.echo(render_config(settings), nl=False)
 
 
 @app.command("ingest")

@@ -227,3 +227,14 @@ def _wrap(text: str, width: int) -> list[str]:
     if current:
         out.append(current)
     return out
+
+
+def reference_markdown() -> str:
+    """docs/configuration.md: every setting with its default and description, from the model itself."""
+    return (
+        "# Configuration: twin.yaml\n\n"
+        "Generated from `twinlm/config.py` (`twinlm config --markdown`); do not edit by hand.\n"
+        "Every setting is optional. `twinlm init` writes this file into a new workspace, and\n"
+        "`twinlm config -w DIR` prints a workspace's settings in the same form.\n\n"
+        "```yaml\n" + render_config(TwinConfig()) + "```\n"
+    )
