@@ -161,3 +161,18 @@ def test_progress_follows_bytes_read_in_large_files(tmp_path: Path) -> None:
         positions = [done for _, done, _ in calls]
         assert positions == sorted(positions)
         assert 0 < positions[0] < size  # updates arrive while the file is being read, not only at the end
+
+
+def test_walking_the_workspace_skips_its_own_files(tmp_path: Path) -> None:
+    from twinlm.config import TwinConfig
+    from twinlm.workspace import init_workspace
+
+    ws = tmp_path / "twin"
+    init_workspace(ws, TwinConfig())
+    (ws / "exports").mkdir()
+    shutil.copy(WHATSAPP, ws / "exports")
+    (ws / "reports" / "notes.md").write_text("# a report the pipeline wrote\n")
+    with Corpus(ws / "corpus.db") as corpus:
+        result = ingest([ws], corpus, OPTIONS)
+        assert [(Path(f.name).name, f.format) for f in result.files] == [(WHATSAPP.name, "whatsapp")]
+        assert not result.not_exports

@@ -26,6 +26,9 @@ from twinlm.sources._common import position, untrack
 # Leading bytes of files that are media, never exports: skipped inside zips without unpacking them.
 MEDIA_MAGIC = (b"\xff\xd8\xff", b"\x89PNG", b"GIF8", b"RIFF", b"OggS", b"ID3", b"\x1aE\xdf\xa3", b"fLaC")
 MAX_ZIP_DEPTH = 2
+# What a workspace holds of its own: never read as exports when a folder walk passes through it.
+WORKSPACE_FILES = ("twin.yaml", "corpus.db", "corpus.db-journal", "corpus.db-wal", "corpus.db-shm")
+WORKSPACE_FOLDERS = ("data", "runs", "export", "reports")
 SUSPICIOUS_RATIO = 100  # uncompressed/compressed: chat exports compress 5-20x, bombs 1000x and more
 
 
@@ -122,7 +125,7 @@ def _ingest(
         prefix=".ingest-", dir=corpus.path.parent
     ) as scratch:
         result = IngestResult(import_id=import_id)
-        inputs = _expand(paths, Path(scratch), max_unpacked_bytes, result)
+        inputs = _expand(paths, Path(scratch), max_unpacked_bytes, result, corpus.path.parent)
         for item in inputs:
             if on_file:
                 on_file(item.name)
@@ -179,14 +182,23 @@ def _ingest_file(
     return file_result
 
 
-def _expand(paths: list[Path], scratch: Path, max_unpacked: int, result: IngestResult) -> Iterator[_Input]:
-    """Every file to read, in a stable order: folders walked, zips unpacked (safely) into `scratch`."""
+def _expand(
+    paths: list[Path], scratch: Path, max_unpacked: int, result: IngestResult, workspace: Path
+) -> Iterator[_Input]:
+    """Every file to read, in a stable order: folders walked, zips unpacked (safely) into `scratch`.
+
+    Hidden files and the workspace's own files (twin.yaml, corpus.db, stage outputs) are passed over.
+    """
+    own = {(workspace / name).resolve() for name in WORKSPACE_FILES + WORKSPACE_FOLDERS}
     for path in paths:
         if path.is_dir():
             for child in sorted(path.rglob("*")):
-                if child.is_file() and not any(p.startswith(".") for p in child.relative_to(path).parts):
-                    yield from _maybe_archive(_Input(child, str(child), False), scratch, max_unpacked, 0,
-                                              result)
+                if not child.is_file() or any(p.startswith(".") for p in child.relative_to(path).parts):
+                    continue
+                resolved = child.resolve()
+                if resolved in own or any(parent in own for parent in resolved.parents):
+                    continue
+                yield from _maybe_archive(_Input(child, str(child), False), scratch, max_unpacked, 0, result)
         else:
             yield from _maybe_archive(_Input(path, str(path), True), scratch, max_unpacked, 0, result)
 
