@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import contextlib
 import json
+import sys
+import tracemalloc
 from collections import Counter
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -460,3 +463,170 @@ def test_message_ids_are_namespaced_by_conversation(tmp_path: Path) -> None:
     path.write_text(json.dumps([conv, {**conv, "id": "c2"}]), encoding="utf-8")
     ids = [m.id for c in chatgpt.parse(path, ParseOptions(), ParseReport()) for m in c.messages]
     assert ids == ["c1:n1", "c2:n1"]
+
+
+# --- streaming: layouts, guessed conversation ends, damage in the middle --------------------------
+
+BENCHMARKS = Path(__file__).parent.parent.parent / "benchmarks"
+LAYOUTS: dict[str, dict[str, Any]] = {
+    "minified": {"separators": (",", ":")},
+    "minified-spaced": {},  # json.dumps' default: `}, {"title": ...`
+    "indent-1": {"indent": 1},
+    "indent-2": {"indent": 2, "ensure_ascii": False},
+    "indent-4": {"indent": 4},
+    "tabs": {"indent": "\t"},
+}
+
+
+def parse_all(path: Path, options: ParseOptions | None = None) -> tuple[list[Conversation], ParseReport]:
+    report = ParseReport()
+    return list(chatgpt.parse(path, options or ParseOptions(), report)), report
+
+
+@pytest.mark.parametrize("layout", [*LAYOUTS, "one-per-line", "crlf"])
+@pytest.mark.parametrize("fixture", FIXTURES, ids=lambda p: p.name)
+def test_every_layout_reads_the_same(tmp_path: Path, fixture: Path, layout: str) -> None:
+    data = json.loads(fixture.read_text(encoding="utf-8"))
+    if layout == "one-per-line" and isinstance(data, list):
+        text = "[\n" + ",\n".join(json.dumps(c) for c in data) + "\n]\n"
+    elif layout == "crlf":
+        text = json.dumps(data, indent=2).replace("\n", "\r\n")
+    else:
+        text = json.dumps(data, **LAYOUTS.get(layout, {}))
+    path = tmp_path / "conversations.json"
+    path.write_text(text, encoding="utf-8")
+    assert parse_all(path) == parse_all(fixture)
+
+
+def _citing(i: int, refs: int, big: int = 0) -> dict[str, Any]:
+    """A conversation whose answer cites `refs` pages: a nested list of objects that, like the
+    conversations themselves, start with "title" (in minified files they look like a next one)."""
+    items = [{"title": f"page {k} ü", "url": f"e.com/{k}", "snippet": '}, {"title": '} for k in range(refs)]
+    mapping = {
+        "root": {"id": "root", "message": None, "parent": None, "children": ["u"]},
+        "u": {"id": "u", "parent": "root", "children": ["a"], "message": {
+            "id": "u", "author": {"role": "user"}, "create_time": 1.7e9 + i,
+            "content": {"content_type": "text", "parts": [f"question {i} " + "é😀" * big]}}},
+        "a": {"id": "a", "parent": "u", "children": [], "message": {
+            "id": "a", "author": {"role": "assistant"}, "create_time": 1.7e9 + i + 0.5,
+            "content": {"content_type": "text", "parts": [f"answer {i}"]},
+            "metadata": {"model_slug": "gpt-4o", "content_references": [{"title": "x", "items": items}]}}},
+    }
+    return {"title": f"t{i}", "create_time": 1.7e9, "mapping": mapping, "current_node": "a", "id": f"c{i}"}
+
+
+def test_nested_lookalikes_and_conversations_bigger_than_a_read(tmp_path: Path) -> None:
+    convs = [_citing(i, i % 6, big=800_000 if i in (4, 5) else 0) for i in range(14)]
+    path = tmp_path / "conversations.json"
+    results = []
+    for layout in ("minified", "minified-spaced", "indent-2"):
+        path.write_text(json.dumps(convs, **LAYOUTS[layout]), encoding="utf-8")
+        results.append(parse_all(path, ParseOptions(max_message_chars=10**7)))
+    got, report = results[0]
+    assert [c.id for c in got] == [f"c{i}" for i in range(14)]
+    assert [m.text for m in got[1].messages] == ["question 1 ", "answer 1"]
+    assert len(got[4].messages[0].text) == len("question 4 ") + 1_600_000
+    assert report.messages == 28
+    assert results[1] == results[2] == results[0]
+
+
+def test_generated_export_matches_a_plain_json_reading(tmp_path: Path) -> None:
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        import gen_chatgpt
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+    path = tmp_path / "conversations.json"
+    gen_chatgpt.write_chatgpt_export(path, 300, seed=2)
+    data = json.loads(path.read_text(encoding="utf-8"))
+    # each generated conversation is one branch, its nodes in order after the root
+    expected = [
+        (f"{c['id']}:{nid}", n["message"]["content"]["parts"][0])
+        for c in data
+        for nid, n in c["mapping"].items()
+        if n["message"]
+    ]
+    convs, report = parse_all(path)
+    assert [(m.id, m.text) for c in convs for m in c.messages] == expected
+    assert report.conversations == 300 and report.messages == len(expected)
+    path.write_text(json.dumps(data, indent=2), encoding="utf-8")
+    assert parse_all(path) == (convs, report)
+
+
+def test_memory_stays_flat_however_many_conversations(tmp_path: Path) -> None:
+    def peak(n: int) -> int:
+        path = tmp_path / f"{n}.json"
+        path.write_text(json.dumps([_citing(i, 2, big=200) for i in range(n)]), encoding="utf-8")
+        tracemalloc.start()
+        try:
+            for _ in chatgpt.parse(path, ParseOptions(), ParseReport()):
+                pass
+            return tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+
+    small, large = peak(300), peak(3000)  # 1.3 MB and 13 MB of JSON
+    assert large < 2 * small + 2_000_000  # a buffer of ~1 MB and one conversation at a time
+
+
+def _damaged(tmp_path: Path, old: str, new: str) -> tuple[Path, int]:
+    text = json.dumps(json.loads((FIX / "branched.json").read_text(encoding="utf-8")))  # minified
+    path = tmp_path / "conversations.json"
+    path.write_text(text.replace(old, new, 1), encoding="utf-8")
+    return path, text.index(old)
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "shift", "message", "index"),
+    [
+        ('"conv-wrapped"', '"conv-wrapped" x', 15, "invalid JSON (Expecting ',' delimiter)", 2),
+        ('"title": "Custom', '"title": NaX, "Custom', 9, "invalid JSON (Expecting value)", 1),
+        ('}, {"conversation_id"', '} {"conversation_id"', 2, 'invalid JSON (expected "," or "]")', 1),
+        ('"title": "Custom', '"title": "\\x', 10, "invalid JSON (Invalid \\escape", 1),
+    ],
+)
+def test_damage_in_a_minified_export_names_the_byte_and_conversation(
+    tmp_path: Path, old: str, new: str, shift: int, message: str, index: int
+) -> None:
+    path, at = _damaged(tmp_path, old, new)
+    got: list[str] = []
+    with pytest.raises(ExportError) as err:
+        got.extend(c.id for c in chatgpt.parse(path, ParseOptions(), ParseReport()))
+    assert got == ["conv-branch", "conv-ci", "conv-wrapped", "conv-system"][:index]
+    assert err.value.where == f"byte {at + shift}, conversations[{index}]"
+    assert err.value.message.startswith(message)
+
+
+A = '{"id": "a", "mapping": {}}'
+
+
+@pytest.mark.parametrize(
+    ("text", "ids", "message"),
+    [
+        (f"[{A},]", ["a"], "invalid JSON (Expecting value)"),
+        (f"[{A}] x", ["a"], "invalid or truncated JSON (data after the end of the array)"),
+        (f"{A} {{}}", ["a"], "invalid or truncated JSON (data after the end of the object)"),
+        (f'[{A}, {{"mapping": {"[" * 3000}{"]" * 3000}}}]', ["a"], "JSON nested too deeply"),
+    ],
+)
+def test_bad_endings_after_a_good_conversation(
+    tmp_path: Path, text: str, ids: list[str], message: str
+) -> None:
+    path = tmp_path / "conversations.json"
+    path.write_text(text, encoding="utf-8")
+    got: list[str] = []
+    with pytest.raises(ExportError, match=r"byte [0-9]+") as err:
+        got.extend(c.id for c in chatgpt.parse(path, ParseOptions(), ParseReport()))
+    assert got == ids
+    assert err.value.message.startswith(message)
+
+
+@pytest.mark.parametrize("text", ["hi", "", "  \n", "\u2003", "line\nline", "x" * 30])
+@pytest.mark.parametrize("role", ["user", "assistant"])
+def test_one_string_part_shortcut_matches_the_general_reading(text: str, role: str) -> None:
+    def classify(parts: list[Any]) -> tuple[object, ParseReport]:
+        report = ParseReport()
+        msg = {"author": {"role": role}, "content": {"content_type": "text", "parts": parts}}
+        return chatgpt._classify(msg, ParseOptions(max_message_chars=10), report), report
+
+    assert classify([text]) == classify([text, None])  # a None part is ignored, via _parts_text

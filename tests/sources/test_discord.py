@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import os
+import sys
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -332,3 +335,181 @@ def test_fuzzed_files_parse_or_raise_export_error(
         run(path, media="drop" if drop else "placeholder")
     except ExportError as e:
         assert str(path) in str(e)
+
+
+# --- the streaming scanner: every layout gives the same messages ------------------------------------
+
+BENCHMARKS = Path(__file__).parent.parent.parent / "benchmarks"
+
+
+def _generator() -> Any:
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        import gen_discord
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+    return gen_discord
+
+
+def _rows(convs: list[Conversation]) -> list[tuple[Any, ...]]:
+    return [(c.id, c.title, c.platform_detail, m) for c in convs for m in c.messages]
+
+
+def _relayout(data: bytes, layout: str) -> bytes:
+    doc = json.loads(data.decode("utf-8"))
+    if layout == "minified":
+        return json.dumps(doc).encode()
+    if layout == "indent4":
+        return json.dumps(doc, indent=4, ensure_ascii=False).encode()
+    if layout == "crlf":
+        return data.replace(b"\n", b"\r\n")
+    if layout == "tabs":
+        return json.dumps(doc, indent="\t").encode()
+    if layout == "bom":
+        return b"\xef\xbb\xbf" + data
+    assert layout == "sorted"  # header after the messages, as a re-save with sorted keys writes it
+    return json.dumps(doc, indent=2, sort_keys=True).encode()
+
+
+@pytest.mark.parametrize("layout", ["minified", "indent4", "crlf", "tabs", "bom", "sorted"])
+def test_any_json_layout_gives_the_same_result(tmp_path: Path, layout: str) -> None:
+    sources = [*sorted(FIXTURES.glob("*.json")), tmp_path / "generated.json"]
+    _generator().write_discord_export(sources[-1], 400, seed=5)
+    for source in sources:
+        data = source.read_bytes()
+        convs, report = run(source, timezone="UTC", batch_size=150)
+        path = tmp_path / f"{layout}.json"
+        path.write_bytes(_relayout(data, layout))
+        other, other_report = run(path, timezone="UTC", batch_size=150)
+        assert _rows(other) == _rows(convs), source.name
+        assert other_report == report, source.name
+
+
+def test_generated_export_matches_a_plain_json_reading(tmp_path: Path) -> None:
+    path = tmp_path / "big.json"
+    _generator().write_discord_export(path, 3000, seed=1)
+    data = json.loads(path.read_text(encoding="utf-8"))
+    channel = data["channel"]["id"]
+    expected = [
+        f"{channel}:{m['id']}"
+        for m in data["messages"]
+        if m["type"] in ("Default", "Reply")
+        and not m["author"]["isBot"]
+        and (m["content"].strip() or m["attachments"] or m["stickers"] or "forwardedMessage" in m)
+    ]
+    convs, report = run(path, batch_size=700)
+    assert [m.id for m in messages(convs)] == expected
+    assert len(expected) > 2700
+    assert (report.conversations, report.messages) == (1, len(expected))
+    assert sum(report.skipped.values()) == 3000 - len(expected)
+    assert {c.title for c in convs} == {"Night Owls Гильдия / #general"}
+    replies = [m for m in messages(convs) if m.reply_to]
+    assert replies and all(r.reply_to.startswith(f"{channel}:") for r in replies)
+    assert any(m.text.startswith("[") for m in messages(convs))  # attachments and stickers
+
+
+def test_generator_is_deterministic(tmp_path: Path) -> None:
+    gen = _generator()
+    gen.write_discord_export(tmp_path / "a.json", 300, seed=3)
+    gen.write_discord_export(tmp_path / "b.json", 300, seed=3)
+    assert (tmp_path / "a.json").read_bytes() == (tmp_path / "b.json").read_bytes()
+    gen.write_discord_export(tmp_path / "empty.json", 0)
+    assert json.loads((tmp_path / "empty.json").read_text(encoding="utf-8"))["messages"] == []
+
+
+HEADER = '{"guild": {"id": "1", "name": "G"}, "channel": {"id": "2", "type": "GuildTextChat", "name": "c"}, '
+MSG = '{"id": "%s", "type": "Default", "timestamp": "2024-01-01T00:00Z", "content": "x", "author": {"id": 9}}'
+
+
+def test_every_messages_array_is_read_in_file_order(tmp_path: Path) -> None:
+    path = tmp_path / "two.json"
+    # Messages before the header (read again once it is known), after it, and a second array.
+    parts = [
+        f'{{"messages": [{MSG % 1}], "guild": {{"id": "1", "name": "G"}},',
+        f' "messages": [{MSG % 2}], "channel": {{"id": "2", "name": "c"}},',
+        f' "messages": [{MSG % 3}]}}',
+    ]
+    path.write_text("".join(parts), encoding="utf-8")
+    convs, report = run(path)
+    assert [m.id for m in messages(convs)] == ["2:1", "2:2", "2:3"]
+    assert {c.title for c in convs} == {"G / #c"}
+    assert (report.conversations, report.messages) == (1, 3)
+
+
+def test_header_fields_merge_like_duplicate_keys(tmp_path: Path) -> None:
+    path = tmp_path / "dup.json"
+    # A later scalar replaces an earlier one; a null or nested value does not; numbers become text.
+    path.write_text(
+        '{"channel": {"id": "2", "name": "a", "id": null}, "guild": {"id": 7, "name": "G"},'
+        ' "channel": {"name": "b", "id": [1]}, "messages": []}',
+        encoding="utf-8",
+    )
+    (conv,) = run(path)[0]
+    assert (conv.id, conv.title) == ("2", "G / #b")
+
+
+def _bad(messages_json: str, tail: str = "}") -> bytes:
+    return (HEADER + '"messages": ' + messages_json + tail).encode()
+
+
+@pytest.mark.parametrize(
+    ("content", "message", "place"),
+    [
+        (_bad("[]", "} x"), "data after the end of the object", f"byte {len(_bad('[]')) + 1}"),
+        (_bad(f"[{MSG % 1}, {MSG % 2}"[:-9], ""), "the file ends early", "(messages[1])"),
+        (_bad(f'[{MSG % 1}, {{"id" 2}}]'), "invalid or truncated JSON", "(messages[1])"),
+        (_bad(f"[{MSG % 1}]").replace(b'"x"', b'"\xff"'), "not valid UTF-8", "(messages[0])"),
+        (_bad("[" + "[" * 5000 + "]" * 5000 + "]"), "nested too deeply", "(messages[0])"),
+        (b"\xef\xbb\xbf   ", "no JSON value", "byte 6"),
+    ],
+)
+def test_errors_name_the_place(tmp_path: Path, content: bytes, message: str, place: str) -> None:
+    path = tmp_path / "bad.json"
+    path.write_bytes(content)
+    with pytest.raises(ExportError, match=message) as info:
+        run(path)
+    assert str(path) in str(info.value)
+    assert place in (info.value.where or "")
+
+
+def test_truncated_big_export_names_the_message(tmp_path: Path) -> None:
+    path = tmp_path / "big.json"
+    _generator().write_discord_export(path, 500, seed=2)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) * 3 // 4])
+    report = ParseReport()
+    got: list[Message] = []
+    with pytest.raises(ExportError, match="the file ends early") as info:
+        for conv in discord.parse(path, ParseOptions(batch_size=50), report):
+            got.extend(conv.messages)
+    where = info.value.where or ""
+    assert where.startswith(f"byte {len(data) * 3 // 4} (messages[")
+    # every message before the cut was read
+    assert len(got) > 300
+
+
+@pytest.mark.parametrize(
+    ("name", "kind"),
+    [
+        ("a/b/photo.JPG", "image"),
+        ("dir/", "file"),
+        ("x/clip.mp4/", "video"),
+        ("x/song.mp3/.", "audio"),
+        ("C:\\files\\voice-message.ogg", "voice message"),
+        ("https://cdn.example/a/b.png?size=1", "image"),
+        ("", "file"),
+        ("/", "file"),
+        ("a/..", "file"),
+    ],
+)
+def test_attachment_kind_by_file_name(name: str, kind: str) -> None:
+    assert discord._attachment_kind({"fileName": name}) == kind
+
+
+def test_messages_before_the_header_count_their_notes_once(tmp_path: Path) -> None:
+    path = tmp_path / "sorted.json"
+    message = (MSG % 1).replace('"x"', '"x\\ud800"')  # a lone surrogate: replaced, and noted
+    path.write_text(f'{{"channel": {{"id": "2"}}, "messages": [{message}], "guild": {{"id": "1"}}}}')
+    convs, report = run(path)
+    assert [m.text for m in messages(convs)] == ["x\ufffd"]
+    assert report.notes == {"invalid unicode escape replaced": 1}

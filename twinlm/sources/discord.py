@@ -5,11 +5,17 @@ Shape (all DCE versions since JSON export exists)::
     {"guild": {"id", "name", ...}, "channel": {"id", "type", "categoryId", "category", "name", ...},
      "dateRange": {...}, "exportedAt": "...", "messages": [{...}, ...], "messageCount": N}
 
-The header comes before the (possibly huge) messages array, so it is read from the event stream
-first and the messages are then streamed one by one. Older DCE versions lack `timestampEdited`,
-`callEndedTimestamp`, `categoryId`/`category`, `author.nickname`, sometimes `author.isBot`, and
-write local-time offsets ("+02:00"); newer ones add `author.roles`, `inlineEmojis`,
-`interaction`, `components`, `forwardedMessage` and `reference.type`.
+Older DCE versions lack `timestampEdited`, `callEndedTimestamp`, `categoryId`/`category`,
+`author.nickname`, sometimes `author.isBot`, and write local-time offsets ("+02:00"); newer ones
+add `author.roles`, `inlineEmojis`, `interaction`, `components`, `forwardedMessage` and
+`reference.type`.
+
+Exports reach gigabytes (one channel's whole history, ~1.3 KB per message) and are streamed with
+`_jsonstream` (see there for why its scanner is hand-written): the top-level object is walked key
+by key, the header objects are read, and the `messages` array goes to `Stream.batches`, which
+parses DCE's two-space layout in orjson batches of ~64 KiB. Memory stays flat: one buffer and
+one batch of messages at a time. The header comes before the messages in DCE's output; re-saved
+files with sorted keys put it after them, and those messages are read again once it is known.
 
 Message ids are Discord snowflakes, namespaced by channel ("<channel id>:<message id>") so that
 anonymised or hand-edited exports that reuse ids across files cannot collide in the corpus.
@@ -18,24 +24,19 @@ anonymised or hand-edited exports that reuse ids across files cannot collide in 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, tzinfo
+from itertools import chain
 from pathlib import Path, PurePosixPath
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from twinlm.errors import ExportError
-from twinlm.model import Conversation, Kind, Message, ParseOptions, ParseReport
-from twinlm.sources._common import (
-    clip,
-    in_slices,
-    json_events,
-    json_items,
-    media_message,
-    open_json,
-    placeholder,
-)
+from twinlm.model import Conversation, Kind, Message, ParseOptions, ParseReport, Role
+from twinlm.sources._common import clip, in_slices, media_message, placeholder, track
+from twinlm.sources._jsonstream import Stream, open_stream
+from twinlm.sources.telegram import _new_message
 
 FORMAT = "discord"
 
@@ -104,19 +105,15 @@ _IMAGE_EXT = frozenset(
 _VIDEO_EXT = frozenset({"mp4", "mov", "webm", "mkv", "avi", "m4v", "wmv", "flv", "3gp"})
 _AUDIO_EXT = frozenset({"mp3", "ogg", "oga", "opus", "wav", "flac", "m4a", "aac", "wma"})
 
-_MAX_DEPTH_CHARS = 2_000  # an event prefix this long is absurd nesting, not an export
 _CAMEL = re.compile(r"(?<!^)(?=[A-Z])")
-_HEADER_FIELDS = frozenset(
-    {
-        "guild.id",
-        "guild.name",
-        "channel.id",
-        "channel.type",
-        "channel.categoryId",
-        "channel.category",
-        "channel.name",
-    }
-)
+# The header values kept, by object: scalars only, written as text (numbers and booleans too).
+_HEADER_FIELDS = {
+    "guild": frozenset({"id", "name"}),
+    "channel": frozenset({"id", "type", "categoryId", "category", "name"}),
+}
+_NOT_DCE = "not a DiscordChatExporter export"
+_BAD_JSON = "invalid or truncated JSON"  # as the ijson-based reader said it; callers match on it
+_VALUE_START = frozenset(b'["-0123456789tfn')  # bytes a JSON value other than an object starts with
 
 
 def looks_like(head: str, path: Path) -> bool:
@@ -136,52 +133,216 @@ class _Channel:
 
 
 def parse(path: Path, options: ParseOptions, report: ParseReport) -> Iterator[Conversation]:
-    try:
-        channel = _read_header(path)
-        template = Conversation(
-            source=FORMAT,
-            id=channel.id,
-            title=channel.title,
-            kind="chat",
-            messages=(),
-            platform_detail=channel.detail,
-        )
-        yield from in_slices(template, _messages(path, channel.id, options, report), options, report)
-    except UnicodeDecodeError as e:
-        raise ExportError(path, "not UTF-8 text", f"byte {e.start}") from None
-    except RecursionError:
-        raise ExportError(path, "JSON nested too deeply") from None
+    with track(open_stream(path)) as f:
+        try:
+            yield from _Reader(path, Stream(path, f, report), options, report).conversations()
+        except ExportError as e:
+            raise _worded(e) from None
+        except RecursionError:
+            raise ExportError(path, "JSON nested too deeply") from None
 
 
-def _read_header(path: Path) -> _Channel:
-    """Read `guild` and `channel` from the event stream, stopping where the messages begin."""
-    fields: dict[str, str] = {}
-    done: set[str] = set()
-    saw_messages = False
-    with open_json(path) as f:
-        events = json_events(path, f)
-        first = next(events, None)
-        if first is None or first[1] != "start_map":
-            raise ExportError(path, "not a DiscordChatExporter export: top level is not an object", "byte 0")
-        for prefix, event, value in events:
-            if len(prefix) > _MAX_DEPTH_CHARS:
-                raise ExportError(path, "JSON nested too deeply", f"byte {f.tell()}")
-            if prefix in _HEADER_FIELDS:
-                if event in ("string", "number", "boolean"):
-                    fields[prefix] = str(value)
-            elif event == "end_map" and prefix in ("guild", "channel"):
-                done.add(prefix)
-            elif prefix == "messages" and event == "start_array":
-                saw_messages = True
-            elif prefix == "" and event == "end_map":
-                break
-            if saw_messages and len(done) == 2:
-                break
-    if "channel" not in done or not fields.get("channel.id"):
-        raise ExportError(path, "not a DiscordChatExporter export: no channel header with an id")
-    if not saw_messages:
-        raise ExportError(path, "not a DiscordChatExporter export: no messages array")
-    return _describe(fields)
+def _worded(e: ExportError) -> ExportError:
+    """The scanner's "invalid JSON (...)" and "truncated JSON (...)" in this parser's wording, which
+    callers match on: "invalid or truncated JSON (...)". Other errors are passed on as they are."""
+    for prefix, lead in (("truncated JSON (", "the file ends early: "), ("invalid JSON (", "")):
+        if e.message.startswith(prefix):
+            detail = lead + e.message[len(prefix) :]
+            return ExportError(e.path, f"{_BAD_JSON} ({detail}", e.where)
+    return e
+
+
+class _Reader:
+    """Walks the top-level object: header objects first, then the messages array(s)."""
+
+    def __init__(self, path: Path, s: Stream, options: ParseOptions, report: ParseReport) -> None:
+        self.path = path
+        self.s = s
+        self.options = options
+        self.report = report
+        self.zone = _Zone(path, options)
+
+    def conversations(self) -> Iterator[Conversation]:
+        path, s = self.path, self.s
+        c = s.peek()
+        if c != 0x7B:  # "{"
+            if c < 0:
+                raise ExportError(path, f"{_BAD_JSON} (no JSON value in the file)", s.at())
+            if c in _VALUE_START:
+                raise ExportError(path, f"{_NOT_DCE}: top level is not an object", s.at())
+            raise ExportError(path, f'{_BAD_JSON} (expected "{{")', s.at())
+        s.pos += 1
+        fields: dict[str, str] = {}
+        done: set[str] = set()  # header objects read
+        deferred: list[int] = []  # messages arrays met before the header was whole
+        keys = s.keys("top level")
+        at_messages = False
+        for key in keys:
+            c = s.peek()
+            if key in _HEADER_FIELDS and c == 0x7B and not (deferred and len(done) == 2):
+                self._header(key, fields)
+                done.add(key)
+            elif key == "messages" and c == 0x5B:  # "["
+                if len(done) == 2:
+                    # Streamed by _messages from here; `keys` then goes on with the rest of the object.
+                    at_messages = True
+                    break
+                # Checked now, converted once the header is known: notes (repaired escapes) are
+                # counted then, so this first reading counts them nowhere.
+                deferred.append(s.offset + s.pos)
+                s.report = ParseReport()
+                for _ in _batches(s):
+                    pass
+                s.report = self.report
+            else:
+                s.skip(key)
+        if "channel" not in done or not fields.get("channel.id"):
+            raise ExportError(path, f"{_NOT_DCE}: no channel header with an id")
+        if not (at_messages or deferred):
+            raise ExportError(path, f"{_NOT_DCE}: no messages array")
+        channel = _describe(fields)
+        template = Conversation(FORMAT, channel.id, channel.title, "chat", (), platform_detail=channel.detail)
+        messages = self._messages(keys if at_messages else None, deferred, channel.id)
+        yield from in_slices(template, messages, self.options, self.report)
+
+    def _header(self, name: str, fields: dict[str, str]) -> None:
+        """A `guild` or `channel` object at the cursor: its wanted scalar fields go to `fields`.
+
+        Key by key, so that duplicate keys and objects merge as they always have: a later scalar
+        replaces an earlier one, a null or nested value leaves it."""
+        s = self.s
+        s.pos += 1
+        wanted = _HEADER_FIELDS[name]
+        for key in s.keys(name):
+            where = f"{name}.{key}"
+            if key not in wanted:
+                s.skip(where)
+                continue
+            value = s.value(where)
+            if value is not None and value.__class__ is not dict and value.__class__ is not list:
+                fields[where] = str(value)
+
+    def _messages(
+        self, keys: Iterator[str] | None, deferred: list[int], channel_id: str
+    ) -> Iterator[Message]:
+        """Every messages array in file order: those met before the header was whole (read again),
+        then the one at the cursor and any later ones. Each parsed batch is converted in one call
+        and the results chained at C speed."""
+        convert = self._converter(channel_id)
+        for offset in deferred:
+            with open(self.path, "rb") as f:
+                f.seek(offset)
+                yield from chain.from_iterable(map(convert, _batches(Stream(self.path, f, self.report))))
+        s = self.s
+        if keys is not None:
+            yield from chain.from_iterable(map(convert, _batches(s)))
+            for key in keys:
+                if key == "messages" and s.peek() == 0x5B:
+                    yield from chain.from_iterable(map(convert, _batches(s)))
+                else:
+                    s.skip(key)
+        if s.peek() >= 0:
+            raise ExportError(self.path, f"{_BAD_JSON} (data after the end of the object)", s.at())
+
+    def _converter(self, channel_id: str) -> Callable[[list[Any]], list[Message]]:
+        """A function from parsed message objects to Messages: the hot loop, so it is kept flat, with
+        exact-type checks where the JSON decoders only ever give exact types."""
+        options, report, zone = self.options, self.report, self.zone
+        skip = report.skip
+        prefix = channel_id + ":"
+        max_chars = options.max_message_chars
+        fromiso, utc, text_kind, participant = datetime.fromisoformat, UTC, Kind.TEXT, Role.PARTICIPANT
+        # `make` sets a Message's slots directly: ~40% cheaper than the dataclass __init__.
+        user_types, make = _USER_TYPES, _new_message
+
+        def convert(batch: list[Any]) -> list[Message]:
+            out: list[Message] = []
+            append = out.append
+            for m in batch:
+                if m.__class__ is not dict:
+                    skip("malformed message")
+                    continue
+                try:
+                    mtype = m.get("type")
+                    if mtype.__class__ is not str:
+                        mtype = "Default" if mtype is None else str(mtype)
+                    if mtype not in user_types:
+                        skip(_skip_reason(mtype))
+                        continue
+                    author = m.get("author")
+                    if author.__class__ is not dict:
+                        skip("malformed message")
+                        continue
+                    if author.get("isBot") is True or m.get("interaction").__class__ is dict:
+                        skip("bot author")
+                        continue
+                    native_id = m.get("id")
+                    native_id = native_id.strip() if native_id.__class__ is str else _text_id(native_id)
+                    author_id = author.get("id")
+                    author_id = author_id.strip() if author_id.__class__ is str else _text_id(author_id)
+                    if not native_id or not author_id:
+                        skip("malformed message")
+                        continue
+                    raw_time = m.get("timestamp")
+                    try:  # the common case inline: an ISO time with an offset, no spaces around it
+                        timestamp = fromiso(raw_time)
+                        if timestamp.tzinfo is None:
+                            raise ValueError
+                        timestamp = timestamp.astimezone(utc)
+                    except (TypeError, ValueError, OverflowError):
+                        timestamp = _timestamp(raw_time, zone)
+                        if timestamp is None:
+                            skip("malformed message (timestamp)")
+                            continue
+
+                    content = m.get("content")
+                    if content.__class__ is str and content and not content.isspace():
+                        text, kind, forwarded_from = content, text_kind, None
+                        attachments, stickers = m.get("attachments"), m.get("stickers")
+                        if attachments or stickers:
+                            text = _with_media(text, _media_kinds(attachments, stickers), options, report)
+                    else:
+                        body = _blank(m, options, report)
+                        if body is None:
+                            continue
+                        text, kind, forwarded_from = body
+                    if len(text) > max_chars:
+                        text = clip(text, options, report)
+
+                    reference = m.get("reference")
+                    reply_to = None if reference is None else _reply_to(reference, mtype, channel_id)
+                    name = author.get("nickname") or author.get("name") or author_id
+                    if name.__class__ is not str:
+                        name = str(name)
+                    message = make(
+                        prefix + native_id,
+                        author_id,
+                        name,
+                        timestamp,
+                        text,
+                        kind,
+                        participant,
+                        reply_to,
+                        forwarded_from,
+                        bool(m.get("timestampEdited")),
+                    )
+                except (KeyError, TypeError, ValueError, AttributeError, OverflowError):
+                    skip("malformed message")
+                    continue
+                append(message)
+            return out
+
+        return convert
+
+
+def _batches(s: Stream) -> Iterator[list[Any]]:
+    """The elements of the `messages` array at the cursor, in parsed batches.
+
+    Without the array's indentation on purpose: given it, every batch first searches its 64 KiB for the
+    array's closing line ("\\n  ]"), and the ~7 empty arrays ("[]") DCE writes per message make that
+    search slow (~1 GB/s; 8% of the parse time). Without it the batches stop at the last message's
+    closing line ("\\n    }\\n") just the same, and a batch that ran past the array would not parse."""
+    return s.batches("messages", None)
 
 
 def _describe(fields: dict[str, str]) -> _Channel:
@@ -200,19 +361,6 @@ def _describe(fields: dict[str, str]) -> _Channel:
         where = f"{guild} / #{parent}" if parent else guild
         return _Channel(channel_id, f"{where} / {name or channel_id}", f"thread in #{parent or '?'}")
     return _Channel(channel_id, f"{guild} / #{name or channel_id}", "guild channel")
-
-
-def _messages(path: Path, channel_id: str, options: ParseOptions, report: ParseReport) -> Iterator[Message]:
-    zone = _Zone(path, options)
-    with open_json(path) as f:
-        for raw in json_items(path, f, "messages.item"):
-            try:
-                message = _message(raw, channel_id, options, report, zone)
-            except (KeyError, TypeError, ValueError, AttributeError, OverflowError):
-                report.skip("malformed message")
-                continue
-            if message is not None:
-                yield message
 
 
 class _Zone:
@@ -236,82 +384,42 @@ class _Zone:
         return self._zone
 
 
-def _message(
-    raw: Any, channel_id: str, options: ParseOptions, report: ParseReport, zone: _Zone
-) -> Message | None:
-    if not isinstance(raw, dict):
-        report.skip("malformed message")
-        return None
-    mtype = raw.get("type")
-    mtype = "Default" if mtype is None else str(mtype)
-    if mtype not in _USER_TYPES:
-        report.skip(_skip_reason(mtype))
-        return None
-    author = raw.get("author")
-    if not isinstance(author, dict):
-        report.skip("malformed message")
-        return None
-    if author.get("isBot") is True or isinstance(raw.get("interaction"), dict):
-        report.skip("bot author")
-        return None
-    native_id = _text_id(raw.get("id"))
-    author_id = _text_id(author.get("id"))
-    if native_id is None or author_id is None:
-        report.skip("malformed message")
-        return None
-    timestamp = _timestamp(raw.get("timestamp"), zone)
-    if timestamp is None:
-        report.skip("malformed message (timestamp)")
-        return None
+def _with_media(content: str, media: list[str], options: ParseOptions, report: ParseReport) -> str:
+    """A text message's content with placeholders for its attachments and stickers, if any."""
+    if not media:
+        return content
+    if options.media == "drop":
+        report.note("media placeholder dropped from a text message")
+        return content
+    return "\n".join([content, *(placeholder(k) for k in media)])
 
-    content = raw.get("content")
-    content = content if isinstance(content, str) else ""
-    attachments = raw.get("attachments")
-    stickers = raw.get("stickers")
-    forwarded_from: str | None = None
-    forwarded = raw.get("forwardedMessage")
-    if not content.strip() and isinstance(forwarded, dict):
+
+def _blank(
+    m: dict[str, Any], options: ParseOptions, report: ParseReport
+) -> tuple[str, Kind, str | None] | None:
+    """(text, kind, forwarded_from) of a message with blank content: a forward, media only, or nothing
+    (counted, None)."""
+    content = ""
+    attachments, stickers = m.get("attachments"), m.get("stickers")
+    forwarded_from = None
+    forwarded = m.get("forwardedMessage")
+    if forwarded.__class__ is dict:
         # Newer DCE: a forward has empty content and the original in `forwardedMessage`, without
         # the original author (the export does not say who wrote it).
         inner = forwarded.get("content")
-        content = inner if isinstance(inner, str) else ""
-        attachments = forwarded.get("attachments")
-        stickers = forwarded.get("stickers")
+        content = inner if inner.__class__ is str else ""
+        attachments, stickers = forwarded.get("attachments"), forwarded.get("stickers")
         forwarded_from = "unknown"
     media = _media_kinds(attachments, stickers)
-
     if content.strip():
-        text = content
-        if media:
-            if options.media == "drop":
-                report.note("media placeholder dropped from a text message")
-            else:
-                text = "\n".join([content, *(placeholder(k) for k in media)])
-        kind = Kind.TEXT
-    elif media:
+        return _with_media(content, media, options, report), Kind.TEXT, forwarded_from
+    if media:
         if media_message(options, report, media[0]) is None:
             return None
         text = "\n".join(placeholder(k) for k in media)
-        kind = Kind.STICKER if media == ["sticker"] else Kind.MEDIA
-    else:
-        embeds = raw.get("embeds")
-        report.skip("empty message (embed only)" if embeds else "empty message")
-        return None
-
-    reply_to = _reply_to(raw.get("reference"), mtype, channel_id)
-
-    name = author.get("nickname") or author.get("name") or author_id
-    return Message(
-        id=f"{channel_id}:{native_id}",
-        author_id=author_id,
-        author_name=str(name),
-        timestamp=timestamp,
-        text=clip(text, options, report),
-        kind=kind,
-        reply_to=reply_to,
-        forwarded_from=forwarded_from,
-        edited=bool(raw.get("timestampEdited")),
-    )
+        return text, Kind.STICKER if media == ["sticker"] else Kind.MEDIA, forwarded_from
+    report.skip("empty message (embed only)" if m.get("embeds") else "empty message")
+    return None
 
 
 def _reply_to(reference: Any, mtype: str, channel_id: str) -> str | None:
@@ -387,7 +495,11 @@ def _attachment_kind(attachment: Any) -> str:
                 break
     elif isinstance(attachment, str):
         name = attachment
-    base = PurePosixPath(name.replace("\\", "/").split("?", 1)[0]).name.lower()
+    path = name.replace("\\", "/").split("?", 1)[0]
+    base = path.rsplit("/", 1)[-1]
+    if not base or base == ".":  # a trailing "/" or "/.": the last real part, as PurePosixPath sees it
+        base = PurePosixPath(path).name
+    base = base.lower()
     ext = base.rsplit(".", 1)[-1] if "." in base else ""
     if base.startswith("voice-message") and ext in _AUDIO_EXT:
         return "voice message"
