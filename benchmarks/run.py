@@ -61,6 +61,15 @@ def _child(kind: str, path: Path) -> None:
                     )
                     rows.append((m["id"], m.get("from"), m.get("date_unixtime"), text))
         messages = len(rows)
+    elif kind == "baseline-discord":
+        with open(path, encoding="utf-8") as f:
+            export = json.load(f)
+        rows = [
+            (m["id"], m["author"]["name"], m["timestamp"], m["content"])
+            for m in export["messages"]
+            if m.get("type") in ("Default", "Reply") and not m["author"].get("isBot")
+        ]
+        messages = len(rows)
     elif kind == "baseline-chatgpt":
         with open(path, encoding="utf-8") as f:
             export = json.load(f)
@@ -119,10 +128,12 @@ def main() -> None:
         return
 
     from gen_chatgpt import write_chatgpt_export
+    from gen_discord import write_discord_export
     from gen_telegram import write_telegram_export
 
     scale = 0.02 if args.quick else 1.0
     n_tg, n_gpt, n_big = int(1_000_000 * scale), max(50, int(5_000 * scale)), int(2_800_000 * scale)
+    n_dc = int(500_000 * scale)
     cases = [
         (
             f"Telegram full export, {n_tg:,} messages",
@@ -133,6 +144,11 @@ def main() -> None:
             f"ChatGPT export, {n_gpt:,} conversations",
             "baseline-chatgpt",
             _dataset(f"chatgpt-{n_gpt}.json", lambda p: write_chatgpt_export(p, n_gpt)),
+        ),
+        (
+            f"Discord channel, {n_dc:,} messages",
+            "baseline-discord",
+            _dataset(f"discord-{n_dc}.json", lambda p: write_discord_export(p, n_dc)),
         ),
         (
             f"Telegram single chat, {n_big:,} messages",
