@@ -292,7 +292,7 @@ def test_message_ids_are_unique_across_fixture_files() -> None:
         (bytes(range(256)) * 4, "not a ChatGPT export"),
         (b"42", "not a ChatGPT export"),
         (b'{"title": "x", "messages": []}', "no 'mapping'"),
-        (b"[] trailing", "invalid or truncated JSON"),
+        (b"[] trailing", r"invalid JSON \(data after the end of the array\)"),
     ],
 )
 def test_unreadable_files_raise_export_error(tmp_path: Path, data: bytes, message: str) -> None:
@@ -313,8 +313,8 @@ def test_truncated_export_names_the_byte_and_the_conversation(tmp_path: Path) ->
     with pytest.raises(ExportError) as err:
         got.extend(c.id for c in chatgpt.parse(path, ParseOptions(), report))
     assert got == ["conv-branch"]  # what came before the damage was read
-    assert err.value.where == f"byte {cut}, conversations[1]"
-    assert "truncated JSON" in str(err.value)
+    assert err.value.where == f"byte {cut} (conversations[1])"
+    assert err.value.message.startswith("truncated JSON (the file ends early: ")
 
 
 def test_non_utf8_text_is_an_export_error(tmp_path: Path) -> None:
@@ -593,7 +593,7 @@ def test_damage_in_a_minified_export_names_the_byte_and_conversation(
     with pytest.raises(ExportError) as err:
         got.extend(c.id for c in chatgpt.parse(path, ParseOptions(), ParseReport()))
     assert got == ["conv-branch", "conv-ci", "conv-wrapped", "conv-system"][:index]
-    assert err.value.where == f"byte {at + shift}, conversations[{index}]"
+    assert err.value.where == f"byte {at + shift} (conversations[{index}])"
     assert err.value.message.startswith(message)
 
 
@@ -604,8 +604,8 @@ A = '{"id": "a", "mapping": {}}'
     ("text", "ids", "message"),
     [
         (f"[{A},]", ["a"], "invalid JSON (Expecting value)"),
-        (f"[{A}] x", ["a"], "invalid or truncated JSON (data after the end of the array)"),
-        (f"{A} {{}}", ["a"], "invalid or truncated JSON (data after the end of the object)"),
+        (f"[{A}] x", ["a"], "invalid JSON (data after the end of the array)"),
+        (f"{A} {{}}", ["a"], "invalid JSON (data after the end of the object)"),
         (f'[{A}, {{"mapping": {"[" * 3000}{"]" * 3000}}}]', ["a"], "JSON nested too deeply"),
     ],
 )

@@ -1,13 +1,14 @@
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
 from twinlm.errors import ExportError
-from twinlm.model import ParseOptions, ParseReport
-from twinlm.sources import FORMATS, parse
-from twinlm.sources._common import fix_mojibake, open_json, stable_id
+from twinlm.model import Kind, Message, ParseOptions, ParseReport, Role
+from twinlm.sources import FORMATS, _common, parse
+from twinlm.sources._common import fix_mojibake, new_message, open_json, stable_id
 
 JSON_FORMATS = ["chatgpt", "discord", "telegram", "messenger"]
 
@@ -40,3 +41,20 @@ def test_helpers() -> None:
     assert fix_mojibake("cafÃ© ð\x9f\x98\x82") == "café 😂"
     assert fix_mojibake("café") == "café"  # not mojibake: unchanged
     assert list(FORMATS)[-1] == "documents"  # the catch-all is tried last
+
+
+def test_new_message_is_the_dataclass_built_faster() -> None:
+    # Fails when Message's fields change: new_message fell back to Message. Update _common._MESSAGE_FIELDS.
+    assert new_message is not Message
+    when = datetime(2020, 1, 1, tzinfo=UTC)
+    args = ("1:2", "user1", "A", when, "hi", Kind.TEXT, Role.PARTICIPANT, "1:1", "B", True)
+    made, plain = new_message(*args), Message(*args)
+    assert type(made) is Message
+    assert made == plain and hash(made) == hash(plain) and repr(made) == repr(plain)
+    with pytest.raises(AttributeError):
+        made.text = "changed"  # type: ignore[misc]  # still frozen
+
+
+def test_new_message_falls_back_to_the_constructor(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(_common, "_MESSAGE_FIELDS", ("id", "text"))
+    assert _common._message_builder() is Message

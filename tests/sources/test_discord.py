@@ -224,9 +224,9 @@ def test_timestamp_without_offset_uses_options_timezone(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("content", "message"),
     [
-        (b"", "invalid or truncated JSON"),
-        (b"   \n\t  ", "invalid or truncated JSON"),
-        (b"\xff\xfe\x00garbage\x81", "invalid or truncated JSON"),
+        (b"", "empty file"),
+        (b"   \n\t  ", "empty file"),
+        (b"\xff\xfe\x00garbage\x81", r'invalid JSON \(expected "\{"\)'),
         (b"[1, 2]", "top level is not an object"),
         (b'{"guild": {"id": "1"}, "messages": []}', "no channel header"),
         (b'{"guild": {"id": "1"}, "channel": {"id": "2"}}', "no messages array"),
@@ -247,7 +247,7 @@ def test_truncated_file_names_the_byte_offset(tmp_path: Path) -> None:
     path.write_bytes(data[: len(data) // 2])
     report = ParseReport()
     got: list[Message] = []
-    with pytest.raises(ExportError, match=r"invalid or truncated JSON") as info:
+    with pytest.raises(ExportError, match=r"truncated JSON \(the file ends early") as info:
         for conv in discord.parse(path, ParseOptions(), report):
             got.extend(conv.messages)
     assert info.value.where is not None and info.value.where.startswith("byte ")
@@ -457,7 +457,7 @@ def _bad(messages_json: str, tail: str = "}") -> bytes:
     [
         (_bad("[]", "} x"), "data after the end of the object", f"byte {len(_bad('[]')) + 1}"),
         (_bad(f"[{MSG % 1}, {MSG % 2}"[:-9], ""), "the file ends early", "(messages[1])"),
-        (_bad(f'[{MSG % 1}, {{"id" 2}}]'), "invalid or truncated JSON", "(messages[1])"),
+        (_bad(f'[{MSG % 1}, {{"id" 2}}]'), r"invalid JSON \(Expecting ':' delimiter\)", "(messages[1])"),
         (_bad(f"[{MSG % 1}]").replace(b'"x"', b'"\xff"'), "not valid UTF-8", "(messages[0])"),
         (_bad("[" + "[" * 5000 + "]" * 5000 + "]"), "nested too deeply", "(messages[0])"),
         (b"\xef\xbb\xbf   ", "no JSON value", "byte 6"),

@@ -1,18 +1,19 @@
-"""Helpers shared by the parsers: stable ids, text repair, streaming JSON with located errors."""
+"""Helpers shared by the parsers: stable ids, text repair, fast Message building, JSON with located errors."""
 
 from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextvars import ContextVar
+from datetime import datetime
 from pathlib import Path
 from typing import Any, BinaryIO
 
 import ijson
 
 from twinlm.errors import ExportError
-from twinlm.model import Conversation, Kind, Message, ParseOptions, ParseReport
+from twinlm.model import Conversation, Kind, Message, ParseOptions, ParseReport, Role
 
 HEAD_BYTES = 64 * 1024
 
@@ -114,6 +115,67 @@ def in_slices(
     if batch or not yielded:
         report.messages += len(batch)
         yield replace(template, messages=tuple(batch))
+
+
+# The fields `new_message` sets, in order. If Message's fields change, it falls back to Message itself
+# (correct, only slower) and tests/sources/test_common.py fails until this tuple is updated.
+_MESSAGE_FIELDS = (
+    "id",
+    "author_id",
+    "author_name",
+    "timestamp",
+    "text",
+    "kind",
+    "role",
+    "reply_to",
+    "forwarded_from",
+    "edited",
+)
+
+
+def _message_builder() -> Callable[..., Message]:
+    if tuple(getattr(Message, "__dataclass_fields__", ())) != _MESSAGE_FIELDS:
+        return Message
+    new = object.__new__
+    s0, s1, s2, s3, s4, s5, s6, s7, s8, s9 = (getattr(Message, n).__set__ for n in _MESSAGE_FIELDS)
+
+    def new_message(
+        id: str,
+        author_id: str,
+        author_name: str,
+        timestamp: datetime | None,
+        text: str,
+        kind: Kind,
+        role: Role,
+        reply_to: str | None,
+        forwarded_from: str | None,
+        edited: bool,
+        /,
+    ) -> Message:
+        """`Message(...)` with all ten fields given in order, at ~60% of the cost.
+
+        The frozen dataclass's __init__ sets each field through object.__setattr__; this sets the slots
+        directly: ~600 ns a message instead of ~970 (CPython 3.11), which is ~8% of the time a Telegram,
+        Discord or ChatGPT export takes to parse, since building Messages is most of their hot loop.
+        Same object: equal, same hash, same repr. Used only while Message's fields are _MESSAGE_FIELDS.
+        """
+        m = new(Message)
+        s0(m, id)
+        s1(m, author_id)
+        s2(m, author_name)
+        s3(m, timestamp)
+        s4(m, text)
+        s5(m, kind)
+        s6(m, role)
+        s7(m, reply_to)
+        s8(m, forwarded_from)
+        s9(m, edited)
+        return m
+
+    return new_message
+
+
+new_message: Callable[..., Message] = _message_builder()
 
 
 _WS = re.compile(r"[ \t]+")

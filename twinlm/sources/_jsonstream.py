@@ -1,9 +1,12 @@
-"""Streaming a big JSON document object by object: orjson batches for the bulk, located errors for the rest.
+"""Streaming a big JSON document object by object: orjson for the bulk, located errors for the rest.
 
 A `Stream` is a byte buffer over the file with a cursor. The caller walks the few structural levels it cares
-about itself (`keys`, `items`, `skip`, `value`) and streams a big array of objects with `batches`, holding one
-buffer and one batch of elements at a time, so memory stays flat however big the file. Every error is an
-ExportError located by byte offset and JSON path ("byte 123 (chats.list[0].messages[5])").
+about itself (`keys`, `items`, `skip`, `value`) and streams a big array with `batches` (many small objects,
+pretty-printed) or `objects` (big objects, any layout), holding one buffer and one batch of elements at a
+time, so memory stays flat however big the file. Every error is an ExportError located by byte offset and
+JSON path ("byte 123 (chats.list[0].messages[5])"), and says what happened in the same words for every
+parser: "invalid JSON (...)", or "truncated JSON (the file ends early: ...)" (see `Stream.error`). Only JSON
+is read: NaN, Infinity and -Infinity, which json's scanner would take, are invalid JSON here as for orjson.
 
 Why hand-written instead of ijson: Telegram exports (its first user) reach gigabytes and ingest must run at
 >100k messages/s on one core. ijson cannot hand out a chat's header and then stream that chat's messages
@@ -23,7 +26,7 @@ import json
 import re
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, NoReturn
 
 import orjson
 
@@ -38,8 +41,29 @@ _KEY = re.compile(rb'"([^"\\\x00-\x1f]*)"[ \t\r\n]*:[ \t\r\n]*')
 # Telegram Desktop writes control characters other than \n \r \t as "\x0B", which is not JSON: in an
 # element that fails to parse, such escapes are read as "\u000B" (and noted).
 _X_ESCAPE = re.compile(rb"(?<!\\)((?:\\\\)*)\\x([0-9A-Fa-f]{2})")
-_DECODER = json.JSONDecoder()
 _SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+class _NotJSON(Exception):
+    """NaN, Infinity or -Infinity met by json's scanner (orjson refuses them itself)."""
+
+
+def _refuse(name: str) -> Any:
+    raise _NotJSON(name)
+
+
+_DECODER = json.JSONDecoder(parse_constant=_refuse)
+# Where such a constant is: strings are matched only to be passed over.
+_CONSTANT = re.compile(r'"(?:[^"\\]|\\.)*"|(-?Infinity|NaN)', re.DOTALL)
+
+# `objects`: what follows an object up to the next one's first key ("}" not included), the most bytes of
+# an object guessed at, slices tried per object, objects left to json's scanner before guessing stops
+# (each may read _GUESS_LIMIT bytes ahead), and "no guess" (None is a value).
+_SEPARATOR = re.compile(rb'[ \t\r\n]{0,64},[ \t\r\n]{0,64}\{[ \t\r\n]{0,64}"[^"\\\x00-\x1f]{1,64}"')
+_GUESS_LIMIT = 1 << 24
+_GUESSES = 8
+_MISSES = 16
+_MISS = object()
 
 
 def open_stream(path: Path) -> BinaryIO:
@@ -129,11 +153,11 @@ class Stream:
                     size *= 4  # the value goes on past the window
                     continue
                 if at_end:
-                    where = self.at(len(chunk), where)
-                    raise ExportError(self.path, f"truncated JSON ({e.msg})", where) from None
-                raise ExportError(
-                    self.path, f"invalid JSON ({e.msg})", self.at(_nbytes(text, e.pos), where)
-                ) from None
+                    raise self.error(e.msg, True, len(chunk), where) from None
+                raise self.error(e.msg, False, _nbytes(text, e.pos), where) from None
+            except _NotJSON as e:  # the first constant outside a string: json read all before it
+                at = next((m.start(1) for m in _CONSTANT.finditer(text) if m.group(1)), 0)
+                raise self.error(f"{e} is not JSON", False, _nbytes(text, at), where) from None
             except RecursionError:
                 raise ExportError(self.path, "JSON nested too deeply", self.at(0, where)) from None
             if end == len(text) and not complete:
@@ -175,7 +199,7 @@ class Stream:
             return
         while True:
             if c != 0x22:  # '"'
-                self._unexpected(c, "a key", where)
+                self.unexpected(c, "a key", where)
             self.ensure(512)
             m = _KEY.match(self.buf, self.pos)
             if m:
@@ -187,7 +211,7 @@ class Stream:
             else:
                 key = self.value(where)
                 if self.peek() != 0x3A:  # ":"
-                    self._unexpected(self.peek(), '":"', where)
+                    self.unexpected(self.peek(), '":"', where)
                 self.pos += 1
             yield key
             c = self.peek()
@@ -198,7 +222,7 @@ class Stream:
                 self.pos += 1
                 return
             else:
-                self._unexpected(c, '"," or "}"', where)
+                self.unexpected(c, '"," or "}"', where)
 
     def items(self, where: str) -> Iterator[int]:
         """Indexes of the array whose "[" was just passed; the caller consumes each element."""
@@ -217,12 +241,23 @@ class Stream:
                 self.pos += 1
                 return
             else:
-                self._unexpected(c, '"," or "]"', where)
+                self.unexpected(c, '"," or "]"', where)
 
-    def _unexpected(self, c: int, expected: str, where: str) -> None:
-        if c < 0:
-            raise ExportError(self.path, f"truncated JSON (expected {expected})", self.at(0, where))
-        raise ExportError(self.path, f"invalid JSON (expected {expected})", self.at(0, where))
+    def error(self, detail: str, truncated: bool = False, extra: int = 0, where: str = "") -> ExportError:
+        """The error for JSON that breaks at the cursor (+ `extra` bytes), in the words of every parser:
+        "invalid JSON (<detail>)", or "truncated JSON (the file ends early: <detail>)" when the file ends
+        before the value does."""
+        problem = "truncated JSON (the file ends early: " if truncated else "invalid JSON ("
+        return ExportError(self.path, f"{problem}{detail})", self.at(extra, where))
+
+    def unexpected(self, c: int, expected: str, where: str) -> NoReturn:
+        """Raise the error for byte `c` (-1: the end of the file) at the cursor, where `expected` was due."""
+        raise self.error(f"expected {expected}", c < 0, 0, where)
+
+    def finish(self, what: str) -> None:
+        """After the top-level value (an "object" or an "array", says `what`): only whitespace may follow."""
+        if self.peek() >= 0:
+            raise self.error(f"data after the end of the {what}")
 
     def line_indent(self) -> bytes | None:
         """The indentation of the line the cursor is on (that of the closing bracket of an array opening
@@ -284,7 +319,7 @@ class Stream:
                 self.pos += 1
                 return
             else:
-                self._unexpected(c, '"," or "]"', f"{where}[{index}]")
+                self.unexpected(c, '"," or "]"', f"{where}[{index}]")
 
     def _batch_end(self, close: bytes, array_end: bytes | None) -> int:
         """End of the last whole element within _BATCH bytes that is still in this array, or -1.
@@ -331,6 +366,86 @@ class Stream:
         expected_end = self.offset + j + len(close) if j >= 0 else -1
         value = self.value(where)
         return value, self.offset + self.pos == expected_end
+
+    def objects(self, where: str) -> Iterator[Any]:
+        """The elements of the array whose "[" is at the cursor (at path `where`), one at a time: for arrays
+        of big objects (a ChatGPT conversation, say) in any layout, minified included.
+
+        orjson parses an object 2x faster than json's scanner (4x faster than ijson), but only given its
+        exact bytes. In such arrays every object is followed by the same run of bytes up to the next one's
+        first key (`}, {"title"` minified, `},\n  {\n    "title"` indented), learnt after the first
+        object. It cannot occur inside a JSON string (its quotes would be escaped), so its first occurrence
+        is the likely end of the object at the cursor. A slice is only used when it parses whole, which only
+        the true end does. Where a nested object has the same first key (minified), slices twice as long are
+        tried until orjson reads past the end and says where it stopped ("unexpected content after
+        document"): the slice up to there is the object. Wrong guesses cost time, never a wrong result:
+        whatever still fails (first and last elements, non-objects, bad JSON) goes to json's scanner
+        (`value`), which reads any value and locates every error.
+        """
+        self.peek()  # loads the buffer of a fresh stream
+        self.pos += 1
+        if self.peek() == 0x5D:  # "]"
+            self.pos += 1
+            return
+        separator: bytes | None = None
+        index = misses = 0
+        while True:
+            value = _MISS
+            if separator and self.peek() == 0x7B:  # "{"
+                value = self._guess(separator)
+                misses += value is _MISS
+            if value is _MISS:
+                value = self.value(f"{where}[{index}]")
+                separator = None
+                if isinstance(value, dict) and misses < _MISSES:  # the cursor is just past its "}"
+                    self.ensure(512)
+                    m = _SEPARATOR.match(self.buf, self.pos)
+                    separator = b"}" + m.group() if m else None
+            yield value
+            index += 1
+            c = self.peek()
+            if c == 0x5D:
+                self.pos += 1
+                return
+            if c != 0x2C:  # ","
+                self.unexpected(c, '"," or "]"', f"{where}[{index}]")
+            self.pos += 1
+
+    def _guess(self, separator: bytes) -> Any:
+        """The object at the cursor parsed by orjson, or _MISS. Offsets are relative to the cursor."""
+        end = self._find(separator, 0)  # the slice is [0, end]: `end` is a candidate "}"
+        shrunk = False
+        for _ in range(_GUESSES):
+            if end < 0:
+                return _MISS
+            try:
+                value = orjson.loads(memoryview(self.buf)[self.pos : self.pos + end + 1])
+            except orjson.JSONDecodeError as e:
+                # Where orjson stopped, in bytes:
+                head = self.buf[self.pos : self.pos + min(end + 1, 4 * e.pos)]
+                stop = e.pos if head.isascii() else len(head.decode("utf-8", "replace")[: e.pos].encode())
+                if stop > end:  # the slice ended inside the object: try one twice as long
+                    end = self._find(separator, 2 * end + 1)
+                elif shrunk:  # orjson stopped early twice: not the slice's fault
+                    return _MISS
+                else:  # it stopped after the object: the slice up to the last "}" before there
+                    end = self.buf.rfind(b"}", self.pos, self.pos + stop) - self.pos
+                    shrunk = True
+                continue
+            self.pos += end + 1
+            return value
+        return _MISS
+
+    def _find(self, separator: bytes, start: int) -> int:
+        """The first candidate end at or after `start`, reading on as needed; -1 if there is none."""
+        while True:
+            j = self.buf.find(separator, self.pos + start)
+            if j >= 0:
+                return j - self.pos
+            searched = len(self.buf) - self.pos
+            if searched >= _GUESS_LIMIT or not self.more(searched):
+                return -1
+            start = max(start, searched - len(separator) + 1)
 
 
 def key_path(where: str, key: str) -> str:

@@ -7,7 +7,7 @@ Tool calls and outputs, browsing, code execution, reasoning and hidden nodes are
 custom instructions become the conversation's system prompt.
 
 The array is streamed one conversation at a time (exports reach gigabytes): each is parsed whole
-by orjson where its end can be found (see `_elements`), else by json's scanner, and only it is held
+by orjson where its end can be found (see `Stream.objects`), else by json's scanner, and only it is held
 in memory while its tree is walked. Nesting is bounded there (orjson refuses 1,024 levels, json's
 scanner hits the recursion limit, which `Stream` turns into an ExportError).
 """
@@ -20,13 +20,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import orjson
-
 from twinlm.errors import ExportError
 from twinlm.model import Conversation, Kind, Message, ParseOptions, ParseReport, Role
-from twinlm.sources._common import clip, in_slices, media_message, stable_id, track
+from twinlm.sources._common import clip, in_slices, media_message, new_message, stable_id, track
 from twinlm.sources._jsonstream import Stream, open_stream
-from twinlm.sources.telegram import _new_message
 
 FORMAT = "chatgpt"
 
@@ -76,7 +73,7 @@ def parse(path: Path, options: ParseOptions, report: ParseReport) -> Iterator[Co
                 )
             yield from _conversation(conv, options, report)
         elif first == 0x5B:  # "["
-            for conv in _elements(s):
+            for conv in s.objects("conversations"):
                 if isinstance(conv, dict) and isinstance(conv.get("mapping"), dict):
                     yield from _conversation(conv, options, report)
                 else:
@@ -84,99 +81,7 @@ def parse(path: Path, options: ParseOptions, report: ParseReport) -> Iterator[Co
         else:
             expected = "expected a JSON array of conversations or one conversation object"
             raise ExportError(path, f"not a ChatGPT export: {expected}", "byte 0")
-        if s.peek() >= 0:
-            what = "object" if first == 0x7B else "array"
-            raise ExportError(path, f"invalid or truncated JSON (data after the end of the {what})", s.at())
-
-
-# Streaming the array: orjson parses a conversation 2x faster than json's scanner, 4x faster than ijson,
-# but only given its exact bytes. Every conversation is followed by the same run of bytes up to the next one's
-# first key (`}, {"title"` minified, `},\n  {\n    "title"` indented; learned after the first), which
-# cannot occur inside a JSON string (its quotes would be escaped): its first occurrence is the likely
-# end. A slice is only used when it parses whole, which only the true end does. In minified files a
-# nested object with the same first key (a list of citations, say) matches too: then slices twice as
-# long are tried until orjson reads past the end and says where it stopped ("unexpected content after
-# document"), and the slice up to there is parsed. Wrong guesses cost time, never a wrong result;
-# whatever still fails (first and last elements, non-objects, bad JSON) goes to the stream's json
-# scanner, which reads any value and locates every error.
-_SEPARATOR = re.compile(rb'[ \t\r\n]{0,64},[ \t\r\n]{0,64}\{[ \t\r\n]{0,64}"[^"\\\x00-\x1f]{1,64}"')
-_GUESS_LIMIT = 1 << 24  # a conversation longer than this is left to json's scanner
-_GUESSES = 8  # slices tried per conversation before leaving it to json's scanner
-_MISSES = 16  # conversations left to json's scanner before guessing stops (each may read 16 MiB ahead)
-_MISS = object()
-
-
-def _elements(s: Stream) -> Iterator[Any]:
-    """The elements of the array whose "[" is at the cursor, one at a time (errors name the element)."""
-    s.pos += 1
-    if s.peek() == 0x5D:  # "]"
-        s.pos += 1
-        return
-    separator: bytes | None = None
-    index = misses = 0
-    while True:
-        try:
-            value = _MISS
-            if separator and s.peek() == 0x7B:  # "{"
-                value = _guess(s, separator)
-                misses += value is _MISS
-            if value is _MISS:
-                value = s.value("")
-                separator = None
-                if isinstance(value, dict) and misses < _MISSES:  # the cursor is just past its "}"
-                    s.ensure(512)
-                    m = _SEPARATOR.match(s.buf, s.pos)
-                    separator = b"}" + m.group() if m else None
-        except ExportError as e:
-            raise ExportError(s.path, e.message, f"{e.where}, conversations[{index}]") from None
-        yield value
-        index += 1
-        c = s.peek()
-        if c == 0x5D:  # "]"
-            s.pos += 1
-            return
-        if c != 0x2C:  # ","
-            problem = "truncated JSON" if c < 0 else "invalid JSON"
-            where = f"{s.at()}, conversations[{index}]"
-            raise ExportError(s.path, f'{problem} (expected "," or "]")', where)
-        s.pos += 1
-
-
-def _guess(s: Stream, separator: bytes) -> Any:
-    """The object at the cursor parsed by orjson, or _MISS. Offsets are relative to the cursor."""
-    end = _find(s, separator, 0)  # the slice is [0, end]: `end` is a candidate "}"
-    shrunk = False
-    for _ in range(_GUESSES):
-        if end < 0:
-            return _MISS
-        try:
-            value = orjson.loads(memoryview(s.buf)[s.pos : s.pos + end + 1])
-        except orjson.JSONDecodeError as e:
-            head = s.buf[s.pos : s.pos + min(end + 1, 4 * e.pos)]  # where orjson stopped, in bytes:
-            stop = e.pos if head.isascii() else len(head.decode("utf-8", "replace")[: e.pos].encode())
-            if stop > end:  # the slice ended inside the object: try one twice as long
-                end = _find(s, separator, 2 * end + 1)
-            elif shrunk:  # orjson stopped early twice: not the slice's fault
-                return _MISS
-            else:  # it stopped after the object: the slice up to the last "}" before there
-                end = s.buf.rfind(b"}", s.pos, s.pos + stop) - s.pos
-                shrunk = True
-            continue
-        s.pos += end + 1
-        return value
-    return _MISS
-
-
-def _find(s: Stream, separator: bytes, start: int) -> int:
-    """The first candidate end at or after `start`, reading on as needed; -1 if there is none."""
-    while True:
-        j = s.buf.find(separator, s.pos + start)
-        if j >= 0:
-            return j - s.pos
-        searched = len(s.buf) - s.pos
-        if searched >= _GUESS_LIMIT or not s.more(searched):
-            return -1
-        start = max(start, searched - len(separator) + 1)
+        s.finish("object" if first == 0x7B else "array")
 
 
 # --- one conversation -------------------------------------------------------------------------
@@ -248,7 +153,7 @@ def _build(
             model_slug = slug if isinstance(slug, str) else ""
         author_id, author_name, author_role = _AUTHORS[role]
         timestamp = _timestamp(msg.get("create_time"), report)
-        message = _new_message(  # Message(...), at half the cost: see telegram._make_message
+        message = new_message(  # Message(...) at ~60% of the cost
             prefix + nid,
             author_id,
             author_name,

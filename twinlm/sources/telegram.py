@@ -29,7 +29,7 @@ from zoneinfo import ZoneInfo
 
 from twinlm.errors import ExportError
 from twinlm.model import Conversation, Kind, Message, ParseOptions, ParseReport, Role
-from twinlm.sources._common import clip, in_slices, stable_id, track
+from twinlm.sources._common import clip, in_slices, new_message, stable_id, track
 from twinlm.sources._jsonstream import Stream, key_path, open_stream
 
 FORMAT = "telegram"
@@ -102,8 +102,7 @@ def parse(path: Path, options: ParseOptions, report: ParseReport) -> Iterator[Co
             raise ExportError(path, "not a Telegram export: the file is not a JSON object", s.at())
         clock = _Clock(path, options.timezone)
         yield from _Walker(path, options, report, clock).chat(s, "", top=True)
-        if s.peek() >= 0:
-            raise ExportError(path, "unexpected data after the end of the JSON object", s.at())
+        s.finish("object")
 
 
 def _nameless(header: dict[str, Any]) -> bool:
@@ -147,39 +146,6 @@ class _Clock:
                     raise ExportError(self.path, f"unknown timezone {self.name!r} ({e})") from None
             dt = dt.replace(tzinfo=self.zone)
         return dt.astimezone(UTC)
-
-
-# Message objects are built by setting their slots directly: the frozen dataclass __init__ costs ~60% more,
-# and building messages is most of the time ingest spends here. Only used while the fields are these.
-_HEAD = ("id", "author_id", "author_name", "timestamp", "text")
-_FIELDS = (*_HEAD, "kind", "role", "reply_to", "forwarded_from", "edited")
-_FAST = tuple(getattr(Message, "__dataclass_fields__", ())) == _FIELDS
-
-
-def _make_message() -> Callable[..., Message]:
-    if not _FAST:
-        return Message
-    new = object.__new__
-    s0, s1, s2, s3, s4, s5, s6, s7, s8, s9 = (getattr(Message, n).__set__ for n in _FIELDS)
-
-    def make(a: Any, b: Any, c: Any, d: Any, e: Any, f: Any, g: Any, h: Any, i: Any, j: Any) -> Message:
-        m = new(Message)
-        s0(m, a)
-        s1(m, b)
-        s2(m, c)
-        s3(m, d)
-        s4(m, e)
-        s5(m, f)
-        s6(m, g)
-        s7(m, h)
-        s8(m, i)
-        s9(m, j)
-        return m
-
-    return make
-
-
-_new_message = _make_message()
 
 
 class _Walker:
@@ -291,7 +257,7 @@ class _Walker:
         prefix = conv_id + ":"
         max_chars = options.max_message_chars
         drop = options.media == "drop"
-        fromts, utc, clock, make = datetime.fromtimestamp, UTC, self.clock, _new_message
+        fromts, utc, clock, make = datetime.fromtimestamp, UTC, self.clock, new_message
         text_kind, participant = Kind.TEXT, Role.PARTICIPANT
         channel = ctype is not None and ctype.endswith("channel")
         me = self.exporter[4:] if self.exporter else None
