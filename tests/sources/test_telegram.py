@@ -694,3 +694,12 @@ def test_realdata_saved_messages_details() -> None:
     assert by_id["5"].text == "[poll: Poll question]"
     assert by_id["7"].reply_to == "saved9999999999:6"
     assert by_id["173429"].timestamp == utc(2020, 8, 1, 22, 1, 49)
+
+
+def test_notes_are_counted_once_when_the_header_comes_after_the_messages(tmp_path: Path) -> None:
+    path = tmp_path / "result.json"
+    path.write_text('{\n "messages": [\n  {\n   "id": 1,\n   "type": "message",\n   "date_unixtime": "1",\n'
+                    '   "text": "a\\x0Bb"\n  }\n ],\n "name": "x",\n "type": "personal_chat",\n "id": 1\n}\n')
+    convs, report = run(path)
+    assert [m.text for c in convs for m in c.messages] == ["a\x0bb"]
+    assert sum(report.notes.values()) == 1

@@ -175,8 +175,10 @@ class _Walker:
                 else:  # a header key comes after the messages (not so in real exports): come back later
                     indent = s.line_indent()
                     deferred.append((s.offset + s.pos, where, indent))
+                    s.report = ParseReport()  # this pass only skips: the second one counts notes
                     for _ in s.batches(key_path(where, key), indent):
                         pass
+                    s.report = self.report
             elif key in ("name", "type", "id"):
                 header[key] = s.value(key_path(where, key))
             elif top and key == "personal_information":
