@@ -36,6 +36,7 @@ demo: $(VENV)/.installed
 
 test: $(VENV)/.dev-installed
 	$(BIN)/ruff check twinlm tests benchmarks
+	$(BIN)/ruff format --check twinlm tests benchmarks
 	$(BIN)/python -m pytest -q
 
 lint: $(VENV)/.dev-installed

@@ -36,8 +36,13 @@ def test_init_ingest_people_stats(tmp_path: Path) -> None:
     code, out, _ = run("people", "-w", str(ws), "--json")
     speakers = json.loads(out)
     mine = {(s["source"], s["name"]) for s in speakers if s["person"] == "me"}
-    assert {("chatgpt", "You"), ("discord", "Alex"), ("telegram", "Alex Rivera"),
-            ("whatsapp", "Alex Rivera"), ("messenger", "Alex Rivera")} <= mine
+    assert {
+        ("chatgpt", "You"),
+        ("discord", "Alex"),
+        ("telegram", "Alex Rivera"),
+        ("whatsapp", "Alex Rivera"),
+        ("messenger", "Alex Rivera"),
+    } <= mine
     assert all(s["person"] is None for s in speakers if s["name"] in {"Mom", "Sam", "Jordan Lee"})
 
     code, out, _ = run("stats", "-w", str(ws), "--json")

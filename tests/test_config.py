@@ -16,8 +16,12 @@ def _write(tmp_path: Path, text: str) -> Path:
 
 
 def test_rendered_config_round_trips_and_documents_every_field(tmp_path: Path) -> None:
-    config = TwinConfig(name="alex", me=["Alex", "discord:42"], people={"Sam": ["sammy", "+1 555 0100"]},
-                        ingest=IngestConfig(timezone="Europe/Berlin", media="drop"))
+    config = TwinConfig(
+        name="alex",
+        me=["Alex", "discord:42"],
+        people={"Sam": ["sammy", "+1 555 0100"]},
+        ingest=IngestConfig(timezone="Europe/Berlin", media="drop"),
+    )
     text = render_config(config)
     assert load_config(_write(tmp_path, text)) == config
     for model in (TwinConfig, IngestConfig):
@@ -78,4 +82,5 @@ def test_invalid_yaml_and_wrong_top_level(tmp_path: Path) -> None:
 def test_docs_reference_matches_the_model() -> None:
     docs = Path(__file__).parent.parent / "docs" / "configuration.md"
     assert docs.read_text(encoding="utf-8") == reference_markdown(), (
-        "docs/configuration.md is stale: run `twinlm config --markdown > docs/configuration.md`")
+        "docs/configuration.md is stale: run `twinlm config --markdown > docs/configuration.md`"
+    )

@@ -18,8 +18,13 @@ T0 = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
 
 def chat(n: int, *, conv_id: str = "c1", start: int = 0, text: str = "hi {i}") -> Conversation:
     messages = tuple(
-        Message(id=f"{conv_id}:{i}", author_id=f"u{i % 2}", author_name=f"User {i % 2}",
-                timestamp=T0 + timedelta(minutes=i), text=text.format(i=i))
+        Message(
+            id=f"{conv_id}:{i}",
+            author_id=f"u{i % 2}",
+            author_name=f"User {i % 2}",
+            timestamp=T0 + timedelta(minutes=i),
+            text=text.format(i=i),
+        )
         for i in range(start, start + n)
     )
     return Conversation(source="test", id=conv_id, title="A chat", kind="chat", messages=messages)
@@ -59,7 +64,8 @@ def test_slices_of_one_conversation_merge(tmp_path: Path) -> None:
         assert (changes.new_conversations, changes.new_messages) == (2, 9)
         rows = corpus.db.execute(
             "SELECT c.native_id, count(*) FROM messages m JOIN conversations c ON c.id = m.conversation "
-            "GROUP BY c.native_id ORDER BY 1").fetchall()
+            "GROUP BY c.native_id ORDER BY 1"
+        ).fetchall()
         assert rows == [("c1", 7), ("c2", 2)]
 
 

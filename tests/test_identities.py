@@ -26,8 +26,10 @@ def test_aliases_match_names_ids_and_single_accounts() -> None:
 
 
 def test_export_owners_are_me_unless_an_alias_says_otherwise() -> None:
-    resolve = resolver(TwinConfig(people={"Work me": ["telegram:user5"]}),
-                       frozenset({("telegram", "user1"), ("telegram", "user5")}))
+    resolve = resolver(
+        TwinConfig(people={"Work me": ["telegram:user5"]}),
+        frozenset({("telegram", "user1"), ("telegram", "user5")}),
+    )
     assert resolve("telegram", "user1", "Anyone") == ME
     assert resolve("telegram", "user5", "Anyone") == "Work me"
     assert resolve("chatgpt", "user", "You") == ME

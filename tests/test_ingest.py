@@ -30,7 +30,13 @@ def test_examples_ingest_every_format_and_reingest_adds_nothing(tmp_path: Path) 
         first = ingest([EXAMPLES], corpus, OPTIONS)
         assert not first.failed
         assert {f.format for f in first.files} == {
-            "chatgpt", "discord", "telegram", "whatsapp", "messenger", "documents"}
+            "chatgpt",
+            "discord",
+            "telegram",
+            "whatsapp",
+            "messenger",
+            "documents",
+        }
         assert first.total().changes.new_messages == corpus.count("messages") > 40
         before = rows(corpus)
         again = ingest([EXAMPLES], corpus, OPTIONS)
@@ -69,7 +75,9 @@ def test_zip_export_is_read_and_media_skipped(tmp_path: Path) -> None:
         result = ingest([archive, whatsapp_zip], corpus, OPTIONS)
         assert not result.failed
         assert [(f.name, f.format) for f in result.files] == [
-            (f"{archive}/conversations.json", "chatgpt"), (f"{whatsapp_zip}/_chat.txt", "whatsapp")]
+            (f"{archive}/conversations.json", "chatgpt"),
+            (f"{whatsapp_zip}/_chat.txt", "whatsapp"),
+        ]
         assert result.not_exports["media file in archive"] == 2
         query = "SELECT native_id FROM conversations WHERE source = 'whatsapp'"
         titles = {r[0] for r in corpus.db.execute(query)}
@@ -85,7 +93,8 @@ def test_zip_with_escaping_path_is_refused_and_others_still_import(tmp_path: Pat
     with Corpus(tmp_path / "corpus.db") as corpus:
         result = ingest([evil, WHATSAPP], corpus, OPTIONS)
         assert [f.error for f in result.failed] == [
-            f"{evil}: unsafe path '../../outside.txt' in zip; refusing to unpack it"]
+            f"{evil}: unsafe path '../../outside.txt' in zip; refusing to unpack it"
+        ]
         assert corpus.db.execute("SELECT DISTINCT source FROM messages").fetchall() == [("whatsapp",)]
     assert not (tmp_path.parent / "outside.txt").exists()
 
@@ -144,10 +153,20 @@ def test_progress_follows_bytes_read_in_large_files(tmp_path: Path) -> None:
     chat = tmp_path / "WhatsApp Chat with Mom.txt"
     chat.write_text("".join(f"12/06/2024, 19:{i % 60:02d} - Mom: message {i}\n" for i in range(12_000)))
     telegram = tmp_path / "result.json"
-    messages = [{"id": i, "type": "message", "date_unixtime": str(1_700_000_000 + i), "from": "Jo",
-                 "from_id": "user1", "text": f"message {i}"} for i in range(40_000)]
-    telegram.write_text(json.dumps({"name": "Jo", "type": "personal_chat", "id": 1, "messages": messages},
-                                   indent=1))
+    messages = [
+        {
+            "id": i,
+            "type": "message",
+            "date_unixtime": str(1_700_000_000 + i),
+            "from": "Jo",
+            "from_id": "user1",
+            "text": f"message {i}",
+        }
+        for i in range(40_000)
+    ]
+    telegram.write_text(
+        json.dumps({"name": "Jo", "type": "personal_chat", "id": 1, "messages": messages}, indent=1)
+    )
     for path in (chat, telegram):
         calls: list[tuple[int, int, int]] = []
 

@@ -32,8 +32,10 @@ SAMPLES = {
 
 
 def snapshot(corpus: Corpus) -> tuple[list[tuple], list[tuple]]:
-    return (corpus.db.execute("SELECT * FROM messages ORDER BY id").fetchall(),
-            corpus.db.execute("SELECT * FROM conversations ORDER BY id").fetchall())
+    return (
+        corpus.db.execute("SELECT * FROM messages ORDER BY id").fetchall(),
+        corpus.db.execute("SELECT * FROM conversations ORDER BY id").fetchall(),
+    )
 
 
 @st.composite

@@ -23,9 +23,18 @@ pytestmark = pytest.mark.skipif(not EXTRA, reason="set TWINLM_EXTRA_EXPORTS to a
 
 # Text that platforms generate (notices, service events): it must never arrive as someone's message.
 GENERATED = (
-    "end-to-end encrypted", "Ende-zu-Ende-verschlüsselt", "created group", "added you",
-    "Changed the channel name", "Changed the channel icon", "Pinned a message", "Started a call",
-    "joined_telegram", "migrate_to_supergroup", "pin_message", "phone_call",
+    "end-to-end encrypted",
+    "Ende-zu-Ende-verschlüsselt",
+    "created group",
+    "added you",
+    "Changed the channel name",
+    "Changed the channel icon",
+    "Pinned a message",
+    "Started a call",
+    "joined_telegram",
+    "migrate_to_supergroup",
+    "pin_message",
+    "phone_call",
 )
 
 # (format, speakers) for the shared real samples; only checked when such a file is in the folder.
@@ -42,12 +51,15 @@ KNOWN: dict[str, tuple[str, set[str]]] = {
     "tkonverter_SYNTHETIC_schema_personal.json": ("telegram", {"Alice Example", "Me"}),
     "chat-analytics_4A_11M.txt": ("whatsapp", {"Alice", "Bob", "Eve", "Mallory", "Trent"}),
     "chat-miner_testlog_android.txt": (
-        "whatsapp", {"+12 345 578", "Jahn Doe", "John Doe", "John Doe 🤓", "John-John Doe", "🤓"}),
+        "whatsapp",
+        {"+12 345 578", "Jahn Doe", "John Doe", "John Doe 🤓", "John-John Doe", "🤓"},
+    ),
     "whatsapp-chat-parser_short-chat_android.txt": ("whatsapp", {"+410123456789", "Sample User", "TestBot"}),
     # "Pokemon Chat" only ever posts the encryption notice: not a speaker.
     "whatstk_pokemon_android_de.txt": (
-        "whatsapp", {"Ash Ketchum", "Brock", "Jessie & James", "Meowth", "Misty", "Prof. Oak", "Raichu",
-                     "Wobbuffet"}),
+        "whatsapp",
+        {"Ash Ketchum", "Brock", "Jessie & James", "Meowth", "Misty", "Prof. Oak", "Raichu", "Wobbuffet"},
+    ),
 }
 
 

@@ -133,8 +133,9 @@ def config(
 def ingest_command(
     paths: Annotated[
         list[Path] | None,
-        typer.Argument(help="Export files, folders or zips. Default: ingest.paths from twin.yaml.",
-                       show_default=False),
+        typer.Argument(
+            help="Export files, folders or zips. Default: ingest.paths from twin.yaml.", show_default=False
+        ),
     ] = None,
     workspace: Workspace = Path("."),
     format: Annotated[
@@ -150,14 +151,18 @@ def ingest_command(
 ) -> None:
     """Read exports into the corpus. Re-running with the same or a newer export adds only what is new."""
     ws = open_workspace(workspace)
-    overrides = {k: v for k, v in {"media": media, "timezone": timezone,
-                                   "whatsapp_date_order": whatsapp_date_order}.items() if v is not None}
+    overrides = {
+        k: v
+        for k, v in {"media": media, "timezone": timezone, "whatsapp_date_order": whatsapp_date_order}.items()
+        if v is not None
+    }
     try:
         settings = IngestConfig.model_validate({**ws.config.ingest.model_dump(), **overrides})
     except ValidationError as e:
         first = e.errors()[0]
-        raise TwinError(f"--{str(first['loc'][0]).replace('_', '-')}: "
-                        f"{first['msg'].removeprefix('Value error, ')}") from None
+        raise TwinError(
+            f"--{str(first['loc'][0]).replace('_', '-')}: {first['msg'].removeprefix('Value error, ')}"
+        ) from None
     if format is not None and format not in FORMATS:
         raise TwinError(f"--format: unknown format {format!r}; choose one of: {', '.join(FORMATS)}")
     targets = paths or [ws.root / p for p in settings.paths]
@@ -165,10 +170,20 @@ def ingest_command(
         raise TwinError("nothing to ingest: give export paths, or list them under ingest.paths in twin.yaml")
 
     started = time.perf_counter()
-    with Corpus(ws.corpus_path) as corpus, Progress(
-        SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
-        TimeElapsedColumn(), TimeRemainingColumn(), console=err, transient=True, disable=as_json,
-    ) as progress:
+    with (
+        Corpus(ws.corpus_path) as corpus,
+        Progress(
+            SpinnerColumn(),
+            TextColumn("{task.description}"),
+            BarColumn(),
+            DownloadColumn(),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            console=err,
+            transient=True,
+            disable=as_json,
+        ) as progress,
+    ):
         task = progress.add_task("Reading", total=None)
 
         def show(name: str, messages: int, done: int, size: int) -> None:
@@ -176,7 +191,10 @@ def ingest_command(
             progress.update(task, description=f"{label}: {messages:,} messages", completed=done, total=size)
 
         result = ingest(
-            targets, corpus, settings.parse_options(), fmt=format,
+            targets,
+            corpus,
+            settings.parse_options(),
+            fmt=format,
             max_unpacked_bytes=int(settings.max_unpacked_gb * 2**30),
             on_file=lambda name: progress.reset(task, description=Path(name).name, total=None),
             on_progress=show,
@@ -196,14 +214,26 @@ def _print_ingest(result: IngestResult, elapsed: float) -> None:
         table.add_column(column, justify="left" if column in ("file", "format") else "right")
     ok = [f for f in result.files if not f.error]
     for f in ok:
-        table.add_row(f.name, f.format or "", f"{f.report.conversations:,}", f"{f.report.messages:,}",
-                      f"{f.changes.new_messages:,}", f"{f.changes.updated_messages:,}",
-                      f"{sum(f.report.skipped.values()):,}")
+        table.add_row(
+            f.name,
+            f.format or "",
+            f"{f.report.conversations:,}",
+            f"{f.report.messages:,}",
+            f"{f.changes.new_messages:,}",
+            f"{f.changes.updated_messages:,}",
+            f"{sum(f.report.skipped.values()):,}",
+        )
     total = result.total()
     if len(ok) > 1:
-        table.add_row("[bold]total", "", f"{total.report.conversations:,}", f"{total.report.messages:,}",
-                      f"{total.changes.new_messages:,}", f"{total.changes.updated_messages:,}",
-                      f"{sum(total.report.skipped.values()):,}")
+        table.add_row(
+            "[bold]total",
+            "",
+            f"{total.report.conversations:,}",
+            f"{total.report.messages:,}",
+            f"{total.changes.new_messages:,}",
+            f"{total.changes.updated_messages:,}",
+            f"{sum(total.report.skipped.values()):,}",
+        )
     if ok:
         out.print(table)
     reasons: Counter[str] = Counter()
@@ -225,8 +255,10 @@ def _print_ingest(result: IngestResult, elapsed: float) -> None:
     for f in result.failed:
         err.print(f"[bold red]error:[/] {f.error}", highlight=False, soft_wrap=True)
     speed = f" ({total.report.messages / elapsed:,.0f} messages/s)" if elapsed >= 1 else ""
-    out.print(f"{total.changes.new_messages:,} new messages, {total.changes.new_conversations:,} new "
-              f"conversations in {elapsed:.1f}s{speed}.")
+    out.print(
+        f"{total.changes.new_messages:,} new messages, {total.changes.new_conversations:,} new "
+        f"conversations in {elapsed:.1f}s{speed}."
+    )
 
 
 @app.command()
@@ -246,23 +278,38 @@ def people(
     if limit:
         rows = rows[:limit]
     if as_json:
-        typer.echo(orjson.dumps([
-            {"source": r.source, "author_id": r.author_id, "name": r.author_name, "messages": r.messages,
-             "first": _iso(r.first), "last": _iso(r.last), "person": r.person}
-            for r in rows
-        ], option=orjson.OPT_INDENT_2).decode())
+        typer.echo(
+            orjson.dumps(
+                [
+                    {
+                        "source": r.source,
+                        "author_id": r.author_id,
+                        "name": r.author_name,
+                        "messages": r.messages,
+                        "first": _iso(r.first),
+                        "last": _iso(r.last),
+                        "person": r.person,
+                    }
+                    for r in rows
+                ],
+                option=orjson.OPT_INDENT_2,
+            ).decode()
+        )
         return
     table = Table(title="Speakers", title_justify="left")
     for column in ("person", "name", "source", "author id", "messages", "first", "last"):
         table.add_column(column, justify="right" if column == "messages" else "left")
     for r in rows:
         person = "[bold green]me[/]" if r.person == "me" else (r.person or "[dim]-[/]")
-        table.add_row(person, r.author_name, r.source, r.author_id, f"{r.messages:,}", _day(r.first),
-                      _day(r.last))
+        table.add_row(
+            person, r.author_name, r.source, r.author_id, f"{r.messages:,}", _day(r.first), _day(r.last)
+        )
     out.print(table)
     if not ws.config.me:
-        out.print("Add your own names/ids to [bold]me:[/] in twin.yaml (and others' aliases to "
-                  "[bold]people:[/]) so every platform's you is one speaker.")
+        out.print(
+            "Add your own names/ids to [bold]me:[/] in twin.yaml (and others' aliases to "
+            "[bold]people:[/]) so every platform's you is one speaker."
+        )
 
 
 @app.command()
@@ -273,12 +320,22 @@ def stats(workspace: Workspace = Path("."), as_json: AsJson = False) -> None:
     with Corpus(ws.corpus_path) as corpus:
         rows = source_stats(corpus)
     if as_json:
-        typer.echo(orjson.dumps([
-            {"source": s.source, "conversations": s.conversations, "messages": s.messages,
-             "first": _iso(s.first), "last": _iso(s.last),
-             "top_speakers": [{"name": n, "messages": c} for n, c in s.top_speakers]}
-            for s in rows
-        ], option=orjson.OPT_INDENT_2).decode())
+        typer.echo(
+            orjson.dumps(
+                [
+                    {
+                        "source": s.source,
+                        "conversations": s.conversations,
+                        "messages": s.messages,
+                        "first": _iso(s.first),
+                        "last": _iso(s.last),
+                        "top_speakers": [{"name": n, "messages": c} for n, c in s.top_speakers],
+                    }
+                    for s in rows
+                ],
+                option=orjson.OPT_INDENT_2,
+            ).decode()
+        )
         return
     if not rows:
         out.print("The corpus is empty: run [cyan]twinlm ingest PATH...[/] first.")

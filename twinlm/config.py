@@ -60,8 +60,10 @@ class IngestConfig(BaseModel):
         try:
             ZoneInfo(value)
         except (ZoneInfoNotFoundError, ValueError):
-            raise ValueError(f"unknown time zone {value!r}; use an IANA name such as 'Europe/Paris' "
-                             "or leave it empty for this machine's zone") from None
+            raise ValueError(
+                f"unknown time zone {value!r}; use an IANA name such as 'Europe/Paris' "
+                "or leave it empty for this machine's zone"
+            ) from None
         return value
 
     def parse_options(self) -> ParseOptions:
@@ -108,8 +110,10 @@ class TwinConfig(BaseModel):
             for alias in [person, *aliases]:
                 key = alias.casefold()
                 if key in owner and owner[key] != person:
-                    raise ValueError(f"alias {alias!r} of {person!r} also belongs to {owner[key]!r}; "
-                                     "keep it under one of them")
+                    raise ValueError(
+                        f"alias {alias!r} of {person!r} also belongs to {owner[key]!r}; "
+                        "keep it under one of them"
+                    )
                 owner[key] = person
         return value
 
@@ -136,8 +140,9 @@ def load_config(path: Path) -> TwinConfig:
     if data is None:
         data = {}
     if not isinstance(data, dict):
-        raise ConfigError(f"{path}:1: expected a mapping of settings (name: ..., me: [...]), "
-                          f"found {type(data).__name__}")
+        raise ConfigError(
+            f"{path}:1: expected a mapping of settings (name: ..., me: [...]), found {type(data).__name__}"
+        )
     try:
         return TwinConfig.model_validate(data)
     except ValidationError as e:
@@ -210,8 +215,9 @@ def _render_model(model: BaseModel, lines: list[str], indent: str) -> None:
             lines.append(f"{indent}{name}:")
             _render_model(value, lines, indent + "  ")
         else:
-            dumped = yaml.safe_dump({name: value}, allow_unicode=True, sort_keys=False,
-                                    default_flow_style=False).rstrip("\n")
+            dumped = yaml.safe_dump(
+                {name: value}, allow_unicode=True, sort_keys=False, default_flow_style=False
+            ).rstrip("\n")
             lines.extend(indent + part for part in dumped.splitlines())
         lines.append("")
 

@@ -63,11 +63,16 @@ class IngestResult:
             "import_id": self.import_id,
             "files": [
                 {
-                    "file": f.name, "format": f.format, "error": f.error,
-                    "conversations": f.report.conversations, "messages": f.report.messages,
+                    "file": f.name,
+                    "format": f.format,
+                    "error": f.error,
+                    "conversations": f.report.conversations,
+                    "messages": f.report.messages,
                     "new_conversations": f.changes.new_conversations,
-                    "new_messages": f.changes.new_messages, "updated_messages": f.changes.updated_messages,
-                    "skipped": dict(f.report.skipped), "notes": dict(f.report.notes),
+                    "new_messages": f.changes.new_messages,
+                    "updated_messages": f.changes.updated_messages,
+                    "skipped": dict(f.report.skipped),
+                    "notes": dict(f.report.notes),
                 }
                 for f in self.files
             ],
@@ -121,9 +126,10 @@ def _ingest(
     on_file: Callable[[str], None] | None,
     on_progress: ProgressCallback | None,
 ) -> IngestResult:
-    with corpus.importing([str(p) for p in paths]) as import_id, tempfile.TemporaryDirectory(
-        prefix=".ingest-", dir=corpus.path.parent
-    ) as scratch:
+    with (
+        corpus.importing([str(p) for p in paths]) as import_id,
+        tempfile.TemporaryDirectory(prefix=".ingest-", dir=corpus.path.parent) as scratch,
+    ):
         result = IngestResult(import_id=import_id)
         inputs = _expand(paths, Path(scratch), max_unpacked_bytes, result, corpus.path.parent)
         for item in inputs:
@@ -154,9 +160,12 @@ def _ingest_file(
         file_format = fmt or sources.detect(item.path)
         if file_format is None:
             if item.explicit:
-                raise ExportError(item.name, "not a recognised export (ChatGPT, Discord, Telegram, "
-                                  "WhatsApp, Messenger/Instagram, JSONL dataset, or a .txt/.md/.pdf/.docx "
-                                  "document)")
+                raise ExportError(
+                    item.name,
+                    "not a recognised export (ChatGPT, Discord, Telegram, "
+                    "WhatsApp, Messenger/Instagram, JSONL dataset, or a .txt/.md/.pdf/.docx "
+                    "document)",
+                )
             result.not_exports["not an export"] += 1
             return file_result
         file_result.format = file_format
@@ -253,8 +262,11 @@ def _safe_members(archive: zipfile.ZipFile, name: str, max_unpacked: int) -> lis
             continue
         total += info.file_size
         if total > max_unpacked:
-            raise ExportError(name, f"zip would unpack to more than {max_unpacked / 2**30:.1f} GB "
-                              "(ingest.max_unpacked_gb); unpack it yourself if that is expected")
+            raise ExportError(
+                name,
+                f"zip would unpack to more than {max_unpacked / 2**30:.1f} GB "
+                "(ingest.max_unpacked_gb); unpack it yourself if that is expected",
+            )
         ratio = info.file_size // max(info.compress_size, 1)
         if info.file_size > 2**26 and ratio > SUSPICIOUS_RATIO:
             raise ExportError(name, f"{info.filename!r} compresses {ratio}x: refusing a likely zip bomb")

@@ -36,6 +36,8 @@ def init_workspace(root: Path, config: TwinConfig, *, force: bool = False) -> Pa
 def open_workspace(root: Path) -> Workspace:
     config_path = root / CONFIG_NAME
     if not config_path.is_file():
-        raise TwinError(f"{root}: not a twinlm workspace (no {CONFIG_NAME}); create one with "
-                        f"`twinlm init {root}` or pass -w DIR")
+        raise TwinError(
+            f"{root}: not a twinlm workspace (no {CONFIG_NAME}); create one with "
+            f"`twinlm init {root}` or pass -w DIR"
+        )
     return Workspace(root=root, config=load_config(config_path))

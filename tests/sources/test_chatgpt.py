@@ -26,7 +26,6 @@ FIX = Path(__file__).parent.parent / "fixtures" / "chatgpt"
 FIXTURES = sorted(FIX.glob("*.json"))
 
 
-
 def node(message_id: str | None) -> str | None:
     """The ChatGPT node id inside a message id ("<conversation id>:<node id>")."""
     return None if message_id is None else message_id.split(":", 1)[1]
@@ -456,9 +455,23 @@ def test_realdata_kongmono_shape() -> None:
 
 def test_message_ids_are_namespaced_by_conversation(tmp_path: Path) -> None:
     # "Branch in new chat" copies can carry the same node ids into another conversation.
-    conv = {"id": "c1", "title": "t", "current_node": "n1", "mapping": {
-        "n1": {"id": "n1", "parent": None, "children": [], "message": {
-            "id": "n1", "author": {"role": "user"}, "content": {"content_type": "text", "parts": ["hi"]}}}}}
+    conv = {
+        "id": "c1",
+        "title": "t",
+        "current_node": "n1",
+        "mapping": {
+            "n1": {
+                "id": "n1",
+                "parent": None,
+                "children": [],
+                "message": {
+                    "id": "n1",
+                    "author": {"role": "user"},
+                    "content": {"content_type": "text", "parts": ["hi"]},
+                },
+            }
+        },
+    }
     path = tmp_path / "conversations.json"
     path.write_text(json.dumps([conv, {**conv, "id": "c2"}]), encoding="utf-8")
     ids = [m.id for c in chatgpt.parse(path, ParseOptions(), ParseReport()) for m in c.messages]
@@ -504,13 +517,29 @@ def _citing(i: int, refs: int, big: int = 0) -> dict[str, Any]:
     items = [{"title": f"page {k} ü", "url": f"e.com/{k}", "snippet": '}, {"title": '} for k in range(refs)]
     mapping = {
         "root": {"id": "root", "message": None, "parent": None, "children": ["u"]},
-        "u": {"id": "u", "parent": "root", "children": ["a"], "message": {
-            "id": "u", "author": {"role": "user"}, "create_time": 1.7e9 + i,
-            "content": {"content_type": "text", "parts": [f"question {i} " + "é😀" * big]}}},
-        "a": {"id": "a", "parent": "u", "children": [], "message": {
-            "id": "a", "author": {"role": "assistant"}, "create_time": 1.7e9 + i + 0.5,
-            "content": {"content_type": "text", "parts": [f"answer {i}"]},
-            "metadata": {"model_slug": "gpt-4o", "content_references": [{"title": "x", "items": items}]}}},
+        "u": {
+            "id": "u",
+            "parent": "root",
+            "children": ["a"],
+            "message": {
+                "id": "u",
+                "author": {"role": "user"},
+                "create_time": 1.7e9 + i,
+                "content": {"content_type": "text", "parts": [f"question {i} " + "é😀" * big]},
+            },
+        },
+        "a": {
+            "id": "a",
+            "parent": "u",
+            "children": [],
+            "message": {
+                "id": "a",
+                "author": {"role": "assistant"},
+                "create_time": 1.7e9 + i + 0.5,
+                "content": {"content_type": "text", "parts": [f"answer {i}"]},
+                "metadata": {"model_slug": "gpt-4o", "content_references": [{"title": "x", "items": items}]},
+            },
+        },
     }
     return {"title": f"t{i}", "create_time": 1.7e9, "mapping": mapping, "current_node": "a", "id": f"c{i}"}
 

@@ -698,8 +698,10 @@ def test_realdata_saved_messages_details() -> None:
 
 def test_notes_are_counted_once_when_the_header_comes_after_the_messages(tmp_path: Path) -> None:
     path = tmp_path / "result.json"
-    path.write_text('{\n "messages": [\n  {\n   "id": 1,\n   "type": "message",\n   "date_unixtime": "1",\n'
-                    '   "text": "a\\x0Bb"\n  }\n ],\n "name": "x",\n "type": "personal_chat",\n "id": 1\n}\n')
+    path.write_text(
+        '{\n "messages": [\n  {\n   "id": 1,\n   "type": "message",\n   "date_unixtime": "1",\n'
+        '   "text": "a\\x0Bb"\n  }\n ],\n "name": "x",\n "type": "personal_chat",\n "id": 1\n}\n'
+    )
     convs, report = run(path)
     assert [m.text for c in convs for m in c.messages] == ["a\x0bb"]
     assert sum(report.notes.values()) == 1

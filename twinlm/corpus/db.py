@@ -206,10 +206,19 @@ class Corpus:
             _UPSERT_MESSAGE,
             (
                 (
-                    row_id, source, m.id, m.author_id, m.author_name,
+                    row_id,
+                    source,
+                    m.id,
+                    m.author_id,
+                    m.author_name,
                     None if m.timestamp is None else int(m.timestamp.timestamp() * 1000),
-                    _KIND_TEXT[m.kind], _ROLE_TEXT[m.role], m.text, m.reply_to, m.forwarded_from,
-                    int(m.edited), import_id,
+                    _KIND_TEXT[m.kind],
+                    _ROLE_TEXT[m.role],
+                    m.text,
+                    m.reply_to,
+                    m.forwarded_from,
+                    int(m.edited),
+                    import_id,
                 )
                 for m in conversation.messages
             ),
@@ -221,8 +230,17 @@ class Corpus:
         participants = orjson.dumps(list(c.participants)).decode()
         row = self.db.execute(
             _UPSERT_CONVERSATION,
-            (c.source, c.id, c.kind, c.title, c.platform_detail, participants, c.system_prompt, c.owner_id,
-             import_id),
+            (
+                c.source,
+                c.id,
+                c.kind,
+                c.title,
+                c.platform_detail,
+                participants,
+                c.system_prompt,
+                c.owner_id,
+                import_id,
+            ),
         ).fetchone()
         if row is not None:
             return int(row[0])

@@ -71,8 +71,16 @@ def source_stats(corpus: Corpus, top: int = 5) -> list[SourceStats]:
                GROUP BY author_id ORDER BY count(*) DESC, author_name LIMIT ?""",
             (source, top),
         ).fetchall()
-        stats.append(SourceStats(source, conversations, messages, _time(first), _time(last),
-                                 [(name, count) for name, count in top_rows]))
+        stats.append(
+            SourceStats(
+                source,
+                conversations,
+                messages,
+                _time(first),
+                _time(last),
+                [(name, count) for name, count in top_rows],
+            )
+        )
     return stats
 
 

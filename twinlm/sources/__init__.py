@@ -45,8 +45,11 @@ def parse(
     """Parse one export file (format detected from content unless given)."""
     fmt = fmt or detect(path)
     if fmt is None:
-        raise ExportError(path, "not a recognised export (ChatGPT, Discord, Telegram, WhatsApp, "
-                          "Messenger/Instagram, JSONL dataset, or a .txt/.md/.pdf/.docx document)")
+        raise ExportError(
+            path,
+            "not a recognised export (ChatGPT, Discord, Telegram, WhatsApp, "
+            "Messenger/Instagram, JSONL dataset, or a .txt/.md/.pdf/.docx document)",
+        )
     if fmt not in FORMATS:
         raise ExportError(path, f"unknown format {fmt!r}; choose one of: {', '.join(FORMATS)}")
     return FORMATS[fmt].parse(path, options or ParseOptions(), report or ParseReport())
