@@ -19,6 +19,7 @@ from twinlm.sources import detect, discord
 from twinlm.sources._common import read_head
 
 from conftest import REALDATA
+from damage import damaged, parses_or_fails_cleanly
 
 FIXTURES = Path(__file__).parent.parent / "fixtures" / "discord"
 
@@ -307,34 +308,12 @@ def test_realdata_parses_without_service_text() -> None:
         assert len({m.id for m in msgs}) == len(msgs)
 
 
-FUZZ_SOURCES = sorted(FIXTURES.glob("*.json"))
-
-
 @settings(max_examples=40, deadline=None)
-@given(
-    index=st.integers(min_value=0, max_value=len(FUZZ_SOURCES) - 1),
-    cut=st.floats(min_value=0.0, max_value=1.0),
-    edits=st.lists(st.tuples(st.floats(min_value=0.0, max_value=1.0), st.integers(0, 255)), max_size=8),
-    drop=st.booleans(),
-)
+@given(data=damaged(sorted(FIXTURES.glob("*.json"))), drop=st.booleans())
 def test_fuzzed_files_parse_or_raise_export_error(
-    tmp_path_factory: pytest.TempPathFactory,
-    index: int,
-    cut: float,
-    edits: list[tuple[float, int]],
-    drop: bool,
+    tmp_path_factory: pytest.TempPathFactory, data: bytes, drop: bool
 ) -> None:
-    data = bytearray(FUZZ_SOURCES[index].read_bytes())
-    for where, byte in edits:
-        data[min(int(where * len(data)), len(data) - 1)] = byte
-    if cut < 0.7:
-        data = data[: int(cut / 0.7 * len(data))]
-    path = tmp_path_factory.mktemp("fuzz") / "export.json"
-    path.write_bytes(bytes(data))
-    try:
-        run(path, media="drop" if drop else "placeholder")
-    except ExportError as e:
-        assert str(path) in str(e)
+    parses_or_fails_cleanly(discord, tmp_path_factory.mktemp("fuzz") / "export.json", data, drop)
 
 
 # --- the streaming scanner: every layout gives the same messages ------------------------------------

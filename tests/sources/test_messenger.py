@@ -17,6 +17,7 @@ from twinlm.sources import detect, messenger
 from twinlm.sources._common import read_head, stable_id
 
 from conftest import REALDATA
+from damage import damaged, parses_or_fails_cleanly
 
 FIXTURES = Path(__file__).parent.parent / "fixtures" / "messenger"
 SPLIT = FIXTURES / "split_thread"
@@ -290,31 +291,9 @@ def test_realdata_parses_without_service_text() -> None:
             assert "Ã" not in m.text and "ð" not in m.text
 
 
-FUZZ_SOURCES = sorted(FIXTURES.rglob("*.json"))
-
-
 @settings(max_examples=40, deadline=None)
-@given(
-    index=st.integers(min_value=0, max_value=len(FUZZ_SOURCES) - 1),
-    cut=st.floats(min_value=0.0, max_value=1.0),
-    edits=st.lists(st.tuples(st.floats(min_value=0.0, max_value=1.0), st.integers(0, 255)), max_size=8),
-    drop=st.booleans(),
-)
+@given(data=damaged(sorted(FIXTURES.rglob("*.json"))), drop=st.booleans())
 def test_fuzzed_files_parse_or_raise_export_error(
-    tmp_path_factory: pytest.TempPathFactory,
-    index: int,
-    cut: float,
-    edits: list[tuple[float, int]],
-    drop: bool,
+    tmp_path_factory: pytest.TempPathFactory, data: bytes, drop: bool
 ) -> None:
-    data = bytearray(FUZZ_SOURCES[index].read_bytes())
-    for where, byte in edits:
-        data[min(int(where * len(data)), len(data) - 1)] = byte
-    if cut < 0.7:
-        data = data[: int(cut / 0.7 * len(data))]
-    path = tmp_path_factory.mktemp("fuzz") / "message_1.json"
-    path.write_bytes(bytes(data))
-    try:
-        run(path, media="drop" if drop else "placeholder")
-    except ExportError as e:
-        assert str(path) in str(e)
+    parses_or_fails_cleanly(messenger, tmp_path_factory.mktemp("fuzz") / "message_1.json", data, drop)
