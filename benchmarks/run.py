@@ -49,7 +49,8 @@ def _child(kind: str, path: Path) -> None:
     elif kind == "baseline-telegram":
         with open(path, encoding="utf-8") as f:
             export = json.load(f)
-        chats = export["chats"]["list"] if "chats" in export else [export]
+        full = "chats" in export
+        chats = export["chats"]["list"] + export.get("left_chats", {}).get("list", []) if full else [export]
         rows = []
         for chat in chats:
             for m in chat["messages"]:
