@@ -1,0 +1,59 @@
+"""The unit of a dataset: one session (or document chunk) as speaker turns, some of them trained.
+
+Everything after selection works on `Sample`s: rendering with a chat template, label masks,
+export to other tools' formats, previews. Its readable form is one JSON object per line
+(`samples.jsonl`), which a user can read and edit by hand.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import orjson
+
+SampleKind = Literal["chat", "assistant", "document", "dataset"]
+
+
+@dataclass(frozen=True, slots=True)
+class Turn:
+    speaker: str  # the display name: a person's canonical name, "user"/"assistant" for assistant chats
+    text: str  # consecutive messages of one speaker, newline-joined
+    trained: bool  # a target turn: its content and end-of-turn token are learned
+
+
+@dataclass(frozen=True, slots=True)
+class Sample:
+    id: str  # stable: same corpus and config give the same id
+    conversation: str  # "source:native id": the train/eval split never separates one conversation
+    source: str
+    kind: SampleKind
+    turns: tuple[Turn, ...]
+    system: str | None = None  # the persona's system prompt (or ChatGPT custom instructions)
+    split: Literal["train", "eval"] = "train"
+
+    def to_json(self) -> bytes:
+        return orjson.dumps(
+            {
+                "id": self.id,
+                "conversation": self.conversation,
+                "source": self.source,
+                "kind": self.kind,
+                "split": self.split,
+                "system": self.system,
+                "turns": [{"speaker": t.speaker, "text": t.text, "trained": t.trained} for t in self.turns],
+            }
+        )
+
+    @staticmethod
+    def from_json(line: bytes | str) -> Sample:
+        data: dict[str, Any] = orjson.loads(line)
+        return Sample(
+            id=data["id"],
+            conversation=data["conversation"],
+            source=data["source"],
+            kind=data["kind"],
+            split=data.get("split", "train"),
+            system=data.get("system"),
+            turns=tuple(Turn(t["speaker"], t["text"], bool(t["trained"])) for t in data["turns"]),
+        )
