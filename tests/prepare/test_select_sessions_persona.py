@@ -1,0 +1,92 @@
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+from twinlm.config import TwinConfig
+from twinlm.corpus.db import Corpus
+from twinlm.identities import ME, resolver
+from twinlm.ingest import ingest
+from twinlm.model import ParseOptions
+from twinlm.prepare.persona import DEFAULT_SYSTEM_PROMPT, persona_for, system_prompt
+from twinlm.prepare.select import chats
+from twinlm.prepare.sessions import merge_turns, split_by_gap
+
+from conftest import EXAMPLES
+
+
+@dataclass(frozen=True)
+class L:
+    speaker: str
+    text: str
+    timestamp_ms: int | None
+
+
+MIN = 60_000
+
+
+def test_sessions_split_at_pauses_longer_than_the_gap() -> None:
+    lines = [
+        L("a", "1", 0),
+        L("b", "2", 5 * MIN),
+        L("a", "3", 15 * MIN),
+        L("a", "4", 26 * MIN),
+        L("b", "5", None),
+    ]
+    assert [[x.text for x in s] for s in split_by_gap(lines, 10)] == [["1", "2", "3"], ["4", "5"]]
+    assert [[x.text for x in s] for s in split_by_gap(lines, 11)] == [["1", "2", "3", "4", "5"]]
+    assert split_by_gap([], 10) == []
+
+
+def test_consecutive_messages_of_one_author_become_one_turn() -> None:
+    lines = [L("a", "hi", 0), L("a", "you there?", 1), L("b", "yes", 2), L("a", "ok", 3)]
+    assert merge_turns(lines) == [("a", "hi\nyou there?"), ("b", "yes"), ("a", "ok")]
+
+
+def test_personas() -> None:
+    auto_chat = persona_for("chat", "auto")
+    assert auto_chat.trains(ME, "participant") and not auto_chat.trains("Sam", "participant")
+    auto_gpt = persona_for("assistant", "auto")
+    assert auto_gpt.trains("ChatGPT", "assistant") and not auto_gpt.trains(ME, "user")
+    assert persona_for("chat", "everyone").trains("Sam", "participant")
+    named = persona_for("chat", ["Sam", "Priya"])
+    assert named.trains("Priya", "participant") and not named.trains(ME, "participant")
+    prompt = system_prompt(
+        DEFAULT_SYSTEM_PROMPT, "Alex", ["Sam", "Priya", "Alex", "Jo"], "discord", "2024-06-07"
+    )
+    assert prompt == "You are Alex, chatting with Jo, Priya and Sam on Discord. Today is 2024-06-07."
+    assert system_prompt("{name} / {others}", "Alex", [], "whatsapp", "x") == "Alex / someone"
+
+
+def test_chats_apply_exclusions_edits_and_identities(tmp_path: Path) -> None:
+    with Corpus(tmp_path / "corpus.db") as corpus:
+        ingest([EXAMPLES], corpus, ParseOptions(timezone="UTC"))
+        corpus.db.execute("UPDATE conversations SET excluded = 1 WHERE source = 'messenger'")
+        corpus.db.execute("UPDATE messages SET excluded = 1 WHERE text = 'see ya'")
+        corpus.db.execute("UPDATE messages SET user_text = 'yes!! 7 pm?' WHERE text = 'yes!! 7pm?'")
+        counts: Counter[str] = Counter()
+        resolve = resolver(TwinConfig(me=["Alex Rivera", "Alex"], people={"Sammy": ["Sam"]}))
+        found = list(chats(corpus, resolve, counts))
+    assert [c.key.split(":")[0] for c in found] == [
+        "chatgpt",
+        "chatgpt",
+        "discord",
+        "documents",
+        "telegram",
+        "whatsapp",
+    ]
+    discord = next(c for c in found if c.source == "discord")
+    texts = [line.text for line in discord.lines]
+    assert "yes!! 7 pm?" in texts and "yes!! 7pm?" not in texts and "see ya" not in texts
+    assert {line.speaker for line in discord.lines} == {ME, "Sammy", "Priya"}
+    assert [line.timestamp_ms for line in discord.lines] == sorted(
+        line.timestamp_ms for line in discord.lines
+    )
+    assert counts == {
+        "conversations excluded by you": 1,
+        "messages excluded by you": 1,
+        "messages edited by you": 1,
+    }
+    gpt = [c for c in found if c.source == "chatgpt"]
+    assert gpt[0].system_prompt and "Be brief" in gpt[0].system_prompt

@@ -1,0 +1,93 @@
+"""Read the corpus for a build: conversations in a stable order, the user's exclusions and edits applied.
+
+One streamed query over all messages, grouped by conversation: memory holds one conversation at a
+time. Speakers are resolved to people here (`me`, a canonical name from twin.yaml, or the display
+name), so every later step sees one name per person.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import orjson
+
+from twinlm.corpus.db import Corpus
+from twinlm.identities import Resolver
+
+
+@dataclass(frozen=True, slots=True)
+class Line:
+    """One message as the build sees it: who (resolved), what (the user's edit if any), when, what kind."""
+
+    speaker: str  # a person's canonical name; ME for the user
+    author_name: str  # as the export showed it
+    text: str
+    kind: str  # text | media | sticker | document
+    role: str  # user | assistant | system | tool | participant
+    timestamp_ms: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class Chat:
+    key: str  # "source:native id": stable, used for ids and the train/eval split
+    source: str
+    kind: str  # chat | assistant | document | dataset
+    title: str
+    platform_detail: str
+    participants: tuple[str, ...]
+    system_prompt: str | None
+    lines: tuple[Line, ...]
+
+
+_QUERY = """
+SELECT c.id, c.source, c.native_id, c.kind, c.title, c.platform_detail, c.participants, c.system_prompt,
+       m.author_id, m.author_name, coalesce(m.user_text, m.text), m.kind, m.role, m.ts
+FROM messages AS m JOIN conversations AS c ON c.id = m.conversation
+WHERE NOT c.excluded AND NOT m.excluded {where}
+ORDER BY c.source, c.native_id, m.ts IS NULL, m.ts, m.id
+"""
+
+# The user's own choices in the corpus, counted in the build report.
+_USER_CHOICES = {
+    "conversations excluded by you": "SELECT count(*) FROM conversations WHERE excluded",
+    "messages excluded by you": "SELECT count(*) FROM messages WHERE excluded",
+    "messages edited by you": "SELECT count(*) FROM messages WHERE user_text IS NOT NULL",
+}
+
+
+def chats(
+    corpus: Corpus, resolve: Resolver, counts: Counter[str], sources: list[str] | None = None
+) -> Iterator[Chat]:
+    """Every conversation with its messages in time order (insertion order where times are missing)."""
+    where, params = "", ()
+    if sources:
+        where = f"AND c.source IN ({','.join('?' * len(sources))})"
+        params = tuple(sources)
+    for what, query in _USER_CHOICES.items():
+        counts[what] += int(corpus.db.execute(query).fetchone()[0])
+    rows = corpus.db.execute(_QUERY.format(where=where), params)
+    names: dict[tuple[str, str, str], str] = {}  # resolving is a few dict lookups; cache anyway
+    for _, group in itertools.groupby(rows, key=lambda row: row[0]):
+        first = next(group)
+        _, source, native_id, kind, title, detail, participants, system_prompt = first[:8]
+        lines = []
+        for row in itertools.chain((first,), group):
+            author_id, author_name, text, mkind, role, ts = row[8:]
+            key = (source, author_id, author_name)
+            speaker = names.get(key)
+            if speaker is None:
+                speaker = names[key] = resolve(source, author_id, author_name) or author_name
+            lines.append(Line(speaker, author_name, text, mkind, role, ts))
+        yield Chat(
+            key=f"{source}:{native_id}",
+            source=source,
+            kind=kind,
+            title=title,
+            platform_detail=detail,
+            participants=tuple(orjson.loads(participants)),
+            system_prompt=system_prompt,
+            lines=tuple(lines),
+        )

@@ -1,0 +1,56 @@
+"""Sessions and turns: a chat is cut where the conversation paused, and one author's run of messages
+becomes one turn, so the model learns the several-messages-in-a-row flow."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol, TypeVar
+
+
+class Timed(Protocol):
+    @property
+    def timestamp_ms(self) -> int | None: ...
+
+
+class Spoken(Protocol):
+    @property
+    def speaker(self) -> str: ...
+
+    @property
+    def text(self) -> str: ...
+
+
+T = TypeVar("T", bound=Timed)
+
+
+def split_by_gap(lines: Sequence[T], gap_minutes: float) -> list[list[T]]:
+    """Consecutive runs of `lines` with no pause longer than `gap_minutes` between two of them.
+
+    A line without a timestamp stays in the session it appears in.
+    """
+    gap_ms = gap_minutes * 60_000
+    sessions: list[list[T]] = []
+    current: list[T] = []
+    last: int | None = None
+    for line in lines:
+        ts = line.timestamp_ms
+        if current and ts is not None and last is not None and ts - last > gap_ms:
+            sessions.append(current)
+            current = []
+        current.append(line)
+        if ts is not None:
+            last = ts
+    if current:
+        sessions.append(current)
+    return sessions
+
+
+def merge_turns(lines: Sequence[Spoken]) -> list[tuple[str, str]]:
+    """(speaker, text) turns: consecutive lines of one speaker joined with newlines."""
+    turns: list[tuple[str, list[str]]] = []
+    for line in lines:
+        if turns and turns[-1][0] == line.speaker:
+            turns[-1][1].append(line.text)
+        else:
+            turns.append((line.speaker, [line.text]))
+    return [(speaker, "\n".join(texts)) for speaker, texts in turns]
