@@ -8,14 +8,11 @@ from pathlib import Path
 
 import pytest
 
+from testdata import FIXTURES
+
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ["HF_DATASETS_OFFLINE"] = "1"
-
-FIXTURES = Path(__file__).parent / "fixtures"
-EXAMPLES = Path(__file__).parent.parent / "examples" / "exports"
-# Real exports to run the parsers over (CI: ../shared/realdata); a folder that does not exist if unset.
-REALDATA = Path(os.environ.get("TWINLM_EXTRA_EXPORTS") or Path(__file__).parent / "no-extra-exports")
 
 
 class NetworkAccessError(RuntimeError):

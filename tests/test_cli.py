@@ -7,7 +7,7 @@ from typer.testing import CliRunner
 
 from twinlm.cli import app
 
-from conftest import EXAMPLES
+from testdata import EXAMPLES
 
 runner = CliRunner()
 

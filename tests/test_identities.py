@@ -9,7 +9,7 @@ from twinlm.identities import ME, resolver
 from twinlm.ingest import ingest
 from twinlm.model import ParseOptions
 
-from conftest import FIXTURES
+from testdata import FIXTURES
 
 
 def test_aliases_match_names_ids_and_single_accounts() -> None:

@@ -12,7 +12,7 @@ from twinlm.errors import ExportError
 from twinlm.ingest import ingest
 from twinlm.model import ParseOptions
 
-from conftest import EXAMPLES
+from testdata import EXAMPLES
 
 OPTIONS = ParseOptions(timezone="UTC")
 CHATGPT = EXAMPLES / "chatgpt" / "conversations.json"

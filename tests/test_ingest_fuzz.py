@@ -17,7 +17,7 @@ from twinlm.corpus.db import Corpus
 from twinlm.ingest import ingest
 from twinlm.model import ParseOptions
 
-from conftest import EXAMPLES, FIXTURES
+from testdata import EXAMPLES, FIXTURES
 
 OPTIONS = ParseOptions(timezone="UTC")
 SAMPLES = {

@@ -13,7 +13,7 @@ from twinlm.prepare.persona import DEFAULT_SYSTEM_PROMPT, persona_for, system_pr
 from twinlm.prepare.select import chats
 from twinlm.prepare.sessions import merge_turns, split_by_gap
 
-from conftest import EXAMPLES
+from testdata import EXAMPLES
 
 
 @dataclass(frozen=True)

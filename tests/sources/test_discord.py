@@ -18,8 +18,8 @@ from twinlm.model import Conversation, Kind, Message, ParseOptions, ParseReport
 from twinlm.sources import detect, discord
 from twinlm.sources._common import read_head
 
-from conftest import REALDATA
 from damage import damaged, parses_or_fails_cleanly
+from testdata import REALDATA
 
 FIXTURES = Path(__file__).parent.parent / "fixtures" / "discord"
 

@@ -20,7 +20,7 @@ from twinlm.model import Conversation, Kind, ParseOptions, ParseReport, Role
 from twinlm.sources import detect, documents, whatsapp
 from twinlm.sources._common import read_head, stable_id
 
-from conftest import REALDATA
+from testdata import REALDATA
 
 FIX = Path(__file__).parent.parent / "fixtures" / "documents"
 MTIME = datetime(2023, 5, 6, 7, 8, 9, tzinfo=UTC)

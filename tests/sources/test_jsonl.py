@@ -17,7 +17,7 @@ from twinlm.model import Conversation, Kind, ParseOptions, ParseReport, Role
 from twinlm.sources import detect, jsonl
 from twinlm.sources._common import read_head, stable_id
 
-from conftest import REALDATA
+from testdata import REALDATA
 
 FIX = Path(__file__).parent.parent / "fixtures" / "jsonl"
 

@@ -16,8 +16,8 @@ from twinlm.model import Conversation, Kind, Message, ParseOptions, ParseReport
 from twinlm.sources import detect, messenger
 from twinlm.sources._common import read_head, stable_id
 
-from conftest import REALDATA
 from damage import damaged, parses_or_fails_cleanly
+from testdata import REALDATA
 
 FIXTURES = Path(__file__).parent.parent / "fixtures" / "messenger"
 SPLIT = FIXTURES / "split_thread"

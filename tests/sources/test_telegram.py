@@ -17,7 +17,7 @@ from twinlm.errors import ExportError
 from twinlm.model import Conversation, Kind, Message, ParseOptions, ParseReport, Role
 from twinlm.sources import detect, telegram
 
-from conftest import REALDATA
+from testdata import REALDATA
 
 FIX = Path(__file__).parent.parent / "fixtures" / "telegram"
 SINGLE = FIX / "single_modern.json"

@@ -16,7 +16,7 @@ from twinlm.model import Conversation, Kind, Message, ParseOptions, ParseReport
 from twinlm.sources import whatsapp
 from twinlm.sources._common import read_head, stable_id
 
-from conftest import REALDATA
+from testdata import REALDATA
 
 FIX = Path(__file__).parent.parent / "fixtures" / "whatsapp"
 ANDROID = FIX / "WhatsApp Chat with Alice.txt"
