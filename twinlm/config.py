@@ -16,6 +16,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationIn
 
 from twinlm.errors import ConfigError
 from twinlm.model import ParseOptions
+from twinlm.prepare.clean import CleanConfig
+from twinlm.prepare.documents import DocumentsConfig
+from twinlm.prepare.persona import DEFAULT_SYSTEM_PROMPT, TEMPLATE_FIELDS
+from twinlm.prepare.redact import RedactConfig
+from twinlm.prepare.teacher import TeacherConfig
 
 CONFIG_NAME = "twin.yaml"
 
@@ -75,6 +80,71 @@ class IngestConfig(BaseModel):
         )
 
 
+class BuildConfig(BaseModel):
+    """How the corpus becomes a training dataset (`twinlm build`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = Field(
+        "",
+        description="The base model whose tokenizer and chat template render the data: a local model "
+        "folder or a hub id (e.g. mistralai/Mistral-7B-Instruct-v0.3).",
+    )
+    trust_remote_code: bool = Field(
+        False,
+        description="Let the model's own code run when loading its tokenizer. Off: only turn on for a "
+        "model you trust.",
+    )
+    targets: Literal["auto", "me", "assistant", "everyone"] | list[str] = Field(
+        "auto",
+        description="Whose turns are trained: 'auto' (you in chats, the assistant in ChatGPT exports), "
+        "'me', 'assistant', 'everyone' (the model can play any regular), or a list of people's names.",
+    )
+    sources: list[str] = Field(
+        default_factory=list, description="Only these sources (e.g. [discord, whatsapp]); empty: all of them."
+    )
+    system_prompt: str = Field(
+        DEFAULT_SYSTEM_PROMPT,
+        description="The persona's system prompt for chats, with fields {name}, {others}, {platform}, "
+        "{date}. Stored with the dataset; chat time fills the same template.",
+    )
+    session_gap_minutes: float = Field(
+        10.0, gt=0, description="A pause longer than this starts a new session (one training sample)."
+    )
+    max_length: int = Field(
+        2048, ge=64, description="Tokens per sample; longer sessions are split at turn boundaries."
+    )
+    eval_fraction: float = Field(
+        0.05, ge=0, lt=1, description="Share of conversations held out for the eval loss (by conversation)."
+    )
+    split_seed: str = Field(
+        "twinlm", description="Changes which conversations go to eval, deterministically."
+    )
+    clean: CleanConfig = Field(default_factory=CleanConfig, description=CleanConfig.__doc__ or "")
+    redact: RedactConfig = Field(default_factory=RedactConfig, description=RedactConfig.__doc__ or "")
+    documents: DocumentsConfig = Field(
+        default_factory=DocumentsConfig, description=DocumentsConfig.__doc__ or ""
+    )
+    teacher: TeacherConfig = Field(default_factory=TeacherConfig, description=TeacherConfig.__doc__ or "")
+
+    @field_validator("system_prompt")
+    @classmethod
+    def _known_fields(cls, value: str) -> str:
+        import string
+
+        try:
+            used = {name for _, name, _, _ in string.Formatter().parse(value) if name is not None}
+        except ValueError as e:
+            raise ValueError(
+                f"not a valid template ({e}); write fields as {{name}}, a literal brace as {{{{"
+            ) from None
+        unknown = sorted(used - set(TEMPLATE_FIELDS))
+        if unknown:
+            fields = ", ".join("{" + f + "}" for f in TEMPLATE_FIELDS)
+            raise ValueError(f"unknown field(s) {unknown}; use {fields}")
+        return value
+
+
 class TwinConfig(BaseModel):
     """One twin: whose history it is, who is who, and how each stage runs."""
 
@@ -94,6 +164,7 @@ class TwinConfig(BaseModel):
         "platforms, so one person is one speaker.",
     )
     ingest: IngestConfig = Field(default_factory=IngestConfig, description=IngestConfig.__doc__ or "")
+    build: BuildConfig = Field(default_factory=BuildConfig, description=BuildConfig.__doc__ or "")
 
     @field_validator("me")
     @classmethod
@@ -215,11 +286,23 @@ def _render_model(model: BaseModel, lines: list[str], indent: str) -> None:
             lines.append(f"{indent}{name}:")
             _render_model(value, lines, indent + "  ")
         else:
-            dumped = yaml.safe_dump(
-                {name: value}, allow_unicode=True, sort_keys=False, default_flow_style=False
+            dumped = yaml.dump(
+                {name: value}, Dumper=_Dumper, allow_unicode=True, sort_keys=False, default_flow_style=False
             ).rstrip("\n")
-            lines.extend(indent + part for part in dumped.splitlines())
+            lines.extend(indent + part if part else "" for part in dumped.splitlines())
         lines.append("")
+
+
+class _Dumper(yaml.SafeDumper):
+    """Multi-line strings (prompt templates) as readable `|` blocks instead of escaped one-liners."""
+
+
+_Dumper.add_representer(
+    str,
+    lambda dumper, value: dumper.represent_scalar(
+        "tag:yaml.org,2002:str", value, style="|" if "\n" in value else None
+    ),
+)
 
 
 def _wrap(text: str, width: int) -> list[str]:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
-from twinlm.config import TwinConfig
+if TYPE_CHECKING:  # config imports the build settings, which import this module
+    from twinlm.config import TwinConfig
 
 ME = "me"
 
