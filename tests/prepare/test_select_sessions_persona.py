@@ -41,7 +41,11 @@ def test_sessions_split_at_pauses_longer_than_the_gap() -> None:
 
 def test_consecutive_messages_of_one_author_become_one_turn() -> None:
     lines = [L("a", "hi", 0), L("a", "you there?", 1), L("b", "yes", 2), L("a", "ok", 3)]
-    assert merge_turns(lines) == [("a", "hi\nyou there?"), ("b", "yes"), ("a", "ok")]
+    assert merge_turns((x.speaker, x.text) for x in lines) == [
+        ("a", "hi\nyou there?"),
+        ("b", "yes"),
+        ("a", "ok"),
+    ]
 
 
 def test_personas() -> None:

@@ -3,21 +3,13 @@ becomes one turn, so the model learns the several-messages-in-a-row flow."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Protocol, TypeVar
 
 
 class Timed(Protocol):
     @property
     def timestamp_ms(self) -> int | None: ...
-
-
-class Spoken(Protocol):
-    @property
-    def speaker(self) -> str: ...
-
-    @property
-    def text(self) -> str: ...
 
 
 T = TypeVar("T", bound=Timed)
@@ -45,12 +37,12 @@ def split_by_gap(lines: Sequence[T], gap_minutes: float) -> list[list[T]]:
     return sessions
 
 
-def merge_turns(lines: Sequence[Spoken]) -> list[tuple[str, str]]:
-    """(speaker, text) turns: consecutive lines of one speaker joined with newlines."""
+def merge_turns(lines: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
+    """(speaker, text) turns from (speaker, text) lines: one speaker's consecutive lines newline-joined."""
     turns: list[tuple[str, list[str]]] = []
-    for line in lines:
-        if turns and turns[-1][0] == line.speaker:
-            turns[-1][1].append(line.text)
+    for speaker, text in lines:
+        if turns and turns[-1][0] == speaker:
+            turns[-1][1].append(text)
         else:
-            turns.append((line.speaker, [line.text]))
+            turns.append((speaker, [text]))
     return [(speaker, "\n".join(texts)) for speaker, texts in turns]

@@ -1,24 +1,16 @@
-"""The `twinlm` command line: one command per pipeline verb.
-
-Option help is taken from the config model's field descriptions, so twin.yaml, `--help` and the
-docs say the same thing. Errors for users are one line on stderr and exit code 1; a traceback means
-a bug in twinlm.
-"""
+"""Corpus commands: init, config, ingest, people, stats."""
 
 from __future__ import annotations
 
-import functools
 import time
 from collections import Counter
-from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated
 
 import orjson
 import typer
-from pydantic import BaseModel, ValidationError
-from rich.console import Console
+from pydantic import ValidationError
 from rich.progress import (
     BarColumn,
     DownloadColumn,
@@ -30,7 +22,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from twinlm import __version__
+from twinlm.cli import AsJson, Workspace, _help, _user_errors, app, err, out
 from twinlm.config import IngestConfig, TwinConfig, reference_markdown, render_config
 from twinlm.corpus.db import Corpus
 from twinlm.corpus.queries import owners, source_stats, speakers
@@ -39,58 +31,6 @@ from twinlm.identities import resolver
 from twinlm.ingest import IngestResult, ingest
 from twinlm.sources import FORMATS
 from twinlm.workspace import init_workspace, open_workspace
-
-app = typer.Typer(
-    name="twinlm",
-    help="Turn your own chat history and documents into a private, fine-tuned LLM.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-    rich_markup_mode=None,  # help texts contain literal brackets such as "[photo]"
-)
-out = Console()
-err = Console(stderr=True)
-
-F = TypeVar("F", bound=Callable[..., Any])
-
-
-def _user_errors(command: F) -> F:
-    """Show TwinError as one red line and exit 1; anything else is a bug and keeps its traceback."""
-
-    @functools.wraps(command)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return command(*args, **kwargs)
-        except TwinError as e:
-            err.print(f"[bold red]error:[/] {e}", markup=True, highlight=False, soft_wrap=True)
-            raise typer.Exit(1) from None
-
-    return wrapper  # type: ignore[return-value]
-
-
-def _help(model: type[BaseModel], field: str) -> str:
-    return model.model_fields[field].description or ""
-
-
-Workspace = Annotated[
-    Path, typer.Option("--workspace", "-w", help="The twin's folder (holds twin.yaml).", show_default=False)
-]
-AsJson = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON instead of tables.")]
-
-
-def _version(value: bool) -> None:
-    if value:
-        out.print(f"twinlm {__version__}")
-        raise typer.Exit()
-
-
-@app.callback()
-def main(
-    version: Annotated[
-        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")
-    ] = False,
-) -> None:
-    """Turn your own chat history and documents into a private, fine-tuned LLM."""
 
 
 @app.command()

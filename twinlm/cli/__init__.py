@@ -1,0 +1,77 @@
+"""The `twinlm` command line: one command per pipeline verb (corpus commands in `corpus.py`, dataset
+commands in `data.py`; this module holds the app and what they share).
+
+Option help is taken from the config model's field descriptions, so twin.yaml, `--help` and the
+docs say the same thing. Errors for users are one line on stderr and exit code 1; a traceback means
+a bug in twinlm.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from pydantic import BaseModel
+from rich.console import Console
+
+from twinlm import __version__
+from twinlm.errors import TwinError
+
+app = typer.Typer(
+    name="twinlm",
+    help="Turn your own chat history and documents into a private, fine-tuned LLM.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,  # help texts contain literal brackets such as "[photo]"
+)
+out = Console()
+err = Console(stderr=True)
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _user_errors(command: F) -> F:
+    """Show TwinError as one red line and exit 1; anything else is a bug and keeps its traceback."""
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return command(*args, **kwargs)
+        except TwinError as e:
+            err.print(f"[bold red]error:[/] {e}", markup=True, highlight=False, soft_wrap=True)
+            raise typer.Exit(1) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _help(model: type[BaseModel], field: str) -> str:
+    return model.model_fields[field].description or ""
+
+
+Workspace = Annotated[
+    Path, typer.Option("--workspace", "-w", help="The twin's folder (holds twin.yaml).", show_default=False)
+]
+AsJson = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON instead of tables.")]
+
+
+def _version(value: bool) -> None:
+    if value:
+        out.print(f"twinlm {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")
+    ] = False,
+) -> None:
+    """Turn your own chat history and documents into a private, fine-tuned LLM."""
+
+
+# Registers the commands on `app` (imported last: they use the helpers above).
+from twinlm.cli import corpus, data  # noqa: E402, F401

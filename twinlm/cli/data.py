@@ -1,0 +1,177 @@
+"""Dataset commands: build (with --preview), validate, export-data."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import orjson
+import typer
+from pydantic import ValidationError
+from rich.table import Table
+
+from twinlm.cli import AsJson, Workspace, _help, _user_errors, app, err, out
+from twinlm.config import BuildConfig
+from twinlm.corpus.db import Corpus
+from twinlm.errors import TwinError
+from twinlm.workspace import Workspace as TwinWorkspace
+from twinlm.workspace import open_workspace
+
+
+def _dataset_folder(ws: TwinWorkspace) -> Path:
+    return ws.root / "data"
+
+
+@app.command("build")
+@_user_errors
+def build_command(
+    workspace: Workspace = Path("."),
+    model: Annotated[str | None, typer.Option(help=_help(BuildConfig, "model"))] = None,
+    targets: Annotated[
+        list[str] | None, typer.Option(help=_help(BuildConfig, "targets") + " Repeat for several names.")
+    ] = None,
+    preview: Annotated[
+        int, typer.Option(help="Then show this many samples, trained tokens highlighted.")
+    ] = 0,
+    as_json: AsJson = False,
+) -> None:
+    """Turn the corpus into a tokenized dataset for the base model (data/ in the workspace)."""
+    from twinlm.prepare.build import build
+    from twinlm.prepare.preview import preview as show_samples
+
+    ws = open_workspace(workspace)
+    update: dict[str, object] = {}
+    if model:
+        update["model"] = model
+    if targets:
+        update["targets"] = (
+            targets[0]
+            if len(targets) == 1 and targets[0] in ("auto", "me", "assistant", "everyone")
+            else targets
+        )
+    try:
+        settings = BuildConfig.model_validate({**ws.config.build.model_dump(), **update})
+    except ValidationError as e:
+        first = e.errors()[0]
+        raise TwinError(f"--{first['loc'][0]}: {first['msg'].removeprefix('Value error, ')}") from None
+    if not settings.model:
+        raise TwinError(
+            "build.model is empty: set it in twin.yaml to a local model folder or a hub id "
+            "(e.g. mistralai/Mistral-7B-Instruct-v0.3), or pass --model"
+        )
+    config = ws.config.model_copy(update={"build": settings})
+    folder = _dataset_folder(ws)
+    with Corpus(ws.corpus_path) as corpus, err.status("Building") as status:
+        result = build(config, corpus, folder, on_stage=lambda stage: status.update(f"Building: {stage}"))
+    if as_json:
+        typer.echo(orjson.dumps(result.report | {"folder": str(folder)}, option=orjson.OPT_INDENT_2).decode())
+        return
+    table = Table(title=f"Dataset in {folder}", title_justify="left")
+    for column in ("split", "samples", "tokens", "trained tokens", "trained share"):
+        table.add_column(column, justify="left" if column == "split" else "right")
+    for split in ("train", "eval"):
+        share = result.trained_tokens[split] / result.tokens[split] if result.tokens[split] else 0
+        table.add_row(
+            split,
+            f"{result.samples[split]:,}",
+            f"{result.tokens[split]:,}",
+            f"{result.trained_tokens[split]:,}",
+            f"{share:.0%}",
+        )
+    out.print(table)
+    counts = Table(title="What the rules did", title_justify="left")
+    counts.add_column("rule")
+    counts.add_column("count", justify="right")
+    for rule, n in sorted(result.report["counts"].items(), key=lambda kv: (-kv[1], kv[0])):
+        if n:
+            counts.add_row(rule, f"{n:,}")
+    out.print(counts)
+    histogram = result.report["length_histogram"]
+    out.print("Sample lengths (tokens): " + ", ".join(f"{k}: {v:,}" for k, v in histogram.items() if v))
+    for sample_id, text in show_samples(folder, preview) if preview else []:
+        out.rule(sample_id)
+        out.print(text)
+
+
+@app.command("validate")
+@_user_errors
+def validate_command(
+    workspace: Workspace = Path("."),
+    gpu: Annotated[str, typer.Option(help="GPU for the time estimate (H100, A100, RTX 4090, ...).")] = "H100",
+    params_b: Annotated[float, typer.Option(help="Model size in billions of parameters.")] = 7.25,
+    method: Annotated[str, typer.Option(help="lora, qlora or full.")] = "lora",
+    epochs: Annotated[float, typer.Option(help="Passes over the training split.")] = 1.0,
+    as_json: AsJson = False,
+) -> None:
+    """Check the built dataset (roles, empty turns, nothing trained, over-long samples) and estimate
+    the training time. Exit status 1 when there are problems to fix."""
+    from twinlm.prepare.validate import estimate_hours, validate
+
+    ws = open_workspace(workspace)
+    result = validate(_dataset_folder(ws))
+    hours = estimate_hours(
+        sum(result.tokens.values()) - result.tokens.get("eval", 0), params_b, method, gpu, epochs
+    )
+    if as_json:
+        typer.echo(
+            orjson.dumps(
+                {
+                    "problems": dict(result.problems),
+                    "warnings": dict(result.warnings),
+                    "examples": result.examples,
+                    "samples": result.samples,
+                    "tokens": result.tokens,
+                    "trained_tokens": result.trained_tokens,
+                    "estimate_seconds": round(hours * 3600, 2),
+                    "gpu": gpu,
+                    "params_b": params_b,
+                    "method": method,
+                },
+                option=orjson.OPT_INDENT_2,
+            ).decode()
+        )
+    else:
+        for split in ("train", "eval"):
+            out.print(
+                f"{split}: {result.samples[split]:,} samples, {result.tokens[split]:,} tokens, "
+                f"{result.trained_tokens[split]:,} trained"
+            )
+        for reason, n in result.problems.items():
+            err.print(f"[bold red]problem:[/] {reason}: {n:,} (e.g. {', '.join(result.examples[reason])})")
+        for reason, n in result.warnings.items():
+            out.print(f"[yellow]warning:[/] {reason}: {n:,}")
+        out.print(
+            f"Estimated training time: {hours * 60:,.1f} min for {epochs:g} epoch(s) of {method} on one "
+            f"{gpu}, {params_b:g}B parameters (at {int(0.4 * 100)}% of peak throughput)."
+        )
+    if result.problems:
+        raise typer.Exit(1)
+
+
+@app.command("export-data")
+@_user_errors
+def export_data(
+    format: Annotated[
+        str, typer.Option("--format", help="sharegpt, alpaca, openai, mistral, axolotl or hf.")
+    ],
+    workspace: Workspace = Path("."),
+    out_dir: Annotated[
+        Path | None,
+        typer.Option("--out", help="Output folder. Default: export/data-FORMAT in the workspace."),
+    ] = None,
+) -> None:
+    """Write the built dataset in another tool's format (train and eval files, field names as that tool
+    documents them; Mistral fine-tuning API limits checked)."""
+    from twinlm.prepare.interop import export_samples
+    from twinlm.prepare.sample import Sample
+
+    ws = open_workspace(workspace)
+    samples_path = _dataset_folder(ws) / "samples.jsonl"
+    if not samples_path.is_file():
+        raise TwinError(f"{samples_path}: not found; run `twinlm build` first")
+    with open(samples_path, "rb") as f:
+        samples = [Sample.from_json(line) for line in f]
+    target = out_dir or ws.root / "export" / f"data-{format}"
+    report = export_samples(samples, format, target)
+    for line in report.lines():
+        out.print(line, highlight=False)

@@ -1,0 +1,196 @@
+"""`twinlm build`: from the corpus to a dataset that trains exactly the right tokens.
+
+Top to bottom: select conversations -> clean messages -> redact -> split into sessions -> merge
+turns -> mark the persona's turns as trained -> documents into chunks -> train/eval split ->
+render with the base model's own chat template and mask labels -> write the dataset folder.
+The folder describes itself (build.json: config, tokenizer, template style, persona prompt), so
+training needs only its path.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from twinlm.config import BuildConfig, TwinConfig
+from twinlm.corpus.db import Corpus
+from twinlm.corpus.queries import owners
+from twinlm.errors import TwinError
+from twinlm.files import write_atomic
+from twinlm.identities import ME, resolver
+from twinlm.prepare.clean import Msg, clean_message, clean_session
+from twinlm.prepare.documents import document_samples
+from twinlm.prepare.outputs import assign_splits, length_histogram, write_jsonl, write_tokenized
+from twinlm.prepare.persona import persona_for, system_prompt
+from twinlm.prepare.redact import redact
+from twinlm.prepare.render import detect_style, render_many
+from twinlm.prepare.sample import Sample, Turn
+from twinlm.prepare.select import Chat, chats
+from twinlm.prepare.sessions import merge_turns, split_by_gap
+
+
+def load_tokenizer(model: str, *, trust_remote_code: bool = False) -> Any:
+    """The base model's tokenizer (a local folder, or a hub id: fetched once, then cached)."""
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(model, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise TwinError(f"build.model: cannot load a tokenizer from {model!r} ({first})") from None
+
+
+@dataclass(slots=True)
+class BuildResult:
+    folder: Path
+    samples: dict[str, int] = field(default_factory=dict)  # per split
+    tokens: dict[str, int] = field(default_factory=dict)  # per split
+    trained_tokens: dict[str, int] = field(default_factory=dict)
+    counts: Counter[str] = field(default_factory=Counter)  # what each rule removed or changed
+    report: dict[str, Any] = field(default_factory=dict)
+
+
+def build(
+    config: TwinConfig, corpus: Corpus, out: Path, *, on_stage: Callable[[str], None] | None = None
+) -> BuildResult:
+    """Build the dataset for `config` from `corpus` into the folder `out` (replaced atomically by file)."""
+    settings = config.build
+    stage = on_stage or (lambda _: None)
+    counts: Counter[str] = Counter()
+    stage("loading the tokenizer")
+    tokenizer = load_tokenizer(settings.model, trust_remote_code=settings.trust_remote_code)
+    style = detect_style(tokenizer)
+
+    stage("selecting conversations")
+    resolve = resolver(config, owners(corpus))
+    me_name = config.me[0] if config.me else "me"
+    samples: list[Sample] = []
+    for chat in chats(corpus, resolve, counts, settings.sources or None):
+        samples.extend(_samples_of(chat, settings, me_name, counts))
+    if not samples:
+        raise TwinError(
+            "the build produced no samples: nothing left after filtering. Check build.targets (whose turns "
+            "are trained), `twinlm people` (is `me` mapped?), and the build.clean rules in twin.yaml"
+        )
+    samples = assign_splits(samples, settings.eval_fraction, settings.split_seed)
+
+    stage("rendering and tokenizing")
+    out.mkdir(parents=True, exist_ok=True)
+    write_jsonl(out / "samples.jsonl", samples)
+    result = BuildResult(folder=out, counts=counts)
+    lengths: list[int] = []
+    for split in ("train", "eval"):
+        part = [s for s in samples if s.split == split]
+        rows = []
+        trained = tokens = 0
+        for rendered in render_many(part, tokenizer, settings.max_length, counts):
+            rows.append((rendered.sample_id, rendered.input_ids, rendered.labels))
+            tokens += len(rendered.input_ids)
+            trained += sum(1 for label in rendered.labels if label != -100)
+            lengths.append(len(rendered.input_ids))
+        result.samples[split] = write_tokenized(out / f"{split}.parquet", rows)
+        result.tokens[split], result.trained_tokens[split] = tokens, trained
+    if result.samples["train"] == 0:
+        raise TwinError(
+            "no training samples left after rendering: raise build.max_length or relax build.clean"
+        )
+
+    stage("writing the dataset folder")
+    tokenizer_dir = out / "tokenizer"
+    shutil.rmtree(tokenizer_dir, ignore_errors=True)
+    tokenizer.save_pretrained(tokenizer_dir)
+    result.report = {
+        "twinlm_dataset": 1,
+        "model": settings.model,
+        "template_style": style,
+        "system_prompt_template": settings.system_prompt,
+        "me": me_name,
+        "samples": result.samples,
+        "tokens": result.tokens,
+        "trained_tokens": result.trained_tokens,
+        "trained_share": _share(result.trained_tokens, result.tokens),
+        "turns": counts.pop("turns", 0),
+        "trained_turns": counts.pop("trained turns", 0),
+        "length_histogram": length_histogram(lengths),
+        "counts": dict(sorted(counts.items())),
+        "config": config.model_dump(mode="json"),
+    }
+    write_atomic(out / "build.json", orjson.dumps(result.report, option=orjson.OPT_INDENT_2).decode() + "\n")
+    return result
+
+
+def _samples_of(chat: Chat, settings: BuildConfig, me_name: str, counts: Counter[str]) -> Iterator[Sample]:
+    if chat.kind == "document":
+        if settings.documents.enabled:
+            for line in chat.lines:
+                yield from document_samples(chat.key, chat.title, line.text, settings.documents)
+        return
+    persona = persona_for(chat.kind, settings.targets)
+    lines = []
+    assistant_style = chat.kind in ("assistant", "dataset")
+    for line in chat.lines:
+        # Chat rules (non-replies, enders, length caps) are for group chats; assistant answers are
+        # long by nature and a short prompt like "ok" is still a prompt.
+        text = clean_message(line.text, line.kind, settings.clean, counts, assistant=assistant_style)
+        if text is None:
+            continue
+        if settings.redact.enabled and not (settings.redact.except_me and line.speaker == ME):
+            text = redact(text, settings.redact, counts)
+        lines.append(Msg(line.speaker, text, line.kind, line.timestamp_ms, line.role))
+    # Assistant-style conversations are one sample whatever the pauses: the context carries over.
+    sessions = split_by_gap(lines, settings.session_gap_minutes) if chat.kind == "chat" else [lines]
+    for index, session in enumerate(sessions):
+        kept = clean_session(session, settings.clean, counts) if chat.kind == "chat" else session
+        if not kept:
+            continue
+        roles = {m.author: m.role for m in kept}
+        turns = [
+            Turn(_display(speaker, me_name), text, i > 0 and persona.trains(speaker, roles[speaker]))
+            for i, (speaker, text) in enumerate(merge_turns((m.author, m.text) for m in kept))
+        ]
+        if not any(t.trained for t in turns):
+            counts["sessions where no target speaker talks after the first turn"] += 1
+            continue
+        counts["turns"] += len(turns)
+        counts["trained turns"] += sum(t.trained for t in turns)
+        yield Sample(
+            id=f"{chat.key}#{index}",
+            conversation=chat.key,
+            source=chat.source,
+            kind="assistant" if chat.kind in ("assistant", "dataset") else "chat",
+            turns=tuple(turns),
+            system=_system(chat, kept, turns, settings, me_name),
+        )
+
+
+def _system(
+    chat: Chat, lines: list[Msg], turns: list[Turn], settings: BuildConfig, me_name: str
+) -> str | None:
+    if chat.kind in ("assistant", "dataset"):
+        return chat.system_prompt  # ChatGPT custom instructions, a dataset's own system prompt
+    trained = sorted({t.speaker for t in turns if t.trained})
+    first = next((m.timestamp_ms for m in lines if m.timestamp_ms is not None), None)
+    date = datetime.fromtimestamp(first / 1000, tz=UTC).date().isoformat() if first is not None else "unknown"
+    return system_prompt(
+        settings.system_prompt,
+        " and ".join(trained),
+        [t.speaker for t in turns],
+        chat.source,
+        date,
+    )
+
+
+def _display(speaker: str, me_name: str) -> str:
+    return me_name if speaker == ME else speaker
+
+
+def _share(part: dict[str, int], whole: dict[str, int]) -> float:
+    total = sum(whole.values())
+    return round(sum(part.values()) / total, 4) if total else 0.0

@@ -1,0 +1,563 @@
+"""The one rendering function: a `Sample` becomes token ids and exact labels, for training and chat.
+
+The base model's own chat template renders the chat (as transformers' apply_chat_template does);
+what it can do is probed, never looked up in a table of templates:
+
+- "named": it writes any role name (ChatML, Llama 3): each speaker is a role.
+- "alternating": user/assistant only (Mistral, Gemma; Qwen2.5 drops unknown roles). The played
+  speaker is `assistant`, everyone else `user` (consecutive turns merged, newline-joined); each
+  turn starts "Name: " (not for speakers called user/assistant), context that chat time prefills.
+  A session with several trained speakers is rendered once per speaker, as chat time looks.
+- "plain": no template (a base model): `PLAIN_TEMPLATE`, "{speaker}: {text}{eos}", same Jinja path.
+
+The first turn is always context. The system prompt is a system message where the template keeps
+one in a chat that ends with the assistant (Mistral v0.3 shows it only before the last user
+message, Gemma raises), else it is folded into the first message as "{system}\n\n...".
+
+Labels are exactly the trained turns' text tokens plus the end-of-turn token the template writes
+after them (</s>, <|im_end|>, <|eot_id|>, <end_of_turn>, eos for plain), found with no per-family
+code: rendered once with each text replaced by a private-use sentinel, the output splits into
+template segments; the real rendering is those segments with the (maybe trimmed) texts between, so
+each text's character span is known and the tokens over it (offsets of one tokenization with
+add_special_tokens=False) are labelled. Labels are explicit: an end-of-turn id equal to the pad id
+stays trained. BOS is written by the template where the family has one; where the tokenizer adds
+BOS itself and the template did not, its id is put in front once.
+
+Special-token text inside a message (a user typing "<|im_end|>") must never become a control token
+(prompt injection into training data and chats): special-token strings in texts, names and the
+system prompt get an invisible WORD JOINER (U+2060) after their first character.
+"""
+
+from __future__ import annotations
+
+import re
+from bisect import bisect_left, bisect_right
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, replace
+from typing import Any, Literal
+from weakref import WeakKeyDictionary
+
+from jinja2.exceptions import TemplateError as JinjaTemplateError
+from transformers.utils.chat_template_utils import render_jinja_template
+
+from twinlm.errors import TwinError
+from twinlm.prepare.sample import Sample, Turn
+
+Style = Literal["named", "alternating", "plain"]
+IGNORE_INDEX = -100
+
+# twinlm's named-speaker format for base models without a chat template.
+PLAIN_TEMPLATE = (
+    "{%- for message in messages -%}"
+    "{%- if message['role'] == 'system' -%}{{ message['content'] + '\\n\\n' }}"
+    "{%- else -%}{{ message['role'] + ': ' + message['content'] + eos_token }}"
+    "{%- endif -%}"
+    "{%- endfor -%}"
+)
+WORD_JOINER = "\u2060"
+FIXED_DATE = "26 Jul 2024"  # Llama 3.x templates print today's date unless given one; builds are reproducible
+_SENTINEL0 = 0x100000  # Supplementary Private Use Area-B: one sentinel per turn
+_SENTINELS = re.compile("[\U00100000-\U0010fffd]")
+_PROBE_ROLES = ("Zorblax Quint", "Quill Yarrow")  # made-up speakers
+_PROBE_TEXT = "Hello"  # a typical first word: where the model starts writing at chat time
+_RESERVED_ROLES = {"system", "tool", "ipython", "tool_results", "developer"}
+_EOT_LOOKAHEAD = 4  # whitespace tokens allowed between a text and its end-of-turn token
+
+
+class TemplateError(TwinError):
+    """The chat template cannot render twinlm's chats, or hides where a turn's text went."""
+
+
+@dataclass(frozen=True, slots=True)
+class Rendered:
+    input_ids: list[int]
+    labels: list[int]  # IGNORE_INDEX where not trained, else the token id
+    text: str  # the rendered chat (BOS included when it was added)
+    sample_id: str = ""
+    window: int = 0  # 0, 1, ...: several when the sample was split or rendered per speaker
+
+    @property
+    def trained_tokens(self) -> int:
+        return sum(1 for label in self.labels if label != IGNORE_INDEX)
+
+
+@dataclass(frozen=True)
+class TemplateProfile:
+    """What a tokenizer's chat template can do, probed once per tokenizer and template."""
+
+    style: Style
+    system: bool  # a system message survives a chat that ends with the assistant
+    template: str
+    variables: dict[str, Any]  # what apply_chat_template passes: special tokens (+ a fixed date)
+    bos: str | None
+    adds_bos: bool  # the tokenizer puts BOS in front by itself (add_special_tokens=True)
+    special_ids: frozenset[int]  # control token ids: never inside a text, they end turns
+    control: re.Pattern[str] | None  # their strings, made plain text inside messages
+
+
+# --- probing ------------------------------------------------------------------------------------
+
+_PROFILES: WeakKeyDictionary[Any, dict[str, TemplateProfile]] = WeakKeyDictionary()
+
+
+def inspect_template(tokenizer: Any) -> TemplateProfile:
+    """The tokenizer's template capabilities (cached per tokenizer, template and special tokens)."""
+    per_tokenizer = _PROFILES.setdefault(tokenizer, {})
+    key = f"{tokenizer.chat_template}\0{len(tokenizer)}\0{tokenizer.special_tokens_map}"
+    if key not in per_tokenizer:
+        per_tokenizer[key] = _probe(tokenizer)
+    return per_tokenizer[key]
+
+
+def detect_style(tokenizer: Any) -> Style:
+    return inspect_template(tokenizer).style
+
+
+def _probe(tokenizer: Any) -> TemplateProfile:
+    template = tokenizer.chat_template
+    if isinstance(template, dict):  # several named templates: the default one
+        template = template.get("default")
+    variables: dict[str, Any] = dict(tokenizer.special_tokens_map)  # as apply_chat_template passes
+    if template and "date_string" in template:
+        variables["date_string"] = FIXED_DATE
+    # Control tokens: the special tokens, plus added tokens the template writes itself (some
+    # checkpoints mark <|im_start|> or <end_of_turn> as ordinary added tokens).
+    added = {
+        i: t.content
+        for i, t in tokenizer.added_tokens_decoder.items()
+        if t.content.strip() and (t.special or t.content in (template or ""))
+    }
+    # <unk> is what a text becomes where the vocabulary has no piece: not a control token.
+    special_ids = (frozenset(added) | frozenset(tokenizer.all_special_ids)) - {tokenizer.unk_token_id}
+    control = set(added.values())
+    adds_bos = False
+    if tokenizer.bos_token is not None and tokenizer.bos_token_id is not None:
+        ids = tokenizer("a", add_special_tokens=True)["input_ids"]
+        adds_bos = bool(ids) and ids[0] == tokenizer.bos_token_id
+    base = TemplateProfile(
+        "plain",
+        True,
+        template or PLAIN_TEMPLATE,
+        variables,
+        tokenizer.bos_token,
+        adds_bos,
+        special_ids,
+        re.compile("|".join(map(re.escape, sorted(control, key=len, reverse=True)))) if control else None,
+    )
+    if not template:
+        if tokenizer.eos_token is None:
+            raise TemplateError("the tokenizer has neither a chat template nor an eos token to end turns")
+        return base
+
+    def renders(chat: list[tuple[str, str]]) -> str:
+        try:
+            return _apply(base, [{"role": r, "content": c} for r, c in chat])[0]
+        except TemplateError:
+            return ""
+
+    # Named roles must work anywhere: first, back to back, not alternating with "user".
+    one, two = _PROBE_ROLES
+    named = renders([(one, "7301"), (two, "7302"), (one, "7303"), ("user", "7304")])
+    if named.count(one) == 2 and named.count(two) == 1 and all(f"730{i}" in named for i in range(1, 5)):
+        style: Style = "named"
+    elif all(x in renders([("user", "7301"), ("assistant", "7302")]) for x in ("7301", "7302")):
+        style, one = "alternating", "assistant"
+    else:
+        raise TemplateError(
+            "the chat template renders neither named roles nor user/assistant turns; "
+            "set a chat template on the tokenizer or use a base model"
+        )
+    system = "7399" in renders([("system", "7399"), ("user", "7301"), (one, "7302")])
+    return replace(base, style=style, system=system)
+
+
+def _apply(profile: TemplateProfile, *chats: list[dict[str, str]]) -> list[str]:
+    try:
+        rendered, _ = render_jinja_template(list(chats), chat_template=profile.template, **profile.variables)
+    except JinjaTemplateError as err:
+        raise TemplateError(f"the chat template refused the chat: {err}") from None
+    return rendered
+
+
+# --- messages -----------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class _Part:
+    """One turn inside a message: a context prefix ("Name: "), then the turn's text."""
+
+    prefix: str
+    text: str
+    trained: bool
+    speaker: str
+
+
+@dataclass(slots=True)
+class _Message:
+    role: str
+    parts: list[_Part]
+    lead: str = ""  # a folded system prompt, before the first part
+
+    def content(self, texts: list[str] | None = None) -> str:
+        """The message text; `texts` stands in for the parts' texts (sentinels)."""
+        pieces = [p.prefix + (p.text if texts is None else texts[i]) for i, p in enumerate(self.parts)]
+        return self.lead + "\n".join(pieces)
+
+
+def _neutralize(text: str, control: re.Pattern[str] | None) -> tuple[str, int]:
+    """Special-token strings typed in a message become plain text; stray sentinels are dropped."""
+    if _SENTINELS.search(text):
+        text = _SENTINELS.sub("", text)
+    if control is None:
+        return text, 0
+    return control.subn(lambda m: m.group(0)[0] + WORD_JOINER + m.group(0)[1:], text)
+
+
+def _clean_name(name: str, control: re.Pattern[str] | None) -> str:
+    """A name usable as a role: one line, no control tokens, never a reserved role like system."""
+    name = " ".join(_neutralize(name, control)[0].split()) or "someone"
+    return name[0].upper() + name[1:] if name.lower() in _RESERVED_ROLES else name
+
+
+def _add(counts: Counter[str], reason: str, n: int) -> None:
+    if n:  # a Counter entry only for what happened
+        counts[reason] += n
+
+
+def _build(
+    sample: Sample,
+    style: Style,
+    system: bool,
+    assistant: str | None,
+    control: re.Pattern[str] | None = None,
+    counts: Counter[str] | None = None,
+) -> tuple[list[_Message], list[int]]:
+    """The messages, and for each part (in order) the index of its turn in the sample."""
+    counts = counts if counts is not None else Counter()
+    messages: list[_Message] = []
+    turn_of_part: list[int] = []
+    if assistant is not None:
+        assistant = _clean_name(assistant, control)
+    for index, turn in enumerate(sample.turns):
+        text, n = _neutralize(turn.text, control)
+        if not text.strip():
+            counts["empty turns skipped"] += 1
+            continue
+        _add(counts, "special-token text made plain", n)
+        speaker = _clean_name(turn.speaker, control)
+        first = not messages
+        _add(counts, "first turn trained but rendered as context", turn.trained and first)
+        turn_of_part.append(index)
+        if style != "alternating":
+            messages.append(_Message(speaker, [_Part("", text, turn.trained and not first, speaker)]))
+            continue
+        role = "assistant" if speaker == assistant and not first else "user"
+        trained = turn.trained and role == "assistant"
+        if messages and messages[-1].role == role:  # merged: the name only where the author changes
+            last = messages[-1]
+            prefix = "" if last.parts[-1].speaker == speaker else f"{speaker}: "
+            last.parts.append(_Part(prefix, text, trained, speaker))
+        else:
+            prefix = "" if speaker == role else f"{speaker}: "
+            messages.append(_Message(role, [_Part(prefix, text, trained, speaker)]))
+    system_text, n = _neutralize(sample.system or "", control)
+    if system_text.strip() and messages:  # a system prompt alone is no chat
+        _add(counts, "special-token text made plain", n)
+        if system:
+            messages.insert(0, _Message("system", [], lead=system_text))
+        else:
+            messages[0].lead = system_text + "\n\n"
+    return messages, turn_of_part
+
+
+def to_messages(
+    sample: Sample, style: Style, *, system: bool = True, assistant: str | None = None
+) -> list[dict[str, str]]:
+    """The chat messages of a sample: the one place that decides roles, names and merging.
+
+    `system`: whether the template takes a system message (else it is folded into the first
+    message). `assistant` (alternating): the played speaker, by default the last trained one.
+    """
+    if style == "alternating" and assistant is None:
+        assistant = next((t.speaker for t in reversed(sample.turns[1:]) if t.trained), None)
+    messages, _ = _build(sample, style, system, assistant)
+    return [{"role": m.role, "content": m.content()} for m in messages]
+
+
+# --- layout: where each turn's text lies in the rendered chat -----------------------------------
+
+
+@dataclass(slots=True)
+class _Layout:
+    text: str
+    spans: list[tuple[int, int]]  # per part: the character span of its text
+    trained: list[bool]
+    turns: list[int]  # per part: the index of its turn in the sample
+    add_bos: bool = False  # put the tokenizer's BOS id in front after tokenizing
+
+
+def _layout(profile: TemplateProfile, messages: list[_Message], turns: list[int], sample_id: str) -> _Layout:
+    sentinels: list[str] = []
+    real: list[dict[str, str]] = []
+    marked: list[dict[str, str]] = []
+    parts: list[_Part] = []
+    if sum(len(m.parts) for m in messages) > 0xFFFD:
+        raise TemplateError(f"sample {sample_id}: more than 65533 turns; split sessions before rendering")
+    for m in messages:
+        marks = [chr(_SENTINEL0 + len(sentinels) + i) for i in range(len(m.parts))]
+        sentinels += marks
+        parts += m.parts
+        real.append({"role": m.role, "content": m.content()})
+        marked.append({"role": m.role, "content": m.content(marks)})
+    try:
+        skeleton, text = _apply(profile, marked, real)
+    except TemplateError as err:
+        raise TemplateError(f"sample {sample_id}: {err}") from None
+    if _SENTINELS.findall(skeleton) != sentinels:
+        raise TemplateError(
+            f"sample {sample_id}: the chat template drops, repeats or reorders message texts, "
+            "so the trained tokens cannot be located"
+        )
+    segments = _SENTINELS.split(skeleton)
+    if not text.startswith(segments[0]):
+        raise TemplateError(f"sample {sample_id}: the chat template's structure depends on the texts")
+    spans: list[tuple[int, int]] = []
+    pos = len(segments[0])
+    for k, part in enumerate(parts):
+        after, last = segments[k + 1], k == len(parts) - 1
+        for cand in (part.text, part.text.rstrip(), part.text.lstrip(), part.text.strip()):  # trimmed?
+            end = pos + len(cand)
+            if text.startswith(cand, pos) and (text[end:] == after if last else text.startswith(after, end)):
+                break
+        else:  # transformed some other way (upper-cased...): the text is what lies in between
+            end = len(text) - len(after) if last else text.find(after, pos)
+            if end < pos or not text.startswith(after, end):
+                raise TemplateError(
+                    f"sample {sample_id}: the chat template changes turn {turns[k]} beyond recognition"
+                )
+        spans.append((pos, end))
+        pos = end + len(after)
+    # The tokenizer's own BOS where the template wrote none: an id in front, not text, so that
+    # SentencePiece still sees the first word at offset 0 ("<s>▁You" as in pretraining).
+    add_bos = profile.adds_bos and bool(profile.bos) and not text.startswith(profile.bos or "")
+    return _Layout(text, spans, [p.trained for p in parts], turns, add_bos)
+
+
+# --- tokens, labels and windows -----------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class _Tokens:
+    ids: list[int]
+    offsets: list[tuple[int, int]]
+    starts: list[int]
+    ends: list[int]
+
+
+class _Renderer:
+    """Renders samples with one tokenizer: batches, labels, and splitting at turn boundaries."""
+
+    def __init__(self, tokenizer: Any, max_length: int, counts: Counter[str] | None) -> None:
+        self.tokenizer = tokenizer
+        self.profile = inspect_template(tokenizer)
+        self.max_length = max_length
+        self.counts = counts if counts is not None else Counter()
+
+    def variants(self, sample: Sample) -> list[tuple[str | None, Sample]]:
+        """(played speaker, sample): an alternating template plays one trained speaker at a time."""
+        if self.profile.style != "alternating":
+            return [(None, sample)]
+        speakers = sorted({t.speaker for t in sample.turns[1:] if t.trained})
+        if len(speakers) <= 1:
+            return [(speakers[0] if speakers else None, sample)]
+        self.counts["extra renderings: one per trained speaker (alternating template)"] += len(speakers) - 1
+        return [
+            (
+                who,
+                replace(
+                    sample,
+                    turns=tuple(replace(t, trained=t.trained and t.speaker == who) for t in sample.turns),
+                ),
+            )
+            for who in speakers
+        ]
+
+    def layout(self, sample: Sample, assistant: str | None, count: bool = True) -> _Layout:
+        p = self.profile
+        messages, turns = _build(
+            sample, p.style, p.system, assistant, p.control, self.counts if count else None
+        )
+        return _layout(p, messages, turns, sample.id) if messages else _Layout("", [], [], [])
+
+    def encode(self, layouts: list[_Layout]) -> list[_Tokens]:
+        texts = [layout.text for layout in layouts]
+        backend = getattr(self.tokenizer, "backend_tokenizer", None)
+        if backend is not None:  # the fast tokenizer's batch call, without the wrapper's conversions
+            pairs = [(e.ids, e.offsets) for e in backend.encode_batch(texts, add_special_tokens=False)]
+        else:
+            enc = self.tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True)
+            pairs = list(zip(enc["input_ids"], enc["offset_mapping"], strict=True))
+        out = []
+        for layout, (ids, offsets) in zip(layouts, pairs, strict=True):
+            if layout.add_bos:
+                ids, offsets = [self.tokenizer.bos_token_id, *ids], [(0, 0), *offsets]
+            out.append(_Tokens(list(ids), offsets, [a for a, _ in offsets], [b for _, b in offsets]))
+        return out
+
+    def first_token(self, tokens: _Tokens, text: str, a: int) -> int:
+        """The first token of the text starting at character `a`.
+
+        The first token ending after `a` ("▁Sure" covers the space before "Sure" too), or a
+        space-only token right before it: pre-tokenizers attach that space to the word only when
+        the merge exists, so the model must learn to write it (and chat time stops before it).
+        """
+        i = bisect_right(tokens.ends, a)
+        while i > 0 and tokens.ids[i - 1] not in self.profile.special_ids:
+            start, end = tokens.offsets[i - 1]
+            if end <= start or text[start:end].strip(" "):
+                break
+            i -= 1
+        return i
+
+    def rendered(self, sample: Sample, layout: _Layout, tokens: _Tokens) -> Rendered:
+        ids, special, text = tokens.ids, self.profile.special_ids, layout.text
+        labels = [IGNORE_INDEX] * len(ids)
+        for (a, b), trained in zip(layout.spans, layout.trained, strict=True):
+            i = self.first_token(tokens, text, a)
+            j = max(i, bisect_left(tokens.starts, b))  # the first token at or after the text's end
+            if special.intersection(ids[i:j]):
+                raise TemplateError("a message text became a control token; this is a twinlm bug")
+            if not trained:
+                continue
+            # The end-of-turn token: the special token right after the text (maybe after spaces).
+            k = j
+            while k < len(ids) and k - j < _EOT_LOOKAHEAD and ids[k] not in special:
+                if not text[tokens.starts[k] : tokens.ends[k]].isspace():
+                    break
+                k += 1
+            if k < len(ids) and ids[k] in special:
+                j = k + 1
+            else:
+                self.counts["trained turn without an end-of-turn token"] += 1
+            labels[i:j] = ids[i:j]
+        shown = (self.profile.bos or "") + text if layout.add_bos else text
+        return Rendered(ids, labels, shown, sample.id)
+
+    def finish(self, batch: list[tuple[Sample, str | None, _Layout]]) -> Iterator[Rendered]:
+        # A batch holds every rendering of a sample, so window numbers can restart per batch.
+        windows: Counter[str] = Counter()
+        for (sample, assistant, layout), tokens in zip(
+            batch, self.encode([x[2] for x in batch]), strict=True
+        ):
+            if not any(layout.trained):
+                self.counts["samples without a trained turn"] += 1
+                continue
+            if len(tokens.ids) <= self.max_length:
+                pieces: Iterable[Rendered] = [self.rendered(sample, layout, tokens)]
+            else:
+                self.counts["samples split at turn boundaries"] += 1
+                pieces = self.split(sample, assistant, layout, tokens)
+            for piece in pieces:
+                self.counts["sequences"] += 1
+                yield replace(piece, window=windows[sample.id])
+                windows[sample.id] += 1
+
+    def split(
+        self, sample: Sample, assistant: str | None, layout: _Layout, tokens: _Tokens
+    ) -> Iterator[Rendered]:
+        """Windows of whole turns, each with the system prompt and a context turn first.
+
+        A window's last turn is the next window's context turn, so each trained turn is trained
+        once. Turn sizes (text, end of turn, next header) come from the full rendering; each
+        window is rendered again and checked. A turn too long even alone is dropped (counted).
+        """
+        first = [self.first_token(tokens, layout.text, a) for a, _ in layout.spans]
+        head = first[0]  # BOS, system prompt, first header
+        cost = [b - a for a, b in zip(first, [*first[1:], len(tokens.ids)], strict=True)]
+        keep = [k for k in range(len(cost)) if head + cost[k] <= self.max_length]
+        _add(self.counts, "turns dropped: longer than max_length", len(cost) - len(keep))
+        x = 0
+        while x < len(keep) - 1:
+            e, total = x + 1, head + cost[keep[x]]
+            while e < len(keep) and total + cost[keep[e]] <= self.max_length:
+                total += cost[keep[e]]
+                e += 1
+            piece = None
+            while e - x >= 2:  # the estimate can be a few tokens off: check the real rendering
+                piece = self.window(sample, assistant, [layout.turns[keep[y]] for y in range(x, e)])
+                if piece is None or len(piece.input_ids) <= self.max_length:
+                    break
+                piece, e = None, e - 1
+            if e - x < 2:  # no room for a context turn before the next turn: it can only be context
+                _add(
+                    self.counts,
+                    "trained turns lost: no room for the turn before them",
+                    layout.trained[keep[x + 1]],
+                )
+                x += 1
+                continue
+            if piece is not None:
+                yield piece
+            x = e - 1
+
+    def window(self, sample: Sample, assistant: str | None, turns: list[int]) -> Rendered | None:
+        picked = [sample.turns[i] for i in turns]
+        picked[0] = replace(picked[0], trained=False)  # a window starts with context
+        if not any(t.trained for t in picked[1:]):
+            return None
+        sub = replace(sample, turns=tuple(picked))
+        layout = self.layout(sub, assistant, count=False)
+        (tokens,) = self.encode([layout])
+        return self.rendered(sample, layout, tokens)
+
+
+def render(
+    sample: Sample, tokenizer: Any, max_length: int, counts: Counter[str] | None = None
+) -> list[Rendered]:
+    """Token ids and labels of one sample: pieces of at most max_length tokens, split between turns."""
+    return list(render_many([sample], tokenizer, max_length, counts))
+
+
+def render_many(
+    samples: Iterable[Sample],
+    tokenizer: Any,
+    max_length: int,
+    counts: Counter[str] | None = None,
+    *,
+    batch_size: int = 256,
+) -> Iterator[Rendered]:
+    """`render` over many samples, tokenizing `batch_size` chats per call of the fast tokenizer."""
+    renderer = _Renderer(tokenizer, max_length, counts)
+    batch: list[tuple[Sample, str | None, _Layout]] = []
+    for sample in samples:
+        for assistant, variant in renderer.variants(sample):
+            batch.append((variant, assistant, renderer.layout(variant, assistant)))
+        if len(batch) >= batch_size:
+            yield from renderer.finish(batch)
+            batch = []
+    if batch:
+        yield from renderer.finish(batch)
+
+
+def render_prompt(
+    sample: Sample, tokenizer: Any, next_speaker: str, max_length: int | None = None
+) -> list[int]:
+    """Token ids that make the model write `next_speaker`'s next turn after the sample's turns.
+
+    The training rendering with a probe turn of `next_speaker` appended, cut where the probe's
+    text starts: exactly the tokens the model saw before each trained turn. `max_length` drops the
+    oldest turns (the system prompt stays) until the prompt fits.
+    """
+    renderer = _Renderer(tokenizer, max_length or 0, None)
+    turns = [replace(t, trained=False) for t in sample.turns]
+    if renderer.profile.style == "alternating" and not any(t.text.strip() for t in turns):
+        raise TemplateError("this chat template needs at least one turn before the model speaks")
+    while True:
+        probe = replace(sample, turns=(*turns, Turn(next_speaker, _PROBE_TEXT, True)))
+        layout = renderer.layout(probe, next_speaker, count=False)
+        (tokens,) = renderer.encode([layout])
+        cut = renderer.first_token(tokens, layout.text, layout.spans[-1][0])
+        if max_length is None or cut <= max_length or len(turns) <= 1:
+            return tokens.ids[:cut]
+        turns = turns[1:]
