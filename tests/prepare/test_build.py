@@ -127,3 +127,38 @@ def test_cli_build_validate_export(tokenizer_dir: Callable[[str], Path], tmp_pat
         "json", data_files=str(ws / "export" / "data-openai" / "train.jsonl"), split="train"
     )
     assert all(m[-1]["role"] == "assistant" for m in exported["messages"])
+
+
+def test_teacher_questions_join_the_dataset_and_the_heldout_list(
+    corpus: Corpus, tokenizer_dir: Callable[[str], Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from test_teacher import PROMPT, FakeTeacher
+
+    monkeypatch.delenv("TWINLM_TEACHER_API_KEY", raising=False)
+    server = FakeTeacher()
+    try:
+        teacher = {
+            "enabled": True,
+            "base_url": server.url,
+            "model": "t",
+            "heldout_fraction": 0.5,
+            "questions_per_chunk": 4,
+            "prompt": PROMPT,
+        }
+        cfg = config(tokenizer_dir("chatml"), teacher=teacher)
+        out = tmp_path / "data"
+        build(cfg, corpus, out)
+        asked = len(server.requests)
+        assert asked >= 1
+        built = samples(out)
+        qa = [s for s in built if s.source == "teacher"]
+        doc_split = {s.conversation: s.split for s in built if s.source == "documents"}
+        assert qa and all(s.split == doc_split[s.conversation] for s in qa)
+        assert all([t.trained for t in s.turns] == [False, True] for s in qa)
+        heldout = [json.loads(line) for line in (out / "heldout_questions.jsonl").read_text().splitlines()]
+        trained_questions = {s.turns[0].text for s in qa}
+        assert all(q["question"] not in trained_questions for q in heldout)
+        build(cfg, corpus, out)  # rebuilt from the cache: nothing asked again
+        assert len(server.requests) == asked
+    finally:
+        server.close()

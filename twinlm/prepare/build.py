@@ -34,6 +34,7 @@ from twinlm.prepare.render import detect_style, render_many
 from twinlm.prepare.sample import Sample, Turn
 from twinlm.prepare.select import Chat, chats
 from twinlm.prepare.sessions import merge_turns, split_by_gap
+from twinlm.prepare.teacher import generate_qa
 
 
 def load_tokenizer(model: str, *, trust_remote_code: bool = False) -> Any:
@@ -64,6 +65,7 @@ def build(
     settings = config.build
     stage = on_stage or (lambda _: None)
     counts: Counter[str] = Counter()
+    out.mkdir(parents=True, exist_ok=True)
     stage("loading the tokenizer")
     tokenizer = load_tokenizer(settings.model, trust_remote_code=settings.trust_remote_code)
     style = detect_style(tokenizer)
@@ -74,15 +76,29 @@ def build(
     samples: list[Sample] = []
     for chat in chats(corpus, resolve, counts, settings.sources or None):
         samples.extend(_samples_of(chat, settings, me_name, counts))
+    if settings.teacher.enabled:
+        stage("asking the teacher model for questions about the documents")
+        chunks = [(s.id, s.turns[0].text) for s in samples if s.kind == "document"]
+        qa = generate_qa(chunks, settings.teacher, out / "teacher_cache.jsonl")
+        samples.extend(qa.samples)
+        counts["teacher question/answer pairs"] += len(qa.samples)
     if not samples:
         raise TwinError(
             "the build produced no samples: nothing left after filtering. Check build.targets (whose turns "
             "are trained), `twinlm people` (is `me` mapped?), and the build.clean rules in twin.yaml"
         )
     samples = assign_splits(samples, settings.eval_fraction, settings.split_seed)
+    if settings.teacher.enabled:
+        # Held-out questions test what the model learnt: keep those about documents it trains on.
+        trained_docs = {s.conversation for s in samples if s.split == "train"}
+        heldout = [q for q in qa.heldout if q["chunk_id"].rsplit(":", 1)[0] in trained_docs]
+        write_atomic(
+            out / "heldout_questions.jsonl",
+            "".join(orjson.dumps(q, option=orjson.OPT_SORT_KEYS).decode() + "\n" for q in heldout),
+        )
+        counts["held-out questions"] += len(heldout)
 
     stage("rendering and tokenizing")
-    out.mkdir(parents=True, exist_ok=True)
     write_jsonl(out / "samples.jsonl", samples)
     result = BuildResult(folder=out, counts=counts)
     lengths: list[int] = []
