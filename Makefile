@@ -33,6 +33,9 @@ demo: $(VENV)/.installed
 	$(BIN)/twinlm ingest -w $(DEMO) examples/exports
 	$(BIN)/twinlm people -w $(DEMO)
 	$(BIN)/twinlm stats -w $(DEMO)
+	$(BIN)/twinlm build -w $(DEMO) --model tiny --preview 2
+	$(BIN)/twinlm validate -w $(DEMO) --gpu "RTX 4090" --params-b 7.25 --method qlora
+	$(BIN)/twinlm export-data -w $(DEMO) --format openai
 
 test: $(VENV)/.dev-installed
 	$(BIN)/ruff check twinlm tests benchmarks

@@ -87,8 +87,9 @@ class BuildConfig(BaseModel):
 
     model: str = Field(
         "",
-        description="The base model whose tokenizer and chat template render the data: a local model "
-        "folder or a hub id (e.g. mistralai/Mistral-7B-Instruct-v0.3).",
+        description="The base model whose tokenizer and chat template render the data: 'tiny' (a small "
+        "model made on this machine, for CPU runs and trials), a local model folder, or a hub id (e.g. "
+        "mistralai/Mistral-7B-Instruct-v0.3).",
     )
     trust_remote_code: bool = Field(
         False,

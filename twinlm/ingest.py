@@ -28,7 +28,7 @@ MEDIA_MAGIC = (b"\xff\xd8\xff", b"\x89PNG", b"GIF8", b"RIFF", b"OggS", b"ID3", b
 MAX_ZIP_DEPTH = 2
 # What a workspace holds of its own: never read as exports when a folder walk passes through it.
 WORKSPACE_FILES = ("twin.yaml", "corpus.db", "corpus.db-journal", "corpus.db-wal", "corpus.db-shm")
-WORKSPACE_FOLDERS = ("data", "runs", "export", "reports")
+WORKSPACE_FOLDERS = ("data", "runs", "export", "reports", "models")
 SUSPICIOUS_RATIO = 100  # uncompressed/compressed: chat exports compress 5-20x, bombs 1000x and more
 
 

@@ -162,3 +162,21 @@ def test_teacher_questions_join_the_dataset_and_the_heldout_list(
         assert len(server.requests) == asked
     finally:
         server.close()
+
+
+def test_document_chunks_are_trained_whole_and_tiny_builds_locally(corpus: Corpus, tmp_path: Path) -> None:
+    from twinlm.models import resolve_model
+
+    ws = tmp_path / "ws"
+    result = build(config(Path("tiny")), corpus, ws / "data")
+    assert (ws / "models" / "tiny" / "tokenizer_config.json").is_file()  # the preset was made here
+    assert resolve_model("tiny", ws) == str(ws / "models" / "tiny")  # and is reused
+    assert result.report["template_style"] == "named"
+    tokenizer = AutoTokenizer.from_pretrained(ws / "data" / "tokenizer")
+    rows = (
+        pq.read_table(ws / "data" / "train.parquet").to_pylist()
+        + pq.read_table(ws / "data" / "eval.parquet").to_pylist()
+    )
+    (doc,) = [r for r in rows if r["sample_id"].startswith("documents:")]
+    assert doc["labels"] == doc["input_ids"] and doc["input_ids"][-1] == tokenizer.eos_token_id
+    assert "Vertigo in Lisbon" in tokenizer.decode(doc["input_ids"])

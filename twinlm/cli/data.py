@@ -105,7 +105,7 @@ def validate_command(
 ) -> None:
     """Check the built dataset (roles, empty turns, nothing trained, over-long samples) and estimate
     the training time. Exit status 1 when there are problems to fix."""
-    from twinlm.prepare.validate import estimate_hours, validate
+    from twinlm.prepare.validate import MFU, estimate_hours, validate
 
     ws = open_workspace(workspace)
     result = validate(_dataset_folder(ws))
@@ -141,8 +141,8 @@ def validate_command(
         for reason, n in result.warnings.items():
             out.print(f"[yellow]warning:[/] {reason}: {n:,}")
         out.print(
-            f"Estimated training time: {hours * 60:,.1f} min for {epochs:g} epoch(s) of {method} on one "
-            f"{gpu}, {params_b:g}B parameters (at {int(0.4 * 100)}% of peak throughput)."
+            f"Estimated training time: {_duration(hours)} for {epochs:g} epoch(s) of {method} on one "
+            f"{gpu}, {params_b:g}B parameters (at {MFU:.0%} of peak throughput)."
         )
     if result.problems:
         raise typer.Exit(1)
@@ -175,3 +175,12 @@ def export_data(
     report = export_samples(samples, format, target)
     for line in report.lines():
         out.print(line, highlight=False)
+
+
+def _duration(hours: float) -> str:
+    seconds = hours * 3600
+    if seconds < 60:
+        return f"{seconds:.0f} s"
+    if seconds < 3600:
+        return f"{seconds / 60:.0f} min"
+    return f"{hours:.1f} h"

@@ -9,6 +9,7 @@ training needs only its path.
 
 from __future__ import annotations
 
+import itertools
 import shutil
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -25,6 +26,7 @@ from twinlm.corpus.queries import owners
 from twinlm.errors import TwinError
 from twinlm.files import write_atomic
 from twinlm.identities import ME, resolver
+from twinlm.models import resolve_model
 from twinlm.prepare.clean import Msg, clean_message, clean_session
 from twinlm.prepare.documents import document_samples
 from twinlm.prepare.outputs import assign_splits, length_histogram, write_jsonl, write_tokenized
@@ -67,7 +69,8 @@ def build(
     counts: Counter[str] = Counter()
     out.mkdir(parents=True, exist_ok=True)
     stage("loading the tokenizer")
-    tokenizer = load_tokenizer(settings.model, trust_remote_code=settings.trust_remote_code)
+    model = resolve_model(settings.model, out.parent)
+    tokenizer = load_tokenizer(model, trust_remote_code=settings.trust_remote_code)
     style = detect_style(tokenizer)
 
     stage("selecting conversations")
@@ -106,11 +109,22 @@ def build(
         part = [s for s in samples if s.split == split]
         rows = []
         trained = tokens = 0
-        for rendered in render_many(part, tokenizer, settings.max_length, counts):
-            rows.append((rendered.sample_id, rendered.input_ids, rendered.labels))
-            tokens += len(rendered.input_ids)
-            trained += sum(1 for label in rendered.labels if label != -100)
-            lengths.append(len(rendered.input_ids))
+        chats_part = [s for s in part if not _is_completion(s)]
+        rendered_rows = (
+            (r.sample_id, r.input_ids, r.labels)
+            for r in render_many(chats_part, tokenizer, settings.max_length, counts)
+        )
+        completions = (
+            _completion(s, tokenizer, settings.max_length, counts) for s in part if _is_completion(s)
+        )
+        for row in itertools.chain(rendered_rows, completions):
+            if row is None:
+                continue
+            _, input_ids, labels = row
+            rows.append(row)
+            tokens += len(input_ids)
+            trained += sum(1 for label in labels if label != -100)
+            lengths.append(len(input_ids))
         result.samples[split] = write_tokenized(out / f"{split}.parquet", rows)
         result.tokens[split], result.trained_tokens[split] = tokens, trained
     if result.samples["train"] == 0:
@@ -201,6 +215,26 @@ def _system(
         chat.source,
         date,
     )
+
+
+def _is_completion(sample: Sample) -> bool:
+    """A document chunk: plain text to continue, no speakers, no chat template."""
+    return sample.kind == "document" and len(sample.turns) == 1 and sample.turns[0].speaker == ""
+
+
+def _completion(
+    sample: Sample, tokenizer: Any, max_length: int, counts: Counter[str]
+) -> tuple[str, list[int], list[int]] | None:
+    """Continued pre-training on a chunk: BOS (where the model uses one), the text, EOS, all trained."""
+    ids = tokenizer(sample.turns[0].text, add_special_tokens=False)["input_ids"]
+    if tokenizer.bos_token_id is not None and getattr(tokenizer, "add_bos_token", True):
+        ids = [tokenizer.bos_token_id, *ids]
+    ids = [*ids, tokenizer.eos_token_id]
+    if len(ids) > max_length:
+        counts["document chunks over max_length (dropped; lower build.documents.chunk_chars)"] += 1
+        return None
+    counts["document chunks"] += 1
+    return sample.id, ids, list(ids)
 
 
 def _display(speaker: str, me_name: str) -> str:

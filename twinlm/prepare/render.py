@@ -1,7 +1,7 @@
 """The one rendering function: a `Sample` becomes token ids and exact labels, for training and chat.
 
 The base model's own chat template renders the chat (as transformers' apply_chat_template does);
-what it can do is probed, never looked up in a table of templates:
+what it can do is probed (twinlm.prepare.template), never looked up in a table of templates:
 
 - "named": it writes any role name (ChatML, Llama 3): each speaker is a role.
 - "alternating": user/assistant only (Mistral, Gemma; Qwen2.5 drops unknown roles). The played
@@ -35,38 +35,44 @@ from bisect import bisect_left, bisect_right
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, replace
-from typing import Any, Literal
-from weakref import WeakKeyDictionary
+from typing import Any
 
-from jinja2.exceptions import TemplateError as JinjaTemplateError
-from transformers.utils.chat_template_utils import render_jinja_template
-
-from twinlm.errors import TwinError
 from twinlm.prepare.sample import Sample, Turn
-
-Style = Literal["named", "alternating", "plain"]
-IGNORE_INDEX = -100
-
-# twinlm's named-speaker format for base models without a chat template.
-PLAIN_TEMPLATE = (
-    "{%- for message in messages -%}"
-    "{%- if message['role'] == 'system' -%}{{ message['content'] + '\\n\\n' }}"
-    "{%- else -%}{{ message['role'] + ': ' + message['content'] + eos_token }}"
-    "{%- endif -%}"
-    "{%- endfor -%}"
+from twinlm.prepare.template import (
+    FIXED_DATE,
+    PLAIN_TEMPLATE,
+    Style,
+    TemplateError,
+    TemplateProfile,
+    apply_template,
+    detect_style,
+    inspect_template,
 )
+
+__all__ = [
+    "FIXED_DATE",
+    "IGNORE_INDEX",
+    "PLAIN_TEMPLATE",
+    "WORD_JOINER",
+    "Rendered",
+    "Style",
+    "TemplateError",
+    "TemplateProfile",
+    "detect_style",
+    "inspect_template",
+    "render",
+    "render_many",
+    "render_prompt",
+    "to_messages",
+]
+
+IGNORE_INDEX = -100
 WORD_JOINER = "\u2060"
-FIXED_DATE = "26 Jul 2024"  # Llama 3.x templates print today's date unless given one; builds are reproducible
 _SENTINEL0 = 0x100000  # Supplementary Private Use Area-B: one sentinel per turn
 _SENTINELS = re.compile("[\U00100000-\U0010fffd]")
-_PROBE_ROLES = ("Zorblax Quint", "Quill Yarrow")  # made-up speakers
 _PROBE_TEXT = "Hello"  # a typical first word: where the model starts writing at chat time
 _RESERVED_ROLES = {"system", "tool", "ipython", "tool_results", "developer"}
 _EOT_LOOKAHEAD = 4  # whitespace tokens allowed between a text and its end-of-turn token
-
-
-class TemplateError(TwinError):
-    """The chat template cannot render twinlm's chats, or hides where a turn's text went."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,104 +86,6 @@ class Rendered:
     @property
     def trained_tokens(self) -> int:
         return sum(1 for label in self.labels if label != IGNORE_INDEX)
-
-
-@dataclass(frozen=True)
-class TemplateProfile:
-    """What a tokenizer's chat template can do, probed once per tokenizer and template."""
-
-    style: Style
-    system: bool  # a system message survives a chat that ends with the assistant
-    template: str
-    variables: dict[str, Any]  # what apply_chat_template passes: special tokens (+ a fixed date)
-    bos: str | None
-    adds_bos: bool  # the tokenizer puts BOS in front by itself (add_special_tokens=True)
-    special_ids: frozenset[int]  # control token ids: never inside a text, they end turns
-    control: re.Pattern[str] | None  # their strings, made plain text inside messages
-
-
-# --- probing ------------------------------------------------------------------------------------
-
-_PROFILES: WeakKeyDictionary[Any, dict[str, TemplateProfile]] = WeakKeyDictionary()
-
-
-def inspect_template(tokenizer: Any) -> TemplateProfile:
-    """The tokenizer's template capabilities (cached per tokenizer, template and special tokens)."""
-    per_tokenizer = _PROFILES.setdefault(tokenizer, {})
-    key = f"{tokenizer.chat_template}\0{len(tokenizer)}\0{tokenizer.special_tokens_map}"
-    if key not in per_tokenizer:
-        per_tokenizer[key] = _probe(tokenizer)
-    return per_tokenizer[key]
-
-
-def detect_style(tokenizer: Any) -> Style:
-    return inspect_template(tokenizer).style
-
-
-def _probe(tokenizer: Any) -> TemplateProfile:
-    template = tokenizer.chat_template
-    if isinstance(template, dict):  # several named templates: the default one
-        template = template.get("default")
-    variables: dict[str, Any] = dict(tokenizer.special_tokens_map)  # as apply_chat_template passes
-    if template and "date_string" in template:
-        variables["date_string"] = FIXED_DATE
-    # Control tokens: the special tokens, plus added tokens the template writes itself (some
-    # checkpoints mark <|im_start|> or <end_of_turn> as ordinary added tokens).
-    added = {
-        i: t.content
-        for i, t in tokenizer.added_tokens_decoder.items()
-        if t.content.strip() and (t.special or t.content in (template or ""))
-    }
-    # <unk> is what a text becomes where the vocabulary has no piece: not a control token.
-    special_ids = (frozenset(added) | frozenset(tokenizer.all_special_ids)) - {tokenizer.unk_token_id}
-    control = set(added.values())
-    adds_bos = False
-    if tokenizer.bos_token is not None and tokenizer.bos_token_id is not None:
-        ids = tokenizer("a", add_special_tokens=True)["input_ids"]
-        adds_bos = bool(ids) and ids[0] == tokenizer.bos_token_id
-    base = TemplateProfile(
-        "plain",
-        True,
-        template or PLAIN_TEMPLATE,
-        variables,
-        tokenizer.bos_token,
-        adds_bos,
-        special_ids,
-        re.compile("|".join(map(re.escape, sorted(control, key=len, reverse=True)))) if control else None,
-    )
-    if not template:
-        if tokenizer.eos_token is None:
-            raise TemplateError("the tokenizer has neither a chat template nor an eos token to end turns")
-        return base
-
-    def renders(chat: list[tuple[str, str]]) -> str:
-        try:
-            return _apply(base, [{"role": r, "content": c} for r, c in chat])[0]
-        except TemplateError:
-            return ""
-
-    # Named roles must work anywhere: first, back to back, not alternating with "user".
-    one, two = _PROBE_ROLES
-    named = renders([(one, "7301"), (two, "7302"), (one, "7303"), ("user", "7304")])
-    if named.count(one) == 2 and named.count(two) == 1 and all(f"730{i}" in named for i in range(1, 5)):
-        style: Style = "named"
-    elif all(x in renders([("user", "7301"), ("assistant", "7302")]) for x in ("7301", "7302")):
-        style, one = "alternating", "assistant"
-    else:
-        raise TemplateError(
-            "the chat template renders neither named roles nor user/assistant turns; "
-            "set a chat template on the tokenizer or use a base model"
-        )
-    system = "7399" in renders([("system", "7399"), ("user", "7301"), (one, "7302")])
-    return replace(base, style=style, system=system)
-
-
-def _apply(profile: TemplateProfile, *chats: list[dict[str, str]]) -> list[str]:
-    try:
-        rendered, _ = render_jinja_template(list(chats), chat_template=profile.template, **profile.variables)
-    except JinjaTemplateError as err:
-        raise TemplateError(f"the chat template refused the chat: {err}") from None
-    return rendered
 
 
 # --- messages -----------------------------------------------------------------------------------
@@ -311,7 +219,7 @@ def _layout(profile: TemplateProfile, messages: list[_Message], turns: list[int]
         real.append({"role": m.role, "content": m.content()})
         marked.append({"role": m.role, "content": m.content(marks)})
     try:
-        skeleton, text = _apply(profile, marked, real)
+        skeleton, text = apply_template(profile, marked, real)
     except TemplateError as err:
         raise TemplateError(f"sample {sample_id}: {err}") from None
     if _SENTINELS.findall(skeleton) != sentinels:
