@@ -33,6 +33,9 @@ def _child(kind: str, path: Path) -> None:
     """Runs in the child process: one measurement, printed as JSON."""
     if hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})  # one core
+    if kind.startswith("build-"):
+        _child_build(kind, path)
+        return
     if kind == "twinlm":
         from twinlm.corpus.db import Corpus
         from twinlm.ingest import ingest
@@ -96,6 +99,67 @@ def _child(kind: str, path: Path) -> None:
     print(json.dumps({"messages": messages, "seconds": seconds, "peak_rss_mb": peak_mb}))
 
 
+def _child_build(kind: str, workspace: Path) -> None:
+    """Build the dataset of the benchmark workspace; batched tokenization or one sample per call."""
+    from twinlm.config import BuildConfig, TwinConfig
+    from twinlm.corpus.db import Corpus
+    from twinlm.prepare.build import build
+
+    config = TwinConfig(build=BuildConfig(model="tiny"))  # the Telegram exporter is `me`
+    with Corpus(workspace / "corpus.db") as corpus:
+        messages = corpus.count("messages")
+        start = time.perf_counter()
+        result = build(
+            config, corpus, workspace / f"data-{kind}", render_batch_size=1 if "per-sample" in kind else 256
+        )
+        seconds = time.perf_counter() - start
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    samples = sum(result.samples.values())
+    print(json.dumps({"messages": messages, "seconds": seconds, "peak_rss_mb": peak_mb, "samples": samples}))
+
+
+def _build_workspace(export: Path) -> Path:
+    """A workspace whose corpus holds `export` (made once, cached) and the tiny tokenizer."""
+    from twinlm.corpus.db import Corpus
+    from twinlm.ingest import ingest
+    from twinlm.model import ParseOptions
+    from twinlm.models import resolve_model
+
+    workspace = DATA / f"build-{export.stem}"
+    if not (workspace / "corpus.db").exists():
+        print(f"ingesting {export.name} for the build benchmark ...", file=sys.stderr, flush=True)
+        tmp = workspace.with_suffix(".partial")
+        tmp.mkdir(parents=True, exist_ok=True)
+        with Corpus(tmp / "corpus.db") as corpus:
+            ingest([export], corpus, ParseOptions(timezone="UTC"))
+        tmp.rename(workspace)
+    resolve_model("tiny", workspace)
+    return workspace
+
+
+def _build_section(export: Path, quick: bool) -> list[str]:
+    workspace = _build_workspace(export)
+    batched = _measure("build-batched", workspace)
+    single = _measure("build-per-sample", workspace)
+    lines = [
+        f"### Build, {datetime.now(UTC).date()} ({_cpu_name()}, Python {platform.python_version()}"
+        f"{', QUICK' if quick else ''})",
+        "",
+        f"Corpus: {batched['messages']:,} messages (the Telegram full export above); tiny tokenizer; "
+        f"{batched['samples']:,} samples out.",
+        "",
+        "| tokenization | messages/s | samples/s | seconds | peak RSS |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for label, r in (("batched (256 texts per call)", batched), ("per-sample loop (baseline)", single)):
+        lines.append(
+            f"| {label} | {r['messages'] / r['seconds']:,.0f} | {r['samples'] / r['seconds']:,.0f} "
+            f"| {r['seconds']:,.1f} | {r['peak_rss_mb']:,.0f} MiB |"
+        )
+    lines.append(f"\nBatched / per-sample: {single['seconds'] / batched['seconds']:.2f}x.")
+    return lines
+
+
 def _measure(kind: str, path: Path) -> dict[str, float]:
     proc = subprocess.run(
         [sys.executable, __file__, "--child", kind, str(path)], capture_output=True, text=True, check=False
@@ -122,6 +186,7 @@ def main() -> None:
     )
     parser.add_argument("--quick", action="store_true", help="small inputs: a smoke run, not a measurement")
     parser.add_argument("--record", action="store_true", help="append the results to benchmarks/RESULTS.md")
+    parser.add_argument("--only", choices=("ingest", "build"), help="run one section only")
     parser.add_argument("--child", nargs=2, metavar=("KIND", "PATH"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -157,24 +222,29 @@ def main() -> None:
             _dataset(f"telegram-single-{n_big}.json", lambda p: write_telegram_export(p, n_big)),
         ),
     ]
-    lines = [
-        f"### Ingest, {datetime.now(UTC).date()} ({platform.processor() or platform.machine()}, "
-        f"{_cpu_name()}, Python {platform.python_version()}{', QUICK' if args.quick else ''})",
-        "",
-        "| input | size | twinlm msg/s | twinlm peak RSS | baseline msg/s | baseline peak RSS "
-        "| speed ratio |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
-    ]
-    for title, baseline_kind, path in cases:
-        ours = _measure("twinlm", path)
-        base = _measure(baseline_kind, path)
-        rate, base_rate = ours["messages"] / ours["seconds"], base["messages"] / base["seconds"]
-        size_mib = path.stat().st_size / 2**20
-        lines.append(
-            f"| {title} | {size_mib:,.0f} MiB | {rate:,.0f} | {ours['peak_rss_mb']:,.0f} MiB "
-            f"| {base_rate:,.0f} | {base['peak_rss_mb']:,.0f} MiB | {rate / base_rate:.2f}x |"
-        )
-        print(lines[-1], flush=True)
+    lines: list[str] = []
+    if args.only in (None, "ingest"):
+        lines += [
+            f"### Ingest, {datetime.now(UTC).date()} ({platform.processor() or platform.machine()}, "
+            f"{_cpu_name()}, Python {platform.python_version()}{', QUICK' if args.quick else ''})",
+            "",
+            "| input | size | twinlm msg/s | twinlm peak RSS | baseline msg/s | baseline peak RSS "
+            "| speed ratio |",
+            "| --- | --- | --- | --- | --- | --- | --- |",
+        ]
+        for title, baseline_kind, path in cases:
+            ours = _measure("twinlm", path)
+            base = _measure(baseline_kind, path)
+            rate, base_rate = ours["messages"] / ours["seconds"], base["messages"] / base["seconds"]
+            size_mib = path.stat().st_size / 2**20
+            lines.append(
+                f"| {title} | {size_mib:,.0f} MiB | {rate:,.0f} | {ours['peak_rss_mb']:,.0f} MiB "
+                f"| {base_rate:,.0f} | {base['peak_rss_mb']:,.0f} MiB | {rate / base_rate:.2f}x |"
+            )
+            print(lines[-1], flush=True)
+        lines.append("")
+    if args.only in (None, "build"):
+        lines += _build_section(cases[0][2], args.quick)
     table = "\n".join(lines) + "\n"
     print("\n" + table)
     if args.record:

@@ -96,9 +96,15 @@ def test_same_corpus_and_config_give_byte_identical_outputs(
 def test_bad_persona_gets_one_clear_error(
     corpus: Corpus, tokenizer_dir: Callable[[str], Path], tmp_path: Path
 ) -> None:
-    with pytest.raises(TwinError, match=r"no samples.*build\.targets"):
+    with pytest.raises(TwinError, match=r"build\.targets: 'Nobody Here' never speak in the corpus"):
         build(
             config(tokenizer_dir("chatml"), targets=["Nobody Here"], documents={"enabled": False}),
+            corpus,
+            tmp_path / "d",
+        )
+    with pytest.raises(TwinError, match=r"the build produced no samples.*build\.targets"):
+        build(
+            config(tokenizer_dir("chatml"), sources=["documents"], documents={"enabled": False}),
             corpus,
             tmp_path / "d",
         )

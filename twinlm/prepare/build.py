@@ -61,7 +61,12 @@ class BuildResult:
 
 
 def build(
-    config: TwinConfig, corpus: Corpus, out: Path, *, on_stage: Callable[[str], None] | None = None
+    config: TwinConfig,
+    corpus: Corpus,
+    out: Path,
+    *,
+    on_stage: Callable[[str], None] | None = None,
+    render_batch_size: int = 256,  # texts per tokenizer call; 1 is the per-sample baseline of `make bench`
 ) -> BuildResult:
     """Build the dataset for `config` from `corpus` into the folder `out` (replaced atomically by file)."""
     settings = config.build
@@ -77,8 +82,17 @@ def build(
     resolve = resolver(config, owners(corpus))
     me_name = config.me[0] if config.me else "me"
     samples: list[Sample] = []
+    speakers: set[str] = set()
     for chat in chats(corpus, resolve, counts, settings.sources or None):
+        speakers.update(line.speaker for line in chat.lines)
         samples.extend(_samples_of(chat, settings, me_name, counts))
+    if isinstance(settings.targets, list):
+        unknown = sorted(set(settings.targets) - speakers)
+        if unknown:
+            raise TwinError(
+                f"build.targets: {', '.join(map(repr, unknown))} never speak in the corpus; use names as "
+                "`twinlm people` shows them (or their canonical names from people: in twin.yaml)"
+            )
     if settings.teacher.enabled:
         stage("asking the teacher model for questions about the documents")
         chunks = [(s.id, s.turns[0].text) for s in samples if s.kind == "document"]
@@ -112,7 +126,9 @@ def build(
         chats_part = [s for s in part if not _is_completion(s)]
         rendered_rows = (
             (r.sample_id, r.input_ids, r.labels)
-            for r in render_many(chats_part, tokenizer, settings.max_length, counts)
+            for r in render_many(
+                chats_part, tokenizer, settings.max_length, counts, batch_size=render_batch_size
+            )
         )
         completions = (
             _completion(s, tokenizer, settings.max_length, counts) for s in part if _is_completion(s)
