@@ -1,0 +1,1 @@
+"""The train stage: data path, loss, model loading, the training loop."""
