@@ -146,6 +146,71 @@ class BuildConfig(BaseModel):
         return value
 
 
+class LoraConfig(BaseModel):
+    """LoRA adapter shape (methods lora, qlora, dora)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    r: int = Field(16, ge=1, description="Rank of the adapter matrices.")
+    alpha: float = Field(
+        32, gt=0, description="Scaling numerator (effective scale alpha/r, or alpha/sqrt(r) with rslora)."
+    )
+    dropout: float = Field(0.05, ge=0, lt=1, description="Dropout on the adapter's input.")
+    target_modules: str | list[str] = Field(
+        "all-linear",
+        description="Layers that get adapters: 'all-linear' or a list of module names (q_proj, ...).",
+    )
+    rslora: bool = Field(False, description="Rank-stabilised scaling (alpha/sqrt(r)): better at high ranks.")
+
+
+class TrainConfig(BaseModel):
+    """How the model is fine-tuned on the built dataset (`twinlm train`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    method: Literal["lora", "qlora", "dora", "full"] = Field(
+        "lora",
+        description="lora: small adapters on a frozen model; qlora: the same on a 4-bit model (least "
+        "memory); dora: weight-decomposed adapters; full: every weight (most memory, most capacity).",
+    )
+    lora: LoraConfig = Field(default_factory=LoraConfig, description=LoraConfig.__doc__ or "")
+    learning_rate: float | None = Field(
+        None, gt=0, description="Peak learning rate. Empty: 2e-4 for adapters, 1e-5 for full fine-tuning."
+    )
+    epochs: float = Field(2.0, gt=0, description="Passes over the training split (fractions allowed).")
+    max_steps: int = Field(0, ge=0, description="Stop after this many optimizer steps (0: run all epochs).")
+    batch_tokens: int = Field(
+        4096, ge=64, description="Tokens per micro-batch: samples are packed into rows of at most this many."
+    )
+    grad_accum: int = Field(4, ge=1, description="Micro-batches per optimizer step.")
+    lr_scheduler: Literal["cosine", "linear", "constant"] = Field(
+        "cosine", description="Learning-rate schedule after warmup."
+    )
+    warmup_ratio: float = Field(
+        0.03, ge=0, lt=1, description="Share of the steps spent warming up the learning rate."
+    )
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
+    max_grad_norm: float = Field(1.0, gt=0, description="Gradients are clipped to this norm.")
+    eval_every: int = Field(50, ge=1, description="Optimizer steps between eval-loss measurements.")
+    save_every: int = Field(100, ge=1, description="Optimizer steps between checkpoints.")
+    keep_last: int = Field(2, ge=1, description="Checkpoints kept besides the best one.")
+    log_every: int = Field(10, ge=1, description="Optimizer steps between training-loss log lines.")
+    seed: int = Field(42, description="Seed for initialisation, data order and dropout.")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        "auto", description="auto: bf16 on a GPU that supports it, else fp32 (bf16 is ~13x slower on CPUs)."
+    )
+    attention: Literal["auto", "sdpa", "eager", "flash_attention_2"] = Field(
+        "auto", description="Attention kernel. auto: flash_attention_2 when installed on a GPU, else sdpa."
+    )
+    packing: bool = Field(
+        True,
+        description="Pack samples into full rows (no attention across samples); off: length-grouped padding.",
+    )
+    gradient_checkpointing: bool = Field(
+        False, description="Recompute activations in the backward pass: less memory, ~25% slower."
+    )
+
+
 class TwinConfig(BaseModel):
     """One twin: whose history it is, who is who, and how each stage runs."""
 
@@ -166,6 +231,7 @@ class TwinConfig(BaseModel):
     )
     ingest: IngestConfig = Field(default_factory=IngestConfig, description=IngestConfig.__doc__ or "")
     build: BuildConfig = Field(default_factory=BuildConfig, description=BuildConfig.__doc__ or "")
+    train: TrainConfig = Field(default_factory=TrainConfig, description=TrainConfig.__doc__ or "")
 
     @field_validator("me")
     @classmethod

@@ -1,18 +1,28 @@
-"""The `tiny` preset: a small tokenizer (and, with training, a small model) made on this machine.
+"""The `tiny` preset: a small tokenizer and a small random-initialised model made on this machine.
 
 It lets the whole pipeline run on a CPU in seconds, with no download: the demo, the tests and a
 quick check of a new dataset. The tokenizer is a byte-level BPE (any text, emoji included, encodes
 without unknown tokens) trained on generated multilingual text, with a ChatML chat template that
-accepts any speaker name as a role.
+accepts any speaker name as a role. The model is a 2-layer causal LM of a real architecture
+(Mistral, Llama or Qwen2), so training, merging and GGUF export run the same code paths as on the
+real models, only smaller.
 """
 
 from __future__ import annotations
 
+import os
 import random
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING, Literal
 
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedConfig, PreTrainedModel
 
 from twinlm.files import write_atomic
 
@@ -86,8 +96,104 @@ def build_tiny_tokenizer(folder: Path) -> Path:
     return folder
 
 
-def ensure_tiny(folder: Path) -> Path:
-    """The tiny preset's folder, built on first use."""
+TinyArch = Literal["mistral", "llama", "qwen2"]
+ARCHITECTURES: tuple[TinyArch, ...] = ("mistral", "llama", "qwen2")
+# Small enough that a training step takes milliseconds on a CPU, shaped like the real models:
+# grouped-query attention (4 query heads sharing 2 KV heads), separate input/output embeddings.
+HIDDEN_SIZE = 64
+INTERMEDIATE_SIZE = 128
+NUM_LAYERS = 2
+NUM_HEADS = 4
+NUM_KV_HEADS = 2
+MAX_POSITIONS = 4096
+
+
+def _config(arch: TinyArch, tokenizer: PreTrainedTokenizerFast) -> PreTrainedConfig:
+    """The transformers config of a tiny model of `arch` whose vocabulary is `tokenizer`'s."""
+    # Imported here: the tokenizer-only callers (build, validate) should not pay for torch models.
+    from transformers import LlamaConfig, MistralConfig, Qwen2Config
+
+    common = {
+        "vocab_size": len(tokenizer),  # includes the added special tokens
+        "hidden_size": HIDDEN_SIZE,
+        "intermediate_size": INTERMEDIATE_SIZE,
+        "num_hidden_layers": NUM_LAYERS,
+        "num_attention_heads": NUM_HEADS,
+        "num_key_value_heads": NUM_KV_HEADS,
+        "max_position_embeddings": MAX_POSITIONS,
+        "tie_word_embeddings": False,
+        # The tokenizer adds no BOS; EOS is the end of a chat turn, as in ChatML models.
+        "bos_token_id": None,
+        "eos_token_id": tokenizer.eos_token_id,
+        "pad_token_id": tokenizer.pad_token_id,
+    }
+    if arch == "mistral":
+        # Mistral v0.3 has no sliding window; keep the tiny one the same so packing behaves alike.
+        return MistralConfig(sliding_window=None, **common)
+    if arch == "llama":
+        return LlamaConfig(**common)
+    if arch == "qwen2":
+        return Qwen2Config(use_sliding_window=False, **common)
+    raise ValueError(f"unknown tiny architecture {arch!r}; expected one of {', '.join(ARCHITECTURES)}")
+
+
+def _model_class(arch: TinyArch) -> type[PreTrainedModel]:
+    from transformers import LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM
+
+    classes: dict[str, type[PreTrainedModel]] = {
+        "mistral": MistralForCausalLM,
+        "llama": LlamaForCausalLM,
+        "qwen2": Qwen2ForCausalLM,
+    }
+    return classes[arch]
+
+
+def build_tiny_model(folder: Path, arch: TinyArch = "mistral", seed: int = 0) -> Path:
+    """Write a random-initialised tiny causal LM of `arch` (safetensors) and the tiny tokenizer
+    into `folder`. The same seed gives byte-identical weights; the global RNG is left untouched."""
+    import torch
+
+    config = _config(arch, _ensure_tokenizer(folder))
+    # fork_rng: tests and training seed the global RNG themselves; building a model must not shift it.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = _model_class(arch)(config)
+    # Written next to the folder, then moved in with config.json last: `ensure_tiny` treats
+    # config.json as "the model is complete", so a killed build never looks finished.
+    with tempfile.TemporaryDirectory(prefix=".tiny-model-", dir=folder.parent) as tmp:
+        with _no_progress_bars():  # a one-shard write needs no bar in the CLI's output
+            model.save_pretrained(tmp)  # transformers 5 always writes safetensors
+        names = sorted(os.listdir(tmp), key=lambda name: name == "config.json")
+        for name in names:
+            os.replace(Path(tmp) / name, folder / name)
+    return folder
+
+
+@contextmanager
+def _no_progress_bars() -> Iterator[None]:
+    from transformers.utils import logging
+
+    enabled = logging.is_progress_bar_enabled()
+    logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if enabled:
+            logging.enable_progress_bar()
+
+
+def _ensure_tokenizer(folder: Path) -> PreTrainedTokenizerFast:
     if not (folder / "TWINLM-TINY").is_file():
         build_tiny_tokenizer(folder)
+    tokenizer = PreTrainedTokenizerFast.from_pretrained(folder)
+    assert isinstance(tokenizer, PreTrainedTokenizerFast)
+    return tokenizer
+
+
+def ensure_tiny(folder: Path) -> Path:
+    """The tiny preset's folder (tokenizer and Mistral-architecture weights), built on first use."""
+    if not (folder / "TWINLM-TINY").is_file():
+        build_tiny_tokenizer(folder)
+    if not (folder / "config.json").is_file():
+        build_tiny_model(folder, "mistral")
     return folder
