@@ -74,4 +74,4 @@ def main(
 
 
 # Registers the commands on `app` (imported last: they use the helpers above).
-from twinlm.cli import corpus, data  # noqa: E402, F401
+from twinlm.cli import corpus, data, train  # noqa: E402, F401

@@ -1,0 +1,145 @@
+"""The training loop end to end on tiny models: it learns, and a killed run resumes exactly."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import orjson
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from twinlm.config import BuildConfig, TrainConfig, TwinConfig
+from twinlm.corpus.db import Corpus
+from twinlm.ingest import ingest
+from twinlm.model import ParseOptions
+from twinlm.models.tiny import build_tiny_model, ensure_tiny
+from twinlm.prepare.build import build
+from twinlm.train.loop import train
+
+CLEAN = {"low_quality_sessions": False, "conversation_enders": "off", "non_replies": False}
+
+
+def make_workspace(root: Path, arch: str) -> TwinConfig:
+    """A learnable chat set: 10 chats (the train/eval split is by chat) of 3 sessions of one pattern."""
+    exports = root / "exports"
+    exports.mkdir()
+    for who in ("Mom", "Dad", "Sam", "Priya", "Jo", "Kim", "Lee", "Max", "Ana", "Ben"):
+        lines = []
+        for day in range(1, 4):
+            lines.append(f"{day:02d}/03/2024, 18:00 - {who}: Did you eat dinner today?")
+            lines.append(f"{day:02d}/03/2024, 18:01 - Alex Rivera: yes, pasta with tomato sauce again")
+            lines.append(f"{day:02d}/03/2024, 18:02 - {who}: Good, call me on sunday please")
+            lines.append(f"{day:02d}/03/2024, 18:03 - Alex Rivera: sure, sunday evening works for me")
+        (exports / f"WhatsApp Chat with {who}.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    model_dir = root / "models" / f"tiny-{arch}"
+    ensure_tiny(model_dir)  # tokenizer (+ mistral weights)
+    if arch != "mistral":
+        build_tiny_model(model_dir, arch)
+    config = TwinConfig(
+        me=["Alex Rivera"],
+        build=BuildConfig(model=str(model_dir), eval_fraction=0.2, max_length=256, clean=CLEAN),
+    )
+    with Corpus(root / "corpus.db") as corpus:
+        assert not ingest([exports], corpus, ParseOptions(timezone="UTC")).failed
+        build(config, corpus, root / "data")
+    return config
+
+
+def settings(method: str, steps: int = 30, **extra: object) -> TrainConfig:
+    values: dict[str, object] = {
+        "method": method,
+        "max_steps": steps,
+        "batch_tokens": 256,
+        "grad_accum": 1,
+        "learning_rate": 1e-2,
+        "warmup_ratio": 0.0,
+        "eval_every": steps,
+        "save_every": steps,
+        "log_every": 1,
+        "lr_scheduler": "constant",
+    }
+    return TrainConfig(**(values | extra))
+
+
+@pytest.fixture(scope="module")
+def workspaces(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, TwinConfig]]:
+    made = {}
+    for arch in ("mistral", "llama", "qwen2"):
+        root = tmp_path_factory.mktemp(arch)
+        made[arch] = (root, make_workspace(root, arch))
+    return made
+
+
+@pytest.mark.parametrize(
+    ("arch", "method"),
+    [
+        ("mistral", "lora"),
+        ("mistral", "qlora"),
+        ("mistral", "full"),
+        ("llama", "lora"),
+        ("qwen2", "lora"),
+        ("llama", "full"),
+        ("qwen2", "qlora"),
+    ],
+)
+def test_training_lowers_the_eval_loss(workspaces: dict, arch: str, method: str) -> None:
+    root, config = workspaces[arch]
+    result = train(config.model_copy(update={"train": settings(method)}), root, f"{method}")
+    assert result.first_eval_loss is not None and result.last_eval_loss is not None
+    # 4-bit weights of a 64-wide random model are coarse: QLoRA learns, more slowly.
+    assert result.last_eval_loss < (0.95 if method == "qlora" else 0.9) * result.first_eval_loss, (
+        result.first_eval_loss,
+        result.last_eval_loss,
+    )
+    if method == "full":
+        assert result.trainable_params == result.total_params
+    else:
+        assert 0 < result.trainable_params < result.total_params
+    run = result.run_dir
+    assert {"config.json", "build.json", "tokenizer", "metrics.jsonl", "loss.png", "final"} <= {
+        p.name for p in run.iterdir()
+    }
+    assert (run / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def _events(run: Path) -> list[dict]:
+    events = [orjson.loads(line) for line in (run / "metrics.jsonl").read_bytes().splitlines()]
+    return [{k: v for k, v in e.items() if k not in ("time", "tokens_per_s")} for e in events]
+
+
+def test_a_killed_run_resumes_to_the_same_weights_and_metrics(workspaces: dict) -> None:
+    root, config = workspaces["mistral"]
+    cfg = config.model_copy(update={"train": settings("lora", steps=8, save_every=2, eval_every=2)})
+    whole = train(cfg, root, "whole")
+    # The same run in a child process, SIGKILLed in the middle of step 5 (after checkpoint 4).
+    script = textwrap.dedent(f"""
+        import os, signal, sys
+        from pathlib import Path
+        from twinlm.config import TwinConfig
+        from twinlm.train.loop import train
+        cfg = TwinConfig.model_validate_json({cfg.model_dump_json()!r})
+        def kill(step, total, loss, speed):
+            if step == 5:
+                os.kill(os.getpid(), signal.SIGKILL)
+        train(cfg, Path({str(root)!r}), "killed", on_step=kill)
+    """)
+    proc = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
+    resumed = train(cfg, root, "killed", resume=True)
+    assert resumed.steps == whole.steps == 8
+    a = load_file(whole.run_dir / "final" / "adapter_model.safetensors")
+    b = load_file(resumed.run_dir / "final" / "adapter_model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert _events(resumed.run_dir) == _events(whole.run_dir)

@@ -1,0 +1,82 @@
+"""Training commands: train (and --resume)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import orjson
+import typer
+from pydantic import ValidationError
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from twinlm.cli import AsJson, Workspace, _help, _user_errors, app, err, out
+from twinlm.config import TrainConfig
+from twinlm.errors import TwinError
+from twinlm.workspace import open_workspace
+
+
+@app.command("train")
+@_user_errors
+def train_command(
+    workspace: Workspace = Path("."),
+    name: Annotated[
+        str | None, typer.Option(help="Run name (folder under runs/). Default: run-<time>.")
+    ] = None,
+    resume: Annotated[
+        bool, typer.Option(help="Continue a run from its last checkpoint (the latest run if no --name).")
+    ] = False,
+    method: Annotated[str | None, typer.Option(help=_help(TrainConfig, "method"))] = None,
+    max_steps: Annotated[int | None, typer.Option(help=_help(TrainConfig, "max_steps"))] = None,
+    as_json: AsJson = False,
+) -> None:
+    """Fine-tune the base model on the built dataset (data/) into runs/NAME: checkpoints, metrics.jsonl,
+    loss.png and the final weights (the adapter for LoRA methods)."""
+    from twinlm.train.loop import train
+
+    ws = open_workspace(workspace)
+    update = {k: v for k, v in {"method": method, "max_steps": max_steps}.items() if v is not None}
+    try:
+        settings = TrainConfig.model_validate({**ws.config.train.model_dump(), **update})
+    except ValidationError as e:
+        first = e.errors()[0]
+        raise TwinError(f"--{str(first['loc'][0]).replace('_', '-')}: {first['msg']}") from None
+    config = ws.config.model_copy(update={"train": settings})
+    with Progress(
+        TextColumn("[bold]training"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.description}"),
+        TimeRemainingColumn(),
+        console=err,
+        transient=True,
+        disable=as_json,
+    ) as progress:
+        task = progress.add_task("", total=None)
+
+        def show(step: int, total: int, loss: float, speed: float) -> None:
+            progress.update(
+                task, completed=step, total=total, description=f"loss {loss:.3f}, {speed:,.0f} tok/s"
+            )
+
+        result = train(config, ws.root, name, resume=resume, on_step=show)
+    summary = {
+        "run": str(result.run_dir),
+        "steps": result.steps,
+        "first_eval_loss": result.first_eval_loss,
+        "last_eval_loss": result.last_eval_loss,
+        "trainable_params": result.trainable_params,
+        "total_params": result.total_params,
+    }
+    if as_json:
+        typer.echo(orjson.dumps(summary, option=orjson.OPT_INDENT_2).decode())
+        return
+    out.print(
+        f"Trained {result.trainable_params:,} of {result.total_params:,} parameters for {result.steps} steps "
+        f"into {result.run_dir}."
+    )
+    if result.first_eval_loss is not None and result.last_eval_loss is not None:
+        out.print(
+            f"Eval loss {result.first_eval_loss:.3f} -> {result.last_eval_loss:.3f}; curve: "
+            f"{result.run_dir / 'loss.png'}"
+        )

@@ -1,0 +1,334 @@
+"""`twinlm train`: fine-tune the base model on the built dataset, resumable at every checkpoint.
+
+A plain torch loop, not the HF Trainer: the fixed per-step overhead of the Trainer dominates small
+models (measured ~2x on the tiny model, STACK-NOTES.md), and the loss must be the mean over the
+trained tokens of the whole accumulation window, which the Trainer does not compute. Top to bottom:
+the run folder -> the model (peft adapters or full) -> packed batches -> for each optimizer step, the
+window's trained tokens counted first, each micro-batch's loss sum divided by that count -> eval,
+metrics, checkpoint -> the final weights and the loss curve.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import shutil
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import orjson
+import torch
+
+from twinlm.config import TwinConfig
+from twinlm.errors import TwinError
+from twinlm.files import write_atomic
+from twinlm.models import resolve_model
+from twinlm.models.load import LoraSettings, load_model
+from twinlm.models.presets import get_preset
+from twinlm.train.checkpoint import (
+    TrainState,
+    latest_checkpoint,
+    load_checkpoint,
+    prune_checkpoints,
+    save_checkpoint,
+)
+from twinlm.train.data import Example, collate_packed, collate_padded, group_by_length, load_split, pack
+from twinlm.train.loss import token_loss_sum, window_token_count
+from twinlm.train.metrics import MetricsLog, plot_loss
+
+
+@dataclass(slots=True)
+class TrainResult:
+    run_dir: Path
+    steps: int
+    first_eval_loss: float | None
+    last_eval_loss: float | None
+    trainable_params: int
+    total_params: int
+
+
+StepCallback = Callable[[int, int, float, float], None]  # (step, total steps, train loss, tokens/s)
+
+
+def train(
+    config: TwinConfig,
+    workspace: Path,
+    run_name: str | None = None,
+    *,
+    resume: bool = False,
+    on_step: StepCallback | None = None,
+) -> TrainResult:
+    """Fine-tune on `workspace`/data into `workspace`/runs/<run_name>; with `resume`, continue it."""
+    settings = config.train
+    data_dir = workspace / "data"
+    if not (data_dir / "build.json").is_file():
+        raise TwinError(f"{data_dir}: no dataset; run `twinlm build` first")
+    info = orjson.loads((data_dir / "build.json").read_bytes())
+    run_dir = _run_dir(workspace, run_name, resume)
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    dtype = _dtype(settings.precision, device)
+    preset = get_preset(info["model"])
+    attention = _attention(settings.attention, device, preset.attn_implementation if preset else None)
+    adapters = settings.method != "full"
+    lr = settings.learning_rate or (preset.lr(settings.method) if preset else (2e-4 if adapters else 1e-5))
+
+    random.seed(settings.seed)
+    torch.manual_seed(settings.seed)  # adapter initialisation is random: seed it before loading
+    model_path = resolve_model(info["model"], workspace)
+    lora = settings.lora
+    model, trainable, total = load_model(
+        model_path,
+        settings.method,
+        lora=LoraSettings(lora.r, lora.alpha, lora.dropout, lora.target_modules, lora.rslora),
+        dtype=dtype,
+        device=device,
+        attn_implementation=attention,
+        trust_remote_code=config.build.trust_remote_code,
+        gradient_checkpointing=settings.gradient_checkpointing,
+    )
+    model.train()
+    if not resume:
+        _describe_run(run_dir, config, data_dir, info, lr, attention, str(dtype), trainable, total)
+
+    train_set, eval_set = load_split(data_dir, "train"), load_split(data_dir, "eval")
+    if not train_set:
+        raise TwinError(f"{data_dir / 'train.parquet'}: no training samples; build the dataset again")
+    pad_id = _pad_id(data_dir)
+    window = _sliding_window(model)
+
+    def order(epoch: int) -> list[list[int]]:
+        group = pack if settings.packing else group_by_length
+        return group(train_set, settings.batch_tokens, settings.seed, epoch)
+
+    def collate(examples: list[Example]) -> dict[str, torch.Tensor]:
+        if settings.packing:
+            return collate_packed(examples, attention, dtype, window)
+        return collate_padded(examples, pad_id)
+
+    steps_per_epoch = math.ceil(len(order(0)) / settings.grad_accum)
+    total_steps = settings.max_steps or max(1, math.ceil(settings.epochs * steps_per_epoch))
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=settings.weight_decay)
+    from transformers import get_scheduler
+
+    scheduler = get_scheduler(
+        settings.lr_scheduler,
+        optimizer,
+        num_warmup_steps=int(settings.warmup_ratio * total_steps),
+        num_training_steps=total_steps,
+    )
+    state = TrainState(data_seed=settings.seed)
+    checkpoint = latest_checkpoint(run_dir) if resume else None
+    if checkpoint is not None:
+        state = load_checkpoint(checkpoint, model, optimizer, scheduler)
+    metrics = MetricsLog(run_dir, resume_step=state.step if resume else None)
+    first_eval = _first_eval(run_dir) if resume else None
+    last_eval: float | None = None
+
+    def evaluate() -> float | None:
+        if not eval_set:
+            return None
+        _eval_mode(model)
+        loss_sum, count = 0.0, 0
+        with torch.no_grad():
+            for indices in pack(eval_set, settings.batch_tokens, settings.seed, 0):
+                batch = collate([eval_set[i] for i in indices])
+                labels = batch.pop("labels")
+                logits = model(**_to(batch, device), use_cache=False).logits
+                part, n = token_loss_sum(logits, labels)
+                loss_sum, count = loss_sum + part.item(), count + n
+        model.train()
+        return loss_sum / count if count else None
+
+    if state.step == 0 and first_eval is None:
+        first_eval = evaluate()
+        if first_eval is not None:
+            metrics.log(0, "eval", first_eval)
+
+    while state.step < total_steps:
+        windows = _chunks(order(state.epoch), settings.grad_accum)
+        while state.batch_in_epoch < len(windows) and state.step < total_steps:
+            started = time.perf_counter()
+            micro = [collate([train_set[i] for i in indices]) for indices in windows[state.batch_in_epoch]]
+            state.batch_in_epoch += 1
+            n_window = window_token_count(micro)
+            if n_window == 0:
+                continue  # nothing trained in this window: no step
+            loss_sum, tokens = 0.0, 0
+            for batch in micro:
+                labels = batch.pop("labels")
+                logits = model(**_to(batch, device), use_cache=False).logits
+                part, _ = token_loss_sum(logits, labels)
+                (part / n_window).backward()
+                loss_sum, tokens = loss_sum + part.item(), tokens + int(batch["input_ids"].numel())
+            torch.nn.utils.clip_grad_norm_(params, settings.max_grad_norm)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            state.step += 1
+            state.tokens_seen += tokens
+            train_loss, speed = loss_sum / n_window, tokens / max(time.perf_counter() - started, 1e-9)
+            if on_step:
+                on_step(state.step, total_steps, train_loss, speed)
+            last = state.step == total_steps
+            # Everything about step K is logged before checkpoint K is saved (MetricsLog's resume rule).
+            if state.step % settings.log_every == 0 or last:
+                metrics.log(
+                    state.step,
+                    "train",
+                    train_loss,
+                    lr=scheduler.get_last_lr()[0],
+                    tokens_per_s=speed,
+                    tokens=state.tokens_seen,
+                )
+            if state.step % settings.eval_every == 0 or last:
+                last_eval = evaluate()
+                if last_eval is not None:
+                    metrics.log(state.step, "eval", last_eval)
+                    if state.best_eval_loss is None or last_eval < state.best_eval_loss:
+                        state.best_eval_loss, state.best_step = last_eval, state.step
+            if state.step % settings.save_every == 0 or last:
+                save_checkpoint(
+                    run_dir, state.step, model, optimizer, scheduler, state, adapter_only=adapters
+                )
+                prune_checkpoints(run_dir, settings.keep_last, state.best_step)
+        if state.batch_in_epoch >= len(windows):
+            state.epoch, state.batch_in_epoch = state.epoch + 1, 0
+
+    final = run_dir / "final"
+    shutil.rmtree(final, ignore_errors=True)
+    model.save_pretrained(final, safe_serialization=True)
+    plot_loss(run_dir)
+    write_atomic(
+        run_dir / "result.json",
+        orjson.dumps(
+            {
+                "steps": state.step,
+                "first_eval_loss": first_eval,
+                "last_eval_loss": last_eval,
+                "best_eval_loss": state.best_eval_loss,
+                "best_step": state.best_step,
+                "tokens_seen": state.tokens_seen,
+            },
+            option=orjson.OPT_INDENT_2,
+        ).decode()
+        + "\n",
+    )
+    return TrainResult(run_dir, state.step, first_eval, last_eval, trainable, total)
+
+
+def _run_dir(workspace: Path, name: str | None, resume: bool) -> Path:
+    runs = workspace / "runs"
+    if resume:
+        candidates = [runs / name] if name else sorted(runs.glob("*/"), key=lambda p: p.stat().st_mtime)
+        if not candidates or not (candidates[-1] / "config.json").is_file():
+            raise TwinError(f"nothing to resume in {runs}" + (f" named {name!r}" if name else ""))
+        return candidates[-1]
+    run_dir = runs / (name or datetime.now(UTC).strftime("run-%Y%m%d-%H%M%S"))
+    if run_dir.exists() and any(run_dir.iterdir()):
+        raise TwinError(
+            f"{run_dir}: a run with this name exists; pass --resume to continue it, or another --name"
+        )
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return run_dir
+
+
+def _describe_run(
+    run_dir: Path,
+    config: TwinConfig,
+    data_dir: Path,
+    info: dict[str, Any],
+    lr: float,
+    attention: str,
+    dtype: str,
+    trainable: int,
+    total: int,
+) -> None:
+    """The run folder describes itself: what config, dataset, tokenizer and template made it."""
+    description = {
+        "twinlm_run": 1,
+        "config": config.model_dump(mode="json"),
+        "dataset": str(data_dir),
+        "model": info["model"],
+        "template_style": info.get("template_style"),
+        "system_prompt_template": info.get("system_prompt_template"),
+        "me": info.get("me"),
+        "learning_rate": lr,
+        "attention": attention,
+        "dtype": dtype,
+        "trainable_params": trainable,
+        "total_params": total,
+    }
+    write_atomic(
+        run_dir / "config.json", orjson.dumps(description, option=orjson.OPT_INDENT_2).decode() + "\n"
+    )
+    shutil.copy(data_dir / "build.json", run_dir / "build.json")
+    shutil.copytree(data_dir / "tokenizer", run_dir / "tokenizer", dirs_exist_ok=True)
+
+
+def _dtype(precision: str, device: str) -> torch.dtype:
+    if precision == "auto":
+        return torch.bfloat16 if device == "cuda" and torch.cuda.is_bf16_supported() else torch.float32
+    return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+
+
+def _attention(choice: str, device: str, preset_choice: str | None) -> str:
+    if choice != "auto":
+        return choice
+    if preset_choice:
+        return preset_choice
+    if device == "cuda":
+        import importlib.util
+
+        if importlib.util.find_spec("flash_attn") is not None:
+            return "flash_attention_2"
+    return "sdpa"
+
+
+def _pad_id(data_dir: Path) -> int:
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(data_dir / "tokenizer")
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    return int(pad)
+
+
+def _sliding_window(model: Any) -> int | None:
+    config = getattr(model, "config", None)
+    window = getattr(config, "sliding_window", None)
+    return window if isinstance(window, int) and getattr(config, "use_sliding_window", True) else None
+
+
+def _first_eval(run_dir: Path) -> float | None:
+    from twinlm.train.metrics import read_metrics
+
+    for event in read_metrics(run_dir):
+        if event.get("split") == "eval" and event.get("step") == 0:
+            return event.get("loss")
+    return None
+
+
+def _eval_mode(model: Any) -> None:
+    """model.eval(), except bitsandbytes 4-bit layers: in eval mode under no_grad on a CPU with
+    AVX-512 bf16 they repack their weights for inference, for good, and the training step after
+    that fails on layers with a bias (Qwen2). They have no dropout, so their mode changes nothing else."""
+    model.eval()
+    bnb = sys.modules.get("bitsandbytes")
+    if bnb is not None:
+        for module in model.modules():
+            if isinstance(module, bnb.nn.Linear4bit):
+                module.training = True
+
+
+def _chunks(items: list[list[int]], size: int) -> list[list[list[int]]]:
+    return [items[i : i + size] for i in range(0, len(items), size)]
+
+
+def _to(batch: dict[str, torch.Tensor], device: str) -> dict[str, torch.Tensor]:
+    return {key: value.to(device) for key, value in batch.items()}
