@@ -36,6 +36,7 @@ demo: $(VENV)/.installed
 	$(BIN)/twinlm build -w $(DEMO) --model tiny --preview 2
 	$(BIN)/twinlm validate -w $(DEMO) --gpu "RTX 4090" --params-b 7.25 --method qlora
 	$(BIN)/twinlm export-data -w $(DEMO) --format openai
+	$(BIN)/twinlm train -w $(DEMO) --max-steps 20 --name demo
 
 test: $(VENV)/.dev-installed
 	$(BIN)/ruff check twinlm tests benchmarks
