@@ -3,11 +3,13 @@
 Each measurement runs in its own child process pinned to one core, so peak RSS is that run's own.
 The baseline is what a glue script does: load the whole file, loop over the messages, pull out
 author, time and text. twinlm's figure includes everything the baseline does not: detection,
-the full parser rules and the SQLite upsert.
+the full parser rules and the SQLite upsert. The build section times `twinlm build`; the train
+section (train_bench.py) times `twinlm train` against the naive HF Trainer recipe.
 
     python benchmarks/run.py            # full sizes (1M-message Telegram, 5,000-conversation ChatGPT, 1 GB)
     python benchmarks/run.py --quick    # small sizes, a smoke run
     python benchmarks/run.py --record   # also append the table to benchmarks/RESULTS.md
+    python benchmarks/run.py --only train  # one section: ingest, build or train
 """
 
 from __future__ import annotations
@@ -35,6 +37,11 @@ def _child(kind: str, path: Path) -> None:
         os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})  # one core
     if kind.startswith("build-"):
         _child_build(kind, path)
+        return
+    if kind.startswith("train-"):
+        from train_bench import child
+
+        child(kind, path)
         return
     if kind == "twinlm":
         from twinlm.corpus.db import Corpus
@@ -160,6 +167,21 @@ def _build_section(export: Path, quick: bool) -> list[str]:
     return lines
 
 
+def _train_section(quick: bool) -> list[str]:
+    """Tokens/s of `twinlm train` (packed) against the naive Trainer recipe: train_bench.py."""
+    from train_bench import section
+
+    from gen_telegram import write_telegram_export
+
+    n = 20_000  # ~1,200 chat sessions: enough for the timed steps, and the same at --quick
+    export = _dataset(f"telegram-{n}.json", lambda p: write_telegram_export(p, n, full=True))
+    header = (
+        f"### Train, {datetime.now(UTC).date()} ({_cpu_name()}, Python {platform.python_version()}"
+        f"{', QUICK' if quick else ''})"
+    )
+    return section(_build_workspace(export), quick, _measure, header)
+
+
 def _measure(kind: str, path: Path) -> dict[str, float]:
     proc = subprocess.run(
         [sys.executable, __file__, "--child", kind, str(path)], capture_output=True, text=True, check=False
@@ -186,7 +208,7 @@ def main() -> None:
     )
     parser.add_argument("--quick", action="store_true", help="small inputs: a smoke run, not a measurement")
     parser.add_argument("--record", action="store_true", help="append the results to benchmarks/RESULTS.md")
-    parser.add_argument("--only", choices=("ingest", "build"), help="run one section only")
+    parser.add_argument("--only", choices=("ingest", "build", "train"), help="run one section only")
     parser.add_argument("--child", nargs=2, metavar=("KIND", "PATH"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -245,6 +267,9 @@ def main() -> None:
         lines.append("")
     if args.only in (None, "build"):
         lines += _build_section(cases[0][2], args.quick)
+    if args.only in (None, "train"):
+        lines += [""] if lines else []
+        lines += _train_section(args.quick)
     table = "\n".join(lines) + "\n"
     print("\n" + table)
     if args.record:

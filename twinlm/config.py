@@ -199,8 +199,10 @@ class TrainConfig(BaseModel):
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
         "auto", description="auto: bf16 on a GPU that supports it, else fp32 (bf16 is ~13x slower on CPUs)."
     )
-    attention: Literal["auto", "sdpa", "eager", "flash_attention_2"] = Field(
-        "auto", description="Attention kernel. auto: flash_attention_2 when installed on a GPU, else sdpa."
+    attention: Literal["auto", "sdpa", "eager", "flash_attention_2", "twinlm_packed"] = Field(
+        "auto",
+        description="Attention kernel. auto: flash_attention_2 when installed on a GPU, else twinlm_packed "
+        "(SDPA per packed sample) when packing, else sdpa.",
     )
     packing: bool = Field(
         True,

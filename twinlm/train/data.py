@@ -40,7 +40,8 @@ from twinlm.errors import TwinError
 
 IGNORE_INDEX = -100
 # Attention implementations that take packed rows from position_ids alone (varlen kernels).
-VARLEN_ATTENTION = frozenset({"flash_attention_2", "flash_attention_3"})
+# Attention that finds sample bounds from position_ids itself ("twinlm_packed": twinlm.train.attention).
+VARLEN_ATTENTION = frozenset({"flash_attention_2", "flash_attention_3", "twinlm_packed"})
 
 
 @dataclass(frozen=True, slots=True, eq=False)  # eq off: arrays do not compare to one bool

@@ -30,6 +30,7 @@ from twinlm.files import write_atomic
 from twinlm.models import resolve_model
 from twinlm.models.load import LoraSettings, load_model
 from twinlm.models.presets import get_preset
+from twinlm.train import attention as packed_attention  # registers the "twinlm_packed" attention
 from twinlm.train.checkpoint import (
     TrainState,
     latest_checkpoint,
@@ -74,7 +75,9 @@ def train(
     device = "cuda" if torch.cuda.is_available() else "cpu"
     dtype = _dtype(settings.precision, device)
     preset = get_preset(info["model"])
-    attention = _attention(settings.attention, device, preset.attn_implementation if preset else None)
+    attention = _attention(
+        settings.attention, device, preset.attn_implementation if preset else None, settings.packing
+    )
     adapters = settings.method != "full"
     lr = settings.learning_rate or (preset.lr(settings.method) if preset else (2e-4 if adapters else 1e-5))
 
@@ -278,7 +281,7 @@ def _dtype(precision: str, device: str) -> torch.dtype:
     return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
 
 
-def _attention(choice: str, device: str, preset_choice: str | None) -> str:
+def _attention(choice: str, device: str, preset_choice: str | None, packing: bool) -> str:
     if choice != "auto":
         return choice
     if preset_choice:
@@ -288,7 +291,8 @@ def _attention(choice: str, device: str, preset_choice: str | None) -> str:
 
         if importlib.util.find_spec("flash_attn") is not None:
             return "flash_attention_2"
-    return "sdpa"
+    # Packed rows: SDPA per sample, not over a T x T mask (~3x faster on a CPU, twinlm.train.attention).
+    return packed_attention.NAME if packing else "sdpa"
 
 
 def _pad_id(data_dir: Path) -> int:
