@@ -10,7 +10,9 @@ metrics, checkpoint -> the final weights and the loss curve.
 
 from __future__ import annotations
 
+import contextlib
 import math
+import os
 import random
 import shutil
 import sys
@@ -70,9 +72,12 @@ def train(
     if not (data_dir / "build.json").is_file():
         raise TwinError(f"{data_dir}: no dataset; run `twinlm build` first")
     info = orjson.loads((data_dir / "build.json").read_bytes())
-    run_dir = _run_dir(workspace, run_name, resume)
+    rank, world = _distributed()
+    main = rank == 0
+    # Every process must use the same run folder: the main one picks it (a fresh name is a timestamp).
+    run_dir = _broadcast(_run_dir(workspace, run_name, resume) if main else None, world)
 
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}" if torch.cuda.is_available() else "cpu"
     dtype = _dtype(settings.precision, device)
     preset = get_preset(info["model"])
     attention = _attention(
@@ -96,7 +101,9 @@ def train(
         gradient_checkpointing=settings.gradient_checkpointing,
     )
     model.train()
-    if not resume:
+    # Several processes (`accelerate launch` / torchrun): DDP averages the gradients of the ranks.
+    forward = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
+    if not resume and main:
         _describe_run(run_dir, config, data_dir, info, lr, attention, str(dtype), trainable, total)
 
     train_set, eval_set = load_split(data_dir, "train"), load_split(data_dir, "eval")
@@ -114,7 +121,10 @@ def train(
             return collate_packed(examples, attention, dtype, window)
         return collate_padded(examples, pad_id)
 
-    steps_per_epoch = math.ceil(len(order(0)) / settings.grad_accum)
+    per_step = settings.grad_accum * world  # micro-batches per optimizer step, over all processes
+    steps_per_epoch = len(order(0)) // per_step if world > 1 else math.ceil(len(order(0)) / per_step)
+    if steps_per_epoch == 0:
+        raise TwinError(f"too few samples for {world} processes x grad_accum {settings.grad_accum}")
     total_steps = settings.max_steps or max(1, math.ceil(settings.epochs * steps_per_epoch))
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=settings.weight_decay)
@@ -130,7 +140,7 @@ def train(
     checkpoint = latest_checkpoint(run_dir) if resume else None
     if checkpoint is not None:
         state = load_checkpoint(checkpoint, model, optimizer, scheduler)
-    metrics = MetricsLog(run_dir, resume_step=state.step if resume else None)
+    metrics = MetricsLog(run_dir, resume_step=state.step if resume else None) if main else None
     first_eval = _first_eval(run_dir) if resume else None
     last_eval: float | None = None
 
@@ -140,36 +150,47 @@ def train(
         _eval_mode(model)
         loss_sum, count = 0.0, 0
         with torch.no_grad():
-            for indices in pack(eval_set, settings.batch_tokens, settings.seed, 0):
+            for indices in pack(eval_set, settings.batch_tokens, settings.seed, 0)[rank::world]:
                 batch = collate([eval_set[i] for i in indices])
                 labels = batch.pop("labels")
                 logits = model(**_to(batch, device), use_cache=False).logits
                 part, n = token_loss_sum(logits, labels)
                 loss_sum, count = loss_sum + part.item(), count + n
+        loss_sum, count = _sum_over_ranks(world, loss_sum, count)
         model.train()
         return loss_sum / count if count else None
 
     if state.step == 0 and first_eval is None:
         first_eval = evaluate()
-        if first_eval is not None:
+        if first_eval is not None and metrics:
             metrics.log(0, "eval", first_eval)
 
     while state.step < total_steps:
-        windows = _chunks(order(state.epoch), settings.grad_accum)
+        windows = _chunks(order(state.epoch), per_step)
+        if world > 1:
+            windows = windows[:steps_per_epoch]  # every process needs its share of every window
         while state.batch_in_epoch < len(windows) and state.step < total_steps:
             started = time.perf_counter()
-            micro = [collate([train_set[i] for i in indices]) for indices in windows[state.batch_in_epoch]]
+            mine = windows[state.batch_in_epoch][
+                rank * settings.grad_accum : (rank + 1) * settings.grad_accum
+            ]
+            micro = [collate([train_set[i] for i in indices]) for indices in mine]
             state.batch_in_epoch += 1
-            n_window = window_token_count(micro)
+            (n_window,) = _sum_over_ranks(world, window_token_count(micro))
             if n_window == 0:
                 continue  # nothing trained in this window: no step
             loss_sum, tokens = 0.0, 0
-            for batch in micro:
+            for k, batch in enumerate(micro):
                 labels = batch.pop("labels")
-                logits = model(**_to(batch, device), use_cache=False).logits
-                part, _ = token_loss_sum(logits, labels)
-                (part / n_window).backward()
+                # Gradients are exchanged once per step, on the last micro-batch.
+                sync = k == len(micro) - 1 or world == 1
+                with contextlib.nullcontext() if sync else forward.no_sync():
+                    logits = forward(**_to(batch, device), use_cache=False).logits
+                    part, _ = token_loss_sum(logits, labels)
+                    # DDP averages over ranks: scale back so the step follows the window's mean token loss.
+                    (part * world / n_window).backward()
                 loss_sum, tokens = loss_sum + part.item(), tokens + int(batch["input_ids"].numel())
+            loss_sum, tokens = _sum_over_ranks(world, loss_sum, tokens)
             torch.nn.utils.clip_grad_norm_(params, settings.max_grad_norm)
             optimizer.step()
             scheduler.step()
@@ -181,7 +202,7 @@ def train(
                 on_step(state.step, total_steps, train_loss, speed)
             last = state.step == total_steps
             # Everything about step K is logged before checkpoint K is saved (MetricsLog's resume rule).
-            if state.step % settings.log_every == 0 or last:
+            if metrics and (state.step % settings.log_every == 0 or last):
                 metrics.log(
                     state.step,
                     "train",
@@ -192,11 +213,11 @@ def train(
                 )
             if state.step % settings.eval_every == 0 or last:
                 last_eval = evaluate()
-                if last_eval is not None:
+                if last_eval is not None and metrics:
                     metrics.log(state.step, "eval", last_eval)
                     if state.best_eval_loss is None or last_eval < state.best_eval_loss:
                         state.best_eval_loss, state.best_step = last_eval, state.step
-            if state.step % settings.save_every == 0 or last:
+            if main and (state.step % settings.save_every == 0 or last):
                 save_checkpoint(
                     run_dir, state.step, model, optimizer, scheduler, state, adapter_only=adapters
                 )
@@ -204,6 +225,8 @@ def train(
         if state.batch_in_epoch >= len(windows):
             state.epoch, state.batch_in_epoch = state.epoch + 1, 0
 
+    if not main:
+        return TrainResult(run_dir, state.step, first_eval, last_eval, trainable, total)
     final = run_dir / "final"
     shutil.rmtree(final, ignore_errors=True)
     model.save_pretrained(final, safe_serialization=True)
@@ -224,6 +247,32 @@ def train(
         + "\n",
     )
     return TrainResult(run_dir, state.step, first_eval, last_eval, trainable, total)
+
+
+def _distributed() -> tuple[int, int]:
+    """(rank, world size): several processes when started by `accelerate launch` or torchrun."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not torch.distributed.is_initialized():
+        torch.distributed.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo")
+    return int(os.environ.get("RANK", "0")), world
+
+
+def _sum_over_ranks(world: int, *values: float) -> tuple[Any, ...]:
+    if world == 1:
+        return values
+    total = torch.tensor(values, dtype=torch.float64)
+    torch.distributed.all_reduce(total)
+    return tuple(
+        int(v) if isinstance(x, int) else float(v) for x, v in zip(values, total.tolist(), strict=True)
+    )
+
+
+def _broadcast(value: Any, world: int) -> Any:
+    if world == 1:
+        return value
+    box = [value]
+    torch.distributed.broadcast_object_list(box, src=0)
+    return box[0]
 
 
 def _run_dir(workspace: Path, name: str | None, resume: bool) -> Path:
