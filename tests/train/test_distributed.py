@@ -72,3 +72,30 @@ def test_two_processes_follow_the_single_process_loss_curve(tmp_path: Path) -> N
     assert [(s, k) for s, k, _ in got] == [(s, k) for s, k, _ in expected]
     for (_, _, a), (_, _, b) in zip(got, expected, strict=True):
         assert a == pytest.approx(b, rel=1e-4)
+
+
+def test_cli_gpus_option_relaunches_in_several_processes(tmp_path: Path) -> None:
+    from twinlm.config import render_config
+
+    config = make_workspace(tmp_path, "llama")
+    config = config.model_copy(update={"train": settings("lora", steps=2, eval_every=2, save_every=2)})
+    (tmp_path / "twin.yaml").write_text(render_config(config), encoding="utf-8")
+    twinlm = Path(sys.executable).parent / "twinlm"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "MASTER_PORT": str(_free_port())}
+    proc = subprocess.run(
+        [str(twinlm), "train", "-w", str(tmp_path), "--gpus", "2", "--name", "two", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "Training in 2 processes" in proc.stderr
+    run = tmp_path / "runs" / "two"
+    assert (run / "final" / "adapter_model.safetensors").is_file()
+    assert [e["step"] for e in map(orjson.loads, (run / "metrics.jsonl").read_bytes().splitlines())] == [
+        0,
+        1,
+        2,
+        2,
+    ]

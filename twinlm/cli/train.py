@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -28,12 +31,21 @@ def train_command(
     ] = False,
     method: Annotated[str | None, typer.Option(help=_help(TrainConfig, "method"))] = None,
     max_steps: Annotated[int | None, typer.Option(help=_help(TrainConfig, "max_steps"))] = None,
+    gpus: Annotated[
+        int,
+        typer.Option(
+            help="Processes to train with (one per GPU; on a CPU-only machine, CPU processes). "
+            "Relaunches through `accelerate launch`; the same as running that yourself."
+        ),
+    ] = 1,
     as_json: AsJson = False,
 ) -> None:
     """Fine-tune the base model on the built dataset (data/) into runs/NAME: checkpoints, metrics.jsonl,
     loss.png and the final weights (the adapter for LoRA methods)."""
     from twinlm.train.loop import train
 
+    if gpus > 1 and "WORLD_SIZE" not in os.environ:
+        raise typer.Exit(_relaunch(gpus))
     ws = open_workspace(workspace)
     update = {k: v for k, v in {"method": method, "max_steps": max_steps}.items() if v is not None}
     try:
@@ -80,3 +92,32 @@ def train_command(
             f"Eval loss {result.first_eval_loss:.3f} -> {result.last_eval_loss:.3f}; curve: "
             f"{result.run_dir / 'loss.png'}"
         )
+
+
+def _relaunch(processes: int) -> int:
+    """Run this same command in `processes` processes under `accelerate launch` (torchrun inside)."""
+    args = sys.argv[1:]
+    for i, arg in enumerate(args):  # drop --gpus N / --gpus=N
+        if arg == "--gpus":
+            del args[i : i + 2]
+            break
+        if arg.startswith("--gpus="):
+            del args[i]
+            break
+    command = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        "--num_processes",
+        str(processes),
+        "--num_machines",
+        "1",
+        "--dynamo_backend",
+        "no",
+        "--module",
+        "twinlm",
+        *args,
+    ]
+    err.print(f"Training in {processes} processes: {' '.join(command[2:])}", highlight=False)
+    return subprocess.run(command, check=False).returncode

@@ -74,6 +74,22 @@ def train(
     info = orjson.loads((data_dir / "build.json").read_bytes())
     rank, world = _distributed()
     main = rank == 0
+    train_set, eval_set = load_split(data_dir, "train"), load_split(data_dir, "eval")
+    if not train_set:
+        raise TwinError(f"{data_dir / 'train.parquet'}: no training samples; build the dataset again")
+
+    def order(epoch: int) -> list[list[int]]:
+        group = pack if settings.packing else group_by_length
+        return group(train_set, settings.batch_tokens, settings.seed, epoch)
+
+    per_step = settings.grad_accum * world  # micro-batches per optimizer step, over all processes
+    steps_per_epoch = len(order(0)) // per_step if world > 1 else math.ceil(len(order(0)) / per_step)
+    if steps_per_epoch == 0:
+        raise TwinError(
+            f"train: {len(order(0))} packed micro-batches per epoch, fewer than {world} process(es) x "
+            f"grad_accum {settings.grad_accum}: lower train.grad_accum or train.batch_tokens, or use fewer "
+            "processes"
+        )
     # Every process must use the same run folder: the main one picks it (a fresh name is a timestamp).
     run_dir = _broadcast(_run_dir(workspace, run_name, resume) if main else None, world)
 
@@ -106,25 +122,14 @@ def train(
     if not resume and main:
         _describe_run(run_dir, config, data_dir, info, lr, attention, str(dtype), trainable, total)
 
-    train_set, eval_set = load_split(data_dir, "train"), load_split(data_dir, "eval")
-    if not train_set:
-        raise TwinError(f"{data_dir / 'train.parquet'}: no training samples; build the dataset again")
     pad_id = _pad_id(data_dir)
     window = _sliding_window(model)
-
-    def order(epoch: int) -> list[list[int]]:
-        group = pack if settings.packing else group_by_length
-        return group(train_set, settings.batch_tokens, settings.seed, epoch)
 
     def collate(examples: list[Example]) -> dict[str, torch.Tensor]:
         if settings.packing:
             return collate_packed(examples, attention, dtype, window)
         return collate_padded(examples, pad_id)
 
-    per_step = settings.grad_accum * world  # micro-batches per optimizer step, over all processes
-    steps_per_epoch = len(order(0)) // per_step if world > 1 else math.ceil(len(order(0)) / per_step)
-    if steps_per_epoch == 0:
-        raise TwinError(f"too few samples for {world} processes x grad_accum {settings.grad_accum}")
     total_steps = settings.max_steps or max(1, math.ceil(settings.epochs * steps_per_epoch))
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=settings.weight_decay)
