@@ -211,6 +211,11 @@ class TrainConfig(BaseModel):
     gradient_checkpointing: bool = Field(
         False, description="Recompute activations in the backward pass: less memory, ~25% slower."
     )
+    report_to: Literal["none", "tensorboard", "wandb"] = Field(
+        "none",
+        description="Also send the metrics to TensorBoard (runs/NAME/tensorboard) or Weights & Biases (its "
+        "service, unless WANDB_MODE=offline). metrics.jsonl and loss.png are always written.",
+    )
 
 
 class TwinConfig(BaseModel):

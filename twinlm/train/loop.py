@@ -43,6 +43,7 @@ from twinlm.train.checkpoint import (
 from twinlm.train.data import Example, collate_packed, collate_padded, group_by_length, load_split, pack
 from twinlm.train.loss import token_loss_sum, window_token_count
 from twinlm.train.metrics import MetricsLog, plot_loss
+from twinlm.train.report import Reporter
 
 
 @dataclass(slots=True)
@@ -146,6 +147,13 @@ def train(
     if checkpoint is not None:
         state = load_checkpoint(checkpoint, model, optimizer, scheduler)
     metrics = MetricsLog(run_dir, resume_step=state.step if resume else None) if main else None
+    reporter = Reporter(settings.report_to, run_dir, config.model_dump(mode="json")) if main else None
+
+    def log(step: int, split: str, loss: float, **values: float | None) -> None:
+        if metrics is not None and reporter is not None:
+            metrics.log(step, split, loss, **values)
+            reporter.log(step, split, {"loss": loss, **values})
+
     first_eval = _first_eval(run_dir) if resume else None
     last_eval: float | None = None
 
@@ -167,8 +175,8 @@ def train(
 
     if state.step == 0 and first_eval is None:
         first_eval = evaluate()
-        if first_eval is not None and metrics:
-            metrics.log(0, "eval", first_eval)
+        if first_eval is not None:
+            log(0, "eval", first_eval)
 
     while state.step < total_steps:
         windows = _chunks(order(state.epoch), per_step)
@@ -207,8 +215,8 @@ def train(
                 on_step(state.step, total_steps, train_loss, speed)
             last = state.step == total_steps
             # Everything about step K is logged before checkpoint K is saved (MetricsLog's resume rule).
-            if metrics and (state.step % settings.log_every == 0 or last):
-                metrics.log(
+            if state.step % settings.log_every == 0 or last:
+                log(
                     state.step,
                     "train",
                     train_loss,
@@ -218,8 +226,8 @@ def train(
                 )
             if state.step % settings.eval_every == 0 or last:
                 last_eval = evaluate()
-                if last_eval is not None and metrics:
-                    metrics.log(state.step, "eval", last_eval)
+                if last_eval is not None:
+                    log(state.step, "eval", last_eval)
                     if state.best_eval_loss is None or last_eval < state.best_eval_loss:
                         state.best_eval_loss, state.best_step = last_eval, state.step
             if main and (state.step % settings.save_every == 0 or last):
@@ -230,6 +238,8 @@ def train(
         if state.batch_in_epoch >= len(windows):
             state.epoch, state.batch_in_epoch = state.epoch + 1, 0
 
+    if reporter is not None:
+        reporter.close()
     if not main:
         return TrainResult(run_dir, state.step, first_eval, last_eval, trainable, total)
     final = run_dir / "final"
