@@ -7,8 +7,10 @@ import pytest
 
 from twinlm.errors import ExportError
 from twinlm.model import Kind, Message, ParseOptions, ParseReport, Role
-from twinlm.sources import FORMATS, _common, parse
-from twinlm.sources._common import fix_mojibake, new_message, open_json, stable_id
+from twinlm.sources import FORMATS, _common, detect, parse
+from twinlm.sources._common import fix_mojibake, new_message, open_json, read_head, stable_id
+
+from testdata import REALDATA
 
 JSON_FORMATS = ["chatgpt", "discord", "telegram", "messenger"]
 
@@ -58,3 +60,29 @@ def test_new_message_is_the_dataclass_built_faster() -> None:
 def test_new_message_falls_back_to_the_constructor(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(_common, "_MESSAGE_FIELDS", ("id", "text"))
     assert _common._message_builder() is Message
+
+
+# The shared realdata folders, by the format their files are in (documents, the catch-all, is not
+# asked: it accepts any text, WhatsApp's included, and comes last in detection).
+REALDATA_FOLDERS = {
+    "chatgpt": "chatgpt",
+    "discord": "discord",
+    "telegram": "telegram",
+    "whatsapp": "whatsapp",
+    "messenger_instagram": "messenger",
+}
+REALDATA_FILES = (
+    sorted(p for p in REALDATA.rglob("*") if p.is_file() and p.parent.name in REALDATA_FOLDERS)
+    if REALDATA.is_dir()
+    else []
+)
+
+
+@pytest.mark.skipif(not REALDATA_FILES, reason="set TWINLM_EXTRA_EXPORTS to the shared realdata folder")
+@pytest.mark.parametrize("fmt", [name for name in FORMATS if name != "documents"])
+def test_each_parser_claims_exactly_its_own_realdata_files(fmt: str) -> None:
+    """Detection must not depend on the order of FORMATS: no parser claims another format's file."""
+    for path in REALDATA_FILES:
+        own = REALDATA_FOLDERS[path.parent.name] == fmt
+        assert FORMATS[fmt].looks_like(read_head(path), path) == own, path
+        assert (detect(path) == fmt) == own, path

@@ -19,7 +19,6 @@ from twinlm.sources import detect, discord
 from twinlm.sources._common import read_head
 
 from damage import damaged, parses_or_fails_cleanly
-from testdata import REALDATA
 
 FIXTURES = Path(__file__).parent.parent / "fixtures" / "discord"
 
@@ -265,23 +264,6 @@ def test_looks_like() -> None:
     assert not discord.looks_like('[{"guild": {"id": 1}, "channel": {"id": 2}}]', Path("x"))
     # A DCE header quoted inside a string of another export is escaped, so it does not match.
     assert not discord.looks_like('{"text": "{\\"guild\\": {\\"channel\\": {", "messages": []}', Path("x"))
-
-
-def _realdata_files() -> list[Path]:
-    if not REALDATA.is_dir():
-        return []
-    return sorted(p for p in REALDATA.rglob("*") if p.is_file() and p.name != "PROVENANCE.md")
-
-
-def test_detection_on_realdata() -> None:
-    files = _realdata_files()
-    if not files:
-        pytest.skip("no realdata folder")
-    for path in files:
-        mine = path.parent.name == "discord"
-        assert discord.looks_like(read_head(path), path) == mine, path
-        if mine:
-            assert detect(path) == "discord", path
 
 
 def test_detect_fixtures() -> None:

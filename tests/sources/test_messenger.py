@@ -17,7 +17,6 @@ from twinlm.sources import detect, messenger
 from twinlm.sources._common import read_head, stable_id
 
 from damage import damaged, parses_or_fails_cleanly
-from testdata import REALDATA
 
 FIXTURES = Path(__file__).parent.parent / "fixtures" / "messenger"
 SPLIT = FIXTURES / "split_thread"
@@ -248,23 +247,6 @@ def test_looks_like() -> None:
         '{"guild": {"id": "1"}, "channel": {"id": "2"}, "messages": []}', Path("x")
     )
     assert not messenger.looks_like('[{"participants": [], "sender_name": "a"}]', Path("x"))
-
-
-def _realdata_files() -> list[Path]:
-    if not REALDATA.is_dir():
-        return []
-    return sorted(p for p in REALDATA.rglob("*") if p.is_file() and p.name != "PROVENANCE.md")
-
-
-def test_detection_on_realdata() -> None:
-    files = _realdata_files()
-    if not files:
-        pytest.skip("no realdata folder")
-    for path in files:
-        mine = path.parent.name == "messenger_instagram"
-        assert messenger.looks_like(read_head(path), path) == mine, path
-        if mine:
-            assert detect(path) == "messenger", path
 
 
 def test_detect_fixtures() -> None:
