@@ -44,6 +44,13 @@ def samples(folder: Path) -> list[Sample]:
 def test_build_trains_only_my_turns_and_describes_itself(
     corpus: Corpus, tokenizer_dir: Callable[[str], Path], tmp_path: Path
 ) -> None:
+    # Personal data in the corpus (through the user's own edits): Sam's is redacted, Alex's is not.
+    corpus.db.execute(
+        "UPDATE messages SET user_text = text || ' mail sam@example.com' WHERE text LIKE 'anyone up%'"
+    )
+    corpus.db.execute(
+        "UPDATE messages SET user_text = 'yes!! 7pm? alex@example.com' WHERE text = 'yes!! 7pm?'"
+    )
     out = tmp_path / "data"
     result = build(config(tokenizer_dir("chatml")), corpus, out)
     assert {p.name for p in out.iterdir()} >= {
@@ -79,8 +86,14 @@ def test_build_trains_only_my_turns_and_describes_itself(
         [t for t, label in zip(row["input_ids"], row["labels"], strict=True) if label != -100]
     )
     assert "the pink one is sandbagged" not in trained and "heel hook technique" in trained  # Sam: context
-    assert result.counts["message dropped: non-reply"] >= 0  # counted rules reach the report
-    assert "redacted email" not in info["counts"] or info["counts"]["redacted email"] >= 0
+    # Every rule that fired is in the report, counted: the media in each export, Discord's "see ya".
+    assert info["counts"]["redacted email"] == 1 and info["counts"]["messages edited by you"] == 2
+    assert info["counts"]["message dropped: media"] == 4
+    assert info["counts"]["session cut: conversation ender"] == 1
+    texts = [t.text for t in discord.turns]
+    assert (
+        "anyone up for the gym tomorrow? mail [EMAIL]" in texts and "yes!! 7pm? alex@example.com" in texts[1]
+    )
 
 
 def test_same_corpus_and_config_give_byte_identical_outputs(
