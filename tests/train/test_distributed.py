@@ -12,6 +12,7 @@ from pathlib import Path
 import orjson
 import pytest
 
+from twinlm.cli.train import launch_command
 from twinlm.train.loop import train
 
 from test_loop import make_workspace, settings
@@ -45,25 +46,7 @@ def test_two_processes_follow_the_single_process_loss_curve(tmp_path: Path) -> N
         train(TwinConfig.model_validate_json({two.model_dump_json()!r}), Path({str(tmp_path)!r}), "ddp")
     """)
     )
-    # `accelerate launch --cpu` starts one plain process (multi-CPU there means MPI); its multi-process
-    # launcher is torchrun, which gives twinlm the ranks, and with no CUDA twinlm uses gloo.
-    command = [
-        sys.executable,
-        "-m",
-        "accelerate.commands.launch",
-        "--multi_gpu",
-        "--num_processes",
-        "2",
-        "--num_machines",
-        "1",
-        "--mixed_precision",
-        "no",
-        "--dynamo_backend",
-        "no",
-        "--main_process_port",
-        str(_free_port()),
-        str(script),
-    ]
+    command = launch_command(2, [str(script)], port=_free_port())
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "MASTER_ADDR": "127.0.0.1"}
     proc = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -104,6 +104,18 @@ def _relaunch(processes: int) -> int:
         if arg.startswith("--gpus="):
             del args[i]
             break
+    command = launch_command(processes, ["--module", "twinlm", *args])
+    err.print(f"Training in {processes} processes: {' '.join(command[2:])}", highlight=False)
+    return subprocess.run(command, check=False).returncode
+
+
+def launch_command(processes: int, target: list[str], port: int | None = None) -> list[str]:
+    """`accelerate launch` of `target` (a script, or --module NAME ...) in `processes` processes.
+
+    Its multi-process launcher is torchrun, which gives each process its rank; twinlm then uses nccl
+    with CUDA and gloo without. (`accelerate launch --cpu` would start one plain process: several CPU
+    processes there mean MPI.)
+    """
     command = [
         sys.executable,
         "-m",
@@ -115,9 +127,7 @@ def _relaunch(processes: int) -> int:
         "1",
         "--dynamo_backend",
         "no",
-        "--module",
-        "twinlm",
-        *args,
     ]
-    err.print(f"Training in {processes} processes: {' '.join(command[2:])}", highlight=False)
-    return subprocess.run(command, check=False).returncode
+    if port is not None:
+        command += ["--main_process_port", str(port)]
+    return [*command, *target]
