@@ -5,41 +5,24 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from transformers import (
-    LlamaConfig,
-    LlamaForCausalLM,
-    MistralConfig,
-    MistralForCausalLM,
-    Qwen2Config,
-    Qwen2ForCausalLM,
-)
 
 from twinlm.train import attention
 from twinlm.train.data import collate_packed, make_example, needs_4d_mask
 
+from test_data_loss import tiny_model
+
+# (architecture, Mistral sliding window)
 ARCHS = {
-    "mistral": (MistralConfig, MistralForCausalLM, {}),
-    "mistral-window": (MistralConfig, MistralForCausalLM, {"sliding_window": 5}),
-    "llama": (LlamaConfig, LlamaForCausalLM, {}),
-    "qwen2": (Qwen2Config, Qwen2ForCausalLM, {}),
+    "mistral": ("mistral", None),
+    "mistral-window": ("mistral", 5),
+    "llama": ("llama", None),
+    "qwen2": ("qwen2", None),
 }
 
 
 def tiny(arch: str, implementation: str) -> torch.nn.Module:
-    config_cls, model_cls, extra = ARCHS[arch]
-    torch.manual_seed(0)
-    config = config_cls(
-        vocab_size=97,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=256,
-        **extra,
-    )
-    config._attn_implementation = implementation
-    return model_cls(config).eval()
+    name, window = ARCHS[arch]
+    return tiny_model(name, implementation, sliding_window=window)
 
 
 def per_token(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from transformers import AutoModelForCausalLM, LlamaConfig, MistralConfig, PreTrainedModel
+from transformers import AutoModelForCausalLM, LlamaConfig, MistralConfig, PreTrainedModel, Qwen2Config
 
 from twinlm.errors import TwinError
 from twinlm.prepare.outputs import write_tokenized
@@ -49,6 +49,8 @@ def tiny_model(arch: str, attn: str, sliding_window: int | None = None) -> PreTr
     )
     if arch == "mistral":
         config = MistralConfig(**common, sliding_window=sliding_window)
+    elif arch == "qwen2":
+        config = Qwen2Config(**common)
     else:
         config = LlamaConfig(**common)
     model = AutoModelForCausalLM.from_config(config, attn_implementation=attn, dtype=torch.float32)
