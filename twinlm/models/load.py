@@ -7,6 +7,7 @@ and runs `Linear4bit` there, which is what lets the tests check QLoRA without a 
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -178,3 +179,15 @@ def _first_line(err: BaseException) -> str:
 def is_quantized(model: nn.Module | PreTrainedModel) -> bool:
     """Whether the model (or the base under a peft model) holds bitsandbytes 4-bit weights."""
     return any(type(param).__name__ == "Params4bit" for param in model.parameters())
+
+
+def eval_mode(model: nn.Module) -> None:
+    """model.eval(), except bitsandbytes 4-bit layers: in eval mode under no_grad on a CPU with
+    AVX-512 bf16 they repack their weights for inference, for good, and the training step after
+    that fails on layers with a bias (Qwen2). They have no dropout, so their mode changes nothing else."""
+    model.eval()
+    bnb = sys.modules.get("bitsandbytes")
+    if bnb is not None:
+        for module in model.modules():
+            if isinstance(module, bnb.nn.Linear4bit):
+                module.training = True

@@ -15,7 +15,6 @@ import math
 import os
 import random
 import shutil
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -30,7 +29,7 @@ from twinlm.config import TwinConfig
 from twinlm.errors import TwinError
 from twinlm.files import write_atomic
 from twinlm.models import resolve_model
-from twinlm.models.load import LoraSettings, load_model
+from twinlm.models.load import LoraSettings, eval_mode, load_model
 from twinlm.models.presets import get_preset
 from twinlm.train import attention as packed_attention  # registers the "twinlm_packed" attention
 from twinlm.train.checkpoint import (
@@ -160,7 +159,7 @@ def train(
     def evaluate() -> float | None:
         if not eval_set:
             return None
-        _eval_mode(model)
+        eval_mode(model)
         loss_sum, count = 0.0, 0
         with torch.no_grad():
             for indices in pack(eval_set, settings.batch_tokens, settings.seed, 0)[rank::world]:
@@ -380,18 +379,6 @@ def _first_eval(run_dir: Path) -> float | None:
         if event.get("split") == "eval" and event.get("step") == 0:
             return event.get("loss")
     return None
-
-
-def _eval_mode(model: Any) -> None:
-    """model.eval(), except bitsandbytes 4-bit layers: in eval mode under no_grad on a CPU with
-    AVX-512 bf16 they repack their weights for inference, for good, and the training step after
-    that fails on layers with a bias (Qwen2). They have no dropout, so their mode changes nothing else."""
-    model.eval()
-    bnb = sys.modules.get("bitsandbytes")
-    if bnb is not None:
-        for module in model.modules():
-            if isinstance(module, bnb.nn.Linear4bit):
-                module.training = True
 
 
 def _chunks(items: list[list[int]], size: int) -> list[list[list[int]]]:
