@@ -1,9 +1,9 @@
-"""Two CPU processes (gloo, through `accelerate launch`) train like one process with the same batch."""
+"""Two CPU processes (gloo, through `accelerate launch`) train like one process with the same batch, and
+a killed two-process run resumes exactly."""
 
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import textwrap
@@ -11,17 +11,26 @@ from pathlib import Path
 
 import orjson
 import pytest
+import torch
+from safetensors.torch import load_file
 
 from twinlm.cli.train import launch_command
+from twinlm.config import TwinConfig
+from twinlm.errors import TwinError
+from twinlm.train.distributed import write_launch_config
 from twinlm.train.loop import train
 
-from test_loop import make_workspace, settings
+from test_loop import free_port, make_workspace, metric_events, settings
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+def _launch(tmp_path: Path, script: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """`script ARGS` in two CPU processes, through the ddp launch config twinlm writes."""
+    config_file = write_launch_config(
+        tmp_path / "launch", "ddp", 2, grad_accum=1, max_grad_norm=1.0, precision="auto"
+    )
+    command = launch_command(config_file, [str(script), *args], port=free_port())
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "MASTER_ADDR": "127.0.0.1"}
+    return subprocess.run(command, capture_output=True, text=True, timeout=600, env=env)
 
 
 def _curve(run: Path) -> list[tuple[int, str, float]]:
@@ -46,15 +55,56 @@ def test_two_processes_follow_the_single_process_loss_curve(tmp_path: Path) -> N
         train(TwinConfig.model_validate_json({two.model_dump_json()!r}), Path({str(tmp_path)!r}), "ddp")
     """)
     )
-    command = launch_command(2, [str(script)], port=_free_port())
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "MASTER_ADDR": "127.0.0.1"}
-    proc = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env)
+    proc = _launch(tmp_path, script)
     assert proc.returncode == 0, proc.stderr[-3000:]
 
     expected, got = _curve(single.run_dir), _curve(tmp_path / "runs" / "ddp")
     assert [(s, k) for s, k, _ in got] == [(s, k) for s, k, _ in expected]
     for (_, _, a), (_, _, b) in zip(got, expected, strict=True):
         assert a == pytest.approx(b, rel=1e-4)
+
+
+def test_a_killed_two_process_run_resumes_to_the_same_weights_and_metrics(tmp_path: Path) -> None:
+    config = make_workspace(tmp_path, "llama")
+    # With dropout: each process draws its own masks, so each process's random state must come back.
+    cfg = config.model_copy(
+        update={"train": settings("lora", steps=8, save_every=2, eval_every=2, lora={"dropout": 0.1})}
+    )
+    script = tmp_path / "run.py"
+    script.write_text(
+        textwrap.dedent(f"""
+        import os, signal, sys
+        from pathlib import Path
+        from twinlm.config import TwinConfig
+        from twinlm.train.loop import train
+        name, mode = sys.argv[1], sys.argv[2]
+        def kill(step, total, loss, speed):
+            # The second process dies in the middle of step 5, after checkpoint 4.
+            if mode == "kill" and step == 5 and os.environ["RANK"] == "1":
+                os.kill(os.getpid(), signal.SIGKILL)
+        cfg = TwinConfig.model_validate_json({cfg.model_dump_json()!r})
+        train(cfg, Path({str(tmp_path)!r}), name, resume=mode == "resume", on_step=kill)
+    """)
+    )
+    assert _launch(tmp_path, script, "whole", "run").returncode == 0
+    killed = _launch(tmp_path, script, "killed", "kill")
+    assert killed.returncode != 0 and "SIGKILL" in killed.stderr + killed.stdout, killed.stderr[-3000:]
+    run = tmp_path / "runs" / "killed"
+    assert not (run / "final").exists()
+    assert {p.name for p in (run / "checkpoints" / "step-000004").iterdir()} >= {"rng.pt", "rng-1.pt"}
+    resumed = _launch(tmp_path, script, "killed", "resume")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+
+    whole = tmp_path / "runs" / "whole"
+    assert metric_events(run) == metric_events(whole)
+    assert [e["step"] for e in metric_events(run) if e["split"] == "eval"] == [0, 2, 4, 6, 8]
+    a = load_file(whole / "final" / "adapter_model.safetensors")
+    b = load_file(run / "final" / "adapter_model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+    # One process cannot continue what two started: the batch order and random states are per process.
+    with pytest.raises(TwinError, match="resume it with --gpus 2"):
+        train(TwinConfig.model_validate(cfg.model_dump()), tmp_path, "killed", resume=True)
 
 
 def test_cli_gpus_option_relaunches_in_several_processes(tmp_path: Path) -> None:
@@ -64,7 +114,7 @@ def test_cli_gpus_option_relaunches_in_several_processes(tmp_path: Path) -> None
     config = config.model_copy(update={"train": settings("lora", steps=2, eval_every=2, save_every=2)})
     (tmp_path / "twin.yaml").write_text(render_config(config), encoding="utf-8")
     twinlm = Path(sys.executable).parent / "twinlm"
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "MASTER_PORT": str(_free_port())}
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "MASTER_PORT": str(free_port())}
     proc = subprocess.run(
         [str(twinlm), "train", "-w", str(tmp_path), "--gpus", "2", "--name", "two", "--json"],
         capture_output=True,

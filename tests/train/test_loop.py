@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -98,9 +99,16 @@ def test_training_lowers_the_eval_loss(workspaces: dict, arch: str, method: str)
     assert (run / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def _events(run: Path) -> list[dict]:
+def metric_events(run: Path) -> list[dict]:
+    """metrics.jsonl without what differs between identical runs (wall time, speed)."""
     events = [orjson.loads(line) for line in (run / "metrics.jsonl").read_bytes().splitlines()]
     return [{k: v for k, v in e.items() if k not in ("time", "tokens_per_s")} for e in events]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 def test_a_killed_run_resumes_to_the_same_weights_and_metrics(workspaces: dict) -> None:
@@ -132,4 +140,4 @@ def test_a_killed_run_resumes_to_the_same_weights_and_metrics(workspaces: dict) 
     a = load_file(whole.run_dir / "final" / "adapter_model.safetensors")
     b = load_file(resumed.run_dir / "final" / "adapter_model.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    assert _events(resumed.run_dir) == _events(whole.run_dir)
+    assert metric_events(resumed.run_dir) == metric_events(whole.run_dir)

@@ -16,6 +16,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from twinlm.cli import AsJson, Workspace, _help, _user_errors, app, err, out
 from twinlm.config import TrainConfig
 from twinlm.errors import TwinError
+from twinlm.train.distributed import write_launch_config
 from twinlm.workspace import open_workspace
 
 
@@ -35,7 +36,8 @@ def train_command(
         int,
         typer.Option(
             help="Processes to train with (one per GPU; on a CPU-only machine, CPU processes). "
-            "Relaunches through `accelerate launch`; the same as running that yourself."
+            "Writes launch/accelerate.yaml for train.distributed and relaunches through `accelerate "
+            "launch`; the same as running that yourself (see `twinlm launch-config`)."
         ),
     ] = 1,
     as_json: AsJson = False,
@@ -45,7 +47,7 @@ def train_command(
     from twinlm.train.loop import train
 
     if gpus > 1 and "WORLD_SIZE" not in os.environ:
-        raise typer.Exit(_relaunch(gpus))
+        raise typer.Exit(_relaunch(gpus, workspace))
     ws = open_workspace(workspace)
     update = {k: v for k, v in {"method": method, "max_steps": max_steps}.items() if v is not None}
     try:
@@ -94,8 +96,9 @@ def train_command(
         )
 
 
-def _relaunch(processes: int) -> int:
-    """Run this same command in `processes` processes under `accelerate launch` (torchrun inside)."""
+def _relaunch(processes: int, workspace: Path) -> int:
+    """Run this same command in `processes` processes under `accelerate launch`, with the launch config
+    for train.distributed written into the workspace's launch/ folder."""
     args = sys.argv[1:]
     for i, arg in enumerate(args):  # drop --gpus N / --gpus=N
         if arg == "--gpus":
@@ -104,30 +107,80 @@ def _relaunch(processes: int) -> int:
         if arg.startswith("--gpus="):
             del args[i]
             break
-    command = launch_command(processes, ["--module", "twinlm", *args])
-    err.print(f"Training in {processes} processes: {' '.join(command[2:])}", highlight=False)
+    ws = open_workspace(workspace)
+    settings = ws.config.train
+    config_file = write_launch_config(
+        ws.root / "launch",
+        settings.distributed,
+        processes,
+        grad_accum=settings.grad_accum,
+        max_grad_norm=settings.max_grad_norm,
+        precision=settings.precision,
+    )
+    command = launch_command(config_file, ["--module", "twinlm", *args])
+    shown = " ".join(command[2:])
+    err.print(f"Training in {processes} processes ({settings.distributed}): {shown}", highlight=False)
     return subprocess.run(command, check=False).returncode
 
 
-def launch_command(processes: int, target: list[str], port: int | None = None) -> list[str]:
-    """`accelerate launch` of `target` (a script, or --module NAME ...) in `processes` processes.
+def launch_command(config_file: Path, target: list[str], port: int | None = None) -> list[str]:
+    """`accelerate launch --config_file CONFIG` of `target` (a script, or --module NAME ...).
 
     Its multi-process launcher is torchrun, which gives each process its rank; twinlm then uses nccl
     with CUDA and gloo without. (`accelerate launch --cpu` would start one plain process: several CPU
-    processes there mean MPI.)
+    processes there mean MPI.) A MASTER_PORT in the environment picks the port.
     """
-    command = [
-        sys.executable,
-        "-m",
-        "accelerate.commands.launch",
-        "--multi_gpu",
-        "--num_processes",
-        str(processes),
-        "--num_machines",
-        "1",
-        "--dynamo_backend",
-        "no",
-    ]
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config_file)]
+    port = port if port is not None else int(os.environ.get("MASTER_PORT", "0")) or None
     if port is not None:
         command += ["--main_process_port", str(port)]
     return [*command, *target]
+
+
+@app.command("launch-config")
+@_user_errors
+def launch_config_command(
+    workspace: Workspace = Path("."),
+    gpus: Annotated[int, typer.Option(help="GPUs (processes) on each machine.")] = 1,
+    machines: Annotated[int, typer.Option(help="Machines taking part.")] = 1,
+    machine_rank: Annotated[
+        int, typer.Option(help="This machine's number, 0 for the main one (each machine writes its own).")
+    ] = 0,
+    main_address: Annotated[
+        str | None, typer.Option(help="The main machine's address, reachable from the others.")
+    ] = None,
+    main_port: Annotated[int | None, typer.Option(help="The main machine's port for the rendezvous.")] = None,
+    distributed: Annotated[str | None, typer.Option(help=_help(TrainConfig, "distributed"))] = None,
+    out_dir: Annotated[
+        Path | None, typer.Option("--out", help="Folder for the files. Default: the workspace's launch/.")
+    ] = None,
+) -> None:
+    """Write the `accelerate launch` config (and DeepSpeed JSON for ZeRO) for train.distributed, for
+    one machine or several, and print the command to run on each machine."""
+    ws = open_workspace(workspace)
+    update = {"distributed": distributed} if distributed is not None else {}
+    try:
+        settings = TrainConfig.model_validate({**ws.config.train.model_dump(), **update})
+    except ValidationError as e:
+        raise TwinError(f"--distributed: {e.errors()[0]['msg']}") from None
+    if not 0 <= machine_rank < machines:
+        raise TwinError(f"--machine-rank {machine_rank}: must be from 0 to {machines - 1}")
+    config_file = write_launch_config(
+        out_dir or ws.root / "launch",
+        settings.distributed,
+        gpus * machines,
+        grad_accum=settings.grad_accum,
+        max_grad_norm=settings.max_grad_norm,
+        precision=settings.precision,
+        machines=machines,
+        machine_rank=machine_rank,
+        main_address=main_address,
+        main_port=main_port,
+    )
+    out.print(f"Wrote {config_file} ({settings.distributed}, {gpus} GPU(s) x {machines} machine(s)).")
+    if machines > 1:
+        out.print(
+            "Write it on every machine with its own --machine-rank (0 on the main one), then run on each:"
+        )
+    run = f"accelerate launch --config_file {config_file} -m twinlm train -w {ws.root}"
+    out.print(f"  {run}", highlight=False)

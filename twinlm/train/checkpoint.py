@@ -8,13 +8,18 @@ A checkpoint is one folder, `run_dir/checkpoints/step-000123/`, holding:
 - `optimizer.pt`, `scheduler.pt`: their `state_dict()`s, read back with `torch.load(weights_only=True)`
   so loading runs no pickled code;
 - `rng.pt`: the python, numpy, torch CPU and CUDA generator states, so dropout and any random draw
-  continue exactly where the uninterrupted run would have been;
+  continue exactly where the uninterrupted run would have been; with several processes, one file
+  per process (`rng-1.pt`, ...) next to the main process's `rng.pt`;
 - `state.json`: the `TrainState` (step, epoch, position in the epoch's batch order, the order's seed,
   best eval loss, tokens seen), written last.
 
 The folder is written under a temporary name in the same parent and renamed into place: a SIGKILL
 mid-save leaves a `.tmp-*` folder that `latest_checkpoint` never picks, and the next save removes.
 Model weights are only ever loaded from safetensors.
+
+Under FSDP or DeepSpeed ZeRO no process holds the whole optimizer state: there the folder holds what
+`Accelerator.save_state` writes (each process its shard, and its random state) plus `state.json`,
+published by the same rename.
 """
 
 from __future__ import annotations
@@ -68,6 +73,7 @@ class TrainState:
     best_eval_loss: float | None = None
     best_step: int | None = None
     tokens_seen: int = 0  # trained (label != -100) tokens so far
+    world_size: int = 1  # processes: the batch order and random states are per process
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -123,7 +129,8 @@ def _weights_kind(model: nn.Module) -> WeightsKind:
     return "module"
 
 
-def _rng_state() -> dict[str, Any]:
+def rng_state() -> dict[str, Any]:
+    """This process's random generators (python, numpy if imported, torch, CUDA), as torch.save-able data."""
     state: dict[str, Any] = {"python": random.getstate(), "torch": torch.get_rng_state()}
     numpy = sys.modules.get("numpy")  # only if imported: then someone may draw from it
     if numpy is not None:
@@ -211,12 +218,14 @@ def save_checkpoint(
     state: TrainState,
     *,
     adapter_only: bool,
+    rng: list[dict[str, Any]] | None = None,
 ) -> Path:
     """Write checkpoint `step` atomically and return its folder.
 
     Call it after everything of step `step` is done and logged (optimizer and scheduler stepped, eval
     run, metrics written): a resume from it then repeats nothing and misses nothing. Pass the model
-    unwrapped (not an accelerate/DDP wrapper).
+    unwrapped (not an accelerate/DDP wrapper). `rng`: every process's `rng_state()`, by rank (default:
+    this process's only).
     """
     kind = _weights_kind(model)
     if adapter_only and kind != "peft":
@@ -226,7 +235,7 @@ def save_checkpoint(
     if state.step != step:
         raise ValueError(f"checkpoint step {step} differs from the train state's step {state.step}")
     # First, before anything could draw a random number: the RNG exactly as the loop left it.
-    rng = _rng_state()
+    rng = rng if rng is not None else [rng_state()]
 
     root = Path(run_dir) / CHECKPOINTS
     root.mkdir(parents=True, exist_ok=True)
@@ -237,18 +246,69 @@ def save_checkpoint(
         _save_weights(model, tmp, kind)
         torch.save(optimizer.state_dict(), tmp / OPTIMIZER_FILE)
         torch.save(scheduler.state_dict(), tmp / SCHEDULER_FILE)
-        torch.save(rng, tmp / RNG_FILE)
-        meta = {"format_version": FORMAT_VERSION, "weights": kind, "train_state": state.to_json()}
-        (tmp / STATE_FILE).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
-        _fsync_tree(tmp)
-        if final.exists():  # saving a step again (a resume from an older checkpoint): replace it
-            _discard(final)
-        os.replace(tmp, final)
-        _fsync_dir(root)
+        for rank, states in enumerate(rng):
+            torch.save(states, tmp / _rng_file(rank))
+        _publish(tmp, final, _meta(kind, state))
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return final
+
+
+def _meta(weights: str, state: TrainState) -> dict[str, Any]:
+    return {"format_version": FORMAT_VERSION, "weights": weights, "train_state": state.to_json()}
+
+
+def _rng_file(rank: int) -> str:
+    return RNG_FILE if rank == 0 else f"rng-{rank}.pt"
+
+
+def _publish(tmp: Path, final: Path, meta: dict[str, Any]) -> None:
+    """state.json last, everything flushed, then one rename: the checkpoint exists whole or not at all."""
+    (tmp / STATE_FILE).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+    _fsync_tree(tmp)
+    if final.exists():  # saving a step again (a resume from an older checkpoint): replace it
+        _discard(final)
+    os.replace(tmp, final)
+    _fsync_dir(final.parent)
+
+
+def save_sharded_checkpoint(run_dir: Path, step: int, accelerator: Any, state: TrainState) -> Path:
+    """Checkpoint `step` of an FSDP / DeepSpeed run; every process calls it.
+
+    `Accelerator.save_state` writes each process's weight and optimizer shards, the registered
+    scheduler and each process's random state into one temporary folder; the main process then adds
+    state.json and renames it into place.
+    """
+    if state.step != step:
+        raise ValueError(f"checkpoint step {step} differs from the train state's step {state.step}")
+    root = Path(run_dir) / CHECKPOINTS
+    final = checkpoint_dir(run_dir, step)
+    # One name all processes agree on without talking: the step's.
+    tmp = root / f"{_TMP_PREFIX}{final.name}"
+    if accelerator.is_main_process:
+        root.mkdir(parents=True, exist_ok=True)
+        _remove_leftovers(root)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(tmp), safe_serialization=True)
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        try:
+            _publish(tmp, final, _meta("sharded", state))
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+    accelerator.wait_for_everyone()
+    return final
+
+
+def load_sharded_checkpoint(path: Path, accelerator: Any) -> TrainState:
+    """Restore an FSDP / DeepSpeed checkpoint into the prepared model, optimizer and scheduler."""
+    meta = json.loads((Path(path) / STATE_FILE).read_text(encoding="utf-8"))
+    if meta["weights"] != "sharded":
+        raise ValueError(f"{path}: holds {meta['weights']} weights, not an FSDP / DeepSpeed run's shards")
+    accelerator.load_state(str(path))
+    return read_train_state(path)
 
 
 # --- loading -------------------------------------------------------------------------------------
@@ -313,7 +373,7 @@ def read_train_state(path: Path) -> TrainState:
 
 
 def load_checkpoint(
-    path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any
+    path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, *, rank: int = 0
 ) -> TrainState:
     """Restore weights, optimizer, scheduler and RNG from a checkpoint folder; return its TrainState.
 
@@ -329,7 +389,10 @@ def load_checkpoint(
     _load_weights(model, path, kind)
     optimizer.load_state_dict(_torch_load(path / OPTIMIZER_FILE))
     scheduler.load_state_dict(_torch_load(path / SCHEDULER_FILE))
-    _set_rng_state(_torch_load(path / RNG_FILE))
+    rng_file = path / _rng_file(rank)
+    if not rng_file.is_file():
+        raise ValueError(f"{path}: no random state for process {rank}; resume with the run's process count")
+    _set_rng_state(_torch_load(rng_file))
     return state
 
 

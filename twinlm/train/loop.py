@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import os
 import random
 import shutil
 import time
@@ -24,6 +23,7 @@ from typing import Any
 
 import orjson
 import torch
+from accelerate.utils import DistributedType
 
 from twinlm.config import TwinConfig
 from twinlm.errors import TwinError
@@ -36,11 +36,16 @@ from twinlm.train.checkpoint import (
     TrainState,
     latest_checkpoint,
     load_checkpoint,
+    load_sharded_checkpoint,
     prune_checkpoints,
+    rng_state,
     save_checkpoint,
+    save_sharded_checkpoint,
 )
 from twinlm.train.data import Example, collate_packed, collate_padded, group_by_length, load_split, pack
-from twinlm.train.loss import token_loss_sum, window_token_count
+from twinlm.train.distributed import make_accelerator
+from twinlm.train.kernels import apply_liger_kernels
+from twinlm.train.loss import token_loss_sum, trained_token_count, window_token_count
 from twinlm.train.metrics import MetricsLog, plot_loss
 from twinlm.train.report import Reporter
 
@@ -72,8 +77,15 @@ def train(
     if not (data_dir / "build.json").is_file():
         raise TwinError(f"{data_dir}: no dataset; run `twinlm build` first")
     info = orjson.loads((data_dir / "build.json").read_bytes())
-    rank, world = _distributed()
-    main = rank == 0
+    # One process, or one of several started by `accelerate launch` (ddp / fsdp / DeepSpeed ZeRO).
+    accelerator = make_accelerator(settings.grad_accum)
+    rank, world, main = accelerator.process_index, accelerator.num_processes, accelerator.is_main_process
+    sharded = accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED)
+    deepspeed = accelerator.distributed_type == DistributedType.DEEPSPEED
+    if sharded and settings.method == "qlora":
+        raise TwinError(
+            "train.method qlora with fsdp / ZeRO: a 4-bit model fits one GPU; use train.distributed: ddp"
+        )
     train_set, eval_set = load_split(data_dir, "train"), load_split(data_dir, "eval")
     if not train_set:
         raise TwinError(f"{data_dir / 'train.parquet'}: no training samples; build the dataset again")
@@ -93,7 +105,7 @@ def train(
     # Every process must use the same run folder: the main one picks it (a fresh name is a timestamp).
     run_dir = _broadcast(_run_dir(workspace, run_name, resume) if main else None, world)
 
-    device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}" if torch.cuda.is_available() else "cpu"
+    device = str(accelerator.device)
     dtype = _dtype(settings.precision, device)
     preset = get_preset(info["model"])
     attention = _attention(
@@ -117,8 +129,8 @@ def train(
         gradient_checkpointing=settings.gradient_checkpointing,
     )
     model.train()
-    # Several processes (`accelerate launch` / torchrun): DDP averages the gradients of the ranks.
-    forward = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
+    if settings.liger_kernels:
+        apply_liger_kernels(model, device)
     if not resume and main:
         _describe_run(run_dir, config, data_dir, info, lr, attention, str(dtype), trainable, total)
 
@@ -131,8 +143,9 @@ def train(
         return collate_padded(examples, pad_id)
 
     total_steps = settings.max_steps or max(1, math.ceil(settings.epochs * steps_per_epoch))
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=settings.weight_decay)
+    optimizer = torch.optim.AdamW(
+        [p for p in model.parameters() if p.requires_grad], lr=lr, weight_decay=settings.weight_decay
+    )
     from transformers import get_scheduler
 
     scheduler = get_scheduler(
@@ -141,10 +154,25 @@ def train(
         num_warmup_steps=int(settings.warmup_ratio * total_steps),
         num_training_steps=total_steps,
     )
-    state = TrainState(data_seed=settings.seed)
+    state = TrainState(data_seed=settings.seed, world_size=world)
     checkpoint = latest_checkpoint(run_dir) if resume else None
-    if checkpoint is not None:
-        state = load_checkpoint(checkpoint, model, optimizer, scheduler)
+    if checkpoint is not None and not sharded:
+        state = load_checkpoint(checkpoint, model, optimizer, scheduler, rank=rank)
+    # DDP averages the ranks' gradients; FSDP and ZeRO also shard weights, gradients and optimizer state.
+    # (One process: the model and optimizer come back as they are.)
+    forward, optimizer = accelerator.prepare(model, optimizer)
+    if sharded:
+        accelerator.register_for_checkpointing(scheduler)
+        if checkpoint is not None:
+            state = load_sharded_checkpoint(checkpoint, accelerator)
+    if state.world_size != world:
+        raise TwinError(
+            f"{checkpoint}: the run trained in {state.world_size} process(es); resume it with "
+            f"--gpus {state.world_size} (the batch order and random state are per process)"
+        )
+    if settings.compile:
+        # Packed rows differ in length: dynamic shapes instead of one compile per length.
+        forward = torch.compile(forward, dynamic=True)
     metrics = MetricsLog(run_dir, resume_step=state.step if resume else None) if main else None
     reporter = Reporter(settings.report_to, run_dir, config.model_dump(mode="json")) if main else None
 
@@ -161,14 +189,16 @@ def train(
             return None
         eval_mode(model)
         loss_sum, count = 0.0, 0
+        # Sharded weights exist whole only inside the wrapper's forward; otherwise the plain model
+        # (not compiled: eval would compile its own no-grad graphs).
+        evaluated = forward if sharded else model
         with torch.no_grad():
             for indices in pack(eval_set, settings.batch_tokens, settings.seed, 0)[rank::world]:
                 batch = collate([eval_set[i] for i in indices])
                 labels = batch.pop("labels")
-                logits = model(**_to(batch, device), use_cache=False).logits
-                part, n = token_loss_sum(logits, labels)
+                part, n = _loss_sum(evaluated, _to(batch, device), labels, settings.liger_kernels)
                 loss_sum, count = loss_sum + part.item(), count + n
-        loss_sum, count = _sum_over_ranks(world, loss_sum, count)
+        loss_sum, count = _sum_over_ranks(accelerator, loss_sum, count)
         model.train()
         return loss_sum / count if count else None
 
@@ -188,22 +218,24 @@ def train(
             ]
             micro = [collate([train_set[i] for i in indices]) for indices in mine]
             state.batch_in_epoch += 1
-            (n_window,) = _sum_over_ranks(world, window_token_count(micro))
+            (n_window,) = _sum_over_ranks(accelerator, window_token_count(micro))
             if n_window == 0:
                 continue  # nothing trained in this window: no step
             loss_sum, tokens = 0.0, 0
+            # The wrappers average gradients over ranks and DeepSpeed also divides by its accumulation
+            # steps: scale back so the step follows the mean token loss of the whole window.
+            scale = world * (settings.grad_accum if deepspeed else 1) / n_window
             for k, batch in enumerate(micro):
                 labels = batch.pop("labels")
-                # Gradients are exchanged once per step, on the last micro-batch.
-                sync = k == len(micro) - 1 or world == 1
-                with contextlib.nullcontext() if sync else forward.no_sync():
-                    logits = forward(**_to(batch, device), use_cache=False).logits
-                    part, _ = token_loss_sum(logits, labels)
-                    # DDP averages over ranks: scale back so the step follows the window's mean token loss.
-                    (part * world / n_window).backward()
+                # Gradients are exchanged (and DeepSpeed steps) once per window, on the last micro-batch.
+                sync = k == len(micro) - 1
+                accelerator.sync_gradients = sync
+                with contextlib.nullcontext() if sync else accelerator.no_sync(forward):
+                    part, _ = _loss_sum(forward, _to(batch, device), labels, settings.liger_kernels)
+                    accelerator.backward(part * scale)
                 loss_sum, tokens = loss_sum + part.item(), tokens + int(batch["input_ids"].numel())
-            loss_sum, tokens = _sum_over_ranks(world, loss_sum, tokens)
-            torch.nn.utils.clip_grad_norm_(params, settings.max_grad_norm)
+            loss_sum, tokens = _sum_over_ranks(accelerator, loss_sum, tokens)
+            accelerator.clip_grad_norm_(forward.parameters(), settings.max_grad_norm)
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
@@ -229,21 +261,22 @@ def train(
                     log(state.step, "eval", last_eval)
                     if state.best_eval_loss is None or last_eval < state.best_eval_loss:
                         state.best_eval_loss, state.best_step = last_eval, state.step
-            if main and (state.step % settings.save_every == 0 or last):
-                save_checkpoint(
-                    run_dir, state.step, model, optimizer, scheduler, state, adapter_only=adapters
-                )
-                prune_checkpoints(run_dir, settings.keep_last, state.best_step)
+            if state.step % settings.save_every == 0 or last:
+                _checkpoint(accelerator, run_dir, model, optimizer, scheduler, state, adapters, sharded)
+                if main:
+                    prune_checkpoints(run_dir, settings.keep_last, state.best_step)
         if state.batch_in_epoch >= len(windows):
             state.epoch, state.batch_in_epoch = state.epoch + 1, 0
 
     if reporter is not None:
         reporter.close()
+    # Sharded weights are gathered whole on the main process (every process takes part).
+    whole = accelerator.get_state_dict(forward) if sharded else None
     if not main:
         return TrainResult(run_dir, state.step, first_eval, last_eval, trainable, total)
     final = run_dir / "final"
     shutil.rmtree(final, ignore_errors=True)
-    model.save_pretrained(final, safe_serialization=True)
+    model.save_pretrained(final, safe_serialization=True, state_dict=whole)
     plot_loss(run_dir)
     write_atomic(
         run_dir / "result.json",
@@ -263,19 +296,51 @@ def train(
     return TrainResult(run_dir, state.step, first_eval, last_eval, trainable, total)
 
 
-def _distributed() -> tuple[int, int]:
-    """(rank, world size): several processes when started by `accelerate launch` or torchrun."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world > 1 and not torch.distributed.is_initialized():
-        torch.distributed.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo")
-    return int(os.environ.get("RANK", "0")), world
+def _loss_sum(
+    model: Any, batch: dict[str, torch.Tensor], labels: torch.Tensor, model_computes_loss: bool
+) -> tuple[torch.Tensor, int]:
+    """(sum of the batch's trained-token losses, trained tokens).
+
+    With Liger's fused linear cross-entropy the model computes the loss from its last hidden states
+    without materialising the logits; `num_items_in_batch=1` makes that loss a sum (transformers and
+    Liger divide a summed loss by it), the same quantity token_loss_sum computes from the logits.
+    """
+    if model_computes_loss:
+        labels_there = labels.to(batch["input_ids"].device)
+        output = model(**batch, labels=labels_there, num_items_in_batch=1, use_cache=False)
+        return output.loss, trained_token_count(labels)
+    return token_loss_sum(model(**batch, use_cache=False).logits, labels)
 
 
-def _sum_over_ranks(world: int, *values: float) -> tuple[Any, ...]:
-    if world == 1:
+def _checkpoint(
+    accelerator: Any,
+    run_dir: Path,
+    model: Any,
+    optimizer: Any,
+    scheduler: Any,
+    state: TrainState,
+    adapters: bool,
+    sharded: bool,
+) -> None:
+    """Checkpoint this step: every process's random state, and with FSDP / ZeRO every process's shard."""
+    if sharded:
+        save_sharded_checkpoint(run_dir, state.step, accelerator, state)
+        return
+    from accelerate.utils import gather_object
+
+    # Each process draws its own dropout masks: all of their generators are saved, by the main process.
+    rng_states = gather_object([rng_state()]) if accelerator.num_processes > 1 else [rng_state()]
+    if accelerator.is_main_process:
+        save_checkpoint(
+            run_dir, state.step, model, optimizer, scheduler, state, adapter_only=adapters, rng=rng_states
+        )
+    accelerator.wait_for_everyone()
+
+
+def _sum_over_ranks(accelerator: Any, *values: float) -> tuple[Any, ...]:
+    if accelerator.num_processes == 1:
         return values
-    total = torch.tensor(values, dtype=torch.float64)
-    torch.distributed.all_reduce(total)
+    total = accelerator.reduce(torch.tensor(values, dtype=torch.float64, device=accelerator.device), "sum")
     return tuple(
         int(v) if isinstance(x, int) else float(v) for x, v in zip(values, total.tolist(), strict=True)
     )
@@ -284,9 +349,9 @@ def _sum_over_ranks(world: int, *values: float) -> tuple[Any, ...]:
 def _broadcast(value: Any, world: int) -> Any:
     if world == 1:
         return value
-    box = [value]
-    torch.distributed.broadcast_object_list(box, src=0)
-    return box[0]
+    from accelerate.utils import broadcast_object_list
+
+    return broadcast_object_list([value], from_process=0)[0]
 
 
 def _run_dir(workspace: Path, name: str | None, resume: bool) -> Path:

@@ -1,0 +1,204 @@
+"""Several processes, one GPU each, on one machine or many: accelerate's launcher and its configs.
+
+twinlm writes a plain `accelerate launch` config file for the strategy in `train.distributed` (plus a
+DeepSpeed JSON for ZeRO), and the loop runs under `accelerate.Accelerator`, which reads what the
+launcher put in the environment. No home-made distributed layer: `twinlm train --gpus N` is a
+shortcut for `accelerate launch --config_file <written file> -m twinlm train ...`, and a multi-node
+run is the same file with the machine count, this machine's rank and the main machine's address.
+
+- ddp: each GPU holds the whole model; gradients are averaged. Fastest while the model fits (LoRA
+  and QLoRA on a 7B model fit one 24 GB card), and what CPU processes use (gloo).
+- fsdp: PyTorch FSDP2 shards weights, gradients and optimizer state over the GPUs; what full
+  fine-tuning of a 7B model needs.
+- zero2 / zero3: DeepSpeed ZeRO stage 2 (optimizer state and gradients sharded) or 3 (weights too);
+  needs `pip install deepspeed`.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+from typing import Any, Literal
+
+import orjson
+import yaml
+
+from twinlm.errors import TwinError
+from twinlm.files import write_atomic
+
+Strategy = Literal["ddp", "fsdp", "zero2", "zero3"]
+ACCELERATE_CONFIG = "accelerate.yaml"
+DEEPSPEED_CONFIG = "deepspeed.json"
+
+
+def deepspeed_config(stage: int, grad_accum: int, max_grad_norm: float, precision: str) -> dict[str, Any]:
+    """The DeepSpeed JSON for ZeRO `stage`, with the numbers the loop must agree with.
+
+    The loop counts the accumulation window and scales the loss itself; DeepSpeed divides each
+    micro-batch's loss by `gradient_accumulation_steps` and clips at its window boundary, so both come
+    from twin.yaml here. One "micro-batch" is one packed row (`train.batch_tokens` tokens).
+    """
+    zero: dict[str, Any] = {"stage": stage, "overlap_comm": True, "contiguous_gradients": True}
+    if stage == 3:
+        # The final save gathers the whole (16-bit) weights on the main process, like FSDP's.
+        zero["stage3_gather_16bit_weights_on_model_save"] = True
+    return {
+        "zero_optimization": zero,
+        # The model is loaded in train.precision; "auto" means bf16 on the GPUs ZeRO is used on.
+        "bf16": {"enabled": precision in ("auto", "bf16")},
+        "fp16": {"enabled": precision == "fp16"},
+        "gradient_accumulation_steps": grad_accum,
+        "gradient_clipping": max_grad_norm,
+        "train_micro_batch_size_per_gpu": 1,
+        "steps_per_print": 2**31 - 1,  # twinlm's progress bar and metrics.jsonl report progress
+        "wall_clock_breakdown": False,
+    }
+
+
+def accelerate_config(
+    strategy: Strategy,
+    processes: int,
+    *,
+    machines: int = 1,
+    machine_rank: int = 0,
+    main_address: str | None = None,
+    main_port: int | None = None,
+    deepspeed_file: Path | None = None,
+) -> dict[str, Any]:
+    """The `accelerate launch --config_file` contents; `processes` counts all machines' processes."""
+    if processes < 1 or machines < 1 or processes % machines:
+        raise TwinError(f"--gpus {processes} over {machines} machine(s): give the same count to each machine")
+    if machines > 1 and not main_address:
+        raise TwinError("several machines need --main-address: the main machine's address the others reach")
+    config: dict[str, Any] = {
+        "compute_environment": "LOCAL_MACHINE",
+        "num_processes": processes,
+        "num_machines": machines,
+        "machine_rank": machine_rank,
+        "dynamo_config": {"dynamo_backend": "NO"},  # train.compile is twinlm's own option
+        "use_cpu": False,
+        "rdzv_backend": "static",
+        "same_network": True,
+    }
+    if machines > 1:
+        config["main_process_ip"] = main_address
+    if main_port is not None:
+        config["main_process_port"] = main_port
+    if not strategy.startswith("zero"):
+        # twinlm loads the model in train.precision itself; accelerate's autocast stays off. (With
+        # DeepSpeed, whose JSON holds the precision, accelerate refuses a mixed_precision here.)
+        config["mixed_precision"] = "no"
+    if strategy == "ddp":
+        config["distributed_type"] = "MULTI_GPU"  # torchrun; CPU-only machines run the ranks on gloo
+    elif strategy == "fsdp":
+        config["distributed_type"] = "FSDP"
+        config["fsdp_config"] = {
+            "fsdp_version": 2,
+            # One shard unit per decoder layer (the model's own _no_split_modules).
+            "fsdp_auto_wrap_policy": "TRANSFORMER_BASED_WRAP",
+            "fsdp_reshard_after_forward": True,
+            "fsdp_state_dict_type": "SHARDED_STATE_DICT",  # checkpoints: one shard per rank
+            "fsdp_offload_params": False,
+            "fsdp_cpu_ram_efficient_loading": False,
+            # twinlm's train.gradient_checkpointing applies (transformers' own), not FSDP's.
+            "fsdp_activation_checkpointing": False,
+        }
+    else:
+        if deepspeed_file is None:
+            raise ValueError("ZeRO needs the DeepSpeed JSON's path")
+        config["distributed_type"] = "DEEPSPEED"
+        config["deepspeed_config"] = {
+            "deepspeed_config_file": str(deepspeed_file),
+            "zero3_init_flag": False,  # weights are loaded whole, then partitioned by the engine
+            # Each machine runs `accelerate launch` itself (torchrun), as with ddp and fsdp: no ssh.
+            "deepspeed_multinode_launcher": "standard",
+        }
+    return config
+
+
+def write_launch_config(
+    folder: Path,
+    strategy: Strategy,
+    processes: int,
+    *,
+    grad_accum: int,
+    max_grad_norm: float,
+    precision: str,
+    machines: int = 1,
+    machine_rank: int = 0,
+    main_address: str | None = None,
+    main_port: int | None = None,
+) -> Path:
+    """Write accelerate.yaml (and deepspeed.json for ZeRO) into `folder`; return the yaml's path."""
+    folder.mkdir(parents=True, exist_ok=True)
+    deepspeed_file = None
+    if strategy in ("zero2", "zero3"):
+        deepspeed_file = folder / DEEPSPEED_CONFIG
+        ds = deepspeed_config(int(strategy[-1]), grad_accum, max_grad_norm, precision)
+        write_atomic(deepspeed_file, orjson.dumps(ds, option=orjson.OPT_INDENT_2).decode() + "\n")
+    config = accelerate_config(
+        strategy,
+        processes,
+        machines=machines,
+        machine_rank=machine_rank,
+        main_address=main_address,
+        main_port=main_port,
+        deepspeed_file=deepspeed_file.resolve() if deepspeed_file else None,
+    )
+    header = (
+        f"# accelerate launch config written by `twinlm`: strategy {strategy}, {processes} process(es) on "
+        f"{machines} machine(s).\n# Run: accelerate launch --config_file {ACCELERATE_CONFIG} -m twinlm "
+        "train [options]\n"
+    )
+    path = folder / ACCELERATE_CONFIG
+    write_atomic(path, header + yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
+def make_accelerator(grad_accum: int) -> Any:
+    """The Accelerator for this process, from what `accelerate launch` / torchrun put in the environment.
+
+    Refuses the combinations accelerate would quietly turn into something else: without CUDA it runs
+    several processes as DDP over gloo, whatever the config says.
+    """
+    import torch
+    from accelerate import Accelerator
+    from accelerate.utils import DistributedType
+
+    wants = _launched_strategy()
+    if wants != "ddp" and not torch.cuda.is_available():
+        raise TwinError(
+            f"{wants} needs CUDA GPUs; on this machine several processes run as ddp "
+            "(set train.distributed: ddp)"
+        )
+    if wants in ("zero2", "zero3") and importlib.util.find_spec("deepspeed") is None:
+        raise TwinError(f"{wants} needs DeepSpeed: pip install deepspeed")
+    # DeepSpeed counts the accumulation window itself (see deepspeed_config); DDP and FSDP do not.
+    accelerator = Accelerator(
+        cpu=not torch.cuda.is_available(),
+        gradient_accumulation_steps=grad_accum if wants in ("zero2", "zero3") else 1,
+    )
+    if accelerator.distributed_type == DistributedType.DEEPSPEED:
+        ds = accelerator.state.deepspeed_plugin.deepspeed_config
+        if ds.get("gradient_accumulation_steps") not in (grad_accum, "auto"):
+            raise TwinError(
+                f"deepspeed config: gradient_accumulation_steps {ds['gradient_accumulation_steps']} but "
+                f"train.grad_accum is {grad_accum}; write the launch config again (`twinlm launch-config`)"
+            )
+    return accelerator
+
+
+def _launched_strategy() -> Strategy:
+    import os
+
+    if os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true":
+        stage = os.environ.get("ACCELERATE_DEEPSPEED_ZERO_STAGE", "")
+        if not stage:
+            path = os.environ.get("ACCELERATE_DEEPSPEED_CONFIG_FILE", "")
+            if path and Path(path).is_file():
+                zero = orjson.loads(Path(path).read_bytes()).get("zero_optimization", {})
+                stage = str(zero.get("stage", ""))
+        return "zero3" if stage == "3" else "zero2"
+    if os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true":
+        return "fsdp"
+    return "ddp"
