@@ -141,3 +141,32 @@ def test_sharding_without_a_gpu_is_refused_not_turned_into_ddp(
         monkeypatch.setenv(key, value)
     with pytest.raises(TwinError, match=message):
         make_accelerator(grad_accum=1)
+
+
+def test_launch_config_command(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from twinlm.cli import app
+
+    runner = CliRunner()
+    ws = tmp_path / "twin"
+    assert runner.invoke(app, ["init", str(ws), "--me", "Alex"]).exit_code == 0
+    args = ["launch-config", "-w", str(ws), "--gpus", "4", "--machines", "2", "--main-address", "10.0.0.9"]
+    result = runner.invoke(app, [*args, "--machine-rank", "1", "--distributed", "zero2"])
+    assert result.exit_code == 0, result.output
+    assert "accelerate launch --config_file" in result.output and "-m twinlm train" in result.output
+    written = yaml.safe_load((ws / "launch" / "accelerate.yaml").read_text(encoding="utf-8"))
+    assert (written["num_processes"], written["machine_rank"], written["distributed_type"]) == (
+        8,
+        1,
+        "DEEPSPEED",
+    )
+    ds = orjson.loads((ws / "launch" / "deepspeed.json").read_bytes())
+    assert ds["gradient_accumulation_steps"] == 4  # twin.yaml's default train.grad_accum
+
+    for bad, message in (
+        (["--machine-rank", "2"], "--machine-rank 2: must be from 0 to 1"),
+        (["--distributed", "zero9"], "--distributed"),
+    ):
+        result = runner.invoke(app, [*args, *bad])
+        assert result.exit_code != 0 and message in result.output, result.output
