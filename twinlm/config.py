@@ -147,7 +147,7 @@ class BuildConfig(BaseModel):
 
 
 class LoraConfig(BaseModel):
-    """LoRA adapter shape (methods lora, qlora, dora)."""
+    """LoRA adapter shape (methods lora, qlora, dora, qdora)."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -168,10 +168,11 @@ class TrainConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    method: Literal["lora", "qlora", "dora", "full"] = Field(
+    method: Literal["lora", "qlora", "dora", "qdora", "full"] = Field(
         "lora",
         description="lora: small adapters on a frozen model; qlora: the same on a 4-bit model (least "
-        "memory); dora: weight-decomposed adapters; full: every weight (most memory, most capacity).",
+        "memory); dora: weight-decomposed adapters; qdora: DoRA on a 4-bit model; full: every weight "
+        "(most memory, most capacity).",
     )
     lora: LoraConfig = Field(default_factory=LoraConfig, description=LoraConfig.__doc__ or "")
     learning_rate: float | None = Field(

@@ -99,6 +99,19 @@ def test_training_lowers_the_eval_loss(workspaces: dict, arch: str, method: str)
     assert (run / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+@pytest.mark.parametrize("method", ["dora", "qdora"])
+def test_dora_on_a_full_and_a_4bit_base_lowers_the_eval_loss(workspaces: dict, method: str) -> None:
+    root, config = workspaces["llama"]
+    result = train(config.model_copy(update={"train": settings(method)}), root, method)
+    assert result.first_eval_loss is not None and result.last_eval_loss is not None
+    assert result.last_eval_loss < 0.95 * result.first_eval_loss, (
+        result.first_eval_loss,
+        result.last_eval_loss,
+    )
+    saved = load_file(result.run_dir / "final" / "adapter_model.safetensors")
+    assert any("lora_magnitude_vector" in key for key in saved)  # DoRA's magnitudes are saved too
+
+
 def metric_events(run: Path) -> list[dict]:
     """metrics.jsonl without what differs between identical runs (wall time, speed)."""
     events = [orjson.loads(line) for line in (run / "metrics.jsonl").read_bytes().splitlines()]

@@ -94,7 +94,7 @@ def _step(model: torch.nn.Module, vocab: int, steps: int = 2) -> None:
 @pytest.mark.parametrize(
     ("arch", "method"),
     [("mistral", "lora"), ("llama", "lora"), ("qwen2", "lora"), ("mistral", "dora"), ("llama", "qlora"),
-     ("qwen2", "qlora"), ("mistral", "full")],
+     ("qwen2", "qlora"), ("llama", "qdora"), ("mistral", "full")],
 )  # fmt: skip
 def test_trainable_sets_and_only_trainable_params_change(
     arch: str, method: str, tiny_models: dict[str, Path]
@@ -120,12 +120,12 @@ def test_trainable_sets_and_only_trainable_params_change(
                 assert any(f"layers.{layer}." in n and f"{proj}.lora_A" in n for n in names), (layer, proj)
         assert not any("lm_head" in name or "embed_tokens" in name for name in names)
         magnitudes = [name for name in names if "lora_magnitude_vector" in name]
-        assert bool(magnitudes) == (method == "dora")
+        assert bool(magnitudes) == (method in ("dora", "qdora"))
         wrapped = [m for m in model.modules() if hasattr(m, "base_layer") and hasattr(m, "lora_A")]
         assert len(wrapped) == 14
         quantized = [isinstance(m.base_layer, bnb.nn.Linear4bit) for m in wrapped]
-        assert all(quantized) if method == "qlora" else not any(quantized)
-        if method == "qlora":  # 4-bit weights counted as the weights they stand for
+        assert all(quantized) if method in ("qlora", "qdora") else not any(quantized)
+        if method in ("qlora", "qdora"):  # 4-bit weights counted as the weights they stand for
             _, _, base_total = load_model(
                 str(tiny_models[arch]), "full", lora=LORA, dtype=torch.float32, device="cpu"
             )

@@ -99,7 +99,7 @@ def validate_command(
     workspace: Workspace = Path("."),
     gpu: Annotated[str, typer.Option(help="GPU for the time estimate (H100, A100, RTX 4090, ...).")] = "H100",
     params_b: Annotated[float, typer.Option(help="Model size in billions of parameters.")] = 7.25,
-    method: Annotated[str, typer.Option(help="lora, qlora or full.")] = "lora",
+    method: Annotated[str, typer.Option(help="lora, qlora, dora, qdora or full.")] = "lora",
     epochs: Annotated[float, typer.Option(help="Passes over the training split.")] = 1.0,
     as_json: AsJson = False,
 ) -> None:

@@ -1,4 +1,4 @@
-"""Load a base model ready to train: LoRA, DoRA, QLoRA (4-bit NF4) or full fine-tuning.
+"""Load a base model ready to train: LoRA, DoRA, QLoRA / QDoRA (on a 4-bit NF4 base) or full fine-tuning.
 
 Only safetensors weights are loaded (a pickled .bin can run code when unpickled), and remote code
 only when the user asked for it. QLoRA works on a CPU too: bitsandbytes (>= 0.45) quantizes to NF4
@@ -18,7 +18,8 @@ from transformers import AutoModelForCausalLM, BitsAndBytesConfig, PreTrainedMod
 from twinlm.errors import TwinError
 from twinlm.models.presets import Method
 
-METHODS: tuple[Method, ...] = ("lora", "qlora", "dora", "full")
+METHODS: tuple[Method, ...] = ("lora", "qlora", "dora", "qdora", "full")
+QUANTIZED: tuple[Method, ...] = ("qlora", "qdora")  # adapters on a 4-bit NF4 base
 # Weight files that are pickles: refused, with a pointer to a conversion, rather than loaded.
 _PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 
@@ -49,7 +50,7 @@ def load_model(
 ) -> tuple[nn.Module, int, int]:
     """Load `path` (a local folder or a hub id) for training with `method`.
 
-    Returns the model (a peft model for lora/dora/qlora, the plain model for full) and the number
+    Returns the model (a peft model for the adapter methods, the plain model for full) and the number
     of trainable and of all parameters (4-bit weights counted as the weights they stand for).
     The model is returned in eval mode, as transformers loads it: the training loop calls train().
     """
@@ -63,7 +64,7 @@ def load_model(
     }
     if attn_implementation is not None:
         kwargs["attn_implementation"] = attn_implementation
-    if method == "qlora":
+    if method in QUANTIZED:
         kwargs["quantization_config"] = BitsAndBytesConfig(
             load_in_4bit=True,
             bnb_4bit_quant_type="nf4",
@@ -80,7 +81,7 @@ def load_model(
         # OSError: missing folder, hub id not cached offline, no safetensors on the hub;
         # ValueError: an unknown architecture or an invalid config. Both are the user's input.
         raise TwinError(f"{path}: cannot load the model: {_first_line(err)}") from err
-    if method != "qlora":
+    if method not in QUANTIZED:
         model.to(device)
 
     checkpointing_kwargs = {"use_reentrant": False}  # the reentrant variant needs inputs with grad
@@ -99,7 +100,7 @@ def load_model(
     # Imported here: peft is only needed for adapter methods.
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 
-    if method == "qlora":
+    if method in QUANTIZED:
         # Freezes the base, casts the remaining non-quantized weights (norms, embeddings) to fp32
         # for stable training, and sets up checkpointing for a quantized model.
         model = prepare_model_for_kbit_training(
@@ -118,7 +119,8 @@ def load_model(
         lora_dropout=lora.dropout,
         target_modules=targets if isinstance(targets, str) else list(targets),
         use_rslora=lora.rslora,
-        use_dora=method == "dora",
+        # DoRA on a 4-bit base (QDoRA): peft dequantizes each weight for its column norms.
+        use_dora=method in ("dora", "qdora"),
         bias="none",
     )
     try:

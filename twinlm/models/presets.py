@@ -11,7 +11,7 @@ from typing import Literal
 
 from twinlm.models.tiny import NAME as TINY
 
-Method = Literal["lora", "qlora", "dora", "full"]
+Method = Literal["lora", "qlora", "dora", "qdora", "full"]
 
 # Usual LoRA / full fine-tuning learning rates for chat-style SFT: LoRA adapters start at zero and
 # need a large step; updating all weights of a pretrained model needs a small one.

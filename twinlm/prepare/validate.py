@@ -31,7 +31,9 @@ GPU_TFLOPS = {
 # Share of peak a fine-tuning run reaches in practice (model FLOPs utilisation).
 MFU = 0.4
 # Training FLOPs per token and parameter: forward 2, backward 4 (full); LoRA skips weight gradients.
-FLOPS_PER_PARAM = {"full": 6.0, "lora": 4.0, "qlora": 5.2}  # QLoRA adds ~30% for dequantising
+# 4-bit bases add ~30% for dequantising. DoRA's extra work (the adapted weights' column norms) is per
+# step, not per token: priced as LoRA.
+FLOPS_PER_PARAM = {"full": 6.0, "lora": 4.0, "dora": 4.0, "qlora": 5.2, "qdora": 5.2}
 
 
 @dataclass(slots=True)

@@ -29,7 +29,7 @@ from twinlm.config import TwinConfig
 from twinlm.errors import TwinError
 from twinlm.files import write_atomic
 from twinlm.models import resolve_model
-from twinlm.models.load import LoraSettings, eval_mode, load_model
+from twinlm.models.load import QUANTIZED, LoraSettings, eval_mode, load_model
 from twinlm.models.presets import get_preset
 from twinlm.train import attention as packed_attention  # registers the "twinlm_packed" attention
 from twinlm.train.checkpoint import (
@@ -82,9 +82,10 @@ def train(
     rank, world, main = accelerator.process_index, accelerator.num_processes, accelerator.is_main_process
     sharded = accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED)
     deepspeed = accelerator.distributed_type == DistributedType.DEEPSPEED
-    if sharded and settings.method == "qlora":
+    if sharded and settings.method in QUANTIZED:
         raise TwinError(
-            "train.method qlora with fsdp / ZeRO: a 4-bit model fits one GPU; use train.distributed: ddp"
+            f"train.method {settings.method} with fsdp / ZeRO: a 4-bit model fits one GPU; use "
+            "train.distributed: ddp"
         )
     train_set, eval_set = load_split(data_dir, "train"), load_split(data_dir, "eval")
     if not train_set:
