@@ -7,7 +7,7 @@ PIP    := $(BIN)/python -m pip
 TORCH  := torch==2.13.0
 DEMO   := .demo
 
-.PHONY: venv install dev demo test lint bench clean
+.PHONY: venv install dev demo test lint bench bench-gpu clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -49,6 +49,10 @@ lint: $(VENV)/.dev-installed
 
 bench: $(VENV)/.installed
 	$(BIN)/python benchmarks/run.py
+
+# On a CUDA machine: Mistral-7B architecture LoRA / QLoRA at 2,048 tokens against the naive recipe.
+bench-gpu: $(VENV)/.installed
+	$(BIN)/python benchmarks/gpu_train.py --record
 
 clean:
 	rm -rf $(VENV) $(DEMO) build *.egg-info .pytest_cache .ruff_cache

@@ -83,7 +83,16 @@ def child(kind: str, workspace: Path) -> None:
     print(json.dumps(result))
 
 
-def _ours(workspace: Path, steps: int, warmup: int) -> dict[str, Any]:
+def _ours(
+    workspace: Path,
+    steps: int,
+    warmup: int,
+    *,
+    method: str = "lora",
+    precision: str = "fp32",
+    checkpointing: bool = False,
+) -> dict[str, Any]:
+    """`twinlm train` on workspace/data (whose build.json names the model), timed per step."""
     from twinlm.config import BuildConfig, LoraConfig, TrainConfig, TwinConfig
     from twinlm.train.data import load_split, pack
     from twinlm.train.loop import train
@@ -92,14 +101,15 @@ def _ours(workspace: Path, steps: int, warmup: int) -> dict[str, Any]:
     config = TwinConfig(
         build=BuildConfig(model="tiny"),
         train=TrainConfig(
-            method="lora",
+            method=method,
             lora=LoraConfig(r=16, alpha=32, dropout=0.05, target_modules="all-linear"),
             learning_rate=LEARNING_RATE,
             batch_tokens=BATCH_TOKENS,
             grad_accum=1,
             max_steps=steps,
             packing=True,
-            precision="fp32",
+            precision=precision,
+            gradient_checkpointing=checkpointing,
             seed=SEED,
             log_every=1,  # the per-step token counts come from metrics.jsonl
             eval_every=steps,  # eval and save only after the last step, outside the timed span
@@ -111,6 +121,7 @@ def _ours(workspace: Path, steps: int, warmup: int) -> dict[str, Any]:
     ends: dict[int, float] = {}
 
     def on_step(step: int, _total: int, _loss: float, _speed: float) -> None:
+        _synchronize()
         ends[step] = time.perf_counter()
 
     result = train(config, workspace, run_name, on_step=on_step)
@@ -141,7 +152,17 @@ class _CountingCollator:
         return batch
 
 
-def _naive(workspace: Path, steps: int, warmup: int, batch_size: int) -> dict[str, Any]:
+def _synchronize() -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()  # GPU work is asynchronous: a step ends when its kernels do
+
+
+def _naive(
+    workspace: Path, steps: int, warmup: int, batch_size: int, *, model_path: str | None = None
+) -> dict[str, Any]:
+    """The plain recipe on the same data and model: bf16 on a GPU that supports it, else fp32."""
     import pyarrow.parquet as pq
     import torch
     from datasets import Dataset
@@ -162,7 +183,13 @@ def _naive(workspace: Path, steps: int, warmup: int, batch_size: int) -> dict[st
     table = pq.read_table(data / "train.parquet", columns=["input_ids", "labels"])
     dataset = Dataset.from_dict(table.to_pydict())
     torch.manual_seed(SEED)
-    model = AutoModelForCausalLM.from_pretrained(resolve_model("tiny", workspace), dtype=torch.float32)
+    gpu = torch.cuda.is_available()
+    bf16 = gpu and torch.cuda.is_bf16_supported()
+    model = AutoModelForCausalLM.from_pretrained(
+        model_path or resolve_model("tiny", workspace),
+        dtype=torch.bfloat16 if bf16 else torch.float32,
+        attn_implementation="sdpa",
+    ).to("cuda" if gpu else "cpu")
     lora = LoraConfig(
         task_type="CAUSAL_LM", r=16, lora_alpha=32, lora_dropout=0.05, target_modules="all-linear"
     )
@@ -174,6 +201,7 @@ def _naive(workspace: Path, steps: int, warmup: int, batch_size: int) -> dict[st
 
     class Clock(TrainerCallback):
         def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            _synchronize()
             ends.append(time.perf_counter())
 
     with tempfile.TemporaryDirectory() as out:
@@ -187,7 +215,8 @@ def _naive(workspace: Path, steps: int, warmup: int, batch_size: int) -> dict[st
             logging_steps=10,
             save_strategy="no",
             report_to="none",
-            use_cpu=True,
+            use_cpu=not gpu,
+            bf16=bf16,
             seed=SEED,
             disable_tqdm=True,
         )
