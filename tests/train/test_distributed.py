@@ -15,7 +15,7 @@ import torch
 from safetensors.torch import load_file
 
 from twinlm.cli.train import launch_command
-from twinlm.config import TwinConfig
+from twinlm.config import TrainConfig, TwinConfig
 from twinlm.errors import TwinError
 from twinlm.train.distributed import write_launch_config
 from twinlm.train.loop import train
@@ -25,9 +25,7 @@ from test_loop import free_port, make_workspace, metric_events, settings
 
 def _launch(tmp_path: Path, script: Path, *args: str) -> subprocess.CompletedProcess[str]:
     """`script ARGS` in two CPU processes, through the ddp launch config twinlm writes."""
-    config_file = write_launch_config(
-        tmp_path / "launch", "ddp", 2, grad_accum=1, max_grad_norm=1.0, precision="auto"
-    )
+    config_file = write_launch_config(tmp_path / "launch", TrainConfig(distributed="ddp"), 2)
     command = launch_command(config_file, [str(script), *args], port=free_port())
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "MASTER_ADDR": "127.0.0.1"}
     return subprocess.run(command, capture_output=True, text=True, timeout=600, env=env)

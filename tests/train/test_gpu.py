@@ -58,15 +58,7 @@ def test_sharded_strategy_on_one_gpu_trains_and_resumes(tmp_path: Path, strategy
         train(cfg, Path({str(tmp_path)!r}), name, resume=mode == "resume", on_step=kill)
     """)
     )
-    s = cfg.train
-    config_file = write_launch_config(
-        tmp_path / "launch",
-        strategy,
-        1,
-        grad_accum=s.grad_accum,
-        max_grad_norm=s.max_grad_norm,
-        precision="fp32",
-    )
+    config_file = write_launch_config(tmp_path / "launch", cfg.train, 1)
 
     def launch(*args: str) -> subprocess.CompletedProcess[str]:
         command = launch_command(config_file, [str(script), *args], port=free_port())

@@ -12,6 +12,7 @@ from accelerate.commands.launch import _validate_launch_command, launch_command_
 from accelerate.utils import DeepSpeedPlugin
 from accelerate.utils.launch import prepare_deepspeed_cmd_env, prepare_multi_gpu_env
 
+from twinlm.config import TrainConfig
 from twinlm.errors import TwinError
 from twinlm.train import distributed
 from twinlm.train.distributed import make_accelerator, write_launch_config
@@ -34,9 +35,8 @@ def _parsed(config_file: Path):  # type: ignore[no-untyped-def]
 def test_accelerate_launches_the_written_config_as_the_strategy(
     tmp_path: Path, strategy: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    config_file = write_launch_config(
-        tmp_path, strategy, 4, grad_accum=3, max_grad_norm=0.5, precision="auto"
-    )
+    settings = TrainConfig(distributed=strategy, grad_accum=3, max_grad_norm=0.5, precision="auto")
+    config_file = write_launch_config(tmp_path, settings, 4)
     args = _parsed(config_file)
     assert args.num_processes == 4 and args.num_machines == 1
     assert args.use_fsdp == (strategy == "fsdp")
@@ -66,7 +66,7 @@ def test_accelerate_launches_the_written_config_as_the_strategy(
     for key, value in env.items():
         if key.startswith("ACCELERATE_") or key.startswith("FSDP_"):
             monkeypatch.setenv(key, value)
-    assert distributed._launched_strategy() == strategy
+    assert distributed._launched_strategy() == ("deepspeed" if strategy.startswith("zero") else strategy)
     if strategy.startswith("zero"):
         # accelerate's DeepSpeed settings from that environment (what Accelerator() builds; its checks
         # refuse an accelerate config that duplicates the JSON's fields).
@@ -78,11 +78,8 @@ def test_accelerate_launches_the_written_config_as_the_strategy(
 def test_multi_node_config(tmp_path: Path) -> None:
     config_file = write_launch_config(
         tmp_path,
-        "fsdp",
+        TrainConfig(distributed="fsdp", precision="bf16"),
         16,
-        grad_accum=1,
-        max_grad_norm=1.0,
-        precision="bf16",
         machines=2,
         machine_rank=1,
         main_address="10.1.2.3",
@@ -109,11 +106,8 @@ def test_impossible_layouts_are_refused(
     with pytest.raises(TwinError, match=message):
         write_launch_config(
             tmp_path,
-            "ddp",
+            TrainConfig(),
             processes,
-            grad_accum=1,
-            max_grad_norm=1.0,
-            precision="auto",
             machines=machines,
             main_address=address,
         )
@@ -121,7 +115,7 @@ def test_impossible_layouts_are_refused(
 
 def test_fp32_and_fp16_reach_deepspeed(tmp_path: Path) -> None:
     for precision, bf16, fp16 in (("fp32", False, False), ("fp16", False, True), ("bf16", True, False)):
-        write_launch_config(tmp_path, "zero2", 2, grad_accum=1, max_grad_norm=1.0, precision=precision)
+        write_launch_config(tmp_path, TrainConfig(distributed="zero2", precision=precision), 2)
         ds = orjson.loads((tmp_path / "deepspeed.json").read_bytes())
         assert (ds["bf16"]["enabled"], ds["fp16"]["enabled"]) == (bf16, fp16)
 
@@ -130,7 +124,7 @@ def test_fp32_and_fp16_reach_deepspeed(tmp_path: Path) -> None:
     ("env", "message"),
     [
         ({"ACCELERATE_USE_FSDP": "true"}, "fsdp needs CUDA GPUs"),
-        ({"ACCELERATE_USE_DEEPSPEED": "true", "ACCELERATE_DEEPSPEED_ZERO_STAGE": "3"}, "zero3 needs CUDA"),
+        ({"ACCELERATE_USE_DEEPSPEED": "true"}, "deepspeed needs CUDA GPUs"),
     ],
 )
 def test_sharding_without_a_gpu_is_refused_not_turned_into_ddp(

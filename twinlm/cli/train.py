@@ -109,14 +109,7 @@ def _relaunch(processes: int, workspace: Path) -> int:
             break
     ws = open_workspace(workspace)
     settings = ws.config.train
-    config_file = write_launch_config(
-        ws.root / "launch",
-        settings.distributed,
-        processes,
-        grad_accum=settings.grad_accum,
-        max_grad_norm=settings.max_grad_norm,
-        precision=settings.precision,
-    )
+    config_file = write_launch_config(ws.root / "launch", settings, processes)
     command = launch_command(config_file, ["--module", "twinlm", *args])
     shown = " ".join(command[2:])
     err.print(f"Training in {processes} processes ({settings.distributed}): {shown}", highlight=False)
@@ -167,11 +160,8 @@ def launch_config_command(
         raise TwinError(f"--machine-rank {machine_rank}: must be from 0 to {machines - 1}")
     config_file = write_launch_config(
         out_dir or ws.root / "launch",
-        settings.distributed,
+        settings,
         gpus * machines,
-        grad_accum=settings.grad_accum,
-        max_grad_norm=settings.max_grad_norm,
-        precision=settings.precision,
         machines=machines,
         machine_rank=machine_rank,
         main_address=main_address,

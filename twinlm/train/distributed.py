@@ -17,16 +17,17 @@ run is the same file with the machine count, this machine's rank and the main ma
 from __future__ import annotations
 
 import importlib.util
+import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import orjson
 import yaml
 
+from twinlm.config import TrainConfig
 from twinlm.errors import TwinError
 from twinlm.files import write_atomic
 
-Strategy = Literal["ddp", "fsdp", "zero2", "zero3"]
 ACCELERATE_CONFIG = "accelerate.yaml"
 DEEPSPEED_CONFIG = "deepspeed.json"
 
@@ -56,7 +57,7 @@ def deepspeed_config(stage: int, grad_accum: int, max_grad_norm: float, precisio
 
 
 def accelerate_config(
-    strategy: Strategy,
+    strategy: str,
     processes: int,
     *,
     machines: int = 1,
@@ -118,23 +119,24 @@ def accelerate_config(
 
 def write_launch_config(
     folder: Path,
-    strategy: Strategy,
+    settings: TrainConfig,
     processes: int,
     *,
-    grad_accum: int,
-    max_grad_norm: float,
-    precision: str,
     machines: int = 1,
     machine_rank: int = 0,
     main_address: str | None = None,
     main_port: int | None = None,
 ) -> Path:
-    """Write accelerate.yaml (and deepspeed.json for ZeRO) into `folder`; return the yaml's path."""
+    """Write accelerate.yaml (and deepspeed.json for ZeRO) for `settings.distributed` into `folder`;
+    return the yaml's path. `processes` counts all machines' processes."""
+    strategy = settings.distributed
     folder.mkdir(parents=True, exist_ok=True)
     deepspeed_file = None
     if strategy in ("zero2", "zero3"):
         deepspeed_file = folder / DEEPSPEED_CONFIG
-        ds = deepspeed_config(int(strategy[-1]), grad_accum, max_grad_norm, precision)
+        ds = deepspeed_config(
+            int(strategy[-1]), settings.grad_accum, settings.max_grad_norm, settings.precision
+        )
         write_atomic(deepspeed_file, orjson.dumps(ds, option=orjson.OPT_INDENT_2).decode() + "\n")
     config = accelerate_config(
         strategy,
@@ -171,12 +173,12 @@ def make_accelerator(grad_accum: int) -> Any:
             f"{wants} needs CUDA GPUs; on this machine several processes run as ddp "
             "(set train.distributed: ddp)"
         )
-    if wants in ("zero2", "zero3") and importlib.util.find_spec("deepspeed") is None:
-        raise TwinError(f"{wants} needs DeepSpeed: pip install deepspeed")
+    if wants == "deepspeed" and importlib.util.find_spec("deepspeed") is None:
+        raise TwinError("DeepSpeed ZeRO needs DeepSpeed: pip install deepspeed")
     # DeepSpeed counts the accumulation window itself (see deepspeed_config); DDP and FSDP do not.
     accelerator = Accelerator(
         cpu=not torch.cuda.is_available(),
-        gradient_accumulation_steps=grad_accum if wants in ("zero2", "zero3") else 1,
+        gradient_accumulation_steps=grad_accum if wants == "deepspeed" else 1,
     )
     if accelerator.distributed_type == DistributedType.DEEPSPEED:
         ds = accelerator.state.deepspeed_plugin.deepspeed_config
@@ -188,17 +190,11 @@ def make_accelerator(grad_accum: int) -> Any:
     return accelerator
 
 
-def _launched_strategy() -> Strategy:
-    import os
-
+def _launched_strategy() -> str:
+    """ddp, fsdp or deepspeed: what the launcher's environment asks this process for (accelerate reads
+    the ZeRO stage from the DeepSpeed JSON itself)."""
     if os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true":
-        stage = os.environ.get("ACCELERATE_DEEPSPEED_ZERO_STAGE", "")
-        if not stage:
-            path = os.environ.get("ACCELERATE_DEEPSPEED_CONFIG_FILE", "")
-            if path and Path(path).is_file():
-                zero = orjson.loads(Path(path).read_bytes()).get("zero_optimization", {})
-                stage = str(zero.get("stage", ""))
-        return "zero3" if stage == "3" else "zero2"
+        return "deepspeed"
     if os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true":
         return "fsdp"
     return "ddp"
