@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import orjson
@@ -20,7 +19,7 @@ from twinlm.errors import TwinError
 from twinlm.train.distributed import write_launch_config
 from twinlm.train.loop import train
 
-from test_loop import free_port, make_workspace, metric_events, settings
+from test_loop import free_port, make_workspace, metric_events, settings, write_run_script
 
 
 def _launch(tmp_path: Path, script: Path, *args: str) -> subprocess.CompletedProcess[str]:
@@ -44,16 +43,8 @@ def test_two_processes_follow_the_single_process_loss_curve(tmp_path: Path) -> N
     two = config.model_copy(update={"train": base.model_copy(update={"grad_accum": 1})})
     single = train(one, tmp_path, "single")
 
-    script = tmp_path / "ddp.py"
-    script.write_text(
-        textwrap.dedent(f"""
-        from pathlib import Path
-        from twinlm.config import TwinConfig
-        from twinlm.train.loop import train
-        train(TwinConfig.model_validate_json({two.model_dump_json()!r}), Path({str(tmp_path)!r}), "ddp")
-    """)
-    )
-    proc = _launch(tmp_path, script)
+    script = write_run_script(tmp_path, two)
+    proc = _launch(tmp_path, script, "ddp", "run")
     assert proc.returncode == 0, proc.stderr[-3000:]
 
     expected, got = _curve(single.run_dir), _curve(tmp_path / "runs" / "ddp")
@@ -68,22 +59,8 @@ def test_a_killed_two_process_run_resumes_to_the_same_weights_and_metrics(tmp_pa
     cfg = config.model_copy(
         update={"train": settings("lora", steps=8, save_every=2, eval_every=2, lora={"dropout": 0.1})}
     )
-    script = tmp_path / "run.py"
-    script.write_text(
-        textwrap.dedent(f"""
-        import os, signal, sys
-        from pathlib import Path
-        from twinlm.config import TwinConfig
-        from twinlm.train.loop import train
-        name, mode = sys.argv[1], sys.argv[2]
-        def kill(step, total, loss, speed):
-            # The second process dies in the middle of step 5, after checkpoint 4.
-            if mode == "kill" and step == 5 and os.environ["RANK"] == "1":
-                os.kill(os.getpid(), signal.SIGKILL)
-        cfg = TwinConfig.model_validate_json({cfg.model_dump_json()!r})
-        train(cfg, Path({str(tmp_path)!r}), name, resume=mode == "resume", on_step=kill)
-    """)
-    )
+    # The second process dies in the middle of step 5, after checkpoint 4.
+    script = write_run_script(tmp_path, cfg, kill_at=5, kill_rank=1)
     assert _launch(tmp_path, script, "whole", "run").returncode == 0
     killed = _launch(tmp_path, script, "killed", "kill")
     assert killed.returncode != 0 and "SIGKILL" in killed.stderr + killed.stdout, killed.stderr[-3000:]

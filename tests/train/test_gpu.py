@@ -6,7 +6,6 @@ from __future__ import annotations
 import importlib.util
 import os
 import subprocess
-import textwrap
 from pathlib import Path
 
 import orjson
@@ -18,7 +17,7 @@ from twinlm.cli.train import launch_command
 from twinlm.train.distributed import write_launch_config
 from twinlm.train.loop import train
 
-from test_loop import free_port, make_workspace, settings
+from test_loop import free_port, make_workspace, settings, write_run_script
 
 pytestmark = pytest.mark.gpu
 
@@ -43,21 +42,7 @@ def test_sharded_strategy_on_one_gpu_trains_and_resumes(tmp_path: Path, strategy
             )
         }
     )
-    script = tmp_path / "run.py"
-    script.write_text(
-        textwrap.dedent(f"""
-        import os, signal, sys
-        from pathlib import Path
-        from twinlm.config import TwinConfig
-        from twinlm.train.loop import train
-        name, mode = sys.argv[1], sys.argv[2]
-        def kill(step, total, loss, speed):
-            if mode == "kill" and step == 3:
-                os.kill(os.getpid(), signal.SIGKILL)
-        cfg = TwinConfig.model_validate_json({cfg.model_dump_json()!r})
-        train(cfg, Path({str(tmp_path)!r}), name, resume=mode == "resume", on_step=kill)
-    """)
-    )
+    script = write_run_script(tmp_path, cfg, kill_at=3)
     config_file = write_launch_config(tmp_path / "launch", cfg.train, 1)
 
     def launch(*args: str) -> subprocess.CompletedProcess[str]:

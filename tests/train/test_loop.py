@@ -112,6 +112,29 @@ def test_dora_on_a_full_and_a_4bit_base_lowers_the_eval_loss(workspaces: dict, m
     assert any("lora_magnitude_vector" in key for key in saved)  # DoRA's magnitudes are saved too
 
 
+def write_run_script(folder: Path, cfg: TwinConfig, kill_at: int = 0, kill_rank: int | None = None) -> Path:
+    """A script, `python SCRIPT NAME MODE` (or under `accelerate launch`), that trains run NAME of `cfg` in
+    `folder`. MODE: run; resume; kill: SIGKILL itself in the middle of step `kill_at` (after its
+    on_step, before its log and checkpoint), in process `kill_rank` only when given."""
+    script = folder / "run_training.py"
+    script.write_text(
+        textwrap.dedent(f"""
+        import os, signal, sys
+        from pathlib import Path
+        from twinlm.config import TwinConfig
+        from twinlm.train.loop import train
+        name, mode = sys.argv[1], sys.argv[2]
+        def kill(step, total, loss, speed):
+            rank_matches = {kill_rank!r} is None or os.environ.get("RANK") == str({kill_rank!r})
+            if mode == "kill" and step == {kill_at} and rank_matches:
+                os.kill(os.getpid(), signal.SIGKILL)
+        cfg = TwinConfig.model_validate_json({cfg.model_dump_json()!r})
+        train(cfg, Path({str(folder)!r}), name, resume=mode == "resume", on_step=kill)
+    """)
+    )
+    return script
+
+
 def metric_events(run: Path) -> list[dict]:
     """metrics.jsonl without what differs between identical runs (wall time, speed)."""
     events = [orjson.loads(line) for line in (run / "metrics.jsonl").read_bytes().splitlines()]
@@ -129,19 +152,8 @@ def test_a_killed_run_resumes_to_the_same_weights_and_metrics(workspaces: dict) 
     cfg = config.model_copy(update={"train": settings("lora", steps=8, save_every=2, eval_every=2)})
     whole = train(cfg, root, "whole")
     # The same run in a child process, SIGKILLed in the middle of step 5 (after checkpoint 4).
-    script = textwrap.dedent(f"""
-        import os, signal, sys
-        from pathlib import Path
-        from twinlm.config import TwinConfig
-        from twinlm.train.loop import train
-        cfg = TwinConfig.model_validate_json({cfg.model_dump_json()!r})
-        def kill(step, total, loss, speed):
-            if step == 5:
-                os.kill(os.getpid(), signal.SIGKILL)
-        train(cfg, Path({str(root)!r}), "killed", on_step=kill)
-    """)
     proc = subprocess.run(
-        [sys.executable, "-c", script],
+        [sys.executable, str(write_run_script(root, cfg, kill_at=5)), "killed", "kill"],
         capture_output=True,
         text=True,
         timeout=300,
