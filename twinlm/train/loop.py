@@ -17,7 +17,6 @@ import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +31,7 @@ from twinlm.models import resolve_model
 from twinlm.models.load import QUANTIZED, LoraSettings, eval_mode, load_model
 from twinlm.models.presets import get_preset
 from twinlm.train import attention as packed_attention  # registers the "twinlm_packed" attention
+from twinlm.train import run as run_record
 from twinlm.train.checkpoint import (
     TrainState,
     latest_checkpoint,
@@ -104,7 +104,7 @@ def train(
             "processes"
         )
     # Every process must use the same run folder: the main one picks it (a fresh name is a timestamp).
-    run_dir = _broadcast(_run_dir(workspace, run_name, resume) if main else None, world)
+    run_dir = _broadcast(run_record.run_dir(workspace, run_name, resume) if main else None, world)
 
     device = str(accelerator.device)
     dtype = _dtype(settings.precision, device)
@@ -133,7 +133,7 @@ def train(
     if settings.liger_kernels:
         apply_liger_kernels(model, device)
     if not resume and main:
-        _describe_run(run_dir, config, data_dir, info, lr, attention, str(dtype), trainable, total)
+        run_record.describe_run(run_dir, config, data_dir, info, lr, attention, str(dtype), trainable, total)
 
     pad_id = _pad_id(data_dir)
     window = _sliding_window(model)
@@ -182,7 +182,7 @@ def train(
             metrics.log(step, split, loss, **values)
             reporter.log(step, split, {"loss": loss, **values})
 
-    first_eval = _first_eval(run_dir) if resume else None
+    first_eval = run_record.first_eval(run_dir) if resume else None
     last_eval: float | None = None
 
     def evaluate() -> float | None:
@@ -355,55 +355,6 @@ def _broadcast(value: Any, world: int) -> Any:
     return broadcast_object_list([value], from_process=0)[0]
 
 
-def _run_dir(workspace: Path, name: str | None, resume: bool) -> Path:
-    runs = workspace / "runs"
-    if resume:
-        candidates = [runs / name] if name else sorted(runs.glob("*/"), key=lambda p: p.stat().st_mtime)
-        if not candidates or not (candidates[-1] / "config.json").is_file():
-            raise TwinError(f"nothing to resume in {runs}" + (f" named {name!r}" if name else ""))
-        return candidates[-1]
-    run_dir = runs / (name or datetime.now(UTC).strftime("run-%Y%m%d-%H%M%S"))
-    if run_dir.exists() and any(run_dir.iterdir()):
-        raise TwinError(
-            f"{run_dir}: a run with this name exists; pass --resume to continue it, or another --name"
-        )
-    run_dir.mkdir(parents=True, exist_ok=True)
-    return run_dir
-
-
-def _describe_run(
-    run_dir: Path,
-    config: TwinConfig,
-    data_dir: Path,
-    info: dict[str, Any],
-    lr: float,
-    attention: str,
-    dtype: str,
-    trainable: int,
-    total: int,
-) -> None:
-    """The run folder describes itself: what config, dataset, tokenizer and template made it."""
-    description = {
-        "twinlm_run": 1,
-        "config": config.model_dump(mode="json"),
-        "dataset": str(data_dir),
-        "model": info["model"],
-        "template_style": info.get("template_style"),
-        "system_prompt_template": info.get("system_prompt_template"),
-        "me": info.get("me"),
-        "learning_rate": lr,
-        "attention": attention,
-        "dtype": dtype,
-        "trainable_params": trainable,
-        "total_params": total,
-    }
-    write_atomic(
-        run_dir / "config.json", orjson.dumps(description, option=orjson.OPT_INDENT_2).decode() + "\n"
-    )
-    shutil.copy(data_dir / "build.json", run_dir / "build.json")
-    shutil.copytree(data_dir / "tokenizer", run_dir / "tokenizer", dirs_exist_ok=True)
-
-
 def _dtype(precision: str, device: str) -> torch.dtype:
     if precision == "auto":
         return torch.bfloat16 if device == "cuda" and torch.cuda.is_bf16_supported() else torch.float32
@@ -436,15 +387,6 @@ def _sliding_window(model: Any) -> int | None:
     config = getattr(model, "config", None)
     window = getattr(config, "sliding_window", None)
     return window if isinstance(window, int) and getattr(config, "use_sliding_window", True) else None
-
-
-def _first_eval(run_dir: Path) -> float | None:
-    from twinlm.train.metrics import read_metrics
-
-    for event in read_metrics(run_dir):
-        if event.get("split") == "eval" and event.get("step") == 0:
-            return event.get("loss")
-    return None
 
 
 def _chunks(items: list[list[int]], size: int) -> list[list[list[int]]]:
