@@ -41,19 +41,29 @@ from twinlm.sources._common import clip, in_slices, media_message, stable_id, tr
 FORMAT = "whatsapp"
 
 _SP = r"[ \u00a0\u202f]"
-# Date, time, optional meridian; iOS puts it in brackets, Android follows it with " - ".
+# Date, time, optional meridian; iOS puts it in brackets, Android follows it with " - ". Locales seen in
+# real exports: a right-to-left mark before each date separator and an Arabic comma (Arabic); "à"
+# (French) or "klo" (Finnish) between date and time; a meridian before the time, with or without a
+# space (Korean 오전/오후, Chinese 上午/下午, Japanese 午前/午後), after it (a.m., p. m., vorm., ص/م).
+# Korean exports may also end the header with ", " instead of " - " (`2024. 3. 13. 오후 2:05, 김민수 : …`);
+# that ending is accepted only after a prefix meridian, where no other layout puts a comma.
 _HEADER = re.compile(
     rf"""[\ufeff\u200e\u200f\u202a-\u202e]*
     (?P<br>\[)?
-    (?P<a>\d{{4}}|\d{{1,2}})(?P<sep>[./-]){_SP}?(?P<b>\d{{1,2}})(?P=sep){_SP}?(?P<c>\d{{4}}|\d{{1,2}})\.?
-    ,?{_SP}+
+    (?P<a>\d{{4}}|\d{{1,2}})[\u200e\u200f]?(?P<sep>[./-]){_SP}?
+    (?P<b>\d{{1,2}})[\u200e\u200f]?(?P=sep){_SP}?(?P<c>\d{{4}}|\d{{1,2}})\.?
+    [,\u060c]?{_SP}+(?:(?:à|klo){_SP}+)?
+    (?:(?P<pre>오전|오후|上午|下午|午前|午後){_SP}?)?
     (?P<H>\d{{1,2}})[:.](?P<M>\d{{2}})(?:[:.](?P<S>\d{{2}}))?\.?
-    (?:{_SP}*(?P<ampm>[AaPp]\.?{_SP}?[Mm]\.?|vorm\.|nachm\.))?
-    (?(br)\]{_SP}|{_SP}?[-–]{_SP})
+    (?:{_SP}*(?P<ampm>[AaPp]\.?{_SP}?[Mm]\.?|vorm\.|nachm\.|\u0635|\u0645))?
+    (?(br)\]{_SP}|(?:{_SP}?[-–]{_SP}|(?(pre),{_SP}|(?!))))
     """,
     re.VERBOSE,
 )
-_AMPM = {"am": 0, "vorm": 0, "pm": 12, "nachm": 12}
+_AMPM = {
+    "am": 0, "vorm": 0, "pm": 12, "nachm": 12, "\u0635": 0, "\u0645": 12,
+    "오전": 0, "오후": 12, "上午": 0, "下午": 12, "午前": 0, "午後": 12,
+}  # fmt: skip
 _BIDI = str.maketrans(dict.fromkeys("\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069"))
 _QUOTE = re.compile('["\u201c\u201d\u201e\u00ab\u00bb]')
 
@@ -135,6 +145,27 @@ def looks_like(head: str, path: Path) -> bool:
         body = first.string[first.end() :].lstrip("\u200e")
         return authored > 0 or bool(_NOTICE.match(body))
     return sum(1 for m in matches[:10] if m) >= 5 and authored >= 3
+
+
+# A date (any separators, CJK year/month marks included), a time within a few characters, then a
+# header ending and "Name: " soon after: the shape of a chat line in a layout `_HEADER` may not know.
+_CHAT_LIKE = re.compile(
+    r"[\ufeff\u200e\u200f\[]*\d{1,4}\s*[./\-年년]\s*\d{1,2}\s*[./\-月월]\s*\d{1,4}\D{0,12}?"
+    r"\d{1,2}[:.]\d{2}(?:[:.]\d{2})?[^\d\n:]{0,12}?(?:\]|\s[-–]|,|:)\s+[^\n:]{1,60}?\s?:\s"
+)
+
+
+def resembles(head: str, path: Path) -> bool:
+    """Whether a file that `looks_like` refused still reads as a WhatsApp chat: a chat export's name
+    ("WhatsApp Chat with …", iOS `_chat.txt`), or most early lines shaped like "date time - Name: text".
+
+    Ingest turns such a file into an error (an unknown layout to report) instead of a document."""
+    name = path.name.lower()
+    if name == "_chat.txt" or (name.endswith(".txt") and _CHAT_NAME.match(path.stem.strip())):
+        return True
+    lines = [s for line in head.split("\n")[:40] if (s := line.strip())][:20]
+    hits = sum(1 for line in lines if _CHAT_LIKE.match(line))
+    return hits >= 2 and hits * 2 >= len(lines)
 
 
 # -- reading ------------------------------------------------------------------------------------
@@ -252,7 +283,7 @@ class _Clock:
         self.offsets: dict[int, timedelta | None] = {}
 
     def convert(self, m: re.Match[str]) -> tuple[datetime, datetime] | None:
-        key = m.group("a", "b", "c", "H", "M", "S", "ampm")
+        key = m.group("a", "b", "c", "H", "M", "S", "ampm", "pre")
         if key == self.last_key:
             return self.last
         self.last_key, self.last = key, self._convert(m)
@@ -270,10 +301,11 @@ class _Clock:
             year = int(c) + (2000 if len(c) == 2 else 0)
             month, day = (b, int(a)) if self.day_first else (int(a), b)
         hour = int(m["H"])
-        if m["ampm"]:
+        meridian = m["pre"] or m["ampm"]
+        if meridian:
             if hour > 12:
                 return None
-            hour = hour % 12 + _AMPM[re.sub(r"[\s.]", "", m["ampm"]).lower()]
+            hour = hour % 12 + _AMPM[re.sub(r"[\s.\u00a0\u202f]", "", meridian).lower()]
         try:
             naive = datetime(year, month, day, hour, int(m["M"]), int(m["S"] or 0))
             off = self._hour_offset(naive)
