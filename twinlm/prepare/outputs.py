@@ -7,7 +7,7 @@ corpus and config (no timestamps, no random state, fixed writer options).
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 
@@ -32,21 +32,97 @@ def split_fraction(conversation: str, seed: str) -> float:
     return int.from_bytes(digest, "big") / 2**64
 
 
-def assign_splits(samples: Sequence[Sample], eval_fraction: float, seed: str) -> list[Sample]:
-    """Mark samples train or eval by conversation, deterministically.
+def trained_chars(sample: Sample) -> int:
+    """The split's weight of a sample before tokenizing: characters of its trained turns."""
+    return sum(len(t.text) for t in sample.turns if t.trained)
 
-    With at least two conversations and a non-zero fraction, eval is never empty: the conversation
-    with the smallest hash goes there, so a small first dataset still gets an eval loss.
+
+def assign_splits(
+    samples: Sequence[Sample],
+    eval_fraction: float,
+    seed: str,
+    weights: Mapping[str, int] | None = None,
+) -> list[Sample]:
+    """Mark samples train or eval, deterministically, never splitting a sample (a session).
+
+    `samples` holds each conversation's sessions oldest first (as the build yields them);
+    `weights` gives each sample's trained tokens by id (default: its trained characters).
+
+    The rule, per conversation of chat sessions (kinds chat and assistant):
+
+    - Eval is the conversation's newest sessions whose trained tokens come nearest to
+      `eval_fraction` of its own (a tail; ties to fewer sessions; never every session). Evaluation
+      then asks about the future, as chatting with the twin will, and each conversation with enough
+      sessions contributes its share, so the eval share of trained tokens lands near the setting
+      whatever the conversations' sizes (off by at most half a session per conversation).
+    - A conversation whose tail rounds to no session and that has at most 1 / (2 * eval_fraction)
+      sessions (a ChatGPT conversation, a short chat) is held out whole, by a hash of its key and
+      `seed`, as documents are (with their teacher Q/A pairs, which share the document's key).
+      A longer one whose newest session alone is over twice its share stays in train.
+    - With nothing in eval, the newest session of the heaviest conversation with two or more
+      sessions goes there (a single chat still gets an eval loss), else the conversation with the
+      smallest hash; train is never left empty.
+
+    Guarantee when newer sessions are added (one more month of messages): a sample that was in train
+    stays in train (a twin trained before the update is never evaluated on its own training data),
+    conversations that gained nothing keep their split, and in a conversation that grew only its new
+    sessions and its newest old eval sessions can change: the tail slides forward, so old eval
+    sessions may return to train. Exceptions: the fallback above (a corpus with nothing else in
+    eval), and a session still going on at the old export's end, which grows (it counts as new).
     """
     if not samples:
         return []
-    fractions = {s.conversation: split_fraction(s.conversation, seed) for s in samples}
-    evals = {c for c, f in fractions.items() if f < eval_fraction}
-    if eval_fraction > 0 and not evals and len(fractions) > 1:
-        evals = {min(fractions, key=lambda c: (fractions[c], c))}
-    if len(evals) == len(fractions) and len(fractions) > 1:  # never leave train empty either
-        evals.discard(max(fractions, key=lambda c: (fractions[c], c)))
-    return [replace(s, split="eval" if s.conversation in evals else "train") for s in samples]
+    weigh = (lambda s: weights.get(s.id, 0)) if weights is not None else trained_chars
+    chats: dict[str, list[int]] = {}  # conversation -> its samples' positions, oldest first
+    whole: set[str] = set()  # conversations held out whole or not at all, by hash
+    for i, s in enumerate(samples):
+        if s.kind == "document":
+            whole.add(s.conversation)
+        else:
+            chats.setdefault(s.conversation, []).append(i)
+    evals: set[int] = set()
+    if eval_fraction > 0:
+        for conversation, positions in chats.items():
+            k = _tail([weigh(samples[i]) for i in positions], eval_fraction)
+            if k:
+                evals.update(positions[-k:])
+            elif len(positions) <= 1 / (2 * eval_fraction):
+                whole.add(conversation)
+    fractions = {c: split_fraction(c, seed) for c in whole}
+    held = {c for c, f in fractions.items() if f < eval_fraction}
+    conversations = {s.conversation for s in samples}
+    if eval_fraction > 0 and not evals and not held:
+        multi = [c for c, positions in chats.items() if len(positions) > 1]
+        if multi:
+            heaviest = max(multi, key=lambda c: (sum(weigh(samples[i]) for i in chats[c]), c))
+            evals.add(chats[heaviest][-1])
+        elif len(conversations) > 1:
+            held = {min(fractions, key=lambda c: (fractions[c], c))} if fractions else set()
+    if not evals and held == conversations and len(held) > 1:  # never leave train empty either
+        held.discard(max(fractions, key=lambda c: (fractions[c], c)))
+    return [
+        replace(s, split="eval" if i in evals or s.conversation in held else "train")
+        for i, s in enumerate(samples)
+    ]
+
+
+def _tail(weights: Sequence[int], fraction: float) -> int:
+    """How many of the newest sessions hold nearest to `fraction` of the weight (never all of them)."""
+    target = fraction * sum(weights)
+    best, best_k, total = target, 0, 0
+    for k in range(1, len(weights)):
+        total += weights[-k]
+        if abs(total - target) < best:
+            best, best_k = abs(total - target), k
+        if total >= target:
+            break
+    return best_k
+
+
+def eval_share(trained_tokens: Mapping[str, int]) -> float:
+    """The eval split's share of all trained tokens (what `build.eval_fraction` aims at)."""
+    total = sum(trained_tokens.values())
+    return trained_tokens.get("eval", 0) / total if total else 0.0
 
 
 def write_jsonl(path: Path, samples: Iterable[Sample]) -> int:
