@@ -29,8 +29,8 @@ dev: $(VENV)/.dev-installed
 demo: $(VENV)/.installed
 	rm -rf $(DEMO)
 	$(BIN)/twinlm init $(DEMO) --name demo --me "Alex Rivera" --me alex
-	$(BIN)/twinlm ingest -w $(DEMO) examples/exports
-	$(BIN)/twinlm ingest -w $(DEMO) examples/exports
+	$(BIN)/twinlm ingest -w $(DEMO) examples/exports --documents examples/documents
+	$(BIN)/twinlm ingest -w $(DEMO) examples/exports --documents examples/documents
 	$(BIN)/twinlm people -w $(DEMO)
 	$(BIN)/twinlm stats -w $(DEMO)
 	$(BIN)/twinlm build -w $(DEMO) --model tiny --preview 2

@@ -12,7 +12,7 @@ from twinlm.errors import ExportError
 from twinlm.ingest import ingest
 from twinlm.model import ParseOptions
 
-from testdata import EXAMPLES
+from testdata import DOCUMENTS, EXAMPLES
 
 OPTIONS = ParseOptions(timezone="UTC")
 CHATGPT = EXAMPLES / "chatgpt" / "conversations.json"
@@ -27,7 +27,7 @@ def rows(corpus: Corpus) -> list[tuple]:
 
 def test_examples_ingest_every_format_and_reingest_adds_nothing(tmp_path: Path) -> None:
     with Corpus(tmp_path / "corpus.db") as corpus:
-        first = ingest([EXAMPLES], corpus, OPTIONS)
+        first = ingest([EXAMPLES], corpus, OPTIONS, documents=[DOCUMENTS])
         assert not first.failed
         assert {f.format for f in first.files} == {
             "chatgpt",
@@ -39,7 +39,7 @@ def test_examples_ingest_every_format_and_reingest_adds_nothing(tmp_path: Path) 
         }
         assert first.total().changes.new_messages == corpus.count("messages") > 40
         before = rows(corpus)
-        again = ingest([EXAMPLES], corpus, OPTIONS)
+        again = ingest([EXAMPLES], corpus, OPTIONS, documents=[DOCUMENTS])
         total = again.total().changes
         assert (total.new_messages, total.new_conversations, total.updated_messages) == (0, 0, 0)
         assert rows(corpus) == before
@@ -140,7 +140,8 @@ def test_unknown_files_inside_folders_are_counted_not_errors(tmp_path: Path) -> 
     with Corpus(tmp_path / "corpus.db") as corpus:
         result = ingest([folder], corpus, OPTIONS)
         assert not result.failed
-        assert result.not_exports == {"not an export": 1}
+        assert result.not_exports == {"media file": 1}
+        assert result.skipped == [(str(folder / "photo.jpg"), "media file")]
         assert [f.format for f in result.files] == ["whatsapp"]
 
 

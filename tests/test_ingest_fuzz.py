@@ -17,7 +17,7 @@ from twinlm.corpus.db import Corpus
 from twinlm.ingest import ingest
 from twinlm.model import ParseOptions
 
-from testdata import EXAMPLES, FIXTURES
+from testdata import DOCUMENTS, EXAMPLES, FIXTURES
 
 OPTIONS = ParseOptions(timezone="UTC")
 SAMPLES = {
@@ -26,7 +26,7 @@ SAMPLES = {
     "telegram": EXAMPLES / "telegram" / "result.json",
     "whatsapp": EXAMPLES / "whatsapp" / "WhatsApp Chat with Mom.txt",
     "messenger": next((EXAMPLES / "messenger").rglob("message_1.json")),
-    "documents": EXAMPLES / "documents" / "climbing-notes.md",
+    "documents": DOCUMENTS / "climbing-notes.md",
     "jsonl": next((FIXTURES / "jsonl").glob("*.jsonl")),
 }
 
@@ -53,7 +53,7 @@ def seeded(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A corpus with the examples already in it, copied for each example run."""
     db = tmp_path_factory.mktemp("seed") / "corpus.db"
     with Corpus(db) as corpus:
-        assert not ingest([EXAMPLES], corpus, OPTIONS).failed
+        assert not ingest([EXAMPLES], corpus, OPTIONS, documents=[DOCUMENTS]).failed
         corpus.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     return db
 
@@ -72,7 +72,10 @@ def test_mutated_export_imports_whole_or_not_at_all(fmt: str, seeded: Path, tmp_
         target.write_bytes(data)
         with Corpus(db) as corpus:
             before = snapshot(corpus)
-            result = ingest([target], corpus, OPTIONS)
+            as_document = fmt == "documents"
+            result = ingest(
+                [] if as_document else [target], corpus, OPTIONS, documents=[target] if as_document else []
+            )
             if result.failed:
                 (failed,) = result.failed
                 assert failed.error and "\n" not in failed.error and str(target) in failed.error

@@ -33,7 +33,14 @@ class IngestConfig(BaseModel):
     paths: list[str] = Field(
         default_factory=list,
         description="Exports to read when `twinlm ingest` is given no paths (files, folders or zips; "
-        "relative to the workspace).",
+        "relative to the workspace). Only chat exports are read from these: documents, attachments and "
+        "other files in them are skipped, each named with its reason.",
+    )
+    documents: list[str] = Field(
+        default_factory=list,
+        description="Documents to train on (.txt, .md, .pdf, .docx files, or folders searched for them; "
+        "relative to the workspace), read when `twinlm ingest` is given no paths. Documents are read "
+        "only from here or from `--documents`, never from inside an export.",
     )
     media: Literal["placeholder", "drop"] = Field(
         "placeholder",

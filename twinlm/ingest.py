@@ -3,11 +3,19 @@
 Each file is detected by content and parsed by its source module; what it yields is upserted under
 a per-file savepoint. A file that cannot be read is reported with its one-line error and leaves no
 trace; the other files still import. A bug (any other exception) rolls back the whole import.
+
+Exports and documents come from different paths. Export paths (files, folders, zips) yield chat
+exports only: whatever else they hold (a Telegram HTML export's pages and stylesheets, a ChatGPT zip's
+chat.html, the PDF or contact card attached in a WhatsApp media zip, a README, a CSV) is skipped and
+named with its reason, never read as training text. Documents come only from the paths given as
+documents (`--documents`, `ingest.documents`). A file that looks like a WhatsApp chat but matches no
+layout the parser knows is an error, not a skip: its messages would otherwise be lost silently.
 """
 
 from __future__ import annotations
 
 import gc
+import os
 import shutil
 import tempfile
 import zipfile
@@ -15,13 +23,16 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path, PurePosixPath
 
 from twinlm import sources
 from twinlm.corpus.db import Changes, Corpus
 from twinlm.errors import ExportError
 from twinlm.model import ParseOptions, ParseReport
-from twinlm.sources._common import position, untrack
+from twinlm.sources import whatsapp
+from twinlm.sources._common import position, read_head, untrack
+from twinlm.sources.whatsapp import LOCAL_TIME_NOTE
 
 # Leading bytes of files that are media, never exports: skipped inside zips without unpacking them.
 MEDIA_MAGIC = (b"\xff\xd8\xff", b"\x89PNG", b"GIF8", b"RIFF", b"OggS", b"ID3", b"\x1aE\xdf\xa3", b"fLaC")
@@ -30,6 +41,23 @@ MAX_ZIP_DEPTH = 2
 WORKSPACE_FILES = ("twin.yaml", "corpus.db", "corpus.db-journal", "corpus.db-wal", "corpus.db-shm")
 WORKSPACE_FOLDERS = ("data", "runs", "export", "reports", "models")
 SUSPICIOUS_RATIO = 100  # uncompressed/compressed: chat exports compress 5-20x, bombs 1000x and more
+# What a folder given as documents is searched for (a file named on its own is read whatever its name).
+DOCUMENT_SUFFIXES = (
+    ".txt", ".text", ".md", ".markdown", ".mdown", ".mkd", ".mkdn", ".rst", ".org", ".pdf", ".docx",
+)  # fmt: skip
+
+# Why a file was left out (the keys of IngestResult.not_exports; each skipped file is named with one).
+EMPTY = "empty file"
+NOT_AN_EXPORT = "not an export"
+MEDIA_IN_ARCHIVE = "media file in archive"
+MEDIA = "media file"
+DOCUMENT_IN_EXPORT = "document in an export path (to train on it, give it with --documents)"
+ATTACHMENT = "attachment inside an export archive (not read; give documents with --documents)"
+TELEGRAM_HTML = "Telegram HTML export page (not readable: export the chat as 'Machine-readable JSON')"
+HTML_PAGE = "HTML page (HTML exports are not read: use the export's JSON)"
+NOT_A_DOCUMENT_TYPE = f"not a document type ({', '.join(DOCUMENT_SUFFIXES)})"
+NOT_A_DOCUMENT = "not a readable document (UTF-8 text, PDF or DOCX)"
+_TELEGRAM_HTML_MARKS = ('class="page_header"', 'class="history"', "<title>Exported Data</title>")
 
 
 @dataclass(slots=True)
@@ -46,6 +74,13 @@ class IngestResult:
     import_id: int
     files: list[FileResult] = field(default_factory=list)
     not_exports: Counter[str] = field(default_factory=Counter)  # reason -> count, e.g. media files
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (file as shown, reason), in walk order
+    # The zone local-time exports (WhatsApp, Telegram's 2020 schema) were read in, when the user set none.
+    assumed_timezone: str | None = None
+
+    def skip(self, name: str, reason: str) -> None:
+        self.not_exports[reason] += 1
+        self.skipped.append((name, reason))
 
     @property
     def failed(self) -> list[FileResult]:
@@ -77,6 +112,8 @@ class IngestResult:
                 for f in self.files
             ],
             "not_exports": dict(self.not_exports),
+            "skipped_files": [{"file": name, "reason": reason} for name, reason in self.skipped],
+            "assumed_timezone": self.assumed_timezone,
         }
 
 
@@ -85,6 +122,8 @@ class _Input:
     path: Path  # where the bytes are (a temporary file for zip members)
     name: str  # what the user sees
     explicit: bool  # named on the command line: an unknown format is an error, not a skip
+    document: bool = False  # from a documents path: read as a document (or as the chat export it is)
+    in_archive: bool = False  # a member of a zip given as an export
 
 
 # (file name, messages read so far in it, bytes of it read so far, its size in bytes)
@@ -96,13 +135,19 @@ def ingest(
     corpus: Corpus,
     options: ParseOptions,
     *,
+    documents: list[Path] | None = None,
     fmt: str | None = None,
     max_unpacked_bytes: int = 50 * 2**30,
     on_file: Callable[[str], None] | None = None,
     on_progress: ProgressCallback | None = None,
 ) -> IngestResult:
-    """Import `paths` (files, folders, zips) into `corpus`. Returns what each file gave."""
-    for path in paths:
+    """Import exports from `paths` (files, folders, zips) and documents from `documents` (files,
+    folders) into `corpus`. `fmt` forces the format of every export; "documents" makes `paths`
+    document paths. Returns what each file gave and what was skipped, by name."""
+    documents = list(documents or [])
+    if fmt == "documents":
+        paths, documents, fmt = [], [*documents, *paths], None
+    for path in [*paths, *documents]:
         if not path.exists():
             raise ExportError(path, "no such file or folder")
     # Ingest allocates millions of short-lived, acyclic objects; the cycle collector would walk them
@@ -110,7 +155,7 @@ def ingest(
     gc_was_enabled = gc.isenabled()
     gc.disable()
     try:
-        return _ingest(paths, corpus, options, fmt, max_unpacked_bytes, on_file, on_progress)
+        return _ingest(paths, documents, corpus, options, fmt, max_unpacked_bytes, on_file, on_progress)
     finally:
         if gc_was_enabled:
             gc.enable()
@@ -119,6 +164,7 @@ def ingest(
 
 def _ingest(
     paths: list[Path],
+    documents: list[Path],
     corpus: Corpus,
     options: ParseOptions,
     fmt: str | None,
@@ -127,16 +173,18 @@ def _ingest(
     on_progress: ProgressCallback | None,
 ) -> IngestResult:
     with (
-        corpus.importing([str(p) for p in paths]) as import_id,
+        corpus.importing([str(p) for p in [*paths, *documents]]) as import_id,
         tempfile.TemporaryDirectory(prefix=".ingest-", dir=corpus.path.parent) as scratch,
     ):
         result = IngestResult(import_id=import_id)
-        inputs = _expand(paths, Path(scratch), max_unpacked_bytes, result, corpus.path.parent)
+        inputs = _expand(paths, documents, Path(scratch), max_unpacked_bytes, result, corpus.path.parent)
         for item in inputs:
             if on_file:
                 on_file(item.name)
             result.files.append(_ingest_file(item, corpus, import_id, options, fmt, on_progress, result))
         result.files = [f for f in result.files if f.format or f.error]
+        if options.timezone is None and any(LOCAL_TIME_NOTE in f.report.notes for f in result.files):
+            result.assumed_timezone = machine_timezone()
         corpus.record_summary(import_id, result.summary())
     return result
 
@@ -155,18 +203,19 @@ def _ingest_file(
         if item.path.stat().st_size == 0:
             if item.explicit:
                 raise ExportError(item.name, "empty file", "byte 0")
-            result.not_exports["empty file"] += 1
+            result.skip(item.name, EMPTY)
             return file_result
-        file_format = fmt or sources.detect(item.path)
-        if file_format is None:
+        file_format = (None if item.document else fmt) or sources.detect(item.path)
+        if item.document and file_format is None:
             if item.explicit:
-                raise ExportError(
-                    item.name,
-                    "not a recognised export (ChatGPT, Discord, Telegram, "
-                    "WhatsApp, Messenger/Instagram, JSONL dataset, or a .txt/.md/.pdf/.docx "
-                    "document)",
-                )
-            result.not_exports["not an export"] += 1
+                raise ExportError(item.name, NOT_A_DOCUMENT)
+            result.skip(item.name, NOT_A_DOCUMENT)
+            return file_result
+        if not item.document and not fmt and file_format in (None, "documents"):
+            reason = _not_an_export(item)
+            if item.explicit:
+                raise ExportError(item.name, _EXPLICIT.get(reason, reason))
+            result.skip(item.name, reason)
             return file_result
         file_result.format = file_format
         size = item.path.stat().st_size
@@ -191,25 +240,98 @@ def _ingest_file(
     return file_result
 
 
-def _expand(
-    paths: list[Path], scratch: Path, max_unpacked: int, result: IngestResult, workspace: Path
-) -> Iterator[_Input]:
-    """Every file to read, in a stable order: folders walked, zips unpacked (safely) into `scratch`.
+_EXPLICIT = {
+    DOCUMENT_IN_EXPORT: "a document, not a chat export: to train on it, give it with --documents "
+    "(or list it under ingest.documents)",
+    NOT_AN_EXPORT: "not a recognised export (ChatGPT, Discord, Telegram, WhatsApp, Messenger/Instagram, "
+    "JSONL dataset); documents go with --documents",
+    MEDIA: "a media file, not an export",
+}
 
-    Hidden files and the workspace's own files (twin.yaml, corpus.db, stage outputs) are passed over.
+
+def _not_an_export(item: _Input) -> str:
+    """Why a file in an export path that no export parser claimed is left out (ExportError when it
+    looks like a WhatsApp chat: an unknown layout must not lose a chat silently)."""
+    with open(item.path, "rb") as f:
+        magic = f.read(16)
+    if magic.startswith(MEDIA_MAGIC) or magic[4:8] == b"ftyp":
+        return MEDIA
+    head = read_head(item.path, 8192)
+    if whatsapp.resembles(head, Path(item.name)):
+        first = next((line.strip() for line in head.splitlines() if line.strip()), "")[:60]
+        raise ExportError(
+            item.name,
+            f"looks like a WhatsApp chat, but no line matches a date-and-time layout twinlm reads "
+            f"(first line: {first!r}); please report this layout",
+        )
+    start = head.lstrip()[:200].lower()
+    if start.startswith(("<!doctype html", "<html")):
+        return TELEGRAM_HTML if any(mark in head for mark in _TELEGRAM_HTML_MARKS) else HTML_PAGE
+    if sources.FORMATS["documents"].looks_like(head, item.path):
+        return ATTACHMENT if item.in_archive else DOCUMENT_IN_EXPORT
+    return NOT_AN_EXPORT
+
+
+def machine_timezone() -> str:
+    """This machine's time zone, by IANA name where the system says it (TZ, /etc/localtime)."""
+    name = os.environ.get("TZ", "").lstrip(":")
+    if name:
+        return name
+    try:
+        target = os.path.realpath("/etc/localtime")
+    except OSError:
+        target = ""
+    if "zoneinfo/" in target:
+        return target.split("zoneinfo/", 1)[1]
+    return datetime.now().astimezone().tzname() or "UTC"
+
+
+def _expand(
+    paths: list[Path],
+    documents: list[Path],
+    scratch: Path,
+    max_unpacked: int,
+    result: IngestResult,
+    workspace: Path,
+) -> Iterator[_Input]:
+    """Every file to read, in a stable order: export paths first (folders walked, zips unpacked safely
+    into `scratch`), then document paths (folders searched for DOCUMENT_SUFFIXES, zips not opened).
+
+    Hidden files and the workspace's own files (twin.yaml, corpus.db, stage outputs) are passed over,
+    and so are files under a documents path met while walking an export folder (they are read once,
+    as documents).
     """
     own = {(workspace / name).resolve() for name in WORKSPACE_FILES + WORKSPACE_FOLDERS}
+    document_roots = {p.resolve() for p in documents}
     for path in paths:
-        if path.is_dir():
-            for child in sorted(path.rglob("*")):
-                if not child.is_file() or any(p.startswith(".") for p in child.relative_to(path).parts):
-                    continue
-                resolved = child.resolve()
-                if resolved in own or any(parent in own for parent in resolved.parents):
-                    continue
-                yield from _maybe_archive(_Input(child, str(child), False), scratch, max_unpacked, 0, result)
-        else:
-            yield from _maybe_archive(_Input(path, str(path), True), scratch, max_unpacked, 0, result)
+        for child, explicit in _walk(path, own):
+            resolved = child.resolve()
+            if not explicit and (resolved in document_roots or document_roots & set(resolved.parents)):
+                continue
+            yield from _maybe_archive(_Input(child, str(child), explicit), scratch, max_unpacked, 0, result)
+    for path in documents:
+        for child, explicit in _walk(path, own):
+            if explicit and _is_archive(child):
+                error = f"{child}: a zip is not a document; give export archives without --documents"
+                result.files.append(FileResult(str(child), error=error))
+            elif explicit or child.suffix.lower() in DOCUMENT_SUFFIXES:
+                yield _Input(child, str(child), explicit, document=True)
+            else:
+                result.skip(str(child), NOT_A_DOCUMENT_TYPE)
+
+
+def _walk(path: Path, own: set[Path]) -> Iterator[tuple[Path, bool]]:
+    """(file, named by the user) for a file, or for each file under a folder, in sorted order."""
+    if not path.is_dir():
+        yield path, True
+        return
+    for child in sorted(path.rglob("*")):
+        if not child.is_file() or any(p.startswith(".") for p in child.relative_to(path).parts):
+            continue
+        resolved = child.resolve()
+        if resolved in own or any(parent in own for parent in resolved.parents):
+            continue
+        yield child, False
 
 
 def _maybe_archive(
@@ -229,9 +351,9 @@ def _maybe_archive(
             for info in members:
                 with _unpacked(archive, info, target) as member_path:
                     if member_path is None:
-                        result.not_exports["media file in archive"] += 1
+                        result.skip(f"{item.name}/{info.filename}", MEDIA_IN_ARCHIVE)
                         continue
-                    member = _Input(member_path, f"{item.name}/{info.filename}", False)
+                    member = _Input(member_path, f"{item.name}/{info.filename}", False, in_archive=True)
                     yield from _maybe_archive(member, scratch, max_unpacked, depth + 1, result)
     except ExportError as e:
         result.files.append(FileResult(item.name, error=str(e)))

@@ -21,7 +21,7 @@ from twinlm.model import ParseOptions
 from twinlm.prepare.build import build
 from twinlm.prepare.sample import Sample
 
-from testdata import EXAMPLES
+from testdata import DOCUMENTS, EXAMPLES
 
 ME = ["Alex Rivera", "Alex"]
 
@@ -29,7 +29,7 @@ ME = ["Alex Rivera", "Alex"]
 @pytest.fixture
 def corpus(tmp_path: Path) -> Corpus:
     db = Corpus(tmp_path / "corpus.db")
-    assert not ingest([EXAMPLES], db, ParseOptions(timezone="UTC")).failed
+    assert not ingest([EXAMPLES], db, ParseOptions(timezone="UTC"), documents=[DOCUMENTS]).failed
     return db
 
 
@@ -129,7 +129,8 @@ def test_cli_build_validate_export(tokenizer_dir: Callable[[str], Path], tmp_pat
     runner = CliRunner()
     ws = tmp_path / "twin"
     assert runner.invoke(app, ["init", str(ws), "--me", "Alex Rivera", "--me", "Alex"]).exit_code == 0
-    assert runner.invoke(app, ["ingest", "-w", str(ws), str(EXAMPLES)]).exit_code == 0
+    ingested = runner.invoke(app, ["ingest", "-w", str(ws), str(EXAMPLES), "--documents", str(DOCUMENTS)])
+    assert ingested.exit_code == 0
     result = runner.invoke(app, ["build", "-w", str(ws)])
     assert result.exit_code == 1 and "build.model is empty" in result.stderr
     result = runner.invoke(

@@ -13,7 +13,7 @@ from twinlm.prepare.persona import DEFAULT_SYSTEM_PROMPT, persona_for, system_pr
 from twinlm.prepare.select import chats
 from twinlm.prepare.sessions import merge_turns, split_by_gap
 
-from testdata import EXAMPLES
+from testdata import DOCUMENTS, EXAMPLES
 
 
 @dataclass(frozen=True)
@@ -65,7 +65,7 @@ def test_personas() -> None:
 
 def test_chats_apply_exclusions_edits_and_identities(tmp_path: Path) -> None:
     with Corpus(tmp_path / "corpus.db") as corpus:
-        ingest([EXAMPLES], corpus, ParseOptions(timezone="UTC"))
+        ingest([EXAMPLES], corpus, ParseOptions(timezone="UTC"), documents=[DOCUMENTS])
         corpus.db.execute("UPDATE conversations SET excluded = 1 WHERE source = 'messenger'")
         corpus.db.execute("UPDATE messages SET excluded = 1 WHERE text = 'see ya'")
         corpus.db.execute("UPDATE messages SET user_text = 'yes!! 7 pm?' WHERE text = 'yes!! 7pm?'")

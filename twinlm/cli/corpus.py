@@ -30,6 +30,7 @@ from twinlm.errors import TwinError
 from twinlm.identities import resolver
 from twinlm.ingest import IngestResult, ingest
 from twinlm.sources import FORMATS
+from twinlm.sources.whatsapp import LOCAL_TIME_NOTE
 from twinlm.workspace import init_workspace, open_workspace
 
 
@@ -78,6 +79,16 @@ def ingest_command(
         ),
     ] = None,
     workspace: Workspace = Path("."),
+    documents: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--documents",
+            help="Documents to train on: a .txt/.md/.pdf/.docx file, or a folder searched for them. "
+            "Repeat for each. Documents are read only from here (or ingest.documents), never from "
+            "inside an export. Default: ingest.documents when no paths are given.",
+            show_default=False,
+        ),
+    ] = None,
     format: Annotated[
         str | None,
         typer.Option("--format", help=f"Skip detection and read every file as: {', '.join(FORMATS)}."),
@@ -105,9 +116,16 @@ def ingest_command(
         ) from None
     if format is not None and format not in FORMATS:
         raise TwinError(f"--format: unknown format {format!r}; choose one of: {', '.join(FORMATS)}")
-    targets = paths or [ws.root / p for p in settings.paths]
-    if not targets:
-        raise TwinError("nothing to ingest: give export paths, or list them under ingest.paths in twin.yaml")
+    if paths or documents:  # paths on the command line replace both lists of twin.yaml
+        targets, document_paths = list(paths or []), list(documents or [])
+    else:
+        targets = [ws.root / p for p in settings.paths]
+        document_paths = [ws.root / p for p in settings.documents]
+    if not targets and not document_paths:
+        raise TwinError(
+            "nothing to ingest: give export paths (or --documents PATH), or list them under ingest.paths "
+            "(ingest.documents) in twin.yaml"
+        )
 
     started = time.perf_counter()
     with (
@@ -134,6 +152,7 @@ def ingest_command(
             targets,
             corpus,
             settings.parse_options(),
+            documents=document_paths,
             fmt=format,
             max_unpacked_bytes=int(settings.max_unpacked_gb * 2**30),
             on_file=lambda name: progress.reset(task, description=Path(name).name, total=None),
@@ -187,11 +206,19 @@ def _print_ingest(result: IngestResult, elapsed: float) -> None:
         for reason, n in sorted(reasons.items(), key=lambda kv: (-kv[1], kv[0])):
             skipped.add_row(reason, f"{n:,}")
         out.print(skipped)
+    _print_skipped_files(result)
     notes = Counter[str]()
     for f in ok:
         notes.update(f.report.notes)
+    notes.pop(LOCAL_TIME_NOTE, None)  # said once, below, with the zone's name
     if notes:
         out.print("Notes: " + "; ".join(f"{what} ({n:,})" for what, n in sorted(notes.items())))
+    if result.assumed_timezone:
+        out.print(
+            f"Local times (WhatsApp, older Telegram exports) were read in {result.assumed_timezone}, this "
+            "machine's time zone: set ingest.timezone (or --timezone) if the exports were made elsewhere.",
+            highlight=False,
+        )
     for f in result.failed:
         err.print(f"[bold red]error:[/] {f.error}", highlight=False, soft_wrap=True)
     speed = f" ({total.report.messages / elapsed:,.0f} messages/s)" if elapsed >= 1 else ""
@@ -199,6 +226,19 @@ def _print_ingest(result: IngestResult, elapsed: float) -> None:
         f"{total.changes.new_messages:,} new messages, {total.changes.new_conversations:,} new "
         f"conversations in {elapsed:.1f}s{speed}."
     )
+
+
+def _print_skipped_files(result: IngestResult, per_reason: int = 10) -> None:
+    """Each file left out, by name, under its reason (the first `per_reason`; --json lists them all)."""
+    by_reason: dict[str, list[str]] = {}
+    for name, reason in result.skipped:
+        by_reason.setdefault(reason, []).append(name)
+    for reason, names in by_reason.items():
+        out.print(f"Skipped, {reason}:", highlight=False, markup=False)
+        for name in names[:per_reason]:
+            out.print(f"  {name}", highlight=False, markup=False, soft_wrap=True)
+        if len(names) > per_reason:
+            out.print(f"  … and {len(names) - per_reason:,} more (--json lists them all)")
 
 
 @app.command()

@@ -39,6 +39,9 @@ from twinlm.model import Conversation, Kind, Message, ParseOptions, ParseReport
 from twinlm.sources._common import clip, in_slices, media_message, stable_id, track
 
 FORMAT = "whatsapp"
+# Noted once per file read in this machine's zone for want of `options.timezone` (Telegram's 2020
+# schema notes it too); ingest then says once which zone that was.
+LOCAL_TIME_NOTE = "local times read in this machine's time zone"
 
 _SP = r"[ \u00a0\u202f]"
 # Date, time, optional meridian; iOS puts it in brackets, Android follows it with " - ". Locales seen in
@@ -502,6 +505,8 @@ def parse(path: Path, options: ParseOptions, report: ParseReport) -> Iterator[Co
     """One conversation (in slices) per export file, messages in file order."""
     zone = _zone(path, options.timezone)
     day_first = _day_first(path, options, report)
+    if zone is None:
+        report.note(LOCAL_TIME_NOTE)
     chat = _chat_name(path)
     template = Conversation(source=FORMAT, id=chat, title=chat, kind="chat", messages=())
     clock = _Clock(day_first, zone)
