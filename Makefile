@@ -34,7 +34,7 @@ demo: $(VENV)/.installed
 	$(BIN)/twinlm people -w $(DEMO)
 	$(BIN)/twinlm stats -w $(DEMO)
 	$(BIN)/twinlm build -w $(DEMO) --model tiny --preview 2
-	$(BIN)/twinlm validate -w $(DEMO) --gpu "RTX 4090" --params-b 7.25 --method qlora
+	$(BIN)/twinlm validate -w $(DEMO) --gpu "RTX 4090"
 	$(BIN)/twinlm export-data -w $(DEMO) --format openai
 	$(BIN)/twinlm train -w $(DEMO) --max-steps 20 --name demo
 

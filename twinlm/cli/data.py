@@ -11,7 +11,7 @@ from pydantic import ValidationError
 from rich.table import Table
 
 from twinlm.cli import AsJson, Workspace, _help, _user_errors, app, err, out
-from twinlm.config import BuildConfig
+from twinlm.config import BuildConfig, TrainConfig
 from twinlm.corpus.db import Corpus
 from twinlm.errors import TwinError
 from twinlm.workspace import Workspace as TwinWorkspace
@@ -97,21 +97,53 @@ def build_command(
 @_user_errors
 def validate_command(
     workspace: Workspace = Path("."),
-    gpu: Annotated[str, typer.Option(help="GPU for the time estimate (H100, A100, RTX 4090, ...).")] = "H100",
-    params_b: Annotated[float, typer.Option(help="Model size in billions of parameters.")] = 7.25,
-    method: Annotated[str, typer.Option(help="lora, qlora, dora, qdora or full.")] = "lora",
-    epochs: Annotated[float, typer.Option(help="Passes over the training split.")] = 1.0,
+    gpu: Annotated[
+        str | None,
+        typer.Option(
+            help="GPU for the estimate: a name such as 4090, RTX 3060, A100 80GB, H100 (default H100)."
+        ),
+    ] = None,
+    gpu_memory: Annotated[
+        float | None, typer.Option(help="Any other GPU: its memory in GB (overrides a named one's).")
+    ] = None,
+    gpu_tflops: Annotated[
+        float | None,
+        typer.Option(help="Any other GPU: its peak dense bf16 TFLOP/s (overrides a named one's)."),
+    ] = None,
+    params_b: Annotated[
+        float | None,
+        typer.Option(help="Model size in billions of parameters. Default: counted from the dataset's model."),
+    ] = None,
+    method: Annotated[
+        str | None, typer.Option(help="lora, qlora, dora, qdora or full. Default: train.method.")
+    ] = None,
+    epochs: Annotated[
+        float | None, typer.Option(help="Passes over the training split. Default: train.epochs.")
+    ] = None,
     as_json: AsJson = False,
 ) -> None:
-    """Check the built dataset (roles, empty turns, nothing trained, over-long samples) and estimate
-    the training time. Exit status 1 when there are problems to fix."""
-    from twinlm.prepare.validate import MFU, estimate_hours, validate
+    """Check the built dataset (roles, empty turns, nothing trained, over-long samples, the eval share)
+    and estimate the run twin.yaml describes: time and peak GPU memory. Exit status 1 when there are
+    problems to fix."""
+    from twinlm.prepare.validate import MFU, advice, estimate, find_gpu, gpu_label, model_size, validate
 
     ws = open_workspace(workspace)
     result = validate(_dataset_folder(ws))
-    hours = estimate_hours(
-        sum(result.tokens.values()) - result.tokens.get("eval", 0), params_b, method, gpu, epochs
-    )
+    update: dict[str, object] = {}
+    if method is not None:
+        update["method"] = method
+    if epochs is not None:
+        update["epochs"] = epochs
+        update["max_steps"] = 0  # the epochs asked for, not a step budget from twin.yaml
+    try:
+        settings = TrainConfig.model_validate({**ws.config.train.model_dump(), **update})
+    except ValidationError as e:
+        first = e.errors()[0]
+        raise TwinError(f"--{first['loc'][0]}: {first['msg'].removeprefix('Value error, ')}") from None
+    custom = gpu is None and gpu_memory is not None and gpu_tflops is not None
+    card = find_gpu(None if custom else (gpu or "H100"), gpu_memory, gpu_tflops)
+    size = model_size(result.model, ws.root, params_b)
+    plan = estimate(size, result.tokens.get("train", 0), card, settings)
     if as_json:
         typer.echo(
             orjson.dumps(
@@ -122,10 +154,22 @@ def validate_command(
                     "samples": result.samples,
                     "tokens": result.tokens,
                     "trained_tokens": result.trained_tokens,
-                    "estimate_seconds": round(hours * 3600, 2),
-                    "gpu": gpu,
-                    "params_b": params_b,
-                    "method": method,
+                    "eval_share_of_trained_tokens": round(result.eval_share, 4),
+                    "eval_fraction": result.eval_fraction,
+                    "estimate_seconds": round(plan.hours * 3600, 2),
+                    "memory_gb": round(plan.memory_gb, 2),
+                    "memory_parts_gb": {k: round(v, 3) for k, v in plan.parts_gb.items()},
+                    "fits": plan.fits,
+                    "gpu": card.name,
+                    "gpu_memory_gb": card.memory_gb,
+                    "gpu_tflops": card.tflops,
+                    "params": size.params,
+                    "params_b": size.params / 1e9,
+                    "params_source": size.source,
+                    "method": settings.method,
+                    "epochs": settings.epochs,
+                    "max_steps": settings.max_steps,
+                    "dtype": plan.dtype,
                 },
                 option=orjson.OPT_INDENT_2,
             ).decode()
@@ -136,16 +180,45 @@ def validate_command(
                 f"{split}: {result.samples[split]:,} samples, {result.tokens[split]:,} tokens, "
                 f"{result.trained_tokens[split]:,} trained"
             )
+        out.print(
+            f"eval holds {result.eval_share:.1%} of the trained tokens "
+            f"(build.eval_fraction: {result.eval_fraction:.1%})"
+        )
         for reason, n in result.problems.items():
             err.print(f"[bold red]problem:[/] {reason}: {n:,} (e.g. {', '.join(result.examples[reason])})")
         for reason, n in result.warnings.items():
-            out.print(f"[yellow]warning:[/] {reason}: {n:,}")
+            out.print(f"[yellow]warning:[/] {reason}" + (f": {n:,}" if reason in result.examples else ""))
+        run = f"{settings.max_steps:,} steps" if plan.step_budget else f"{settings.epochs:g} epoch(s)"
         out.print(
-            f"Estimated training time: {_duration(hours)} for {epochs:g} epoch(s) of {method} on one "
-            f"{gpu}, {params_b:g}B parameters (at {MFU:.0%} of peak throughput)."
+            f"Model: {result.model}, {_params(size.params)} parameters ({size.source}).", highlight=False
         )
+        out.print(
+            f"Estimated training time: {_duration(plan.hours)} for {run} of {settings.method} "
+            f"({plan.dtype}) on one {card.name}, {plan.tokens:,} tokens (at {MFU:.0%} of peak throughput).",
+            highlight=False,
+        )
+        parts = ", ".join(f"{k} {v:.1f}" for k, v in plan.parts_gb.items())
+        if plan.fits:
+            out.print(
+                f"Peak GPU memory: ~{plan.memory_gb:.1f} GB of {gpu_label(card)}: fits ({parts}).",
+                highlight=False,
+            )
+        else:
+            out.print(
+                f"[bold red]Will not fit:[/] peak GPU memory ~{plan.memory_gb:,.1f} GB, more than the "
+                f"{gpu_label(card)} has ({parts}); {advice(plan, settings)}.",
+                highlight=False,
+            )
     if result.problems:
         raise typer.Exit(1)
+
+
+def _params(count: int) -> str:
+    if count >= 1e9:
+        return f"{count / 1e9:.2f}B"
+    if count >= 1e6:
+        return f"{count / 1e6:.1f}M"
+    return f"{count:,}"
 
 
 @app.command("export-data")
