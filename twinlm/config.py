@@ -18,11 +18,17 @@ from twinlm.errors import ConfigError
 from twinlm.model import ParseOptions
 from twinlm.prepare.clean import CleanConfig
 from twinlm.prepare.documents import DocumentsConfig
-from twinlm.prepare.persona import DEFAULT_SYSTEM_PROMPT, TEMPLATE_FIELDS
 from twinlm.prepare.redact import RedactConfig
 from twinlm.prepare.teacher import TeacherConfig
 
 CONFIG_NAME = "twin.yaml"
+
+# The persona prompts' templates and their fields (filled by twinlm.prepare.persona.persona_prompt;
+# here so that the settings do not import the build code that uses them).
+DEFAULT_SYSTEM_PROMPT = "You are {name}, chatting with {others} on {platform}. Today is {date}."
+TEMPLATE_FIELDS = ("name", "others", "platform", "date")
+DEFAULT_GROUP_PROMPT = "A chat between {names} on {platform}. Today is {date}."
+GROUP_TEMPLATE_FIELDS = ("names", "platform", "date")
 
 
 class IngestConfig(BaseModel):
@@ -116,6 +122,13 @@ class BuildConfig(BaseModel):
         description="The persona's system prompt for chats, with fields {name}, {others}, {platform}, "
         "{date}. Stored with the dataset; chat time fills the same template.",
     )
+    group_prompt: str = Field(
+        DEFAULT_GROUP_PROMPT,
+        description="The system prompt when one rendering trains several speakers (several targets on a "
+        "template with named roles, such as ChatML or Llama 3): it names everyone and nobody as 'you'. "
+        "Fields {names}, {platform}, {date}. Templates with only user/assistant roles (Mistral, Gemma) "
+        "play one speaker at a time, each with its own system_prompt.",
+    )
     session_gap_minutes: float = Field(
         10.0, gt=0, description="A pause longer than this starts a new session (one training sample)."
     )
@@ -135,9 +148,9 @@ class BuildConfig(BaseModel):
     )
     teacher: TeacherConfig = Field(default_factory=TeacherConfig, description=TeacherConfig.__doc__ or "")
 
-    @field_validator("system_prompt")
+    @field_validator("system_prompt", "group_prompt")
     @classmethod
-    def _known_fields(cls, value: str) -> str:
+    def _known_fields(cls, value: str, info: ValidationInfo) -> str:
         import string
 
         try:
@@ -146,9 +159,10 @@ class BuildConfig(BaseModel):
             raise ValueError(
                 f"not a valid template ({e}); write fields as {{name}}, a literal brace as {{{{"
             ) from None
-        unknown = sorted(used - set(TEMPLATE_FIELDS))
+        allowed = GROUP_TEMPLATE_FIELDS if info.field_name == "group_prompt" else TEMPLATE_FIELDS
+        unknown = sorted(used - set(allowed))
         if unknown:
-            fields = ", ".join("{" + f + "}" for f in TEMPLATE_FIELDS)
+            fields = ", ".join("{" + f + "}" for f in allowed)
             raise ValueError(f"unknown field(s) {unknown}; use {fields}")
         return value
 
@@ -204,8 +218,10 @@ class TrainConfig(BaseModel):
     keep_last: int = Field(2, ge=1, description="Checkpoints kept besides the best one.")
     log_every: int = Field(10, ge=1, description="Optimizer steps between training-loss log lines.")
     seed: int = Field(42, description="Seed for initialisation, data order and dropout.")
-    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
-        "auto", description="auto: bf16 on a GPU that supports it, else fp32 (bf16 is ~13x slower on CPUs)."
+    precision: Literal["auto", "fp32", "bf16"] = Field(
+        "auto",
+        description="auto: bf16 on a GPU that supports it, else fp32 (bf16 is ~13x slower on CPUs). No "
+        "fp16: pure fp16 weights without loss scaling diverge; a GPU without bf16 trains in fp32.",
     )
     attention: Literal["auto", "sdpa", "eager", "flash_attention_2", "twinlm_packed"] = Field(
         "auto",
@@ -240,6 +256,16 @@ class TrainConfig(BaseModel):
         description="Also send the metrics to TensorBoard (runs/NAME/tensorboard) or Weights & Biases (its "
         "service, unless WANDB_MODE=offline). metrics.jsonl and loss.png are always written.",
     )
+
+    @field_validator("precision", mode="before")
+    @classmethod
+    def _no_fp16(cls, value: Any) -> Any:
+        if value == "fp16":
+            raise ValueError(
+                "fp16 is not supported (fp16 weights without loss scaling reach NaN); use bf16 on a GPU "
+                "that supports it (Ampere or newer), else fp32"
+            )
+        return value
 
 
 class TwinConfig(BaseModel):

@@ -4,12 +4,12 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from twinlm.config import TwinConfig
+from twinlm.config import BuildConfig, TwinConfig
 from twinlm.corpus.db import Corpus
 from twinlm.identities import ME, resolver
 from twinlm.ingest import ingest
 from twinlm.model import ParseOptions
-from twinlm.prepare.persona import DEFAULT_SYSTEM_PROMPT, persona_for, system_prompt
+from twinlm.prepare.persona import persona_for, persona_prompt
 from twinlm.prepare.select import chats
 from twinlm.prepare.sessions import merge_turns, split_by_gap
 
@@ -56,11 +56,27 @@ def test_personas() -> None:
     assert persona_for("chat", "everyone").trains("Sam", "participant")
     named = persona_for("chat", ["Sam", "Priya"])
     assert named.trains("Priya", "participant") and not named.trains(ME, "participant")
-    prompt = system_prompt(
-        DEFAULT_SYSTEM_PROMPT, "Alex", ["Sam", "Priya", "Alex", "Jo"], "discord", "2024-06-07"
+    june_7 = 1_717_761_600_000  # 2024-06-07T12:00:00Z in ms
+    prompt = persona_prompt(
+        BuildConfig(),
+        "named",
+        speaker="Alex",
+        participants=["Sam", "Priya", "Alex", "Jo"],
+        platform="discord",
+        timestamp_ms=june_7,
     )
     assert prompt == "You are Alex, chatting with Jo, Priya and Sam on Discord. Today is 2024-06-07."
-    assert system_prompt("{name} / {others}", "Alex", [], "whatsapp", "x") == "Alex / someone"
+    alone = persona_prompt(
+        BuildConfig(system_prompt="{name} / {others} / {platform}"),
+        "alternating",
+        speaker="Alex",
+        participants=[],
+        platform="whatsapp",
+        timestamp_ms=None,
+    )
+    assert alone == "Alex / someone / WhatsApp"
+    assert not auto_chat.several and not auto_gpt.several and not persona_for("chat", ["Sam"]).several
+    assert named.several and persona_for("chat", "everyone").several
 
 
 def test_chats_apply_exclusions_edits_and_identities(tmp_path: Path) -> None:

@@ -1,8 +1,8 @@
 """`twinlm build`: from the corpus to a dataset that trains exactly the right tokens.
 
 Top to bottom: select conversations -> clean messages -> redact -> split into sessions -> merge
-turns -> mark the persona's turns as trained -> documents into chunks -> train/eval split ->
-render with the base model's own chat template and mask labels -> write the dataset folder.
+turns -> mark the persona's turns as trained -> documents into chunks -> render with the base
+model's own chat template and mask labels -> train/eval split (by trained tokens) -> write the folder.
 The folder describes itself (build.json: config, tokenizer, template style, persona prompt), so
 training needs only its path.
 """
@@ -14,7 +14,6 @@ import shutil
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -29,11 +28,17 @@ from twinlm.identities import ME, resolver
 from twinlm.models import resolve_model
 from twinlm.prepare.clean import Msg, clean_message, clean_session
 from twinlm.prepare.documents import document_samples
-from twinlm.prepare.outputs import assign_splits, length_histogram, write_jsonl, write_tokenized
-from twinlm.prepare.persona import persona_for, system_prompt
+from twinlm.prepare.outputs import (
+    assign_splits,
+    eval_share,
+    length_histogram,
+    write_jsonl,
+    write_tokenized,
+)
+from twinlm.prepare.persona import persona_for, persona_prompt
 from twinlm.prepare.redact import redact
-from twinlm.prepare.render import detect_style, render_many
-from twinlm.prepare.sample import Sample, Turn
+from twinlm.prepare.render import SystemFor, detect_style, render_many
+from twinlm.prepare.sample import IGNORE_INDEX, Sample, Turn
 from twinlm.prepare.select import Chat, chats
 from twinlm.prepare.sessions import merge_turns, split_by_gap
 from twinlm.prepare.teacher import generate_qa
@@ -83,9 +88,10 @@ def build(
     me_name = config.me[0] if config.me else "me"
     samples: list[Sample] = []
     speakers: set[str] = set()
+    started: dict[str, int | None] = {}  # chat sample id -> its first message's time (the prompt's date)
     for chat in chats(corpus, resolve, counts, settings.sources or None):
         speakers.update(line.speaker for line in chat.lines)
-        samples.extend(_samples_of(chat, settings, me_name, counts))
+        samples.extend(_samples_of(chat, settings, me_name, counts, style, started))
     if isinstance(settings.targets, list):
         unknown = sorted(set(settings.targets) - speakers)
         if unknown:
@@ -104,7 +110,27 @@ def build(
             "the build produced no samples: nothing left after filtering. Check build.targets (whose turns "
             "are trained), `twinlm people` (is `me` mapped?), and the build.clean rules in twin.yaml"
         )
-    samples = assign_splits(samples, settings.eval_fraction, settings.split_seed)
+    stage("rendering and tokenizing")
+    # Tokenized before the split: it holds out a share of the trained tokens, not of the samples.
+    rendered_rows = (
+        (r.sample_id, r.input_ids, r.labels)
+        for r in render_many(
+            [s for s in samples if not _is_completion(s)],
+            tokenizer,
+            settings.max_length,
+            counts,
+            batch_size=render_batch_size,
+            system_for=_speaker_prompts(settings, style, started),
+        )
+    )
+    completions = (
+        _completion(s, tokenizer, settings.max_length, counts) for s in samples if _is_completion(s)
+    )
+    rows = [row for row in itertools.chain(rendered_rows, completions) if row is not None]
+    weights: Counter[str] = Counter()
+    for sample_id, _, labels in rows:
+        weights[sample_id] += sum(1 for label in labels if label != IGNORE_INDEX)
+    samples = assign_splits(samples, settings.eval_fraction, settings.split_seed, weights)
     if settings.teacher.enabled:
         # Held-out questions test what the model learnt: keep those about documents it trains on.
         trained_docs = {s.conversation for s in samples if s.split == "train"}
@@ -115,34 +141,16 @@ def build(
         )
         counts["held-out questions"] += len(heldout)
 
-    stage("rendering and tokenizing")
     write_jsonl(out / "samples.jsonl", samples)
     result = BuildResult(folder=out, counts=counts)
+    split_of = {s.id: s.split for s in samples}
     lengths: list[int] = []
     for split in ("train", "eval"):
-        part = [s for s in samples if s.split == split]
-        rows = []
-        trained = tokens = 0
-        chats_part = [s for s in part if not _is_completion(s)]
-        rendered_rows = (
-            (r.sample_id, r.input_ids, r.labels)
-            for r in render_many(
-                chats_part, tokenizer, settings.max_length, counts, batch_size=render_batch_size
-            )
-        )
-        completions = (
-            _completion(s, tokenizer, settings.max_length, counts) for s in part if _is_completion(s)
-        )
-        for row in itertools.chain(rendered_rows, completions):
-            if row is None:
-                continue
-            _, input_ids, labels = row
-            rows.append(row)
-            tokens += len(input_ids)
-            trained += sum(1 for label in labels if label != -100)
-            lengths.append(len(input_ids))
-        result.samples[split] = write_tokenized(out / f"{split}.parquet", rows)
-        result.tokens[split], result.trained_tokens[split] = tokens, trained
+        part = [row for row in rows if split_of[row[0]] == split]
+        result.samples[split] = write_tokenized(out / f"{split}.parquet", part)
+        result.tokens[split] = sum(len(input_ids) for _, input_ids, _ in part)
+        result.trained_tokens[split] = sum(weights[sample_id] for sample_id in {r[0] for r in part})
+        lengths.extend(len(input_ids) for _, input_ids, _ in part)
     if result.samples["train"] == 0:
         raise TwinError(
             "no training samples left after rendering: raise build.max_length or relax build.clean"
@@ -157,11 +165,13 @@ def build(
         "model": settings.model,
         "template_style": style,
         "system_prompt_template": settings.system_prompt,
+        "group_prompt_template": settings.group_prompt,
         "me": me_name,
         "samples": result.samples,
         "tokens": result.tokens,
         "trained_tokens": result.trained_tokens,
         "trained_share": _share(result.trained_tokens, result.tokens),
+        "eval_share_of_trained_tokens": round(eval_share(result.trained_tokens), 4),
         "turns": counts.pop("turns", 0),
         "trained_turns": counts.pop("trained turns", 0),
         "length_histogram": length_histogram(lengths),
@@ -172,7 +182,14 @@ def build(
     return result
 
 
-def _samples_of(chat: Chat, settings: BuildConfig, me_name: str, counts: Counter[str]) -> Iterator[Sample]:
+def _samples_of(
+    chat: Chat,
+    settings: BuildConfig,
+    me_name: str,
+    counts: Counter[str],
+    style: str,
+    started: dict[str, int | None],
+) -> Iterator[Sample]:
     if chat.kind == "document":
         if settings.documents.enabled:
             for line in chat.lines:
@@ -206,30 +223,53 @@ def _samples_of(chat: Chat, settings: BuildConfig, me_name: str, counts: Counter
             continue
         counts["turns"] += len(turns)
         counts["trained turns"] += sum(t.trained for t in turns)
+        first = next((m.timestamp_ms for m in kept if m.timestamp_ms is not None), None)
+        if chat.kind == "chat":
+            started[f"{chat.key}#{index}"] = first
         yield Sample(
             id=f"{chat.key}#{index}",
             conversation=chat.key,
             source=chat.source,
             kind="assistant" if chat.kind in ("assistant", "dataset") else "chat",
             turns=tuple(turns),
-            system=_system(chat, kept, turns, settings, me_name),
+            system=_system(chat, first, turns, settings, style),
         )
 
 
+def _speaker_prompts(settings: BuildConfig, style: str, started: dict[str, int | None]) -> SystemFor:
+    """Alternating templates play one trained speaker per rendering: each gets that speaker's prompt."""
+
+    def system_for(sample: Sample, speaker: str) -> str | None:
+        if sample.id not in started:  # not a chat between people: its own system prompt
+            return sample.system
+        return persona_prompt(
+            settings,
+            style,
+            speaker=speaker,
+            participants=[t.speaker for t in sample.turns],
+            platform=sample.source,
+            timestamp_ms=started[sample.id],
+        )
+
+    return system_for
+
+
 def _system(
-    chat: Chat, lines: list[Msg], turns: list[Turn], settings: BuildConfig, me_name: str
+    chat: Chat, first_ms: int | None, turns: list[Turn], settings: BuildConfig, style: str
 ) -> str | None:
     if chat.kind in ("assistant", "dataset"):
         return chat.system_prompt  # ChatGPT custom instructions, a dataset's own system prompt
-    trained = sorted({t.speaker for t in turns if t.trained})
-    first = next((m.timestamp_ms for m in lines if m.timestamp_ms is not None), None)
-    date = datetime.fromtimestamp(first / 1000, tz=UTC).date().isoformat() if first is not None else "unknown"
-    return system_prompt(
-        settings.system_prompt,
-        " and ".join(trained),
-        [t.speaker for t in turns],
-        chat.source,
-        date,
+    # One trained speaker: theirs. Several: the group prompt, which is what a template with named
+    # roles trains and what export formats show; alternating renderings get each speaker's own
+    # (render_many's system_for).
+    trained = {t.speaker for t in turns if t.trained}
+    return persona_prompt(
+        settings,
+        style,
+        speaker=next(iter(trained)) if len(trained) == 1 else None,
+        participants=[t.speaker for t in turns],
+        platform=chat.source,
+        timestamp_ms=first_ms,
     )
 
 

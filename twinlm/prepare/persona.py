@@ -1,21 +1,44 @@
 """Personas: whose turns are trained, and the system prompt that tells the model who it is.
 
-The prompt comes from one template with a few fields (the name, the other participants, the
-platform, the date); it is stored with the dataset, and chat time fills the same template.
+`persona_prompt` is the one function that writes the prompt, at build time and at chat time, from
+the settings (`build.system_prompt`, `build.group_prompt`, `build.targets`), the template style
+and the chat:
+
+- one trained speaker (you, by default): "You are {name}, chatting with {others} on ...";
+- several trained speakers on a template with named roles (ChatML, Llama 3, plain): one rendering
+  trains all of them, so the group prompt names everyone and nobody as "you";
+- several on a template with only user/assistant (Mistral, Gemma): each rendering plays one of them
+  (twinlm.prepare.render) and gets that speaker's own "You are ..." prompt.
+
+The templates are stored with the dataset (build.json), so chat time fills the same ones.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Literal
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Literal
 
+from twinlm.config import DEFAULT_GROUP_PROMPT, DEFAULT_SYSTEM_PROMPT, BuildConfig
 from twinlm.identities import ME
 
-TargetChoice = Literal["auto", "me", "assistant", "everyone"] | list[str]
+if TYPE_CHECKING:
+    from twinlm.prepare.template import Style
 
-DEFAULT_SYSTEM_PROMPT = "You are {name}, chatting with {others} on {platform}. Today is {date}."
-TEMPLATE_FIELDS = ("name", "others", "platform", "date")
+__all__ = [
+    "DEFAULT_GROUP_PROMPT",
+    "DEFAULT_SYSTEM_PROMPT",
+    "PLATFORM_NAMES",
+    "Persona",
+    "TargetChoice",
+    "persona_for",
+    "persona_prompt",
+]
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+TargetChoice = Literal["auto", "me", "assistant", "everyone"] | list[str]
 
 # How each source is named in a prompt (the format names are lowercase identifiers).
 PLATFORM_NAMES = {
@@ -42,6 +65,11 @@ class Persona:
             return role == "assistant"
         return self.everyone or speaker in self.names
 
+    @property
+    def several(self) -> bool:
+        """Whether more than one speaker can be trained in a chat (a group persona)."""
+        return not self.assistant and (self.everyone or len(self.names) > 1)
+
 
 def persona_for(kind: str, targets: TargetChoice) -> Persona:
     """The persona for a conversation kind ("chat", "assistant", "dataset") and the configured targets."""
@@ -57,15 +85,42 @@ def persona_for(kind: str, targets: TargetChoice) -> Persona:
     return Persona(False, frozenset(targets), False)
 
 
-def system_prompt(template: str, name: str, others: Iterable[str], platform: str, date: str) -> str:
-    """Fill the persona template. Unknown fields are a config error caught at load time."""
-    other_names = sorted(set(others) - {name})
-    return template.format(
-        name=name,
-        others=_join(other_names) or "someone",
-        platform=PLATFORM_NAMES.get(platform, platform),
-        date=date,
+def persona_prompt(
+    settings: BuildConfig,
+    style: Style | str,
+    *,
+    speaker: str | None,
+    participants: Iterable[str],
+    platform: str,
+    timestamp_ms: int | None,
+) -> str:
+    """The persona's system prompt for a chat (build and chat time alike).
+
+    `style`: the chat template's style (twinlm.prepare.render.detect_style). `speaker`: the display
+    name of the one speaker the model writes in this rendering (with a one-speaker persona, that
+    speaker; on an alternating template, the one it plays); None where one rendering writes several
+    (the group prompt). `participants`: display names of the chat's speakers (the speaker may be
+    among them). `platform`: the source's format name. `timestamp_ms`: when the chat happens, in
+    milliseconds since 1970 UTC (its first message at build time, now at chat time).
+    """
+    names = set(participants)
+    date = _date(timestamp_ms)
+    shown = PLATFORM_NAMES.get(platform, platform)
+    # Unknown fields cannot reach here: the config refuses them when it is loaded.
+    group = speaker is None or (style != "alternating" and persona_for("chat", settings.targets).several)
+    if group:
+        everyone = sorted(names | ({speaker} if speaker else set()))
+        return settings.group_prompt.format(names=_join(everyone) or "someone", platform=shown, date=date)
+    return settings.system_prompt.format(
+        name=speaker, others=_join(sorted(names - {speaker})) or "someone", platform=shown, date=date
     )
+
+
+def _date(timestamp_ms: int | None) -> str:
+    """The UTC calendar day of a millisecond timestamp, as YYYY-MM-DD ("unknown" without one)."""
+    if timestamp_ms is None:
+        return "unknown"
+    return (_EPOCH + timedelta(milliseconds=timestamp_ms)).date().isoformat()  # exact: no float seconds
 
 
 def _join(names: list[str]) -> str:

@@ -6,9 +6,14 @@ what it can do is probed (twinlm.prepare.template), never looked up in a table o
 - "named": it writes any role name (ChatML, Llama 3): each speaker is a role.
 - "alternating": user/assistant only (Mistral, Gemma; Qwen2.5 drops unknown roles). The played
   speaker is `assistant`, everyone else `user` (consecutive turns merged, newline-joined); each
-  turn starts "Name: " (not for speakers called user/assistant), context that chat time prefills.
-  A session with several trained speakers is rendered once per speaker, as chat time looks.
+  turn starts "Name: " (not in assistant chats), context that chat time prefills. A session with
+  several trained speakers is rendered once per speaker, as chat time looks, each rendering with
+  that speaker's own system prompt where the caller gives one (`system_for`).
 - "plain": no template (a base model): `PLAIN_TEMPLATE`, "{speaker}: {text}{eos}", same Jinja path.
+
+A person is never rendered as a role the template gives a meaning: a speaker called "system",
+"tool" (or, in a group chat, "user" or "assistant") is written capitalized ("System"), so that a
+Discord user named "system" never gives the model instructions.
 
 The first turn is always context. The system prompt is a system message where the template keeps
 one in a chat that ends with the assistant (Mistral v0.3 shows it only before the last user
@@ -33,11 +38,11 @@ from __future__ import annotations
 import re
 from bisect import bisect_left, bisect_right
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, replace
 from typing import Any
 
-from twinlm.prepare.sample import Sample, Turn
+from twinlm.prepare.sample import IGNORE_INDEX, Sample, Turn
 from twinlm.prepare.template import (
     FIXED_DATE,
     PLAIN_TEMPLATE,
@@ -56,6 +61,7 @@ __all__ = [
     "WORD_JOINER",
     "Rendered",
     "Style",
+    "SystemFor",
     "TemplateError",
     "TemplateProfile",
     "detect_style",
@@ -66,12 +72,17 @@ __all__ = [
     "to_messages",
 ]
 
-IGNORE_INDEX = -100
 WORD_JOINER = "\u2060"
 _SENTINEL0 = 0x100000  # Supplementary Private Use Area-B: one sentinel per turn
 _SENTINELS = re.compile("[\U00100000-\U0010fffd]")
 _PROBE_TEXT = "Hello"  # a typical first word: where the model starts writing at chat time
-_RESERVED_ROLES = {"system", "tool", "ipython", "tool_results", "developer"}
+_RESERVED_ROLES = frozenset({"system", "tool", "ipython", "tool_results", "developer"})
+# In chats between people, the chat roles too: only assistant-style samples use them as roles.
+_RESERVED_IN_CHATS = _RESERVED_ROLES | {"user", "assistant"}
+_ROLE_KINDS = ("assistant", "dataset")  # sample kinds whose speakers are the roles user/assistant
+
+# The system prompt of one rendering that plays `speaker` (a display name) on an alternating template.
+SystemFor = Callable[[Sample, str], str | None]
 _EOT_LOOKAHEAD = 4  # whitespace tokens allowed between a text and its end-of-turn token
 
 
@@ -122,10 +133,12 @@ def _neutralize(text: str, control: re.Pattern[str] | None) -> tuple[str, int]:
     return control.subn(lambda m: m.group(0)[0] + WORD_JOINER + m.group(0)[1:], text)
 
 
-def _clean_name(name: str, control: re.Pattern[str] | None) -> str:
+def _clean_name(
+    name: str, control: re.Pattern[str] | None, reserved: frozenset[str] = _RESERVED_ROLES
+) -> str:
     """A name usable as a role: one line, no control tokens, never a reserved role like system."""
     name = " ".join(_neutralize(name, control)[0].split()) or "someone"
-    return name[0].upper() + name[1:] if name.lower() in _RESERVED_ROLES else name
+    return name[0].upper() + name[1:] if name.lower() in reserved else name
 
 
 def _add(counts: Counter[str], reason: str, n: int) -> None:
@@ -145,15 +158,16 @@ def _build(
     counts = counts if counts is not None else Counter()
     messages: list[_Message] = []
     turn_of_part: list[int] = []
+    reserved = _RESERVED_ROLES if sample.kind in _ROLE_KINDS else _RESERVED_IN_CHATS
     if assistant is not None:
-        assistant = _clean_name(assistant, control)
+        assistant = _clean_name(assistant, control, reserved)
     for index, turn in enumerate(sample.turns):
         text, n = _neutralize(turn.text, control)
         if not text.strip():
             counts["empty turns skipped"] += 1
             continue
         _add(counts, "special-token text made plain", n)
-        speaker = _clean_name(turn.speaker, control)
+        speaker = _clean_name(turn.speaker, control, reserved)
         first = not messages
         _add(counts, "first turn trained but rendered as context", turn.trained and first)
         turn_of_part.append(index)
@@ -266,8 +280,15 @@ class _Tokens:
 class _Renderer:
     """Renders samples with one tokenizer: batches, labels, and splitting at turn boundaries."""
 
-    def __init__(self, tokenizer: Any, max_length: int, counts: Counter[str] | None) -> None:
+    def __init__(
+        self,
+        tokenizer: Any,
+        max_length: int,
+        counts: Counter[str] | None,
+        system_for: SystemFor | None = None,
+    ) -> None:
         self.tokenizer = tokenizer
+        self.system_for = system_for
         self.profile = inspect_template(tokenizer)
         self.max_length = max_length
         self.counts = counts if counts is not None else Counter()
@@ -286,6 +307,7 @@ class _Renderer:
                 replace(
                     sample,
                     turns=tuple(replace(t, trained=t.trained and t.speaker == who) for t in sample.turns),
+                    system=self.system_for(sample, who) if self.system_for else sample.system,
                 ),
             )
             for who in speakers
@@ -421,10 +443,15 @@ class _Renderer:
 
 
 def render(
-    sample: Sample, tokenizer: Any, max_length: int, counts: Counter[str] | None = None
+    sample: Sample,
+    tokenizer: Any,
+    max_length: int,
+    counts: Counter[str] | None = None,
+    *,
+    system_for: SystemFor | None = None,
 ) -> list[Rendered]:
     """Token ids and labels of one sample: pieces of at most max_length tokens, split between turns."""
-    return list(render_many([sample], tokenizer, max_length, counts))
+    return list(render_many([sample], tokenizer, max_length, counts, system_for=system_for))
 
 
 def render_many(
@@ -434,9 +461,15 @@ def render_many(
     counts: Counter[str] | None = None,
     *,
     batch_size: int = 256,
+    system_for: SystemFor | None = None,
 ) -> Iterator[Rendered]:
-    """`render` over many samples, tokenizing `batch_size` chats per call of the fast tokenizer."""
-    renderer = _Renderer(tokenizer, max_length, counts)
+    """`render` over many samples, tokenizing `batch_size` chats per call of the fast tokenizer.
+
+    `system_for(sample, speaker)`: the system prompt of the rendering that plays `speaker`, where an
+    alternating template renders a sample once per trained speaker (the persona prompt of each);
+    without it every rendering keeps the sample's own.
+    """
+    renderer = _Renderer(tokenizer, max_length, counts, system_for)
     batch: list[tuple[Sample, str | None, _Layout]] = []
     for sample in samples:
         for assistant, variant in renderer.variants(sample):

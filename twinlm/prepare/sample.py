@@ -13,6 +13,9 @@ from typing import Any, Literal
 import orjson
 
 SampleKind = Literal["chat", "assistant", "document", "dataset"]
+# The label of a token that is not trained: what PyTorch's cross_entropy and transformers ignore. Defined
+# once here, the lowest layer with labels (rendering, the built dataset, training all import it).
+IGNORE_INDEX = -100
 
 
 @dataclass(frozen=True, slots=True)
