@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:  # config imports the build settings, which import this module
+if TYPE_CHECKING:  # only the type: config imports prepare's settings (a higher layer than this one)
     from twinlm.config import TwinConfig
 
 ME = "me"

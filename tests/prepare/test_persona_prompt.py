@@ -7,6 +7,8 @@ the wrong unit lands in 1970 or far in the future).
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -83,6 +85,14 @@ def test_the_date_is_the_utc_day_of_a_millisecond_timestamp() -> None:
     assert date(LAST_MS_OF_DAY + 1) == "2024-06-08"
     assert date(0) == "1970-01-01"
     assert date(None) == "unknown"
+
+
+def test_the_settings_do_not_import_the_persona_code() -> None:
+    # config.py is a lower layer than prepare/persona.py (which imports it); a fresh interpreter shows
+    # which modules loading the settings pulls in.
+    code = "import sys, twinlm.config; print('twinlm.prepare.persona' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
 
 
 def test_config_rejects_unknown_fields_in_the_group_prompt() -> None:
