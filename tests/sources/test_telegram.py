@@ -705,3 +705,52 @@ def test_notes_are_counted_once_when_the_header_comes_after_the_messages(tmp_pat
     convs, report = run(path)
     assert [m.text for c in convs for m in c.messages] == ["a\x0bb"]
     assert sum(report.notes.values()) == 1
+
+
+# --- local times of the 2020 schema across a DST change ---------------------------------------------------
+
+
+def _local_chat(dates: list[str], chat_id: int = 7) -> dict[str, Any]:
+    return {
+        "name": "Night owls",
+        "type": "private_group",
+        "id": chat_id,
+        "messages": [
+            {"id": i, "type": "message", "date": d, "from": "Ben", "from_id": 99, "text": f"m{i}"}
+            for i, d in enumerate(dates, 1)
+        ],
+    }
+
+
+def test_2020_schema_repeated_dst_hour_keeps_the_message_order(tmp_path: Path) -> None:
+    """Berlin fell back at 03:00 CEST on 2020-10-25: 02:00-02:59 happened twice. Messages after the
+    change read the second (CET) 02:xx, as the export's order says, so the chat neither interleaves
+    nor shows a fake 70-minute gap before 03:05."""
+    dates = [
+        "2020-10-25T02:30:00",  # CEST: 00:30 UTC
+        "2020-10-25T02:50:00",  # CEST: 00:50 UTC
+        "2020-10-25T02:10:00",  # the clock went back: CET, 01:10 UTC
+        "2020-10-25T02:55:00",  # CET: 01:55 UTC
+        "2020-10-25T03:05:00",  # CET: 02:05 UTC
+    ]
+    data = {
+        "personal_information": {"user_id": 99},
+        "chats": {"list": [_local_chat(dates), _local_chat(dates, 8)]},
+    }
+    convs, report = run(write(tmp_path, data), timezone="Europe/Berlin")
+    for chat in (7, 8):  # each chat starts afresh: the second is not read as "after" the first
+        got = [m.timestamp for c in convs if c.id == str(chat) for m in c.messages]
+        assert got == [
+            utc(2020, 10, 25, 0, 30),
+            utc(2020, 10, 25, 0, 50),
+            utc(2020, 10, 25, 1, 10),
+            utc(2020, 10, 25, 1, 55),
+            utc(2020, 10, 25, 2, 5),
+        ]
+    assert "local times read in this machine's time zone" not in report.notes
+
+
+def test_2020_schema_local_times_without_a_zone_are_noted_once(tmp_path: Path) -> None:
+    data = _local_chat(["2020-10-24T12:00:00", "2020-10-24T12:01:00"])
+    _, report = run(write(tmp_path, data), timezone=None)
+    assert report.notes["local times read in this machine's time zone"] == 1

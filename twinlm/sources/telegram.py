@@ -31,6 +31,7 @@ from twinlm.errors import ExportError
 from twinlm.model import Conversation, Kind, Message, ParseOptions, ParseReport, Role
 from twinlm.sources._common import clip, in_slices, new_message, stable_id, track
 from twinlm.sources._jsonstream import Stream, key_path, open_stream
+from twinlm.sources.whatsapp import LOCAL_TIME_NOTE
 
 FORMAT = "telegram"
 
@@ -100,8 +101,7 @@ def parse(path: Path, options: ParseOptions, report: ParseReport) -> Iterator[Co
             raise ExportError(path, "empty file: not a Telegram export")
         if c != 0x7B:
             raise ExportError(path, "not a Telegram export: the file is not a JSON object", s.at())
-        clock = _Clock(path, options.timezone)
-        yield from _Walker(path, options, report, clock).chat(s, "", top=True)
+        yield from _Walker(path, options, report).chat(s, "", top=True)
         s.finish("object")
 
 
@@ -127,35 +127,49 @@ def _num(value: Any) -> str | None:
 
 
 class _Clock:
-    """Local `date` strings (exports without `date_unixtime`) to UTC, in options.timezone."""
+    """Local `date` strings (exports without `date_unixtime`) to UTC, in options.timezone; one per chat.
 
-    def __init__(self, path: Path, timezone: str | None) -> None:
+    A local time inside a repeated hour (DST fall-back) has two readings. The first is taken unless it
+    would put the message before the chat's previous one; then the second is: the export's message
+    order decides, as in the WhatsApp parser. Without a zone, this machine's is used, noted once per file.
+    """
+
+    def __init__(self, path: Path, timezone: str | None, report: ParseReport) -> None:
         self.path = path
         self.name = timezone
+        self.report = report
         self.zone: tzinfo | None = None
+        self.last: datetime | None = None  # the chat's previous local-time message, in UTC
 
     def __call__(self, date: str) -> datetime:
         dt = datetime.fromisoformat(date)
-        if dt.tzinfo is None:
-            if self.name is None:
-                return dt.astimezone(UTC)  # naive = this machine's local time
-            if self.zone is None:
-                try:
-                    self.zone = ZoneInfo(self.name)
-                except (ValueError, KeyError) as e:
-                    raise ExportError(self.path, f"unknown timezone {self.name!r} ({e})") from None
-            dt = dt.replace(tzinfo=self.zone)
-        return dt.astimezone(UTC)
+        if dt.tzinfo is not None:
+            self.last = dt.astimezone(UTC)
+            return self.last
+        if self.name is None:
+            if LOCAL_TIME_NOTE not in self.report.notes:
+                self.report.note(LOCAL_TIME_NOTE)
+        elif self.zone is None:
+            try:
+                self.zone = ZoneInfo(self.name)
+            except (ValueError, KeyError) as e:
+                raise ExportError(self.path, f"unknown timezone {self.name!r} ({e})") from None
+        if self.zone is not None:
+            dt = dt.replace(tzinfo=self.zone)  # naive = this machine's local time
+        utc = dt.astimezone(UTC)
+        if self.last is not None and utc < self.last:
+            utc = max(utc, dt.replace(fold=1).astimezone(UTC))  # later only inside a repeated hour
+        self.last = utc
+        return utc
 
 
 class _Walker:
     """Walks the object structure (top level, chat lists, chats) and streams each chat's messages."""
 
-    def __init__(self, path: Path, options: ParseOptions, report: ParseReport, clock: _Clock) -> None:
+    def __init__(self, path: Path, options: ParseOptions, report: ParseReport) -> None:
         self.path = path
         self.options = options
         self.report = report
-        self.clock = clock
         self.exporter: str | None = None  # "user123"
 
     def chat(self, s: Stream, where: str, top: bool = False, left: bool = False) -> Iterator[Conversation]:
@@ -259,7 +273,8 @@ class _Walker:
         prefix = conv_id + ":"
         max_chars = options.max_message_chars
         drop = options.media == "drop"
-        fromts, utc, clock, make = datetime.fromtimestamp, UTC, self.clock, new_message
+        fromts, utc, make = datetime.fromtimestamp, UTC, new_message
+        clock = _Clock(self.path, options.timezone, report)  # per chat: its messages' order resolves DST
         text_kind, participant = Kind.TEXT, Role.PARTICIPANT
         channel = ctype is not None and ctype.endswith("channel")
         me = self.exporter[4:] if self.exporter else None
