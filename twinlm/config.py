@@ -136,10 +136,14 @@ class BuildConfig(BaseModel):
         2048, ge=64, description="Tokens per sample; longer sessions are split at turn boundaries."
     )
     eval_fraction: float = Field(
-        0.05, ge=0, lt=1, description="Share of conversations held out for the eval loss (by conversation)."
+        0.05,
+        ge=0,
+        lt=1,
+        description="Share of the trained tokens held out for the eval loss: each chat's newest sessions; "
+        "short conversations (one ChatGPT conversation) and documents whole, by a hash.",
     )
     split_seed: str = Field(
-        "twinlm", description="Changes which conversations go to eval, deterministically."
+        "twinlm", description="Changes which short conversations and documents go to eval, deterministically."
     )
     clean: CleanConfig = Field(default_factory=CleanConfig, description=CleanConfig.__doc__ or "")
     redact: RedactConfig = Field(default_factory=RedactConfig, description=RedactConfig.__doc__ or "")
