@@ -47,7 +47,7 @@ SELECT c.id, c.source, c.native_id, c.kind, c.title, c.platform_detail, c.partic
        m.author_id, m.author_name, coalesce(m.user_text, m.text), m.kind, m.role, m.ts
 FROM messages AS m JOIN conversations AS c ON c.id = m.conversation
 WHERE NOT c.excluded AND NOT m.excluded {where}
-ORDER BY c.source, c.native_id, m.ts IS NULL, m.ts, m.id
+ORDER BY c.source, c.native_id, m.id
 """
 
 # The user's own choices in the corpus, counted in the build report.
@@ -58,10 +58,29 @@ _USER_CHOICES = {
 }
 
 
+def _in_time_order(lines: list[Line]) -> list[Line]:
+    """`lines` (in row order: the order each export's parser gave them, exports in ingest order) sorted
+    by time. Equal times keep the row order, and a line without a time (a ChatGPT node without
+    `create_time`) stays right after the line before it instead of moving to the end."""
+    keys: list[float] = []
+    last = float("-inf")
+    ordered = True
+    for line in lines:
+        ts = line.timestamp_ms
+        if ts is not None:
+            ordered = ordered and ts >= last
+            last = ts
+        keys.append(last)
+    if ordered:  # the usual case: one export, already in time order
+        return lines
+    order = sorted(range(len(lines)), key=keys.__getitem__)  # stable: ties keep the row order
+    return [lines[i] for i in order]
+
+
 def chats(
     corpus: Corpus, resolve: Resolver, counts: Counter[str], sources: list[str] | None = None
 ) -> Iterator[Chat]:
-    """Every conversation with its messages in time order (insertion order where times are missing)."""
+    """Every conversation with its messages in time order (see `_in_time_order` for ties and gaps)."""
     where, params = "", ()
     if sources:
         where = f"AND c.source IN ({','.join('?' * len(sources))})"
@@ -81,6 +100,7 @@ def chats(
             if speaker is None:
                 speaker = names[key] = resolve(source, author_id, author_name) or author_name
             lines.append(Line(speaker, author_name, text, mkind, role, ts))
+        lines = _in_time_order(lines)
         yield Chat(
             key=f"{source}:{native_id}",
             source=source,
