@@ -7,7 +7,7 @@ PIP    := $(BIN)/python -m pip
 TORCH  := torch==2.13.0
 DEMO   := .demo
 
-.PHONY: venv install dev demo test lint bench bench-gpu clean
+.PHONY: venv install dev demo test lint bench bench-gpu mutate clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -39,13 +39,13 @@ demo: $(VENV)/.installed
 	$(BIN)/twinlm train -w $(DEMO) --max-steps 20 --name demo
 
 test: $(VENV)/.dev-installed
-	$(BIN)/ruff check twinlm tests benchmarks
-	$(BIN)/ruff format --check twinlm tests benchmarks
+	$(BIN)/ruff check twinlm tests benchmarks tools
+	$(BIN)/ruff format --check twinlm tests benchmarks tools
 	$(BIN)/python -m pytest -q
 
 lint: $(VENV)/.dev-installed
-	$(BIN)/ruff check twinlm tests benchmarks
-	$(BIN)/ruff format --check twinlm tests benchmarks
+	$(BIN)/ruff check twinlm tests benchmarks tools
+	$(BIN)/ruff format --check twinlm tests benchmarks tools
 
 bench: $(VENV)/.installed
 	$(BIN)/python benchmarks/run.py
@@ -53,6 +53,10 @@ bench: $(VENV)/.installed
 # On a CUDA machine: Mistral-7B architecture LoRA / QLoRA at 2,048 tokens against the naive recipe.
 bench-gpu: $(VENV)/.installed
 	$(BIN)/python benchmarks/gpu_train.py --record
+
+# A small mutation run (not part of CI): does the suite notice a one-line bug? See tools/mutate.py.
+mutate: $(VENV)/.dev-installed
+	$(BIN)/python tools/mutate.py $(MUTATE_ARGS)
 
 clean:
 	rm -rf $(VENV) $(DEMO) build *.egg-info .pytest_cache .ruff_cache
