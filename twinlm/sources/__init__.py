@@ -2,6 +2,10 @@
 
 `FORMATS` is a plain dict from format name to module, in detection order: the first module whose
 `looks_like` accepts the file's first bytes wins. The file name is never consulted.
+
+"documents" is last because it accepts any readable text: `detect` says what a file is, and ingest
+decides what to read. It reads documents only from paths given as documents (`--documents`,
+`ingest.documents`); a file in an export path that detects as a document is skipped and named.
 """
 
 from __future__ import annotations

@@ -1,5 +1,8 @@
 """Documents: `.txt`, `.md`, `.pdf` and `.docx` files, one record per file (the catch-all format).
 
+Ingest reads documents only from the paths the user gives as documents (`--documents`,
+`ingest.documents`), never from inside an export folder or zip (see twinlm/ingest.py).
+
 Each file becomes one `Conversation` of kind "document" holding ONE `Message` of `Kind.DOCUMENT` with
 the whole text; chunking happens at build time. Decisions:
 
