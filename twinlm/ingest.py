@@ -305,9 +305,10 @@ def _expand(
     document_roots = {p.resolve() for p in documents}
     for path in paths:
         for child, explicit in _walk(path, own):
-            resolved = child.resolve()
-            if not explicit and (resolved in document_roots or document_roots & set(resolved.parents)):
-                continue
+            if document_roots and not explicit:
+                resolved = child.resolve()
+                if resolved in document_roots or document_roots.intersection(resolved.parents):
+                    continue
             yield from _maybe_archive(_Input(child, str(child), explicit), scratch, max_unpacked, 0, result)
     for path in documents:
         for child, explicit in _walk(path, own):
