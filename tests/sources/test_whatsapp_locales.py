@@ -90,6 +90,13 @@ SAMPLES: dict[str, tuple[str, list[tuple[str, datetime, str]]]] = {
         "13.03.2024, 14:05 - Иван: Привет\n13.03.2024, 14:06 - Олег: Здорово\n",
         [("Иван", datetime(2024, 3, 13, 14, 5), "Привет"), ("Олег", datetime(2024, 3, 13, 14, 6), "Здорово")],
     ),
+    "old_ios_colon": (
+        "21/8/19, 11:28:51 PM: Jon Doe: Waste out of wealth\n13.06.18 21.25.15: Alan Smith: Like a Rolex\n",
+        [
+            ("Jon Doe", datetime(2019, 8, 21, 23, 28, 51), "Waste out of wealth"),
+            ("Alan Smith", datetime(2018, 6, 13, 21, 25, 15), "Like a Rolex"),
+        ],
+    ),
     "portuguese": (
         "13/03/2024 14:05 - João: Olá\n13/03/2024 14:06 - Maria: Oi\n",
         [("João", datetime(2024, 3, 13, 14, 5), "Olá"), ("Maria", datetime(2024, 3, 13, 14, 6), "Oi")],

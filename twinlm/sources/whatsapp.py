@@ -49,7 +49,8 @@ _SP = r"[ \u00a0\u202f]"
 # (French) or "klo" (Finnish) between date and time; a meridian before the time, with or without a
 # space (Korean 오전/오후, Chinese 上午/下午, Japanese 午前/午後), after it (a.m., p. m., vorm., ص/م).
 # Korean exports may also end the header with ", " instead of " - " (`2024. 3. 13. 오후 2:05, 김민수 : …`);
-# that ending is accepted only after a prefix meridian, where no other layout puts a comma.
+# that ending is accepted only after a prefix meridian, where no other layout puts a comma. Old iOS
+# exports end it with ": " (`21/8/19, 11:28:51 PM: Name: text`).
 _HEADER = re.compile(
     rf"""[\ufeff\u200e\u200f\u202a-\u202e]*
     (?P<br>\[)?
@@ -59,7 +60,7 @@ _HEADER = re.compile(
     (?:(?P<pre>오전|오후|上午|下午|午前|午後){_SP}?)?
     (?P<H>\d{{1,2}})[:.](?P<M>\d{{2}})(?:[:.](?P<S>\d{{2}}))?\.?
     (?:{_SP}*(?P<ampm>[AaPp]\.?{_SP}?[Mm]\.?|vorm\.|nachm\.|\u0635|\u0645))?
-    (?(br)\]{_SP}|(?:{_SP}?[-–]{_SP}|(?(pre),{_SP}|(?!))))
+    (?(br)\]{_SP}|(?:{_SP}?[-–]{_SP}|:{_SP}|(?(pre),{_SP}|(?!))))
     """,
     re.VERBOSE,
 )
