@@ -16,6 +16,8 @@ from twinlm.errors import TwinError
 from twinlm.models.load import LoraSettings, count_parameters, load_model
 from twinlm.models.presets import FULL_LR, LORA_LR, PRESETS, get_preset, resolve
 from twinlm.models.tiny import ARCHITECTURES, build_tiny_model, ensure_tiny
+from twinlm.train.data import collate_packed, make_example
+from twinlm.train.loss import token_loss_sum
 
 ARCH_CLASSES = {"mistral": "MistralForCausalLM", "llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM"}
 LORA = LoraSettings(r=4, alpha=8, dropout=0.0)
@@ -199,3 +201,38 @@ def test_presets_resolve() -> None:
     for preset in PRESETS.values():
         assert preset.lora_target_modules == "all-linear" and 0 < preset.max_length <= preset.context_length
         assert preset.params_b > 0
+
+
+@pytest.mark.parametrize("checkpointing", [False, True])
+def test_qlora_keeps_frozen_weights_in_the_compute_dtype(
+    checkpointing: bool, tiny_models: dict[str, Path]
+) -> None:
+    """bf16 QLoRA: only the adapter is fp32; embeddings, norms and lm_head stay bf16 (peft's
+    prepare_model_for_kbit_training upcast them, running the residual stream and logits in fp32),
+    and a packed sdpa row (the 4-D mask) trains in bf16."""
+    model, _, _ = load_model(
+        str(tiny_models["llama"]), "qlora", lora=LORA, dtype=torch.bfloat16, device="cpu",
+        attn_implementation="sdpa", gradient_checkpointing=checkpointing,
+    )  # fmt: skip
+    base = model.get_base_model()  # type: ignore[operator]
+    frozen = {n: p for n, p in model.named_parameters() if not p.requires_grad}
+    plain = {n: p.dtype for n, p in frozen.items() if type(p).__name__ != "Params4bit"}
+    assert any("embed_tokens" in n for n in plain) and any("lm_head" in n for n in plain)
+    assert any("norm" in n for n in plain)
+    assert set(plain.values()) == {torch.bfloat16}, {n: d for n, d in plain.items() if d != torch.bfloat16}
+    adapter = {n: p.dtype for n, p in model.named_parameters() if p.requires_grad}
+    assert adapter and set(adapter.values()) == {torch.float32}
+    assert base.is_activation_checkpointing == checkpointing
+
+    ids = [list(range(5, 5 + n)) for n in (7, 4, 9)]
+    examples = [make_example(str(i), sample, sample) for i, sample in enumerate(ids)]
+    batch = collate_packed(examples, "sdpa", torch.bfloat16)
+    labels = batch.pop("labels")
+    model.train()
+    logits = model(**batch, use_cache=False).logits
+    assert logits.dtype == torch.bfloat16  # the head ran in the compute dtype
+    loss, count = token_loss_sum(logits, labels)
+    assert count > 0 and torch.isfinite(loss)
+    loss.backward()
+    grads = [p.grad for p in model.parameters() if p.requires_grad]
+    assert all(g is not None for g in grads) and any(g.abs().sum() > 0 for g in grads)
