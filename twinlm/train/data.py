@@ -14,6 +14,8 @@ Two ways to batch, and never a silent mix of samples:
       attend to each other -- pinned by a test. Hence the explicit mask; the loop should pass
       `use_cache=False` anyway.) The mask costs T*T elements of the compute dtype: fine for
       CPU-sized rows; on a GPU prefer flash attention.
+  Sliding windows are per layer (`attention_windows`): Gemma 2/3 and Qwen2 (`max_window_layers`)
+  window only some layers, and a model with mixed layers gets one mask per layer type.
   The model shifts labels by one inside its loss (token t predicts label t+1), so the last token of
   one sample would "predict" the first label of the next one. `collate_packed` therefore sets the
   label of every sample's first token to -100 in the packed row. Unpacked, that label is never used
@@ -27,9 +29,10 @@ from __future__ import annotations
 
 import random
 from bisect import bisect_left, insort
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -37,8 +40,8 @@ import pyarrow.parquet as pq
 import torch
 
 from twinlm.errors import TwinError
+from twinlm.prepare.sample import IGNORE_INDEX
 
-IGNORE_INDEX = -100
 # Attention implementations that take packed rows from position_ids alone (varlen kernels).
 # Attention that finds sample bounds from position_ids itself ("twinlm_packed": twinlm.train.attention).
 VARLEN_ATTENTION = frozenset({"flash_attention_2", "flash_attention_3", "twinlm_packed"})
@@ -194,15 +197,57 @@ def block_causal_mask(
     return mask[None, None]
 
 
+# Layer types (transformers' `config.layer_types`) whose attention a 4-D mask or twinlm_packed covers.
+FULL_ATTENTION, SLIDING_ATTENTION = "full_attention", "sliding_attention"
+
+
+def attention_windows(config: Any) -> dict[str, int | None]:
+    """Each attention layer type's sliding window (None: plain causal), from a transformers config.
+
+    transformers 5 names each layer's type in `config.layer_types`: Gemma 2/3 alternate sliding and
+    full layers, Qwen2 windows the layers from `max_window_layers` on (only with `use_sliding_window`);
+    a config without layer types (Mistral) applies `sliding_window` to every layer. Layer types no
+    attention mask reaches (linear attention, convolutions, state spaces) would mix packed samples:
+    refused, with the fix.
+    """
+    if hasattr(config, "get_text_config"):  # a multimodal config: the text model's layers
+        config = config.get_text_config()
+    window = getattr(config, "sliding_window", None)
+    if not isinstance(window, int) or not getattr(config, "use_sliding_window", True):
+        window = None
+    layer_types = getattr(config, "layer_types", None)
+    if not layer_types:
+        return {SLIDING_ATTENTION if window is not None else FULL_ATTENTION: window}
+    unknown = sorted(set(layer_types) - {FULL_ATTENTION, SLIDING_ATTENTION})
+    if unknown:
+        name = getattr(config, "_name_or_path", "") or getattr(config, "model_type", "the model")
+        raise TwinError(
+            f"{name}: layers of type {', '.join(map(repr, unknown))} would let packed samples see each "
+            "other; set train.packing: false in twin.yaml"
+        )
+    return {kind: window if kind == SLIDING_ATTENTION else None for kind in dict.fromkeys(layer_types)}
+
+
+class LayerMasks(dict[str, torch.Tensor]):
+    """4-D masks per layer type. Models whose layers differ (Gemma 2/3, Qwen2 and the other models
+    with `layer_types`) take a dict as `attention_mask` and give each layer its type's mask; `to()`
+    moves it like the batch's tensors."""
+
+    def to(self, *args: Any, **kwargs: Any) -> LayerMasks:
+        return LayerMasks({kind: mask.to(*args, **kwargs) for kind, mask in self.items()})
+
+
 def collate_packed(
     examples: Sequence[Example],
     attn_implementation: str = "sdpa",
     mask_dtype: torch.dtype = torch.float32,
-    sliding_window: int | None = None,
-) -> dict[str, torch.Tensor]:
+    sliding_window: int | Mapping[str, int | None] | None = None,
+) -> dict[str, Any]:
     """One packed row: input_ids, labels, position_ids [1, T] and, where needed, a 4-D mask.
 
-    `mask_dtype` must be the model's compute dtype (sdpa rejects a float mask of another dtype).
+    `mask_dtype` must be the dtype of the model's queries (sdpa rejects a float mask of another
+    dtype). `sliding_window` is one window for every layer, or `attention_windows(config)`: when
+    layer types differ in window, the mask is a `LayerMasks` with one mask per layer type.
     Labels at each sample's first token are -100 (see the module docstring: the shift inside the
     loss would otherwise train sample B's first token from sample A's last one).
     """
@@ -219,7 +264,13 @@ def collate_packed(
         "position_ids": positions[None],
     }
     if needs_4d_mask(attn_implementation):
-        batch["attention_mask"] = block_causal_mask([len(e) for e in examples], mask_dtype, sliding_window)
+        lengths = [len(e) for e in examples]
+        windows = sliding_window if isinstance(sliding_window, Mapping) else {"": sliding_window}
+        masks = {w: block_causal_mask(lengths, mask_dtype, w) for w in set(windows.values())}
+        if len(masks) == 1:  # every layer alike: a plain tensor, which every model takes
+            batch["attention_mask"] = next(iter(masks.values()))
+        else:
+            batch["attention_mask"] = LayerMasks({kind: masks[w] for kind, w in windows.items()})
     return batch
 
 

@@ -136,11 +136,13 @@ def train(
         run_record.describe_run(run_dir, config, data_dir, info, lr, attention, str(dtype), trainable, total)
 
     pad_id = _pad_id(data_dir)
-    window = _sliding_window(model)
+    window = _sliding_window(model) if settings.packing else None
 
-    def collate(examples: list[Example]) -> dict[str, torch.Tensor]:
+    def collate(examples: list[Example]) -> dict[str, Any]:
         if settings.packing:
-            return collate_packed(examples, attention, dtype, window)
+            # The 4-D mask in the queries' dtype, the hidden states' (sdpa rejects another float dtype).
+            mask_dtype = model.get_input_embeddings().weight.dtype
+            return collate_packed(examples, attention, mask_dtype, window)
         return collate_padded(examples, pad_id)
 
     total_steps = settings.max_steps or max(1, math.ceil(settings.epochs * steps_per_epoch))
@@ -383,10 +385,12 @@ def _pad_id(data_dir: Path) -> int:
     return int(pad)
 
 
-def _sliding_window(model: Any) -> int | None:
-    config = getattr(model, "config", None)
-    window = getattr(config, "sliding_window", None)
-    return window if isinstance(window, int) and getattr(config, "use_sliding_window", True) else None
+def _sliding_window(model: Any) -> dict[str, int | None]:
+    """Each layer type's sliding window, for the packed 4-D mask (Gemma and Qwen2 window only some
+    layers; a TwinError for layers no mask reaches)."""
+    from twinlm.train.data import attention_windows
+
+    return attention_windows(model.config)
 
 
 def _chunks(items: list[list[int]], size: int) -> list[list[list[int]]]:
