@@ -12,7 +12,7 @@ import pytest
 
 from twinlm.corpus.db import Corpus
 from twinlm.errors import ExportError
-from twinlm.ingest import DOCUMENT_IN_EXPORT, ingest
+from twinlm.ingest import DOCUMENT_IN_EXPORT, NOT_AN_EXPORT, ingest
 from twinlm.model import ParseOptions
 
 from testdata import EXAMPLES
@@ -99,7 +99,7 @@ def test_telegram_html_export_folder_adds_no_document(tmp_path: Path) -> None:
         why = skipped(result)
         assert set(why) == {"messages.html", "style.css", "script.js", "back.png", "photo_1.jpg"}
         assert "Telegram" in why["messages.html"] and "JSON" in why["messages.html"]
-        assert "--documents" in why["style.css"]
+        assert why["style.css"] == why["script.js"] == NOT_AN_EXPORT
         assert result.summary()["skipped_files"][0] == {
             "file": str(folder / "css" / "style.css"),
             "reason": why["style.css"],
@@ -154,8 +154,14 @@ def test_stray_files_in_an_export_folder_are_named_with_their_reason(tmp_path: P
         result = ingest([folder], corpus, OPTIONS)
         assert not result.failed
         assert sources(corpus) == {"whatsapp"}
-        assert set(skipped(result)) == {"pyproject.toml", "contacts.csv", "README.md"}
-        assert result.not_exports[DOCUMENT_IN_EXPORT] == 3
+        why = skipped(result)
+        assert set(why) == {"pyproject.toml", "contacts.csv", "README.md"}
+        assert why == {
+            "pyproject.toml": NOT_AN_EXPORT,
+            "contacts.csv": NOT_AN_EXPORT,
+            "README.md": DOCUMENT_IN_EXPORT,
+        }
+        assert "--documents" in DOCUMENT_IN_EXPORT
 
 
 def test_documents_come_from_document_paths(tmp_path: Path) -> None:

@@ -52,7 +52,7 @@ NOT_AN_EXPORT = "not an export"
 MEDIA_IN_ARCHIVE = "media file in archive"
 MEDIA = "media file"
 DOCUMENT_IN_EXPORT = "document in an export path (to train on it, give it with --documents)"
-ATTACHMENT = "attachment inside an export archive (not read; give documents with --documents)"
+ATTACHMENT = "file inside an export archive (attachments are not read)"
 TELEGRAM_HTML = "Telegram HTML export page (not readable: export the chat as 'Machine-readable JSON')"
 HTML_PAGE = "HTML page (HTML exports are not read: use the export's JSON)"
 NOT_A_DOCUMENT_TYPE = f"not a document type ({', '.join(DOCUMENT_SUFFIXES)})"
@@ -267,8 +267,14 @@ def _not_an_export(item: _Input) -> str:
     start = head.lstrip()[:200].lower()
     if start.startswith(("<!doctype html", "<html")):
         return TELEGRAM_HTML if any(mark in head for mark in _TELEGRAM_HTML_MARKS) else HTML_PAGE
-    if sources.FORMATS["documents"].looks_like(head, item.path):
-        return ATTACHMENT if item.in_archive else DOCUMENT_IN_EXPORT
+    if item.in_archive:
+        return ATTACHMENT
+    # The suffix only words the reason (the format was decided by content): a README or a PDF lying
+    # next to the exports is a document to give with --documents; a stylesheet or a CSV is not.
+    if Path(item.name).suffix.lower() in DOCUMENT_SUFFIXES and sources.FORMATS["documents"].looks_like(
+        head, item.path
+    ):
+        return DOCUMENT_IN_EXPORT
     return NOT_AN_EXPORT
 
 
