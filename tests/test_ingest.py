@@ -79,7 +79,7 @@ def test_zip_export_is_read_and_media_skipped(tmp_path: Path) -> None:
             (f"{whatsapp_zip}/_chat.txt", "whatsapp"),
         ]
         assert result.not_exports["media file in archive"] == 2
-        query = "SELECT native_id FROM conversations WHERE source = 'whatsapp'"
+        query = "SELECT title FROM conversations WHERE source = 'whatsapp'"
         titles = {r[0] for r in corpus.db.execute(query)}
         assert titles == {"Mom"}  # `_chat.txt` is named after its archive
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".ingest")] == []  # scratch removed

@@ -28,6 +28,8 @@ from pathlib import Path, PurePosixPath
 
 from twinlm import sources
 from twinlm.corpus.db import Changes, Corpus
+from twinlm.corpus.rematch import ChatMatcher
+from twinlm.corpus.supersede import Superseding
 from twinlm.errors import ExportError
 from twinlm.model import ParseOptions, ParseReport
 from twinlm.sources import whatsapp
@@ -178,15 +180,40 @@ def _ingest(
     ):
         result = IngestResult(import_id=import_id)
         inputs = _expand(paths, documents, Path(scratch), max_unpacked_bytes, result, corpus.path.parent)
+        matcher, touched = ChatMatcher(corpus), {}
         for item in inputs:
             if on_file:
                 on_file(item.name)
-            result.files.append(_ingest_file(item, corpus, import_id, options, fmt, on_progress, result))
+            result.files.append(
+                _ingest_file(item, corpus, import_id, options, fmt, on_progress, result, matcher, touched)
+            )
+        _superseded(corpus.finish_import(import_id), touched)
         result.files = [f for f in result.files if f.format or f.error]
         if options.timezone is None and any(LOCAL_TIME_NOTE in f.report.notes for f in result.files):
             result.assumed_timezone = machine_timezone()
         corpus.record_summary(import_id, result.summary())
     return result
+
+
+def _superseded(done: dict[int, Superseding], touched: dict[tuple[str, str], FileResult]) -> None:
+    """Count what the newest export of each conversation superseded, on the file that held it."""
+    for change in done.values():
+        file_result = touched.get((change.source, change.native_id))
+        if file_result is None:
+            continue
+        if change.merged_edits:  # inserted under the edited text's id, then merged into the earlier row
+            file_result.changes.new_messages -= change.merged_edits
+            file_result.changes.updated_messages += change.merged_edits
+        if change.superseded:
+            file_result.report.note(
+                "messages superseded: no longer in this newer export (kept, not trained; "
+                "list: twinlm superseded, undo: twinlm superseded --restore)",
+                change.superseded,
+            )
+        if change.restored:
+            file_result.report.note("superseded messages back in this export: trained again", change.restored)
+        if change.older_export:
+            file_result.report.note("conversation older than one already imported: newer export kept")
 
 
 def _ingest_file(
@@ -197,8 +224,11 @@ def _ingest_file(
     fmt: str | None,
     on_progress: ProgressCallback | None,
     result: IngestResult,
+    matcher: ChatMatcher | None = None,
+    touched: dict[tuple[str, str], FileResult] | None = None,
 ) -> FileResult:
     file_result = FileResult(name=item.name)
+    touched = {} if touched is None else touched
     try:
         if item.path.stat().st_size == 0:
             if item.explicit:
@@ -222,8 +252,12 @@ def _ingest_file(
         untrack()
         done = 0
         with corpus.file_savepoint() as changes:
-            for conversation in sources.parse(item.path, file_format, options, file_result.report):
+            parsed = sources.parse(item.path, file_format, options, file_result.report)
+            if file_format == "whatsapp" and matcher is not None:
+                parsed = matcher.align(item.name, parsed, file_result.report)  # a re-export of a known chat?
+            for conversation in parsed:
                 corpus.add(conversation, import_id)
+                touched[(conversation.source, conversation.id)] = file_result
                 if on_progress:
                     done = max(done, position() or 0)  # the last slice may come after the file closed
                     on_progress(item.name, file_result.report.messages, done, size)

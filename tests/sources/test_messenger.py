@@ -57,13 +57,13 @@ def test_older_file_of_split_thread() -> None:
         ms(BASE + 40_000),
     ]
     assert conv.messages[0].timestamp == datetime(2023, 11, 14, 22, 13, 20, tzinfo=UTC)
-    # Ids: stable_id(thread, timestamp_ms, sender, text, occurrence); the duplicate "ok" is told apart.
+    # Ids: stable_id(thread, second, text, occurrence), no sender name; the duplicate "ok" is told apart.
     thread = "zoemuller_abc123XYZ"
     assert [m.id for m in conv.messages] == [
-        stable_id(thread, BASE, SAM, "Salut Zoë, ça va ?", 0),
-        stable_id(thread, BASE + 10_000, SAM, "ok", 0),
-        stable_id(thread, BASE + 10_000, SAM, "ok", 1),
-        stable_id(thread, BASE + 40_000, ZOE, "à demain 😂", 0),
+        stable_id(thread, BASE // 1000, "Salut Zoë, ça va ?", 0),
+        stable_id(thread, BASE // 1000 + 10, "ok", 0),
+        stable_id(thread, BASE // 1000 + 10, "ok", 1),
+        stable_id(thread, BASE // 1000 + 40, "à demain 😂", 0),
     ]
     assert all(m.kind == Kind.TEXT and m.reply_to is None for m in conv.messages)
     assert dict(report.skipped) == {"call": 1, "unsent message": 1}
@@ -279,3 +279,60 @@ def test_fuzzed_files_parse_or_raise_export_error(
     tmp_path_factory: pytest.TempPathFactory, data: bytes, drop: bool
 ) -> None:
     parses_or_fails_cleanly(messenger, tmp_path_factory.mktemp("fuzz") / "message_1.json", data, drop)
+
+
+def thread_file(tmp_path: Path, name: str, messages: list[dict], **extra: object) -> Path:
+    data = {
+        "participants": [{"name": "Alice Smith"}, {"name": "Sam Park"}],
+        "messages": messages,
+        "title": "Alice Smith",
+        "thread_type": "Regular",
+        "thread_path": "inbox/alicesmith_x1",
+        **extra,
+    }
+    p = tmp_path / name
+    p.write_text(json.dumps(data), encoding="utf-8")
+    return p
+
+
+def test_renamed_sender_keeps_every_message_id(tmp_path: Path) -> None:
+    said = [(BASE + 5_000, "see you"), (BASE, "hi")]
+    before = thread_file(
+        tmp_path, "a.json", [{"sender_name": "Alice Smith", "timestamp_ms": t, "content": c} for t, c in said]
+    )
+    after = thread_file(
+        tmp_path, "b.json", [{"sender_name": "Alice S.", "timestamp_ms": t, "content": c} for t, c in said]
+    )
+    old, new = messages(run(before)[0]), messages(run(after)[0])
+    assert [m.author_name for m in new] == ["Alice S.", "Alice S."]
+    assert [m.id for m in new] == [m.id for m in old]
+
+
+def test_2018_schema_timestamp_in_seconds(tmp_path: Path) -> None:
+    """2018-era downloads: participants as plain names, `timestamp` in seconds, no `timestamp_ms`."""
+    path = thread_file(
+        tmp_path,
+        "message.json",
+        [
+            {"sender_name": "Sam Park", "timestamp": 1_520_000_060, "content": "later", "type": "Generic"},
+            {"sender_name": "Alice Smith", "timestamp": 1_520_000_000, "content": "first", "type": "Generic"},
+        ],
+        participants=["Alice Smith", "Sam Park"],
+        status="inactive",
+    )
+    convs, report = run(path)
+    assert [(m.author_name, m.text, m.timestamp) for m in messages(convs)] == [
+        ("Alice Smith", "first", ms(1_520_000_000_000)),
+        ("Sam Park", "later", ms(1_520_000_060_000)),
+    ]
+    assert not report.skipped
+    # The same thread downloaded today (milliseconds) gives the same ids.
+    today = thread_file(
+        tmp_path,
+        "message_1.json",
+        [
+            {"sender_name": "Sam Park", "timestamp_ms": 1_520_000_060_412, "content": "later"},
+            {"sender_name": "Alice Smith", "timestamp_ms": 1_520_000_000_907, "content": "first"},
+        ],
+    )
+    assert [m.id for m in messages(run(today)[0])] == [m.id for m in messages(convs)]

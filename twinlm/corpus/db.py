@@ -4,6 +4,11 @@ Rows are keyed by (source, native id), so an import is an idempotent upsert: the
 adds nothing and next month's export adds only what is new. The whole import runs in one
 transaction (one savepoint per file), so a killed import leaves the database as it was. Cleaning
 decisions are made later, at build time; only the user's own exclusions and edits live here.
+
+The newest export of a conversation wins (`finish_import`): where a source always exports a
+conversation whole (`SUPERSEDING`), the messages of an already-imported conversation that its newest
+export no longer holds (an edited ChatGPT question's old branch, a message deleted for everyone) are
+marked `superseded_by_import`: kept and listed, never trained, undone by `restore_superseded`.
 """
 
 from __future__ import annotations
@@ -17,9 +22,20 @@ from pathlib import Path
 
 import orjson
 
-from twinlm.model import Conversation, Kind, Role
+from twinlm.corpus.supersede import Superseding, supersede
+from twinlm.model import Conversation, Kind, Message, Role
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+
+# What one export of a conversation holds, per source, so that what it lacks was deleted or replaced:
+# - "whole": every message, whatever the export's date (ChatGPT writes every conversation whole).
+# - "span": every message between its first and its last (WhatsApp keeps only the newest 40,000, or
+#   10,000 with media; Facebook's download can be limited to a date range; a thread split over
+#   message_N.json files is gathered over the whole import).
+# Sources absent here never supersede: an export of them may be filtered (Discord --after/--before and
+# --filter, Telegram Desktop's date range and media-type choices) and JSONL and documents have no
+# notion of a whole conversation.
+SUPERSEDING = {"chatgpt": "whole", "whatsapp": "span", "messenger": "span"}
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -43,6 +59,8 @@ CREATE TABLE IF NOT EXISTS conversations (
     excluded INTEGER NOT NULL DEFAULT 0,   -- set by the user: leave out of every dataset
     user_note TEXT,                        -- the user's note, e.g. why it is excluded
     first_import INTEGER NOT NULL REFERENCES imports(id),
+    export_lo INTEGER,               -- first and last message time (ms) of the newest export read,
+    export_hi INTEGER,               -- for sources in SUPERSEDING
     UNIQUE (source, native_id)
 );
 CREATE TABLE IF NOT EXISTS messages (
@@ -62,10 +80,13 @@ CREATE TABLE IF NOT EXISTS messages (
     excluded INTEGER NOT NULL DEFAULT 0,   -- set by the user: leave this message out
     user_text TEXT,                        -- set by the user: replaces `text` at build time
     first_import INTEGER NOT NULL REFERENCES imports(id),
+    superseded_by_import INTEGER REFERENCES imports(id),  -- no longer in that (newer) export: not trained
     UNIQUE (source, native_id)
 );
 -- No secondary index on purpose: each costs ~20% of ingest speed, and every reader (build, people,
--- stats) scans the whole table once anyway.
+-- stats) scans the whole table once anyway. One exception, partial, so only WhatsApp rows pay for it:
+-- matching a WhatsApp export to the chat it re-exports looks up messages by time (corpus/rematch.py).
+CREATE INDEX IF NOT EXISTS messages_whatsapp_ts ON messages (ts) WHERE source = 'whatsapp';
 """
 
 _UPSERT_CONVERSATION = """
@@ -82,7 +103,7 @@ WHERE (conversations.kind, conversations.title, conversations.platform_detail,
    IS NOT (excluded.kind, excluded.title, excluded.platform_detail, excluded.participants,
            coalesce(excluded.system_prompt, conversations.system_prompt),
            coalesce(excluded.owner_id, conversations.owner_id))
-RETURNING id
+RETURNING id, first_import
 """
 
 # A re-exported message whose content changed on the platform (an edit) updates the raw columns;
@@ -137,8 +158,17 @@ class Corpus:
         self.db.execute("PRAGMA cache_size = -65536")  # 64 MiB page cache
         self.db.executescript(SCHEMA)
         self.db.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+        version = int(self.db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0])
+        if version < SCHEMA_VERSION:
+            from twinlm.corpus.migrate import migrate  # only old corpora need it
+
+            migrate(self.db, version, SCHEMA_VERSION)
         self._conversation_ids: dict[tuple[str, str], int] = {}
         self._message_writes = 0
+        # Per conversation row of a SUPERSEDING source read in this import: [first ts, last ts, existed
+        # before this import]. Ids of the messages read for those that existed go to the temp table `held`.
+        self._spans: dict[int, list] = {}
+        self._held_ready = False
 
     def close(self) -> None:
         self.db.close()
@@ -161,12 +191,16 @@ class Corpus:
                 (_now(), orjson.dumps(paths).decode()),
             ).lastrowid
             assert import_id is not None
+            self._spans.clear()
+            self._conversation_ids.clear()  # each import learns which conversations existed before it
             yield import_id
             self.db.execute("UPDATE imports SET finished_at = ? WHERE id = ?", (_now(), import_id))
             self.db.execute("COMMIT")
         except BaseException:
             self.db.execute("ROLLBACK")
             self._conversation_ids.clear()
+            self._spans.clear()
+            self._held_ready = False
             raise
 
     @contextmanager
@@ -178,12 +212,16 @@ class Corpus:
         max_message = self._max_id("messages")
         self._message_writes = 0
         cache_before = dict(self._conversation_ids)
+        spans_before = {row: list(span) for row, span in self._spans.items()}
+        held_before = self._held_ready
         try:
             yield changes
         except BaseException:
-            self.db.execute("ROLLBACK TO file")
+            self.db.execute("ROLLBACK TO file")  # also rolls back the temp table `held`
             self.db.execute("RELEASE file")
             self._conversation_ids = cache_before
+            self._spans = spans_before
+            self._held_ready = held_before
             raise
         # New rows get ids above the old maximum; every other change counted by SQLite is an update.
         changes.new_conversations = self._count_above("conversations", max_conversation)
@@ -195,10 +233,17 @@ class Corpus:
         """Upsert one conversation (or one slice of it) and its messages."""
         key = (conversation.source, conversation.id)
         row_id = self._conversation_ids.get(key)
-        if row_id is None or conversation.system_prompt is not None:
-            row_id = self._upsert_conversation(conversation, import_id)
-            self._conversation_ids[key] = row_id
         source = conversation.source
+        if row_id is None or conversation.system_prompt is not None:
+            row_id, first_import = self._upsert_conversation(conversation, import_id)
+            self._conversation_ids[key] = row_id
+            if source in SUPERSEDING and row_id not in self._spans:
+                self._spans[row_id] = [None, None, first_import != import_id]
+        messages = conversation.messages
+        times = [None if m.timestamp is None else int(m.timestamp.timestamp() * 1000) for m in messages]
+        span = self._spans.get(row_id)
+        if span is not None:
+            self._hold(row_id, span, messages, times)
         before = self.db.total_changes
         # Bind exact str/int only: sqlite3 runs its adapter lookup for every value of a subclass
         # (StrEnum, bool), ~380 ns each, which cost ~1 s per million messages.
@@ -211,7 +256,7 @@ class Corpus:
                     m.id,
                     m.author_id,
                     m.author_name,
-                    None if m.timestamp is None else int(m.timestamp.timestamp() * 1000),
+                    ts,
                     _KIND_TEXT[m.kind],
                     _ROLE_TEXT[m.role],
                     m.text,
@@ -220,13 +265,31 @@ class Corpus:
                     int(m.edited),
                     import_id,
                 )
-                for m in conversation.messages
+                for m, ts in zip(messages, times, strict=True)
             ),
         )
         # Inserts plus real updates; unchanged re-imported rows are skipped by the upsert's WHERE.
         self._message_writes += self.db.total_changes - before
 
-    def _upsert_conversation(self, c: Conversation, import_id: int) -> int:
+    def _hold(self, row_id: int, span: list, messages: tuple[Message, ...], times: list[int | None]) -> None:
+        """Widen the conversation's time span; remember which messages it holds when it existed before."""
+        known = [t for t in times if t is not None]
+        if known:
+            lo, hi = min(known), max(known)
+            span[0] = lo if span[0] is None else min(span[0], lo)
+            span[1] = hi if span[1] is None else max(span[1], hi)
+        if not span[2]:
+            return  # new in this import: nothing of it to supersede
+        if not self._held_ready:
+            self.db.execute(
+                "CREATE TEMP TABLE IF NOT EXISTS held (conversation INTEGER NOT NULL,"
+                " native_id TEXT NOT NULL, PRIMARY KEY (conversation, native_id)) WITHOUT ROWID"
+            )
+            self.db.execute("DELETE FROM held")
+            self._held_ready = True
+        self.db.executemany("INSERT OR IGNORE INTO held VALUES (?, ?)", ((row_id, m.id) for m in messages))
+
+    def _upsert_conversation(self, c: Conversation, import_id: int) -> tuple[int, int]:
         participants = orjson.dumps(list(c.participants)).decode()
         row = self.db.execute(
             _UPSERT_CONVERSATION,
@@ -243,12 +306,35 @@ class Corpus:
             ),
         ).fetchone()
         if row is not None:
-            return int(row[0])
+            return int(row[0]), int(row[1])
         # Unchanged existing conversation: the upsert's WHERE skipped it and returned nothing.
-        (existing,) = self.db.execute(
-            "SELECT id FROM conversations WHERE source = ? AND native_id = ?", (c.source, c.id)
+        existing, first_import = self.db.execute(
+            "SELECT id, first_import FROM conversations WHERE source = ? AND native_id = ?", (c.source, c.id)
         ).fetchone()
-        return int(existing)
+        return int(existing), int(first_import)
+
+    def finish_import(self, import_id: int) -> dict[int, Superseding]:
+        """Apply "the newest export wins" to the conversations this import read; call once, at its end.
+
+        Returns what changed per conversation row id (only those where something did).
+        """
+        spans, self._spans = self._spans, {}
+        ready, self._held_ready = self._held_ready, False
+        return supersede(self.db, import_id, spans, SUPERSEDING, held=ready)
+
+    def restore_superseded(self, import_id: int | None = None, conversation: int | None = None) -> int:
+        """Undo superseding (all of it, or one import's, or one conversation's): trained again."""
+        where, params = ["superseded_by_import IS NOT NULL"], []
+        if import_id is not None:
+            where.append("superseded_by_import = ?")
+            params.append(import_id)
+        if conversation is not None:
+            where.append("conversation = ?")
+            params.append(conversation)
+        cursor = self.db.execute(
+            f"UPDATE messages SET superseded_by_import = NULL WHERE {' AND '.join(where)}", params
+        )
+        return cursor.rowcount
 
     def _max_id(self, table: str) -> int:
         return int(self.db.execute(f"SELECT coalesce(max(id), 0) FROM {table}").fetchone()[0])

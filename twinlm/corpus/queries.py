@@ -47,7 +47,7 @@ def speakers(corpus: Corpus, resolve: Resolver) -> list[Speaker]:
                (SELECT author_name FROM messages AS latest
                  WHERE latest.source = m.source AND latest.author_id = m.author_id
                  ORDER BY latest.ts DESC LIMIT 1)
-        FROM messages AS m WHERE kind != 'document' AND NOT excluded
+        FROM messages AS m WHERE kind != 'document' AND NOT excluded AND superseded_by_import IS NULL
         GROUP BY source, author_id ORDER BY count(*) DESC, source, author_id
         """
     ).fetchall()
@@ -82,6 +82,40 @@ def source_stats(corpus: Corpus, top: int = 5) -> list[SourceStats]:
             )
         )
     return stats
+
+
+@dataclass(frozen=True, slots=True)
+class Superseded:
+    """A message kept in the corpus but no longer in the newest export of its conversation: not trained."""
+
+    import_id: int  # the import whose export no longer held it (`twinlm superseded --restore --import N`)
+    conversation: int  # the conversation's row id
+    source: str
+    native_id: str  # the conversation's native id
+    title: str
+    author_name: str
+    timestamp: datetime | None
+    text: str
+
+
+def superseded(corpus: Corpus, import_id: int | None = None) -> list[Superseded]:
+    """Superseded messages (of one import, or all), by import, conversation and time."""
+    where, params = "", ()
+    if import_id is not None:
+        where, params = "AND m.superseded_by_import = ?", (import_id,)
+    rows = corpus.db.execute(
+        f"""
+        SELECT m.superseded_by_import, c.id, c.source, c.native_id, c.title, m.author_name, m.ts, m.text
+        FROM messages AS m JOIN conversations AS c ON c.id = m.conversation
+        WHERE m.superseded_by_import IS NOT NULL {where}
+        ORDER BY m.superseded_by_import, c.source, c.native_id, m.ts IS NULL, m.ts, m.id
+        """,
+        params,
+    ).fetchall()
+    return [
+        Superseded(import_id, conversation, source, native_id, title, author, _time(ts), text)
+        for import_id, conversation, source, native_id, title, author, ts, text in rows
+    ]
 
 
 def _time(ms: int | None) -> datetime | None:

@@ -46,10 +46,11 @@ _QUERY = """
 SELECT c.id, c.source, c.native_id, c.kind, c.title, c.platform_detail, c.participants, c.system_prompt,
        m.author_id, m.author_name, coalesce(m.user_text, m.text), m.kind, m.role, m.ts
 FROM messages AS m JOIN conversations AS c ON c.id = m.conversation
-WHERE NOT c.excluded AND NOT m.excluded {where}
+WHERE NOT c.excluded AND NOT m.excluded AND m.superseded_by_import IS NULL {where}
 ORDER BY c.source, c.native_id, m.id
 """
 
+_SUPERSEDED = "SELECT count(*) FROM messages WHERE superseded_by_import IS NOT NULL"
 # The user's own choices in the corpus, counted in the build report.
 _USER_CHOICES = {
     "conversations excluded by you": "SELECT count(*) FROM conversations WHERE excluded",
@@ -87,6 +88,10 @@ def chats(
         params = tuple(sources)
     for what, query in _USER_CHOICES.items():
         counts[what] += int(corpus.db.execute(query).fetchone()[0])
+    # Not in the newest export of their conversation any more (twinlm/corpus/supersede.py).
+    superseded = int(corpus.db.execute(_SUPERSEDED).fetchone()[0])
+    if superseded:
+        counts["messages superseded by a newer export"] += superseded
     rows = corpus.db.execute(_QUERY.format(where=where), params)
     names: dict[tuple[str, str, str], str] = {}  # resolving is a few dict lookups; cache anyway
     for _, group in itertools.groupby(rows, key=lambda row: row[0]):

@@ -13,8 +13,14 @@ the thread folder from `thread_path` ("inbox/alice_1234" -> "alice_1234"), or, f
 without `thread_path`, a hash of the sorted participant names and the title.
 
 All text is UTF-8 that Facebook wrote out as latin-1 code points ("Ã©" for "é"): every string is
-repaired with `fix_mojibake`. Message ids do not exist in these exports; they are derived with
-`stable_id(thread, timestamp_ms, sender, text, occurrence)`.
+repaired with `fix_mojibake`. Message ids do not exist in these exports; they are derived from what
+survives a re-export (`message_id`): the thread, the time in whole seconds (2018-era files give
+`timestamp` in seconds, later ones `timestamp_ms`), the text with its media placeholders and which
+occurrence of that (second, text) it is in the thread; never the sender's display name, which
+changes when the sender renames their profile.
+
+Each file is one part of one thread, which a later export holds whole: see SUPERSEDING in
+twinlm/corpus/db.py (the span between a file's first and last message).
 """
 
 from __future__ import annotations
@@ -220,7 +226,9 @@ def _pending(raw: Any, options: ParseOptions, report: ParseReport) -> _Pending |
         return None
     sender_raw = raw.get("sender_name")
     ms = raw.get("timestamp_ms")
-    if not isinstance(sender_raw, str) or not isinstance(ms, int | float) or isinstance(ms, bool):
+    if ms is None and _number(raw.get("timestamp")):
+        ms = raw["timestamp"] * 1000  # 2018-era exports: seconds, no timestamp_ms
+    if not isinstance(sender_raw, str) or not _number(ms):
         report.skip("malformed message")
         return None
     ms = int(ms)
@@ -310,19 +318,28 @@ def _notice(content: str, sender: str) -> str | None:
 def _messages(
     conversation_id: str, pending: list[_Pending], options: ParseOptions, report: ParseReport
 ) -> Iterator[Message]:
-    seen: Counter[tuple[int, str, str]] = Counter()
+    seen: Counter[tuple[int, str]] = Counter()
     for p in pending:
-        key = (p.timestamp_ms, p.sender, p.key)
+        key = (p.timestamp_ms // 1000, p.key)
         occurrence = seen[key]
         seen[key] += 1
         yield Message(
-            id=stable_id(conversation_id, p.timestamp_ms, p.sender, p.key, occurrence),
+            id=message_id(conversation_id, p.timestamp_ms, p.key, occurrence),
             author_id=p.sender,
             author_name=p.sender,
             timestamp=utc_from_ms(p.timestamp_ms),
             text=clip(p.text, options, report),
             kind=p.kind,
         )
+
+
+def message_id(conversation_id: str, timestamp_ms: int, text: str, occurrence: int) -> str:
+    """The id of the `occurrence`-th message with this text in this second of the thread."""
+    return stable_id(conversation_id, timestamp_ms // 1000, text, occurrence)
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 def _conversation_id(thread: _Thread, participants: list[str], title: str) -> str:

@@ -15,10 +15,10 @@ Decisions worth knowing:
   A backward jump inside a DST fall-back hour takes the second (fold=1) reading.
 - Encoding: UTF-8 (BOM or not). A line that is not valid UTF-8 is read as cp1252 (latin-1 for the
   few bytes cp1252 leaves undefined) and counted as a note; nothing is dropped.
-- Ids: the conversation id is the chat's name from the file name ("WhatsApp Chat with Alice.txt"
-  -> "Alice"; iOS `_chat.txt` -> its folder, which the ingest layer names after the zip). Message
-  ids are stable_id(chat, local time ISO, author, raw text, occurrence of that tuple): independent
-  of the timezone option and of where the message sits in the file.
+- Ids (`whatsapp_keys`): what survives a re-export from another phone, time zone or file name. The
+  conversation id is a key of the chat's first messages (the file's chat name, "WhatsApp Chat with
+  Alice.txt" -> "Alice", iOS `_chat.txt` -> its folder, is only the title); message ids are
+  stable_id(chat key, UTC minute, text without edit and media markers, occurrence), no author name.
 - Media: placeholders "[media]", "[photo]", "[video]", "[audio]", "[voice message]", "[sticker]",
   "[GIF]", "[file]", "[contact]"; a caption stays as text with the placeholder on its own last line.
 - iOS marks generated text with U+200E at the start of the message text: such text is a system
@@ -27,6 +27,7 @@ Decisions worth knowing:
 
 from __future__ import annotations
 
+import itertools
 import re
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta, tzinfo
@@ -36,7 +37,8 @@ from zoneinfo import ZoneInfo
 
 from twinlm.errors import ExportError
 from twinlm.model import Conversation, Kind, Message, ParseOptions, ParseReport
-from twinlm.sources._common import clip, in_slices, media_message, stable_id, track
+from twinlm.sources._common import clip, in_slices, media_message, track
+from twinlm.sources.whatsapp_keys import ANCHOR, MINUTE_MS, MessageKeys, chat_key, key_text, ms
 
 FORMAT = "whatsapp"
 # Noted once per file read in this machine's zone for want of `options.timezone` (Telegram's 2020
@@ -342,27 +344,6 @@ class _Clock:
         return off
 
 
-class _Occurrences:
-    """How often (local time, author, text) was seen; forgets times long behind the newest one."""
-
-    def __init__(self) -> None:
-        self.by_time: dict[datetime, dict[tuple[str, str], int]] = {}
-        self.newest: datetime | None = None
-        self.limit = 8192
-
-    def next(self, when: datetime, author: str, text: str) -> int:
-        if self.newest is None or when > self.newest:
-            self.newest = when
-            if len(self.by_time) > self.limit:
-                horizon = when.toordinal() - 2
-                self.by_time = {t: c for t, c in self.by_time.items() if t.toordinal() >= horizon}
-                self.limit = max(8192, 2 * len(self.by_time))
-        counts = self.by_time.setdefault(when, {})
-        n = counts.get((author, text), 0)
-        counts[(author, text)] = n + 1
-        return n
-
-
 def _media_kind(fname: str) -> str:
     tag = _FNAME_TAG.search(fname.upper())
     if tag:
@@ -393,11 +374,9 @@ def _classify(text: str) -> tuple[str | None, str | None]:
 
 
 def _message(
-    chat: str,
     m: re.Match[str],
     rest: list[str],
     clock: _Clock,
-    seen: _Occurrences,
     options: ParseOptions,
     report: ParseReport,
 ) -> Message | None:
@@ -458,24 +437,18 @@ def _message(
     if not text.strip():
         report.skip("empty message")
         return None
-    naive, utc = when
-    local = naive.isoformat()
-    n = seen.next(naive, author, raw)
     return Message(
-        id=stable_id(chat, local, author, raw, n),
+        id="",  # set by `parse` once the chat key is known
         author_id=author,
         author_name=author,
-        timestamp=utc,
+        timestamp=when[1],
         text=clip(text, options, report),
         kind=kind,
         edited=edited,
     )
 
 
-def _messages(
-    path: Path, chat: str, clock: _Clock, options: ParseOptions, report: ParseReport
-) -> Iterator[Message]:
-    seen = _Occurrences()
+def _messages(path: Path, clock: _Clock, options: ParseOptions, report: ParseReport) -> Iterator[Message]:
     cap = options.max_message_chars + 1
     head: re.Match[str] | None = None
     rest: list[str] = []
@@ -492,14 +465,31 @@ def _messages(
                     size += len(line) + 1
                 continue
             if head is not None:
-                msg = _message(chat, head, rest, clock, seen, options, report)
+                msg = _message(head, rest, clock, options, report)
                 if msg is not None:
                     yield msg
             head, rest, size = m, [], len(line)
         if head is not None:
-            msg = _message(chat, head, rest, clock, seen, options, report)
+            msg = _message(head, rest, clock, options, report)
             if msg is not None:
                 yield msg
+
+
+def _keyed(chat: str, messages: Iterator[Message]) -> tuple[str, Iterator[Message]]:
+    """The chat key (from the first messages; the chat name when there are none) and the messages with
+    their ids set."""
+    first = list(itertools.islice(messages, ANCHOR))
+    key = chat_key([(ms(m.timestamp) // MINUTE_MS, key_text(m.text)) for m in first if m.timestamp]) or chat
+    keys = MessageKeys(key)
+
+    def keyed() -> Iterator[Message]:
+        for m in itertools.chain(first, messages):
+            assert m.timestamp is not None  # every WhatsApp message has a time
+            # The Message was built by `_message` a moment ago and is seen by no one else yet.
+            object.__setattr__(m, "id", keys(ms(m.timestamp), m.text))
+            yield m
+
+    return key, keyed()
 
 
 def parse(path: Path, options: ParseOptions, report: ParseReport) -> Iterator[Conversation]:
@@ -509,6 +499,7 @@ def parse(path: Path, options: ParseOptions, report: ParseReport) -> Iterator[Co
     if zone is None:
         report.note(LOCAL_TIME_NOTE)
     chat = _chat_name(path)
-    template = Conversation(source=FORMAT, id=chat, title=chat, kind="chat", messages=())
     clock = _Clock(day_first, zone)
-    yield from in_slices(template, _messages(path, chat, clock, options, report), options, report)
+    key, messages = _keyed(chat, _messages(path, clock, options, report))
+    template = Conversation(source=FORMAT, id=key, title=chat, kind="chat", messages=())
+    yield from in_slices(template, messages, options, report)

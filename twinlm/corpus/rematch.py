@@ -1,0 +1,111 @@
+"""Which chat already in the corpus a WhatsApp export re-exports, and in which time zone it was made.
+
+WhatsApp exports carry no ids (see `twinlm.sources.whatsapp_keys`). The parser keys a chat on its first
+messages, which is enough when the earlier export started at the same message and was made in the same
+time zone. The rest is decided here, once per export file: its first `ANCHOR` messages are looked up
+among the WhatsApp messages already in the corpus within 26 hours of them (one query on a partial
+index), at one whole number of quarter hours apart (every time zone's distance from UTC):
+
+- the parser's key is a chat already there: the same chat; a non-zero offset means the export was
+  made in another time zone, and its messages are re-keyed and re-timed onto the earlier clock.
+- another chat holds at least `SURE` of those messages at one offset (and no other chat as many): the
+  same chat, exported from a later start (WhatsApp keeps only the newest 40,000 messages) or after
+  it grew past a few messages; re-keyed onto it.
+- fewer alike than that: not certain. The export stays a chat of its own and a counted note names
+  the file, the candidate chat and the command that merges them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import replace
+from datetime import timedelta
+from itertools import chain
+
+from twinlm.corpus.db import Corpus
+from twinlm.model import Conversation, ParseReport
+from twinlm.sources.whatsapp_keys import ANCHOR, MINUTE_MS, MessageKeys, key_text, ms
+
+SURE = 3  # first messages alike (texts, gaps, one offset) for a match without asking
+_MAX_OFFSET = 26 * 60  # minutes: UTC-12 to UTC+14
+
+Anchor = list[tuple[int, str]]  # (UTC minute, key text) of a chat's first messages
+
+
+class ChatMatcher:
+    """Maps each WhatsApp export of one import onto the chat it re-exports, if any."""
+
+    def __init__(self, corpus: Corpus) -> None:
+        self.corpus = corpus
+
+    def align(self, name: str, slices: Iterator[Conversation], report: ParseReport) -> Iterator[Conversation]:
+        """The parser's slices of one export, re-keyed when it continues a chat under another key/zone."""
+        first = next(slices, None)
+        if first is None:
+            return
+        anchor = [
+            (ms(m.timestamp) // MINUTE_MS, key_text(m.text)) for m in first.messages[:ANCHOR] if m.timestamp
+        ]
+        target, offset = self._match(name, first, anchor, report)
+        if target == first.id and offset == 0:
+            yield first
+            yield from slices
+            return
+        keys = MessageKeys(target, offset)
+        shift = timedelta(minutes=offset)
+        report.note(f"re-export of an earlier chat{' made in another time zone' if offset else ''}: matched")
+        for part in chain((first,), slices):
+            messages = tuple(
+                replace(m, id=keys(ms(m.timestamp), m.text), timestamp=m.timestamp + shift)
+                for m in part.messages
+                if m.timestamp is not None
+            )
+            yield replace(part, id=target, messages=messages)
+
+    def _match(self, name: str, first: Conversation, anchor: Anchor, report: ParseReport) -> tuple[str, int]:
+        if not anchor:
+            return first.id, 0
+        alike = _alike(self.corpus, anchor)  # native id -> (title, messages alike, offset)
+        own = alike.get(first.id)
+        if own is not None:  # the parser's own key: the same chat; only the clock may differ
+            return first.id, own[2]
+        ranked = sorted(((n, -abs(o), o, cid, title) for cid, (title, n, o) in alike.items()), reverse=True)
+        if ranked and ranked[0][0] >= SURE and (len(ranked) == 1 or ranked[1][0] < ranked[0][0]):
+            return ranked[0][3], ranked[0][2]
+        for n, _, _, native_id, title in ranked:
+            report.note(
+                f"{name} may be the same chat as the WhatsApp chat {title!r} ({n} of its first "
+                f"{len(anchor)} messages alike); kept apart. If it is the same chat, merge them: "
+                f"twinlm merge whatsapp:{first.id} whatsapp:{native_id}"
+            )
+        return first.id, 0
+
+
+def _alike(corpus: Corpus, anchor: Anchor) -> dict[str, tuple[str, int, int]]:
+    """Per WhatsApp chat that has messages near the anchor's: (title, anchor messages it holds at one
+    offset, that offset in minutes), best offset first by count then by nearness. One indexed query."""
+    lo, hi = anchor[0][0] - _MAX_OFFSET, anchor[-1][0] + _MAX_OFFSET
+    near: dict[str, tuple[str, set[tuple[int, str]]]] = {}
+    for native_id, title, ts, text in corpus.db.execute(
+        """
+        SELECT c.native_id, c.title, m.ts, m.text
+        FROM messages AS m JOIN conversations AS c ON c.id = m.conversation
+        WHERE m.source = 'whatsapp' AND m.ts BETWEEN ? AND ? AND m.superseded_by_import IS NULL
+        """,
+        (lo * MINUTE_MS, (hi + 1) * MINUTE_MS - 1),
+    ):
+        near.setdefault(native_id, (title, set()))[1].add((ts // MINUTE_MS, key_text(text)))
+    found: dict[str, tuple[str, int, int]] = {}
+    for native_id, (title, rows) in near.items():
+        offsets = {
+            minute - a_minute
+            for minute, text in rows
+            for a_minute, a_text in anchor
+            if text == a_text and (minute - a_minute) % 15 == 0 and abs(minute - a_minute) <= _MAX_OFFSET
+        }
+        best = max(
+            ((sum((m + off, t) in rows for m, t in anchor), -abs(off), off) for off in offsets), default=None
+        )
+        if best is not None and best[0]:
+            found[native_id] = (title, best[0], best[2])
+    return found
