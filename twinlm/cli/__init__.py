@@ -9,16 +9,25 @@ a bug in twinlm.
 from __future__ import annotations
 
 import functools
+import signal
+import sys
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
-import typer
-from pydantic import BaseModel
-from rich.console import Console
+# Ctrl-C while the command line's libraries load (before typer, which turns it into exit status 130, runs)
+# would print a KeyboardInterrupt traceback: end quietly with the same status. Restored at the end.
+_LOADING = threading.current_thread() is threading.main_thread()
+if _LOADING:
+    signal.signal(signal.SIGINT, lambda *_: sys.exit(130))
 
-from twinlm import __version__
-from twinlm.errors import TwinError
+import typer  # noqa: E402
+from pydantic import BaseModel  # noqa: E402
+from rich.console import Console  # noqa: E402
+
+from twinlm import __version__  # noqa: E402
+from twinlm.errors import TwinError  # noqa: E402
 
 app = typer.Typer(
     name="twinlm",
@@ -74,4 +83,7 @@ def main(
 
 
 # Registers the commands on `app` (imported last: they use the helpers above).
-from twinlm.cli import corpus, data, train  # noqa: E402, F401
+from twinlm.cli import corpus, data, reexports, train  # noqa: E402, F401
+
+if _LOADING:
+    signal.signal(signal.SIGINT, signal.default_int_handler)

@@ -83,6 +83,14 @@ CREATE TABLE IF NOT EXISTS messages (
     superseded_by_import INTEGER REFERENCES imports(id),  -- no longer in that (newer) export: not trained
     UNIQUE (source, native_id)
 );
+-- Every name an account has used (display names, Discord usernames): a message keeps only its latest
+-- name when a re-export renames its author, and an alias may name the account by any of them.
+CREATE TABLE IF NOT EXISTS author_names (
+    source TEXT NOT NULL,
+    author_id TEXT NOT NULL,
+    name TEXT NOT NULL,
+    PRIMARY KEY (source, author_id, name)
+) WITHOUT ROWID;
 -- No secondary index on purpose: each costs ~20% of ingest speed, and every reader (build, people,
 -- stats) scans the whole table once anyway. One exception, partial, so only WhatsApp rows pay for it:
 -- matching a WhatsApp export to the chat it re-exports looks up messages by time (corpus/rematch.py).
@@ -270,6 +278,11 @@ class Corpus:
         )
         # Inserts plus real updates; unchanged re-imported rows are skipped by the upsert's WHERE.
         self._message_writes += self.db.total_changes - before
+        names = {(m.author_id, m.author_name) for m in messages}
+        names.update(conversation.author_names)
+        self.db.executemany(
+            "INSERT OR IGNORE INTO author_names VALUES (?, ?, ?)", ((source, a, n) for a, n in names)
+        )
 
     def _hold(self, row_id: int, span: list, messages: tuple[Message, ...], times: list[int | None]) -> None:
         """Widen the conversation's time span; remember which messages it holds when it existed before."""
@@ -335,6 +348,26 @@ class Corpus:
             f"UPDATE messages SET superseded_by_import = NULL WHERE {' AND '.join(where)}", params
         )
         return cursor.rowcount
+
+    def merge_conversations(self, source: str, from_id: str, into_id: str) -> tuple[int, int]:
+        """Move the messages of conversation `from_id` into `into_id` (same source) and drop `from_id`.
+
+        For the chat an ingest note named as maybe the same. WhatsApp message ids carry the chat key, so
+        moved messages are re-keyed onto `into_id`; one already there (the same minute and text) is a
+        copy: the kept row takes the user's exclusion or edit from it if it has none. Returns (moved,
+        copies dropped).
+        """
+        from twinlm.corpus.merge import merge  # rarely used; kept out of the upsert's file
+
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            counts = merge(self.db, source, from_id, into_id)
+            self.db.execute("COMMIT")
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        self._conversation_ids.clear()
+        return counts
 
     def _max_id(self, table: str) -> int:
         return int(self.db.execute(f"SELECT coalesce(max(id), 0) FROM {table}").fetchone()[0])
