@@ -12,8 +12,8 @@ from accelerate.commands.launch import _validate_launch_command, launch_command_
 from accelerate.utils import DeepSpeedPlugin
 from accelerate.utils.launch import prepare_deepspeed_cmd_env, prepare_multi_gpu_env
 
-from twinlm.config import TrainConfig
-from twinlm.errors import TwinError
+from twinlm.config import TrainConfig, load_config
+from twinlm.errors import ConfigError, TwinError
 from twinlm.train import distributed
 from twinlm.train.distributed import make_accelerator, write_launch_config
 
@@ -113,11 +113,18 @@ def test_impossible_layouts_are_refused(
         )
 
 
-def test_fp32_and_fp16_reach_deepspeed(tmp_path: Path) -> None:
-    for precision, bf16, fp16 in (("fp32", False, False), ("fp16", False, True), ("bf16", True, False)):
+def test_fp32_and_bf16_reach_deepspeed(tmp_path: Path) -> None:
+    for precision, bf16 in (("fp32", False), ("bf16", True), ("auto", True)):
         write_launch_config(tmp_path, TrainConfig(distributed="zero2", precision=precision), 2)
         ds = orjson.loads((tmp_path / "deepspeed.json").read_bytes())
-        assert (ds["bf16"]["enabled"], ds["fp16"]["enabled"]) == (bf16, fp16)
+        assert (ds["bf16"]["enabled"], ds["fp16"]["enabled"]) == (bf16, False)
+
+
+def test_fp16_is_refused_with_the_fix(tmp_path: Path) -> None:
+    """fp16 weights without loss scaling reached NaN at step 2; the choice is gone, with a message."""
+    (tmp_path / "twin.yaml").write_text("me: [Alex]\ntrain:\n  precision: fp16\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match=r"twin.yaml:3: train.precision: fp16 is not supported.*use bf16"):
+        load_config(tmp_path / "twin.yaml")
 
 
 @pytest.mark.parametrize(

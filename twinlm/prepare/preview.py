@@ -8,6 +8,8 @@ import pyarrow.parquet as pq
 from rich.text import Text
 from transformers import AutoTokenizer
 
+from twinlm.prepare.sample import IGNORE_INDEX
+
 
 def preview(folder: Path, count: int, split: str = "train") -> list[tuple[str, Text]]:
     """(sample id, text) for the first `count` samples: trained spans bold green, the rest dim."""
@@ -21,7 +23,7 @@ def preview(folder: Path, count: int, split: str = "train") -> list[tuple[str, T
         run: list[int] = []
         trained = False
         for token, label in zip(row["input_ids"], row["labels"], strict=True):
-            is_trained = label != -100
+            is_trained = label != IGNORE_INDEX
             if run and is_trained != trained:
                 text.append(tokenizer.decode(run), style="bold green" if trained else "dim")
                 run = []

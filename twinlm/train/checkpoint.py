@@ -72,8 +72,9 @@ class TrainState:
     data_seed: int = 0
     best_eval_loss: float | None = None
     best_step: int | None = None
-    tokens_seen: int = 0  # trained (label != -100) tokens so far
+    tokens_seen: int = 0  # trained tokens (labels not IGNORE_INDEX, after the shift) so far
     world_size: int = 1  # processes: the batch order and random states are per process
+    skipped_steps: int = 0  # windows whose loss or gradient norm was not finite: no update
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

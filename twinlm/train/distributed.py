@@ -16,10 +16,13 @@ run is the same file with the machine count, this machine's rank and the main ma
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 import yaml
@@ -27,6 +30,9 @@ import yaml
 from twinlm.config import TrainConfig
 from twinlm.errors import TwinError
 from twinlm.files import write_atomic
+
+if TYPE_CHECKING:  # torch and the checkpoint code load when training starts, not with the CLI
+    from twinlm.train.checkpoint import TrainState
 
 ACCELERATE_CONFIG = "accelerate.yaml"
 DEEPSPEED_CONFIG = "deepspeed.json"
@@ -47,7 +53,7 @@ def deepspeed_config(stage: int, grad_accum: int, max_grad_norm: float, precisio
         "zero_optimization": zero,
         # The model is loaded in train.precision; "auto" means bf16 on the GPUs ZeRO is used on.
         "bf16": {"enabled": precision in ("auto", "bf16")},
-        "fp16": {"enabled": precision == "fp16"},
+        "fp16": {"enabled": False},  # no fp16 training (TrainConfig.precision says why)
         "gradient_accumulation_steps": grad_accum,
         "gradient_clipping": max_grad_norm,
         "train_micro_batch_size_per_gpu": 1,
@@ -198,3 +204,157 @@ def _launched_strategy() -> str:
     if os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true":
         return "fsdp"
     return "ddp"
+
+
+# --- what the loop does differently per strategy ---------------------------------------------------
+
+
+def eval_assignment(n_bins: int, rank: int, world: int) -> list[int | None]:
+    """The eval bins this process runs, by index, padded with None to the same count on every process.
+
+    Under FSDP / ZeRO-3 each forward gathers the sharded weights from all processes: a process with one
+    bin more than another would wait forever in that gather. Every process therefore runs
+    ceil(n_bins / world) forwards, None meaning a fully masked batch (no trained token, adds 0).
+    """
+    mine: list[int | None] = list(range(rank, n_bins, world))
+    return mine + [None] * (-(-n_bins // world) - len(mine))
+
+
+@dataclass
+class Strategy:
+    """One place for what differs between one process, DDP, FSDP and DeepSpeed ZeRO, so the loop does
+    not ask: preparing and resuming, the loss scale, gradient sync, the eval model, checkpoints."""
+
+    accelerator: Any
+    grad_accum: int
+
+    @property
+    def sharded(self) -> bool:
+        """FSDP or ZeRO: no process holds the whole weights or optimizer state."""
+        from accelerate.utils import DistributedType
+
+        return self.accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED)
+
+    @property
+    def deepspeed(self) -> bool:
+        from accelerate.utils import DistributedType
+
+        return bool(self.accelerator.distributed_type == DistributedType.DEEPSPEED)
+
+    @property
+    def rank(self) -> int:
+        return int(self.accelerator.process_index)
+
+    @property
+    def world(self) -> int:
+        return int(self.accelerator.num_processes)
+
+    @property
+    def main(self) -> bool:
+        return bool(self.accelerator.is_main_process)
+
+    def check_method(self, method: str) -> None:
+        from twinlm.models.load import QUANTIZED
+
+        if self.sharded and method in QUANTIZED:
+            raise TwinError(
+                f"train.method {method} with fsdp / ZeRO: a 4-bit model fits one GPU; use "
+                "train.distributed: ddp"
+            )
+
+    def prepare(
+        self, model: Any, optimizer: Any, scheduler: Any, checkpoint: Path | None
+    ) -> tuple[Any, Any, TrainState | None]:
+        """(the model to call, the optimizer to step, the resumed state or None).
+
+        DDP averages the ranks' gradients; FSDP and ZeRO also shard weights, gradients and optimizer
+        state. One process: the model and optimizer come back as they are. A whole checkpoint is loaded
+        before wrapping; shards only into the wrapped objects.
+        """
+        from twinlm.train.checkpoint import load_checkpoint, load_sharded_checkpoint
+
+        state = None
+        if checkpoint is not None and not self.sharded:
+            state = load_checkpoint(checkpoint, model, optimizer, scheduler, rank=self.rank)
+        forward, optimizer = self.accelerator.prepare(model, optimizer)
+        if self.sharded:
+            self.accelerator.register_for_checkpointing(scheduler)
+            if checkpoint is not None:
+                state = load_sharded_checkpoint(checkpoint, self.accelerator)
+        return forward, optimizer, state
+
+    def loss_scale(self, n_window: int) -> float:
+        """What each micro-batch's loss sum is multiplied by so the step follows the mean token loss of
+        the whole window (`n_window`: its trained tokens over all processes). The wrappers average
+        gradients over processes, and DeepSpeed also divides by its accumulation steps: undone here."""
+        return self.world * (self.grad_accum if self.deepspeed else 1) / n_window
+
+    @contextlib.contextmanager
+    def micro_batch(self, forward: Any, last: bool) -> Iterator[None]:
+        """Gradients are exchanged (and DeepSpeed steps) once per window, on its last micro-batch."""
+        # accelerate's own accumulation counter is off (gradient_accumulation_steps=1 but for
+        # DeepSpeed): the loop says which micro-batch ends the window.
+        self.accelerator.sync_gradients = last
+        with contextlib.nullcontext() if last else self.accelerator.no_sync(forward):
+            yield
+
+    def eval_model(self, model: Any, forward: Any) -> Any:
+        """Sharded weights exist whole only inside the wrapper's forward; otherwise the plain model (not
+        compiled: eval would compile its own no-grad graphs)."""
+        return forward if self.sharded else model
+
+    def save(
+        self, run_dir: Path, model: Any, optimizer: Any, scheduler: Any, state: TrainState, adapters: bool
+    ) -> None:
+        """Checkpoint this step: every process's random state, with FSDP / ZeRO every process's shard.
+        Every process calls it."""
+        from twinlm.train.checkpoint import rng_state, save_checkpoint, save_sharded_checkpoint
+
+        if self.sharded:
+            save_sharded_checkpoint(run_dir, state.step, self.accelerator, state)
+            return
+        from accelerate.utils import gather_object
+
+        # Each process draws its own dropout masks: all of their generators are saved, by the main one.
+        rng_states = gather_object([rng_state()]) if self.world > 1 else [rng_state()]
+        if self.main:
+            save_checkpoint(
+                run_dir, state.step, model, optimizer, scheduler, state, adapter_only=adapters, rng=rng_states
+            )
+        self.accelerator.wait_for_everyone()
+
+    def final_state_dict(self, forward: Any) -> dict[str, Any] | None:
+        """Sharded weights gathered whole on the main process (every process takes part); None: the
+        model's own."""
+        return self.accelerator.get_state_dict(forward) if self.sharded else None
+
+    def sum(self, *values: float) -> tuple[Any, ...]:
+        """Each value summed over all processes (ints stay ints)."""
+        if self.world == 1:
+            return values
+        import torch
+
+        total = self.accelerator.reduce(
+            torch.tensor(values, dtype=torch.float64, device=self.accelerator.device), "sum"
+        )
+        return tuple(
+            int(v) if isinstance(x, int) else float(v) for x, v in zip(values, total.tolist(), strict=True)
+        )
+
+    def broadcast(self, value: Any) -> Any:
+        """The main process's `value` on every process."""
+        if self.world == 1:
+            return value
+        from accelerate.utils import broadcast_object_list
+
+        return broadcast_object_list([value], from_process=0)[0]
+
+    def all_finite(self, tensors: Iterable[Any]) -> bool:
+        """Whether every value of `tensors` (this process's shards) is finite on every process."""
+        bad = 0
+        for tensor in tensors:
+            local = tensor.to_local() if hasattr(tensor, "to_local") else tensor  # FSDP2's DTensor
+            if local.numel() and not bool(local.detach().isfinite().all()):
+                bad += 1
+        (bad,) = self.sum(bad)
+        return bad == 0

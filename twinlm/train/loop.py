@@ -10,7 +10,6 @@ metrics, checkpoint -> the final weights and the loss curve.
 
 from __future__ import annotations
 
-import contextlib
 import math
 import random
 import shutil
@@ -22,28 +21,27 @@ from typing import Any
 
 import orjson
 import torch
-from accelerate.utils import DistributedType
 
 from twinlm.config import TwinConfig
 from twinlm.errors import TwinError
 from twinlm.files import write_atomic
 from twinlm.models import resolve_model
-from twinlm.models.load import QUANTIZED, LoraSettings, eval_mode, load_model
+from twinlm.models.load import LoraSettings, eval_mode, load_model
 from twinlm.models.presets import get_preset
-from twinlm.train import attention as packed_attention  # registers the "twinlm_packed" attention
+from twinlm.train import attention as _packed_attention  # noqa: F401  (registers "twinlm_packed")
 from twinlm.train import run as run_record
-from twinlm.train.checkpoint import (
-    TrainState,
-    latest_checkpoint,
-    load_checkpoint,
-    load_sharded_checkpoint,
-    prune_checkpoints,
-    rng_state,
-    save_checkpoint,
-    save_sharded_checkpoint,
+from twinlm.train.checkpoint import TrainState, latest_checkpoint, prune_checkpoints
+from twinlm.train.data import (
+    IGNORE_INDEX,
+    Example,
+    collate_packed,
+    collate_padded,
+    group_by_length,
+    load_split,
+    pack,
 )
-from twinlm.train.data import Example, collate_packed, collate_padded, group_by_length, load_split, pack
-from twinlm.train.distributed import make_accelerator
+from twinlm.train.device import device_policy
+from twinlm.train.distributed import Strategy, eval_assignment, make_accelerator
 from twinlm.train.kernels import apply_liger_kernels
 from twinlm.train.loss import token_loss_sum, trained_token_count, window_token_count
 from twinlm.train.metrics import MetricsLog, plot_loss
@@ -59,6 +57,8 @@ class TrainResult:
     trainable_params: int
     total_params: int
 
+
+MAX_NONFINITE_STEPS = 3  # windows in a row with a NaN / inf loss or gradient norm before the run stops
 
 StepCallback = Callable[[int, int, float, float], None]  # (step, total steps, train loss, tokens/s)
 
@@ -77,16 +77,12 @@ def train(
     if not (data_dir / "build.json").is_file():
         raise TwinError(f"{data_dir}: no dataset; run `twinlm build` first")
     info = orjson.loads((data_dir / "build.json").read_bytes())
-    # One process, or one of several started by `accelerate launch` (ddp / fsdp / DeepSpeed ZeRO).
+    # One process, or one of several started by `accelerate launch` (ddp / fsdp / DeepSpeed ZeRO); what
+    # differs between them is behind `strategy`.
     accelerator = make_accelerator(settings.grad_accum)
-    rank, world, main = accelerator.process_index, accelerator.num_processes, accelerator.is_main_process
-    sharded = accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED)
-    deepspeed = accelerator.distributed_type == DistributedType.DEEPSPEED
-    if sharded and settings.method in QUANTIZED:
-        raise TwinError(
-            f"train.method {settings.method} with fsdp / ZeRO: a 4-bit model fits one GPU; use "
-            "train.distributed: ddp"
-        )
+    strategy = Strategy(accelerator, settings.grad_accum)
+    rank, world, main = strategy.rank, strategy.world, strategy.main
+    strategy.check_method(settings.method)
     train_set, eval_set = load_split(data_dir, "train"), load_split(data_dir, "eval")
     if not train_set:
         raise TwinError(f"{data_dir / 'train.parquet'}: no training samples; build the dataset again")
@@ -104,13 +100,16 @@ def train(
             "processes"
         )
     # Every process must use the same run folder: the main one picks it (a fresh name is a timestamp).
-    run_dir = _broadcast(run_record.run_dir(workspace, run_name, resume) if main else None, world)
+    run_dir = strategy.broadcast(run_record.run_dir(workspace, run_name, resume) if main else None)
 
     device = str(accelerator.device)
-    dtype = _dtype(settings.precision, device)
     preset = get_preset(info["model"])
-    attention = _attention(
-        settings.attention, device, preset.attn_implementation if preset else None, settings.packing
+    dtype, attention = device_policy(
+        accelerator.device,
+        settings.precision,
+        settings.attention,
+        preset.attn_implementation if preset else None,
+        settings.packing,
     )
     adapters = settings.method != "full"
     lr = settings.learning_rate or (preset.lr(settings.method) if preset else (2e-4 if adapters else 1e-5))
@@ -154,20 +153,13 @@ def train(
     scheduler = get_scheduler(
         settings.lr_scheduler,
         optimizer,
-        num_warmup_steps=int(settings.warmup_ratio * total_steps),
+        # Rounded up: a short run with a small ratio still warms up (20 steps x 0.03: one step, not none).
+        num_warmup_steps=math.ceil(settings.warmup_ratio * total_steps),
         num_training_steps=total_steps,
     )
-    state = TrainState(data_seed=settings.seed, world_size=world)
     checkpoint = latest_checkpoint(run_dir) if resume else None
-    if checkpoint is not None and not sharded:
-        state = load_checkpoint(checkpoint, model, optimizer, scheduler, rank=rank)
-    # DDP averages the ranks' gradients; FSDP and ZeRO also shard weights, gradients and optimizer state.
-    # (One process: the model and optimizer come back as they are.)
-    forward, optimizer = accelerator.prepare(model, optimizer)
-    if sharded:
-        accelerator.register_for_checkpointing(scheduler)
-        if checkpoint is not None:
-            state = load_sharded_checkpoint(checkpoint, accelerator)
+    forward, optimizer, resumed = strategy.prepare(model, optimizer, scheduler, checkpoint)
+    state = resumed or TrainState(data_seed=settings.seed, world_size=world)
     if state.world_size != world:
         raise TwinError(
             f"{checkpoint}: the run trained in {state.world_size} process(es); resume it with "
@@ -179,7 +171,7 @@ def train(
     metrics = MetricsLog(run_dir, resume_step=state.step if resume else None) if main else None
     reporter = Reporter(settings.report_to, run_dir, config.model_dump(mode="json")) if main else None
 
-    def log(step: int, split: str, loss: float, **values: float | None) -> None:
+    def log(step: int, split: str, loss: float | None, **values: float | None) -> None:
         if metrics is not None and reporter is not None:
             metrics.log(step, split, loss, **values)
             reporter.log(step, split, {"loss": loss, **values})
@@ -192,16 +184,18 @@ def train(
             return None
         eval_mode(model)
         loss_sum, count = 0.0, 0
-        # Sharded weights exist whole only inside the wrapper's forward; otherwise the plain model
-        # (not compiled: eval would compile its own no-grad graphs).
-        evaluated = forward if sharded else model
+        evaluated = strategy.eval_model(model, forward)
+        bins = pack(eval_set, settings.batch_tokens, settings.seed, 0)
         with torch.no_grad():
-            for indices in pack(eval_set, settings.batch_tokens, settings.seed, 0)[rank::world]:
-                batch = collate([eval_set[i] for i in indices])
+            # The same number of forwards on every process (sharded forwards gather weights from all).
+            for b in eval_assignment(len(bins), rank, world):
+                batch = collate([eval_set[i] for i in bins[0 if b is None else b]])
                 labels = batch.pop("labels")
+                if b is None:  # nothing left for this process: a forward that counts no token
+                    labels = torch.full_like(labels, IGNORE_INDEX)
                 part, n = _loss_sum(evaluated, _to(batch, device), labels, settings.liger_kernels)
                 loss_sum, count = loss_sum + part.item(), count + n
-        loss_sum, count = _sum_over_ranks(accelerator, loss_sum, count)
+        loss_sum, count = strategy.sum(loss_sum, count)
         model.train()
         return loss_sum / count if count else None
 
@@ -210,6 +204,18 @@ def train(
         if first_eval is not None:
             log(0, "eval", first_eval)
 
+    def save() -> None:
+        if not strategy.all_finite(p for p in model.parameters() if p.requires_grad):
+            raise TwinError(
+                f"{run_dir}: step {state.step} left weights that are not finite; not saved. Lower "
+                "train.learning_rate or train.max_grad_norm and train again (or --resume from the last "
+                "checkpoint)"
+            )
+        strategy.save(run_dir, model, optimizer, scheduler, state, adapters)
+        if main:
+            prune_checkpoints(run_dir, settings.keep_last, state.best_step)
+
+    nonfinite = 0  # windows skipped in a row for a non-finite loss or gradient norm
     while state.step < total_steps:
         windows = _chunks(order(state.epoch), per_step)
         if world > 1:
@@ -221,29 +227,39 @@ def train(
             ]
             micro = [collate([train_set[i] for i in indices]) for indices in mine]
             state.batch_in_epoch += 1
-            (n_window,) = _sum_over_ranks(accelerator, window_token_count(micro))
+            # The window's trained tokens over all processes, counted before any forward: each
+            # micro-batch's loss sum is divided by it (twinlm.train.loss).
+            (n_window,) = strategy.sum(window_token_count(micro))
             if n_window == 0:
                 continue  # nothing trained in this window: no step
             loss_sum, tokens = 0.0, 0
-            # The wrappers average gradients over ranks and DeepSpeed also divides by its accumulation
-            # steps: scale back so the step follows the mean token loss of the whole window.
-            scale = world * (settings.grad_accum if deepspeed else 1) / n_window
             for k, batch in enumerate(micro):
                 labels = batch.pop("labels")
-                # Gradients are exchanged (and DeepSpeed steps) once per window, on the last micro-batch.
-                sync = k == len(micro) - 1
-                accelerator.sync_gradients = sync
-                with contextlib.nullcontext() if sync else accelerator.no_sync(forward):
+                with strategy.micro_batch(forward, last=k == len(micro) - 1):
                     part, _ = _loss_sum(forward, _to(batch, device), labels, settings.liger_kernels)
-                    accelerator.backward(part * scale)
+                    accelerator.backward(part * strategy.loss_scale(n_window))
                 loss_sum, tokens = loss_sum + part.item(), tokens + int(batch["input_ids"].numel())
-            loss_sum, tokens = _sum_over_ranks(accelerator, loss_sum, tokens)
-            accelerator.clip_grad_norm_(forward.parameters(), settings.max_grad_norm)
+            loss_sum, tokens = strategy.sum(loss_sum, tokens)
+            grad_norm = accelerator.clip_grad_norm_(forward.parameters(), settings.max_grad_norm)
+            if not _finite(loss_sum, grad_norm):
+                # A NaN or inf would spread into every weight: no update from this window.
+                optimizer.zero_grad(set_to_none=True)
+                state.skipped_steps, nonfinite = state.skipped_steps + 1, nonfinite + 1
+                log(state.step + 1, "train", None, skipped_steps=state.skipped_steps)
+                if nonfinite >= MAX_NONFINITE_STEPS:
+                    raise TwinError(
+                        f"{run_dir}: the loss or gradient norm was not finite {nonfinite} steps in a row "
+                        f"(after step {state.step}); nothing from them was saved. Lower "
+                        "train.learning_rate or use train.precision: fp32, then train again (or --resume "
+                        "from the last checkpoint)"
+                    )
+                continue
+            nonfinite = 0
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             state.step += 1
-            state.tokens_seen += tokens
+            state.tokens_seen += n_window  # trained tokens, not padding or untrained prompt tokens
             train_loss, speed = loss_sum / n_window, tokens / max(time.perf_counter() - started, 1e-9)
             if on_step:
                 on_step(state.step, total_steps, train_loss, speed)
@@ -264,17 +280,15 @@ def train(
                     log(state.step, "eval", last_eval)
                     if state.best_eval_loss is None or last_eval < state.best_eval_loss:
                         state.best_eval_loss, state.best_step = last_eval, state.step
-            if state.step % settings.save_every == 0 or last:
-                _checkpoint(accelerator, run_dir, model, optimizer, scheduler, state, adapters, sharded)
-                if main:
-                    prune_checkpoints(run_dir, settings.keep_last, state.best_step)
+            # The best checkpoint is saved when it is found: result.json's best_step always has one.
+            if state.step % settings.save_every == 0 or last or state.best_step == state.step:
+                save()
         if state.batch_in_epoch >= len(windows):
             state.epoch, state.batch_in_epoch = state.epoch + 1, 0
 
     if reporter is not None:
         reporter.close()
-    # Sharded weights are gathered whole on the main process (every process takes part).
-    whole = accelerator.get_state_dict(forward) if sharded else None
+    whole = strategy.final_state_dict(forward)
     if not main:
         return TrainResult(run_dir, state.step, first_eval, last_eval, trainable, total)
     final = run_dir / "final"
@@ -291,6 +305,7 @@ def train(
                 "best_eval_loss": state.best_eval_loss,
                 "best_step": state.best_step,
                 "tokens_seen": state.tokens_seen,
+                "skipped_steps": state.skipped_steps,
             },
             option=orjson.OPT_INDENT_2,
         ).decode()
@@ -315,68 +330,6 @@ def _loss_sum(
     return token_loss_sum(model(**batch, use_cache=False).logits, labels)
 
 
-def _checkpoint(
-    accelerator: Any,
-    run_dir: Path,
-    model: Any,
-    optimizer: Any,
-    scheduler: Any,
-    state: TrainState,
-    adapters: bool,
-    sharded: bool,
-) -> None:
-    """Checkpoint this step: every process's random state, and with FSDP / ZeRO every process's shard."""
-    if sharded:
-        save_sharded_checkpoint(run_dir, state.step, accelerator, state)
-        return
-    from accelerate.utils import gather_object
-
-    # Each process draws its own dropout masks: all of their generators are saved, by the main process.
-    rng_states = gather_object([rng_state()]) if accelerator.num_processes > 1 else [rng_state()]
-    if accelerator.is_main_process:
-        save_checkpoint(
-            run_dir, state.step, model, optimizer, scheduler, state, adapter_only=adapters, rng=rng_states
-        )
-    accelerator.wait_for_everyone()
-
-
-def _sum_over_ranks(accelerator: Any, *values: float) -> tuple[Any, ...]:
-    if accelerator.num_processes == 1:
-        return values
-    total = accelerator.reduce(torch.tensor(values, dtype=torch.float64, device=accelerator.device), "sum")
-    return tuple(
-        int(v) if isinstance(x, int) else float(v) for x, v in zip(values, total.tolist(), strict=True)
-    )
-
-
-def _broadcast(value: Any, world: int) -> Any:
-    if world == 1:
-        return value
-    from accelerate.utils import broadcast_object_list
-
-    return broadcast_object_list([value], from_process=0)[0]
-
-
-def _dtype(precision: str, device: str) -> torch.dtype:
-    if precision == "auto":
-        return torch.bfloat16 if device == "cuda" and torch.cuda.is_bf16_supported() else torch.float32
-    return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
-
-
-def _attention(choice: str, device: str, preset_choice: str | None, packing: bool) -> str:
-    if choice != "auto":
-        return choice
-    if preset_choice:
-        return preset_choice
-    if device == "cuda":
-        import importlib.util
-
-        if importlib.util.find_spec("flash_attn") is not None:
-            return "flash_attention_2"
-    # Packed rows: SDPA per sample, not over a T x T mask (~3x faster on a CPU, twinlm.train.attention).
-    return packed_attention.NAME if packing else "sdpa"
-
-
 def _pad_id(data_dir: Path) -> int:
     from transformers import AutoTokenizer
 
@@ -391,6 +344,11 @@ def _sliding_window(model: Any) -> dict[str, int | None]:
     from twinlm.train.data import attention_windows
 
     return attention_windows(model.config)
+
+
+def _finite(loss_sum: float, grad_norm: Any) -> bool:
+    """Whether the window's loss and gradient norm are finite (DeepSpeed may not report a norm)."""
+    return math.isfinite(loss_sum) and (grad_norm is None or math.isfinite(float(grad_norm)))
 
 
 def _chunks(items: list[list[int]], size: int) -> list[list[list[int]]]:

@@ -33,7 +33,7 @@ def token_loss_sum(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Te
     """(sum of next-token cross-entropies over trained tokens, number of trained tokens).
 
     Token t's logits are scored against label t+1 (the same shift as transformers' causal LM loss);
-    -100 labels add nothing, and have exactly zero gradient. Computed in fp32 whatever the model
+    IGNORE_INDEX labels add nothing, and have exactly zero gradient. Computed in fp32 whatever the model
     dtype: bf16 log-softmax over a large vocabulary loses precision.
     """
     shift_logits = logits[..., :-1, :].float().reshape(-1, logits.shape[-1])
