@@ -63,6 +63,9 @@ class Conversation:
     system_prompt: str | None = None  # e.g. ChatGPT custom instructions
     platform_detail: str = ""  # e.g. "guild: X / #general", "group DM", "personal_chat"
     owner_id: str | None = None  # author_id of whoever made the export, when the export says (Telegram)
+    # (author id, another name of that account) the export shows beside the display names, e.g.
+    # Discord's username beside a server nickname: kept by the corpus so an alias can match either.
+    author_names: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(slots=True)
