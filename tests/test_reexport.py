@@ -6,10 +6,12 @@ newest export of a whole conversation supersedes what it no longer holds (kept, 
 from __future__ import annotations
 
 import json
+import re
 import zipfile
 from collections import Counter
 from datetime import datetime, timedelta
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import pytest
 
@@ -20,6 +22,8 @@ from twinlm.identities import resolver
 from twinlm.ingest import ingest
 from twinlm.model import ParseOptions
 from twinlm.prepare.select import chats
+
+from testdata import REALDATA
 
 OPTIONS = ParseOptions(timezone="Europe/Berlin")
 
@@ -293,3 +297,48 @@ def test_partial_telegram_export_supersedes_nothing(tmp_path: Path) -> None:
             ).fetchone()[0]
             == 0
         )
+
+
+# -- real export samples ----------------------------------------------------------------------------
+
+
+@pytest.mark.skipif(not (REALDATA / "whatsapp").is_dir(), reason="no realdata (set TWINLM_EXTRA_EXPORTS)")
+def test_realdata_whatsapp_reexports_add_nothing(tmp_path: Path) -> None:
+    originals = sorted((REALDATA / "whatsapp").glob("*.txt"))
+    with Corpus(tmp_path / "corpus.db") as corpus:
+        first = ingest(originals, corpus, OPTIONS)
+        assert not first.failed
+        chats, total = corpus.count("conversations"), corpus.count("messages")
+        assert chats == len(originals)  # different real chats stay apart
+        for i, path in enumerate(originals):
+            text = path.read_text(encoding="utf-8-sig")
+            author = Counter(re.findall(r" - ([^:\n]{1,40}): ", text)).most_common(1)[0][0]
+            renamed = write(tmp_path / f"v{i}" / "_chat.txt", text.replace(f"{author}: ", "Someone Else: "))
+            # Another file name and contact name, and read as if made in another time zone.
+            for options in (OPTIONS, ParseOptions(timezone="America/New_York")):
+                again = ingest([renamed], corpus, options)
+                assert again.total().changes.new_messages == 0, (path.name, options.timezone)
+        assert (corpus.count("conversations"), corpus.count("messages")) == (chats, total)
+        assert superseded(corpus) == []
+
+
+def test_another_zone_with_other_daylight_saving_dates(tmp_path: Path) -> None:
+    """New York moves its clocks on 10 March, Berlin on 31 March: between them the two are 5 hours
+    apart, otherwise 6. The export made in New York still adds nothing."""
+    spring = [
+        (datetime(2024, 3, 1, 9, 0), "Alice", "Hello there"),
+        (datetime(2024, 3, 1, 9, 5), "Bob", "Morning"),
+        (datetime(2024, 3, 1, 9, 6), "Alice", "Coffee later?"),
+        (datetime(2024, 3, 20, 18, 0), "Bob", "In the gap between the two clock changes"),
+        (datetime(2024, 3, 20, 18, 1), "Alice", "ok"),
+        (datetime(2024, 4, 5, 12, 0), "Bob", "After both"),
+    ]
+    berlin, new_york = ZoneInfo("Europe/Berlin"), ZoneInfo("America/New_York")
+    there = [(w.replace(tzinfo=berlin).astimezone(new_york).replace(tzinfo=None), a, t) for w, a, t in spring]
+    assert there[3][0].hour == 13 and there[0][0].hour == 3  # 5 hours, then 6
+    with Corpus(tmp_path / "corpus.db") as corpus:
+        ingest([write(tmp_path / "a" / "WhatsApp Chat with Alice.txt", android(spring))], corpus, OPTIONS)
+        later = write(tmp_path / "b" / "WhatsApp Chat with Alice.txt", android(there))
+        again = ingest([later], corpus, OPTIONS)
+        assert again.total().changes.new_messages == 0
+        assert corpus.count("messages") == len(spring) and superseded(corpus) == []

@@ -436,7 +436,7 @@ SERVICE_WORDS = ("end-to-end", "created group", " added ", "You were added", "se
 def test_realdata() -> None:
     for path in sorted((REALDATA / "whatsapp").glob("*.txt")):
         convs, msgs, report = run(path)
-        assert len(convs) == 1 and convs[0].id == path.stem
+        assert len(convs) == 1 and convs[0].title == path.stem
         assert not [m.text for m in msgs if any(w in m.text for w in SERVICE_WORDS)], path
         assert all(m.text.strip() and m.timestamp for m in msgs)
         if path.name in REAL_EXPECTED:

@@ -39,32 +39,72 @@ class ChatMatcher:
         self.corpus = corpus
 
     def align(self, name: str, slices: Iterator[Conversation], report: ParseReport) -> Iterator[Conversation]:
-        """The parser's slices of one export, re-keyed when it continues a chat under another key/zone."""
+        """The parser's slices of one export, re-keyed and re-timed onto the chat already in the corpus
+        that it re-exports (if any)."""
         first = next(slices, None)
         if first is None:
             return
         anchor = [
             (ms(m.timestamp) // MINUTE_MS, key_text(m.text)) for m in first.messages[:ANCHOR] if m.timestamp
         ]
-        target, offset = self._match(name, first, anchor, report)
-        if target == first.id and offset == 0:
+        matched = self._match(name, first, anchor, report)
+        if matched is None:
             yield first
             yield from slices
             return
-        keys = MessageKeys(target, offset)
-        shift = timedelta(minutes=offset)
-        report.note(f"re-export of an earlier chat{' made in another time zone' if offset else ''}: matched")
+        target, offset = matched
+        if offset:
+            report.note("export made in another time zone: re-timed onto the earlier export of the chat")
+        elif target != first.id:
+            report.note("export of a chat already in the corpus from another start: matched")
+        keys = MessageKeys(target)
+        current = offset
         for part in chain((first,), slices):
-            messages = tuple(
-                replace(m, id=keys(ms(m.timestamp), m.text), timestamp=m.timestamp + shift)
-                for m in part.messages
-                if m.timestamp is not None
+            held = self._held(target, part, offset)
+            messages = []
+            for m in part.messages:
+                if m.timestamp is None:  # never from the WhatsApp parser
+                    messages.append(m)
+                    continue
+                t = ms(m.timestamp)
+                minute, text = t // MINUTE_MS, key_text(m.text)
+                # The offset is the same for the whole export except where the two zones' daylight saving
+                # rules differ (a few weeks a year): there it is an hour off, which the corpus shows.
+                if (minute + current, text) not in held:
+                    current = next((o for o in _near(offset) if (minute + o, text) in held), current)
+                keys.offset = current
+                new_id = keys(t, m.text)
+                if new_id == m.id and not current:
+                    messages.append(m)
+                else:
+                    messages.append(replace(m, id=new_id, timestamp=m.timestamp + timedelta(minutes=current)))
+            changed = target != part.id or any(
+                a is not b for a, b in zip(messages, part.messages, strict=True)
             )
-            yield replace(part, id=target, messages=messages)
+            yield replace(part, id=target, messages=tuple(messages)) if changed else part
 
-    def _match(self, name: str, first: Conversation, anchor: Anchor, report: ParseReport) -> tuple[str, int]:
+    def _held(self, target: str, part: Conversation, offset: int) -> set[tuple[int, str]]:
+        """(minute, key text) of the target chat's messages around this slice's times: one indexed query."""
+        minutes = [ms(m.timestamp) // MINUTE_MS for m in part.messages if m.timestamp is not None]
+        if not minutes:
+            return set()
+        lo, hi = min(minutes) + offset - 120, max(minutes) + offset + 120
+        return {
+            (ts // MINUTE_MS, key_text(text))
+            for ts, text in self.corpus.db.execute(
+                "SELECT m.ts, m.text FROM messages AS m JOIN conversations AS c ON c.id = m.conversation "
+                "WHERE m.source = 'whatsapp' AND m.ts BETWEEN ? AND ? "
+                "AND c.source = 'whatsapp' AND c.native_id = ?",
+                (lo * MINUTE_MS, (hi + 1) * MINUTE_MS - 1, target),
+            )
+        }
+
+    def _match(
+        self, name: str, first: Conversation, anchor: Anchor, report: ParseReport
+    ) -> tuple[str, int] | None:
+        """(chat already in the corpus, minutes to add to the export's times), or None: a chat of its own."""
         if not anchor:
-            return first.id, 0
+            return None
         alike = _alike(self.corpus, anchor)  # native id -> (title, messages alike, offset)
         own = alike.get(first.id)
         if own is not None:  # the parser's own key: the same chat; only the clock may differ
@@ -78,13 +118,18 @@ class ChatMatcher:
                 f"{len(anchor)} messages alike); kept apart. If it is the same chat, merge them: "
                 f"twinlm merge whatsapp:{first.id} whatsapp:{native_id}"
             )
-        return first.id, 0
+        return None
+
+
+def _near(offset: int) -> tuple[int, ...]:
+    return (offset, offset - 60, offset + 60, offset - 30, offset + 30)
 
 
 def _alike(corpus: Corpus, anchor: Anchor) -> dict[str, tuple[str, int, int]]:
     """Per WhatsApp chat that has messages near the anchor's: (title, anchor messages it holds at one
     offset, that offset in minutes), best offset first by count then by nearness. One indexed query."""
-    lo, hi = anchor[0][0] - _MAX_OFFSET, anchor[-1][0] + _MAX_OFFSET
+    minutes = [minute for minute, _ in anchor]
+    lo, hi = min(minutes) - _MAX_OFFSET, max(minutes) + _MAX_OFFSET
     near: dict[str, tuple[str, set[tuple[int, str]]]] = {}
     for native_id, title, ts, text in corpus.db.execute(
         """
