@@ -25,9 +25,9 @@ from rich.table import Table
 from twinlm.cli import AsJson, Workspace, _help, _user_errors, app, err, out
 from twinlm.config import IngestConfig, TwinConfig, reference_markdown, render_config
 from twinlm.corpus.db import Corpus
-from twinlm.corpus.queries import owners, source_stats, speakers
+from twinlm.corpus.queries import account_names, owners, source_stats, speakers
 from twinlm.errors import TwinError
-from twinlm.identities import resolver
+from twinlm.identities import Identities
 from twinlm.ingest import IngestResult, ingest
 from twinlm.sources import FORMATS
 from twinlm.sources.whatsapp import LOCAL_TIME_NOTE
@@ -252,7 +252,10 @@ def people(
     """List speakers with message counts per source, to fill in `me:` and `people:` in twin.yaml."""
     ws = open_workspace(workspace)
     with Corpus(ws.corpus_path) as corpus:
-        rows = speakers(corpus, resolver(ws.config, owners(corpus)))
+        identities = Identities(ws.config, owners(corpus), account_names(corpus))
+        rows = speakers(corpus, identities)
+    for warning in _alias_warnings(identities):
+        err.print(f"[bold yellow]warning:[/] {warning}", highlight=False, soft_wrap=True)
     if unmapped:
         rows = [r for r in rows if r.person is None]
     if limit:
@@ -269,6 +272,8 @@ def people(
                         "first": _iso(r.first),
                         "last": _iso(r.last),
                         "person": r.person,
+                        "matched_by": r.matched_by,
+                        "names": list(r.names),
                     }
                     for r in rows
                 ],
@@ -277,19 +282,67 @@ def people(
         )
         return
     table = Table(title="Speakers", title_justify="left")
-    for column in ("person", "name", "source", "author id", "messages", "first", "last"):
+    for column in ("person", "name", "also", "source", "author id", "messages", "first", "last"):
         table.add_column(column, justify="right" if column == "messages" else "left")
     for r in rows:
         person = "[bold green]me[/]" if r.person == "me" else (r.person or "[dim]-[/]")
+        also = ", ".join(n for n in r.names if n != r.author_name)
         table.add_row(
-            person, r.author_name, r.source, r.author_id, f"{r.messages:,}", _day(r.first), _day(r.last)
+            person,
+            r.author_name,
+            also,
+            r.source,
+            r.author_id,
+            f"{r.messages:,}",
+            _day(r.first),
+            _day(r.last),
         )
     out.print(table)
+    matched = identities.alias_matches()
+    if matched:
+        aliases = Table(title="What each alias in twin.yaml matched", title_justify="left")
+        for column in ("alias", "person", "accounts"):
+            aliases.add_column(column)
+        for alias, accounts in matched.items():
+            shown = ", ".join(
+                f"{source}:{author_id} ({identities.names[(source, author_id)][0]})"
+                for source, author_id in accounts[:5]
+            )
+            more = f" and {len(accounts) - 5} more" if len(accounts) > 5 else ""
+            person = identities.person_of(alias) or ""
+            aliases.add_row(alias, person, (shown + more) or "[dim]nothing[/]")
+        out.print(aliases)
     if not ws.config.me:
         out.print(
             "Add your own names/ids to [bold]me:[/] in twin.yaml (and others' aliases to "
             "[bold]people:[/]) so every platform's you is one speaker."
         )
+
+
+def _alias_warnings(identities: Identities) -> list[str]:
+    """An alias that catches several accounts of one platform (two people called Alex?), and accounts
+    whose names match aliases of different persons (the first alias wins)."""
+    found = []
+    for alias, accounts in identities.alias_matches().items():
+        per_source: dict[str, list[str]] = {}
+        for source, author_id in accounts:
+            per_source.setdefault(source, []).append(author_id)
+        for source, ids in per_source.items():
+            if len(ids) > 1:
+                found.append(
+                    f"alias {alias!r} matches {len(ids)} {source} accounts "
+                    f"({', '.join(f'{source}:{i}' for i in ids[:5])}): if they are not all one person, "
+                    "write the one you mean as source:id in twin.yaml"
+                )
+    for (source, author_id), _ in identities.names.items():
+        persons = identities.persons(source, author_id)
+        if len(persons) > 1:
+            chosen = ", ".join(f"{person} (alias {alias!r})" for person, alias in persons)
+            found.append(
+                f"{source}:{author_id} matches several people: {chosen}; the first wins. "
+                f"Write {source}:{author_id} under the right one in twin.yaml"
+            )
+    return found
 
 
 @app.command()

@@ -63,6 +63,8 @@ def build_command(
     folder = _dataset_folder(ws)
     with Corpus(ws.corpus_path) as corpus, err.status("Building") as status:
         result = build(config, corpus, folder, on_stage=lambda stage: status.update(f"Building: {stage}"))
+    for warning in result.report["warnings"]:
+        err.print(f"[bold yellow]warning:[/] {warning}", highlight=False, soft_wrap=True)
     if as_json:
         typer.echo(orjson.dumps(result.report | {"folder": str(folder)}, option=orjson.OPT_INDENT_2).decode())
         return
@@ -86,6 +88,13 @@ def build_command(
         if n:
             counts.add_row(rule, f"{n:,}")
     out.print(counts)
+    for by in ("speaker", "source"):  # whose words are trained: a wrong `me:` shows here
+        whose = Table(title=f"Trained, per {by}", title_justify="left")
+        for column in (by, "turns", "tokens"):
+            whose.add_column(column, justify="left" if column == by else "right")
+        for name, row in result.report[f"trained_by_{by}"].items():
+            whose.add_row(name, f"{row['turns']:,}", f"{row['tokens']:,}")
+        out.print(whose)
     histogram = result.report["length_histogram"]
     out.print("Sample lengths (tokens): " + ", ".join(f"{k}: {v:,}" for k, v in histogram.items() if v))
     for sample_id, text in show_samples(folder, preview) if preview else []:

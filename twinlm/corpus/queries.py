@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from twinlm.corpus.db import Corpus
-from twinlm.identities import Resolver
+from twinlm.identities import Identities, Resolver
 from twinlm.model import utc_from_ms
 
 
@@ -19,6 +19,8 @@ class Speaker:
     first: datetime | None
     last: datetime | None
     person: str | None  # "me", a canonical name from twin.yaml, or None when not mapped yet
+    names: tuple[str, ...] = ()  # every name the account has used, the most recent display name first
+    matched_by: str | None = None  # the alias of twin.yaml that made it `person` (or why it is me)
 
 
 @dataclass(slots=True)
@@ -39,7 +41,27 @@ def owners(corpus: Corpus) -> frozenset[tuple[str, str]]:
     return frozenset((source, owner) for source, owner in rows)
 
 
-def speakers(corpus: Corpus, resolve: Resolver) -> list[Speaker]:
+def account_names(corpus: Corpus) -> dict[tuple[str, str], tuple[str, ...]]:
+    """Every name each account (source, author id) has used: display names, the latest first (the
+    one its most recent message shows), then the names only `author_names` remembers (Discord
+    usernames, names from before a rename)."""
+    names: dict[tuple[str, str], list[str]] = {}
+    for source, author_id, name in corpus.db.execute(
+        """SELECT source, author_id, author_name FROM messages
+           GROUP BY source, author_id, author_name
+           ORDER BY source, author_id, max(ts) IS NULL, max(ts) DESC, max(id) DESC"""
+    ):
+        names.setdefault((source, author_id), []).append(name)
+    for source, author_id, name in corpus.db.execute(
+        "SELECT source, author_id, name FROM author_names ORDER BY source, author_id, name"
+    ):
+        known = names.setdefault((source, author_id), [])
+        if name not in known:
+            known.append(name)
+    return {account: tuple(found) for account, found in names.items()}
+
+
+def speakers(corpus: Corpus, resolve: Resolver | Identities) -> list[Speaker]:
     """Every author with message counts, most active first. Documents have no speakers."""
     rows = corpus.db.execute(
         """
@@ -51,10 +73,19 @@ def speakers(corpus: Corpus, resolve: Resolver) -> list[Speaker]:
         GROUP BY source, author_id ORDER BY count(*) DESC, source, author_id
         """
     ).fetchall()
-    return [
-        Speaker(source, author_id, name, count, _time(first), _time(last), resolve(source, author_id, name))
-        for source, author_id, count, first, last, name in rows
-    ]
+    if not isinstance(resolve, Identities):
+        return [
+            Speaker(source, author_id, name, n, _time(first), _time(last), resolve(source, author_id, name))
+            for source, author_id, n, first, last, name in rows
+        ]
+    found = []
+    for source, author_id, count, first, last, name in rows:
+        person, why = resolve.match(source, author_id, name)
+        names = resolve.names.get((source, author_id)) or (name,)
+        found.append(  # the name the build gives an unmapped account: its latest display name
+            Speaker(source, author_id, names[0], count, _time(first), _time(last), person, names, why)
+        )
+    return found
 
 
 def source_stats(corpus: Corpus, top: int = 5) -> list[SourceStats]:

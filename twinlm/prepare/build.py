@@ -21,10 +21,10 @@ import orjson
 
 from twinlm.config import BuildConfig, TwinConfig
 from twinlm.corpus.db import Corpus
-from twinlm.corpus.queries import owners
+from twinlm.corpus.queries import account_names, owners
 from twinlm.errors import TwinError
 from twinlm.files import write_atomic
-from twinlm.identities import ME, resolver
+from twinlm.identities import ME, Identities
 from twinlm.models import resolve_model
 from twinlm.prepare.clean import Msg, clean_message, clean_session
 from twinlm.prepare.documents import document_samples
@@ -42,6 +42,7 @@ from twinlm.prepare.sample import IGNORE_INDEX, Sample, Turn
 from twinlm.prepare.select import Chat, chats
 from twinlm.prepare.sessions import merge_turns, split_by_gap
 from twinlm.prepare.teacher import generate_qa
+from twinlm.prepare.whose import tally, warnings
 
 
 def load_tokenizer(model: str, *, trust_remote_code: bool = False) -> Any:
@@ -84,16 +85,26 @@ def build(
     style = detect_style(tokenizer)
 
     stage("selecting conversations")
-    resolve = resolver(config, owners(corpus))
+    identities = Identities(config, owners(corpus), account_names(corpus))
     me_name = config.me[0] if config.me else "me"
+    asked = settings.targets
+    if isinstance(asked, list):  # any alias of a person, or any name an account used, means that speaker
+        meant = sorted(set().union(*map(identities.targets, asked)))
+        settings = settings.model_copy(update={"targets": meant})
     samples: list[Sample] = []
     speakers: set[str] = set()
+    chat_speakers: set[str] | None = None  # who speaks in chat-kind conversations (None: there are none)
     started: dict[str, int | None] = {}  # chat sample id -> its first message's time (the prompt's date)
-    for chat in chats(corpus, resolve, counts, settings.sources or None):
+    for chat in chats(corpus, identities.speaker, counts, settings.sources or None):
         speakers.update(line.speaker for line in chat.lines)
+        if chat.kind == "chat":
+            chat_speakers = set() if chat_speakers is None else chat_speakers
+            chat_speakers.update(line.speaker for line in chat.lines)
         samples.extend(_samples_of(chat, settings, me_name, counts, style, started))
-    if isinstance(settings.targets, list):
-        unknown = sorted(set(settings.targets) - speakers)
+    if not speakers:
+        raise TwinError(_empty_corpus(corpus, settings.sources))
+    if isinstance(asked, list):
+        unknown = sorted(name for name in asked if not identities.targets(name) & speakers)
         if unknown:
             raise TwinError(
                 f"build.targets: {', '.join(map(repr, unknown))} never speak in the corpus; use names as "
@@ -178,8 +189,33 @@ def build(
         "counts": dict(sorted(counts.items())),
         "config": config.model_dump(mode="json"),
     }
+    whose = tally(samples, rows)
+    result.report["trained_by_speaker"] = whose.report()["by_speaker"]
+    result.report["trained_by_source"] = whose.report()["by_source"]
+    result.report["warnings"] = warnings(
+        whose,
+        chats_seen=chat_speakers is not None,
+        me_in_chats=ME in (chat_speakers or ()),
+        me_targeted=settings.targets in ("auto", "me")
+        or (isinstance(settings.targets, list) and ME in settings.targets),
+        targets=settings.targets if isinstance(settings.targets, str) else "list",
+        me_name=me_name,
+    )
     write_atomic(out / "build.json", orjson.dumps(result.report, option=orjson.OPT_INDENT_2).decode() + "\n")
     return result
+
+
+def _empty_corpus(corpus: Corpus, sources: list[str]) -> str:
+    """Why the build found no conversation at all: the corpus is empty, filtered out or all excluded."""
+    have = [row[0] for row in corpus.db.execute("SELECT DISTINCT source FROM conversations ORDER BY 1")]
+    if not have:
+        return "the corpus is empty: run `twinlm ingest PATH...` with your exports first"
+    if sources and not set(sources) & set(have):
+        return (
+            f"build.sources ({', '.join(sources)}) names no source in the corpus, which holds: "
+            f"{', '.join(have)}"
+        )
+    return "every conversation in the corpus is excluded (or has no message left): see `twinlm conversations`"
 
 
 def _samples_of(

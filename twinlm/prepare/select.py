@@ -93,14 +93,16 @@ def chats(
     if superseded:
         counts["messages superseded by a newer export"] += superseded
     rows = corpus.db.execute(_QUERY.format(where=where), params)
-    names: dict[tuple[str, str, str], str] = {}  # resolving is a few dict lookups; cache anyway
+    # One speaker per account (source, author id), whatever name each message shows: `resolve` sees
+    # the account's first message, so give it one that knows every name (Identities.speaker).
+    names: dict[tuple[str, str], str] = {}
     for _, group in itertools.groupby(rows, key=lambda row: row[0]):
         first = next(group)
         _, source, native_id, kind, title, detail, participants, system_prompt = first[:8]
         lines = []
         for row in itertools.chain((first,), group):
             author_id, author_name, text, mkind, role, ts = row[8:]
-            key = (source, author_id, author_name)
+            key = (source, author_id)
             speaker = names.get(key)
             if speaker is None:
                 speaker = names[key] = resolve(source, author_id, author_name) or author_name

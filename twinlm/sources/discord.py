@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, tzinfo
 from itertools import chain
 from pathlib import Path, PurePosixPath
@@ -147,6 +147,8 @@ class _Reader:
         self.options = options
         self.report = report
         self.zone = _Zone(path, options)
+        # (author id, username) where the display name is a nickname: the corpus keeps both names.
+        self.usernames: set[tuple[str, str]] = set()
 
     def conversations(self) -> Iterator[Conversation]:
         path, s = self.path, self.s
@@ -189,7 +191,12 @@ class _Reader:
         channel = _describe(fields)
         template = Conversation(FORMAT, channel.id, channel.title, "chat", (), platform_detail=channel.detail)
         messages = self._messages(keys if at_messages else None, deferred, channel.id)
-        yield from in_slices(template, messages, self.options, self.report)
+        for part in in_slices(template, messages, self.options, self.report):
+            # The usernames met while converting this slice (a batch ahead at most) travel with it.
+            if self.usernames:
+                part = replace(part, author_names=tuple(sorted(self.usernames)))
+                self.usernames.clear()
+            yield part
 
     def _header(self, name: str, fields: dict[str, str]) -> None:
         """A `guild` or `channel` object at the cursor: its wanted scalar fields go to `fields`.
@@ -238,6 +245,7 @@ class _Reader:
         max_chars = options.max_message_chars
         fromiso, utc, text_kind, participant = datetime.fromisoformat, UTC, Kind.TEXT, Role.PARTICIPANT
         user_types, make = _USER_TYPES, new_message  # Message(...) at ~60% of the cost
+        usernames = self.usernames
 
         def convert(batch: list[Any]) -> list[Message]:
             out: list[Message] = []
@@ -295,9 +303,12 @@ class _Reader:
 
                     reference = m.get("reference")
                     reply_to = None if reference is None else _reply_to(reference, mtype, channel_id)
-                    name = author.get("nickname") or author.get("name") or author_id
+                    username = author.get("name")
+                    name = author.get("nickname") or username or author_id
                     if name.__class__ is not str:
                         name = str(name)
+                    if username and username != name and username.__class__ is str:
+                        usernames.add((author_id, username))
                     message = make(
                         prefix + native_id,
                         author_id,
