@@ -192,6 +192,15 @@ def test_slices_share_the_conversation_id() -> None:
     assert (report.conversations, report.messages) == (1, 8)
 
 
+def test_usernames_travel_beside_nicknames() -> None:
+    """Issue 9.3: an alias may name the username (ana_b) as well as the server nickname (Ana)."""
+    convs, _ = run(FIXTURES / "guild_general.json", batch_size=3)
+    pairs = {pair for c in convs for pair in c.author_names}
+    assert pairs == {("100000000000000001", "ana_b"), ("100000000000000002", "benji")}  # before: no field
+    # carl's nickname is his username, so nothing to add; each pair comes once, with its slice or before.
+    assert sum(len(c.author_names) for c in convs) == 2
+
+
 def test_ids_are_stable_and_unique() -> None:
     first = [m.id for p in sorted(FIXTURES.glob("*.json")) for m in messages(run(p)[0])]
     second = [m.id for p in sorted(FIXTURES.glob("*.json")) for m in messages(run(p)[0])]
