@@ -40,7 +40,7 @@ NEGATIVES = [
     "color #ff00aa, rgb(255, 0, 170)",
     "commit 3f786850e387550fdab836ed7e6dc881de23001b fixed it",  # a git SHA is not a secret
     "uuid 550e8400-e29b-41d4-a716-446655440000",
-    "192.168.0.1 and 10.0.0.1:8080",
+    "build 10.0.19041.1, v1.2.3.4, version 4.4.0.1",  # version quads, not IP addresses
     "score was 3-2, then 10-12",
     "from 0800-1700 every day, 9:00 to 17:30",
     "it's 2019-2021, +1 for this, C++ 17",
@@ -146,8 +146,8 @@ def test_phone_next_to_a_date_and_time() -> None:
 )
 def test_card(number: str) -> None:
     out, counts = run(f"my card is {number}, exp 12/25")
-    assert out == "my card is [CARD], exp 12/25"
-    assert counts == {"redacted card": 1}
+    assert out == "my card is [CARD], exp [EXPIRY]"  # the expiry next to a card goes with it
+    assert counts == {"redacted card": 1, "redacted card expiry/cvv": 1}
 
 
 def test_card_with_mixed_separators_or_glued_to_more_digits_is_not_a_card() -> None:

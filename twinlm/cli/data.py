@@ -88,6 +88,12 @@ def build_command(
         if n:
             counts.add_row(rule, f"{n:,}")
     out.print(counts)
+    redacted = {kind: n for kind, n in result.report["redacted"].items() if n}
+    out.print(
+        "Redacted: " + (", ".join(f"{kind} {n:,}" for kind, n in redacted.items()) or "nothing found")
+        if config.build.redact.enabled
+        else "Redacted: nothing (build.redact.enabled is false)"
+    )
     for by in ("speaker", "source"):  # whose words are trained: a wrong `me:` shows here
         whose = Table(title=f"Trained, per {by}", title_justify="left")
         for column in (by, "turns", "tokens"):

@@ -36,7 +36,7 @@ from twinlm.prepare.outputs import (
     write_tokenized,
 )
 from twinlm.prepare.persona import persona_for, persona_prompt
-from twinlm.prepare.redact import redact
+from twinlm.prepare.redact import Redactor, redacted_kinds
 from twinlm.prepare.render import SystemFor, detect_style, render_many
 from twinlm.prepare.sample import IGNORE_INDEX, Sample, Turn
 from twinlm.prepare.select import Chat, chats
@@ -95,12 +95,13 @@ def build(
     speakers: set[str] = set()
     chat_speakers: set[str] | None = None  # who speaks in chat-kind conversations (None: there are none)
     started: dict[str, int | None] = {}  # chat sample id -> its first message's time (the prompt's date)
+    redactor = Redactor(settings.redact, config.people)
     for chat in chats(corpus, identities.speaker, counts, settings.sources or None):
         speakers.update(line.speaker for line in chat.lines)
         if chat.kind == "chat":
             chat_speakers = set() if chat_speakers is None else chat_speakers
             chat_speakers.update(line.speaker for line in chat.lines)
-        samples.extend(_samples_of(chat, settings, me_name, counts, style, started))
+        samples.extend(_samples_of(chat, settings, me_name, counts, style, started, redactor))
     if not speakers:
         raise TwinError(_empty_corpus(corpus, settings.sources))
     if isinstance(asked, list):
@@ -187,6 +188,7 @@ def build(
         "trained_turns": counts.pop("trained turns", 0),
         "length_histogram": length_histogram(lengths),
         "counts": dict(sorted(counts.items())),
+        "redacted": redacted_kinds(counts),
         "config": config.model_dump(mode="json"),
     }
     whose = tally(samples, rows)
@@ -225,11 +227,15 @@ def _samples_of(
     counts: Counter[str],
     style: str,
     started: dict[str, int | None],
+    redactor: Redactor,
 ) -> Iterator[Sample]:
     if chat.kind == "document":
         if settings.documents.enabled:
             for line in chat.lines:
-                yield from document_samples(chat.key, chat.title, line.text, settings.documents)
+                # Redacted whole, before chunking: a number cut by a chunk border is still found, and
+                # the teacher endpoint is sent these chunks.
+                text = redactor(line.text, counts)
+                yield from document_samples(chat.key, chat.title, text, settings.documents)
         return
     persona = persona_for(chat.kind, settings.targets)
     lines = []
@@ -241,7 +247,7 @@ def _samples_of(
         if text is None:
             continue
         if settings.redact.enabled and not (settings.redact.except_me and line.speaker == ME):
-            text = redact(text, settings.redact, counts)
+            text = redactor(text, counts)
         lines.append(Msg(line.speaker, text, line.kind, line.timestamp_ms, line.role))
     # Assistant-style conversations are one sample whatever the pauses: the context carries over.
     sessions = split_by_gap(lines, settings.session_gap_minutes) if chat.kind == "chat" else [lines]

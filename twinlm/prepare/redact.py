@@ -21,13 +21,19 @@ from __future__ import annotations
 
 import re
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+import phonenumbers
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from stdnum import iban, luhn
 
-RedactKind = Literal["email", "phone", "card", "iban", "secret", "address"]
-KINDS: tuple[RedactKind, ...] = ("email", "phone", "card", "iban", "secret", "address")
+from twinlm.prepare.pseudonyms import Pseudonyms
+from twinlm.prepare.redact_addresses import addresses
+from twinlm.prepare.redact_phones import default_region, ips, phones
+
+RedactKind = Literal["email", "phone", "card", "iban", "secret", "address", "ip"]
+KINDS: tuple[RedactKind, ...] = ("email", "phone", "card", "iban", "secret", "address", "ip")
 
 
 def _hints(words: str) -> re.Pattern[str]:
@@ -46,8 +52,30 @@ class RedactConfig(BaseModel):
         True, description="Leave your own messages as they are (only other people's data is redacted)."
     )
     kinds: list[RedactKind] = Field(
-        list(KINDS), description="What to redact: " + ", ".join(KINDS) + " (secrets are API keys and tokens)."
+        list(KINDS),
+        description="What to redact: " + ", ".join(KINDS) + " (secrets are API keys, tokens, passwords and "
+        "the secret values in URLs; card includes the expiry date and CVV written next to a card number).",
     )
+    region: str | None = Field(
+        "auto",
+        description="Your country (ISO code such as US, GB, DE): phone numbers written without a country "
+        "code are read as this region's first. 'auto': from the system locale (LANG); null: none (numbers "
+        "are still found by their country code, a trunk 0 or a known national grouping).",
+    )
+    pseudonymize_people: bool = Field(
+        False,
+        description="Also replace the names of the people in `people:` where messages mention them, with "
+        "one consistent pseudonym per person (e.g. every 'Alice' becomes 'Robin').",
+    )
+
+    @field_validator("region")
+    @classmethod
+    def _known_region(cls, value: str | None) -> str | None:
+        if value is None or value == "auto":
+            return value
+        if value.upper() not in phonenumbers.SUPPORTED_REGIONS:
+            raise ValueError(f"unknown region {value!r}: use a two-letter country code such as US, GB or DE")
+        return value.upper()
 
 
 # ------------------------------------------------------------------------------- secrets
@@ -124,7 +152,40 @@ def _secrets(text: str, counts: Counter[str]) -> str:
         text = _PASSWORD.sub(password, text)
     if "://" in text and "@" in text:
         text = _URL_PASSWORD.sub(url_password, text)
+    if "=" in text:
+        text = _URL_TOKEN.sub(lambda m: _url_secrets(m.group(0), counts), text)
     return text
+
+
+# A token with a query or fragment: "https://x.io/cb?code=abc&state=1", "s3.amazonaws.com/f?X-Amz-...".
+_URL_TOKEN = re.compile(r"[^\s<>\"'()\[\]]*[?#][^\s<>\"'()\[\]]*=[^\s<>\"'()]*")
+_URL_PARAM = re.compile(r"(?<=[?&;#])([A-Za-z0-9_.\-]+=)([^&#;\s]+)")
+_NAME_PARTS = re.compile(r"[A-Z]?[a-z0-9]+|[A-Z]+(?![a-z])")
+# Parameter names (or a part of one: "access_token", "X-Amz-Signature", "sessionId") whose value is a
+# secret whatever its length: signed URLs and OAuth redirects carry short codes too.
+_SECRET_PARAMS = frozenset(
+    "token key sig signature code pwd password passwd pass session sessionid sid auth secret credential "
+    "credentials apikey jwt otp ticket hmac policy ssid authorization".split()
+)
+# "country_code=US", "sort_key=name": a secret word after one of these names a setting, not a secret.
+_BENIGN_PARAMS = frozenset(
+    "country lang language locale currency zip postal post status error response promo color colour "
+    "region area product item sort order primary foreign zoom".split()
+)
+
+
+def _url_secrets(url: str, counts: Counter[str]) -> str:
+    def value(m: re.Match[str]) -> str:
+        name = m.group(1)[:-1]
+        parts = [p.lower() for p in _NAME_PARTS.findall(name)]
+        if m.group(2) == "[SECRET]" or not parts or parts[0] in _BENIGN_PARAMS:
+            return m.group(0)
+        if name.lower() not in _SECRET_PARAMS and not _SECRET_PARAMS.intersection(parts):
+            return m.group(0)
+        counts["redacted secret"] += 1
+        return m.group(1) + "[SECRET]"
+
+    return _URL_PARAM.sub(value, url)
 
 
 # ------------------------------------------------------------------------------- e-mail
@@ -152,12 +213,6 @@ _IBAN_LENGTHS = {
 _IBAN_START = re.compile(r"[A-Za-z](?<![A-Za-z0-9][A-Za-z])[A-Za-z][0-9]{2}")
 
 
-def _iban_valid(compact: str) -> bool:
-    """ISO 13616: move the first four characters to the end, letters to 10..35, remainder mod 97 is 1."""
-    rearranged = compact[4:] + compact[:4]
-    return int("".join(str(int(c, 36)) for c in rearranged)) % 97 == 1
-
-
 def _ibans(text: str, counts: Counter[str]) -> str:
     """IBANs, written compact or in groups separated by single spaces, in upper or lower case."""
     parts: list[str] = []
@@ -166,7 +221,7 @@ def _ibans(text: str, counts: Counter[str]) -> str:
         start = m.start()
         length = _IBAN_LENGTHS.get(text[start : start + 2].upper())
         end = _iban_end(text, start, length) if length else None
-        if end is None or not _iban_valid(text[start:end].replace(" ", "").upper()):
+        if end is None or not iban.is_valid(text[start:end].replace(" ", "").upper()):
             pos = start + 1
             continue
         parts += [text[done:start], "[IBAN]"]
@@ -195,17 +250,10 @@ def _iban_end(text: str, start: int, length: int) -> int | None:
 
 
 # Not preceded by a digit, nor by a digit and one separator: a card is a whole run of digits.
-_CARD = re.compile(r"[0-9](?<![0-9]{2})(?<![0-9][ -][0-9])(?:[ -]?[0-9]){12,18}(?![ -]?[0-9])")
-
-
-def _luhn(digits: str) -> bool:
-    total = 0
-    for i, c in enumerate(reversed(digits)):
-        d = ord(c) - 48
-        if i % 2:
-            d = d * 2 - 9 if d > 4 else d * 2
-        total += d
-    return total % 10 == 0
+# A space and an expiry date ("4111 ... 1111 03/28") may follow.
+_CARD = re.compile(
+    r"[0-9](?<![0-9]{2})(?<![0-9][ -][0-9])(?:[ -]?[0-9]){12,18}(?![ -]?[0-9](?![0-9]/[0-9]))(?![/.][0-9])"
+)
 
 
 def _card_shaped(digits: str) -> bool:
@@ -228,151 +276,56 @@ def _card_shaped(digits: str) -> bool:
 def _card(m: re.Match[str], counts: Counter[str]) -> str:
     raw = m.group(0)
     digits = raw.replace(" ", "").replace("-", "")
-    if (" " in raw and "-" in raw) or not _card_shaped(digits) or not _luhn(digits):
+    if (" " in raw and "-" in raw) or not _card_shaped(digits) or not luhn.is_valid(digits):
         return raw
     counts["redacted card"] += 1
     return "[CARD]"
 
 
-_PHONE = re.compile(
-    r"(?<![\w+#])(?<![0-9][ .\-/])(?:"
-    r"(?:\+|00)[1-9][0-9]{0,3}(?:[ .\-/]?\(?[0-9]{1,6}\)?){1,7}"  # international: +49 30 1234567
-    r"|\(?0[1-9][0-9]{0,4}\)?(?:[ .\-/]?[0-9]{2,8}){1,4}"  # national with trunk 0: 0171 1234567
-    r"|(?:1[ .-]?)?(?:\([2-9][0-9]{2}\) ?|[2-9][0-9]{2}[ .-])[0-9]{3}[ .-][0-9]{4}"  # (555) 123-4567
-    r"|[6-9][0-9]{2}(?: [0-9]{2}){3}|[6-9][0-9]{2} [0-9]{3} [0-9]{3}"  # Spain: 612 34 56 78
-    r"|3[0-9]{2} [0-9]{6,7}"  # Italian mobile: 333 1234567
-    r")(?![0-9])(?![ .\-/]?[0-9])"
+# Next to a card number: "exp 12/25", "valid thru 01/2027", "CVV 123", "12/25 123".
+_EXPIRY = re.compile(
+    r"(?i)(?:(?:exp(?:iry|ires|iration)?|valid(?: thru| through| until)?|gültig bis|ablauf|expira(?:ción)?|"
+    r"vence|validade|scad(?:enza)?|mm/yy)\.?[\s:]*)?(?<![0-9/])(?:0[1-9]|1[0-2])\s?[/\-.]\s?(?:20)?[0-9]{2}(?![0-9/])"
 )
-_PHONE_KEYWORD = re.compile(
-    r"(?i)(\b(?:phone|tel|telephone|mobile|cell|call me(?: at| on)?|text me(?: at| on)?|my number(?: is)?|"
-    r"whatsapp|handy|telefon|telefonnummer|handynummer|meine nummer|numéro|téléphone|portable|móvil|"
-    r"movil|teléfono|telefono|cellulare)\b[\s:.#]*)(\+?[0-9][0-9 ()./-]{6,20}[0-9])(?![0-9])"
+_CVV = re.compile(
+    r"(?i)(\b(?:cvv2?|cvc2?|csc|cid|cav2?|security code|sicherheitscode|prüfnummer|kartenprüfnummer|"
+    r"cryptogramme|código de seguridad|codice di sicurezza|código de segurança)\b[\s:#.]*)"
+    r"([0-9]{3,4})(?![0-9])"
 )
-_PHONE_HINTS = _hints(
-    "phone|tel|mobile|cell|call me|text me|number|whatsapp|handy|nummer|numéro|numero|número|portable|"
-    "móvil|movil|fono"
-)
-_DATE = re.compile(
-    r"(?<![0-9])(?:[0-3]?[0-9][./-][0-3]?[0-9][./-](?:19|20)[0-9]{2}"
-    r"|(?:19|20)[0-9]{2}[./-][01]?[0-9][./-][0-3]?[0-9])(?![0-9])"
-)
-_ZERO_GROUP = re.compile(r"[ .-]000(?![0-9])")
+_CVV_AFTER_EXPIRY = re.compile(r"(\[EXPIRY\][ ,;/]*)([0-9]{3,4})(?![0-9])")
 
 
-def _phone_ok(candidate: str) -> bool:
-    digits = sum(c.isdigit() for c in candidate)
-    if candidate.startswith("00"):
-        digits -= 2
-    if not 9 <= digits <= 15 or _DATE.search(candidate):
-        return False
-    # "700 000 000": an amount with space separators, not a number without a prefix.
-    return candidate[0] in "+0(" or not _ZERO_GROUP.search(candidate)
+def _card_details(text: str, counts: Counter[str]) -> str:
+    """The expiry date and security code written within 80 characters after a card number."""
 
+    def expiry(m: re.Match[str]) -> str:
+        counts["redacted card expiry/cvv"] += 1
+        keyword = re.match(r"(?i)[^0-9]*", m.group(0))
+        return (keyword.group(0) if keyword else "") + "[EXPIRY]"
 
-def _phones(text: str, counts: Counter[str]) -> str:
-    def keyword(m: re.Match[str]) -> str:
-        if not _phone_ok(m.group(2)):
-            return m.group(0)
-        counts["redacted phone"] += 1
-        return m.group(1) + "[PHONE]"
+    def cvv(m: re.Match[str]) -> str:
+        counts["redacted card expiry/cvv"] += 1
+        return m.group(1) + "[CVV]"
 
-    def bare(m: re.Match[str]) -> str:
-        if not _phone_ok(m.group(0)):
-            return m.group(0)
-        counts["redacted phone"] += 1
-        return "[PHONE]"
-
-    lowered = text.lower()
-    if _PHONE_HINTS.search(lowered):
-        text = _PHONE_KEYWORD.sub(keyword, text)
-    return _PHONE.sub(bare, text)
-
-
-# ------------------------------------------------------------------------------- addresses
-
-_UK_POSTCODE = r"[A-Z]{1,2}[0-9][A-Z0-9]?[ \t]?[0-9][A-Z]{2}(?![\w])"
-# After a street: "10115 Berlin", "SW1A 1AA London" or "London NW1 6XE".
-_CITY_TAIL = (
-    rf"(?:,?[ \t]+(?:[0-9]{{4,5}}|{_UK_POSTCODE})[ \t]+[A-ZÄÖÜÉ][\w-]+"
-    rf"|,[ \t]*[A-Z][a-z]+[ \t]+{_UK_POSTCODE})?"
-)
-_DE_NAME = r"[A-ZÄÖÜ][a-zäöüß]*(?:-[A-ZÄÖÜ][a-zäöüß]*)*"
-_DE_STREET = r"(?:Straße|Strasse|Str\.|Weg|Gasse|Allee|Platz|Ring|Damm|Ufer|Chaussee|Markt)"
-# "Berliner Straße 5" is a street, "Der Platz 1" is not: words ending in -er that are no place name.
-_DE_NOT_A_NAME = (
-    r"(?!(?:Der|Aber|Oder|Über|Unter|Hinter|Wieder|Immer|Jeder|Euer|Unser|Ihrer|Seiner|Meiner|Deiner|"
-    r"Erster|Zweiter|Dritter|Letzter|Nächster|Neuer|Schöner|Guter|Weiter)\b)"
-)
-# One pattern per language, each behind a cheap substring test: most messages name no street. Patterns
-# open with the character class they need (the lookbehinds follow) so the regex engine can skip ahead.
-_EN_ADDRESS = re.compile(
-    # 221B Baker Street, 12 North Oak Ave., Apt 4, Springfield, IL 62704
-    r"[0-9](?<![\w.,/-][0-9])[0-9]{0,4}[A-Za-z]?,?[ \t]+(?:(?:North|South|East|West|[NSEW]\.?)[ \t]+)?"
-    r"(?!The\b)(?:[A-Z][a-z]+[ \t]+){1,3}(?:Street|St|Avenue|Ave|Road|Rd|Boulevard|Blvd|Lane|Ln|Drive|Dr|"
-    r"Court|Ct|Place|Pl|Terrace|Way|Close|Crescent|Square|Sq|Parkway|Pkwy|Highway|Hwy|Circle|Cir|Trail)\b\.?"
-    r"(?:,?[ \t]*(?:Apt|Apartment|Suite|Unit|Flat)\.?[ \t]*#?[0-9]+[A-Za-z]?)?"
-    r"(?:,[ \t]*[A-Z][a-z]+(?:[ \t][A-Z][a-z]+)?,?[ \t]+[A-Z]{2}[ \t]+[0-9]{5}(?:-[0-9]{4})?)?" + _CITY_TAIL
-)
-_EN_HINTS = _hints(
-    "St|Av|Road|Rd|Bl|Lane|Ln|Dr|Court|Ct|Pl|Terrace|Way|Close|Crescent|Sq|Parkway|Pkwy|Highway|Hwy|Cir|Trail"
-)
-_FR_ADDRESS = re.compile(
-    # 12 rue de la Paix, 5 bis, avenue Victor Hugo, 75002 Paris
-    r"[0-9](?<![\w.,/-][0-9])[0-9]{0,3}(?:[ \t]?(?:bis|ter))?,?[ \t]+(?i:rue|avenue|av\.|boulevard|bd|place|"
-    r"chemin|allée|impasse|quai|route|cours|passage|square)[ \t]+"
-    r"(?:(?:de[ \t]+la|du|des|de|d'|de[ \t]+l')[ \t]*)?[A-ZÉÈÀÂ][\w'-]+(?:[ \t]+[A-ZÉÈÀÂ][\w'-]+){0,3}"
-    + _CITY_TAIL
-)
-_FR_HINTS = _hints("rue|av|boulevard|bd|place|chemin|allée|impasse|quai|route|cours|passage|square")
-_DE_ADDRESS = re.compile(
-    # Hauptstraße 5, Berliner Str. 12a, Karl-Marx-Allee 3, 10115 Berlin
-    rf"(?<![\w-])(?:{_DE_NAME}(?:straße|strasse|str\.|weg|gasse|allee|platz|ring|damm|ufer|chaussee|steig|pfad)"
-    rf"|{_DE_NAME}-{_DE_STREET}"  # Karl-Marx-Allee
-    rf"|{_DE_NOT_A_NAME}[A-ZÄÖÜ][a-zäöüß]*er {_DE_STREET})"  # Berliner Straße
-    r"[ \t]?[0-9]{1,4}(?:[ \t]?[a-zA-Z](?![\w]))?(?![0-9])"
-    r"(?![ \t]*(?i:min|minuten|km|m|h|std|stunden|mal|uhr|%|€|euro|jahre|tage|leute|personen)\b)" + _CITY_TAIL
-)
-_DE_HINTS = _hints("str|weg|gasse|allee|platz|ring|damm|ufer|chaussee|steig|pfad|markt")
-_ES_ADDRESS = re.compile(
-    # Calle Mayor 5, Avenida de la Constitución, 12, C/ Alcalá nº 42
-    r"(?<![\w/])(?i:calle|c/|avenida|avda\.?|paseo|plaza|pza\.|carrer|camino|ronda|travesía)[ \t]*"
-    r"(?:(?:de[ \t]+(?:la[ \t]+|los[ \t]+|las[ \t]+)?|del[ \t]+))?[A-ZÁÉÍÓÚÑ][\wáéíóúñ]+"
-    r"(?:[ \t]+(?:de[ \t]+|del[ \t]+)?[A-ZÁÉÍÓÚÑ][\wáéíóúñ]+){0,3},?[ \t]*"
-    r"(?:n[º°o]\.?[ \t]*)?[0-9]{1,4}(?![0-9])" + _CITY_TAIL
-)
-_ES_HINTS = _hints("calle|c/|av|paseo|plaza|pza|carrer|camino|ronda|travesía")
-_IT_ADDRESS = re.compile(
-    # Via Roma 12, Piazza del Duomo, 1, Via Garibaldi 7/B
-    r"(?<!\w)(?:Via|Viale|Piazza|Piazzale|Corso|Largo|Vicolo|Borgo)[ \t]+"
-    r"(?:(?:di|del|della|dei|degli|delle|dello|San|Santa)[ \t]+)?[A-Z][\wàèéìòù']+"
-    r"(?:[ \t]+[A-Z][\wàèéìòù']+){0,3},?[ \t]*[0-9]{1,4}(?:/[A-Za-z0-9])?(?![0-9])" + _CITY_TAIL
-)
-_IT_HINTS = _hints("Via|Viale|Piazza|Corso|Largo|Vicolo|Borgo")
-
-
-def _addresses(text: str, counts: Counter[str]) -> str:
-    def replace(m: re.Match[str]) -> str:
-        counts["redacted address"] += 1
-        return "[ADDRESS]"
-
-    lowered = text.lower()
-    if _EN_HINTS.search(text):
-        text = _EN_ADDRESS.sub(replace, text)
-    if _FR_HINTS.search(lowered):
-        text = _FR_ADDRESS.sub(replace, text)
-    if _DE_HINTS.search(lowered):
-        text = _DE_ADDRESS.sub(replace, text)
-    if _ES_HINTS.search(lowered):
-        text = _ES_ADDRESS.sub(replace, text)
-    if _IT_HINTS.search(text):
-        text = _IT_ADDRESS.sub(replace, text)
-    return text
+    out: list[str] = []
+    pos = 0
+    while (found := text.find("[CARD]", pos)) >= 0:
+        start = found + len("[CARD]")
+        end = min(len(text), start + 80)
+        newline = text.find("\n", start, end)
+        end = end if newline < 0 else newline
+        window = _EXPIRY.sub(expiry, text[start:end])
+        window = _CVV_AFTER_EXPIRY.sub(cvv, _CVV.sub(cvv, window))
+        out += [text[pos:start], window]
+        pos = end
+    out.append(text[pos:])
+    return "".join(out)
 
 
 # ------------------------------------------------------------------------------- driver
 
 
-def _once(text: str, kinds: list[str], counts: Counter[str]) -> str:
+def _once(text: str, kinds: list[str], counts: Counter[str], region: str | None) -> str:
     if "secret" in kinds:
         text = _secrets(text, counts)
     if "email" in kinds and "@" in text:
@@ -380,15 +333,19 @@ def _once(text: str, kinds: list[str], counts: Counter[str]) -> str:
     digits = len(_DIGIT.findall(text))
     if not digits:
         return text
-    # IBANs and cards have at least 8 digits (NL: 10, cards: 13), phone numbers 9: most messages skip.
+    if "ip" in kinds:
+        text = ips(text, counts)
+    # IBANs and cards have at least 8 digits (NL: 10, cards: 13), phone numbers 7: most messages skip.
     if digits >= 8 and "iban" in kinds:
         text = _ibans(text, counts)
     if digits >= 8 and "card" in kinds:
         text = _CARD.sub(lambda m: _card(m, counts), text)
+    if "card" in kinds and "[CARD]" in text:
+        text = _card_details(text, counts)
     if "address" in kinds:
-        text = _addresses(text, counts)
-    if digits >= 9 and "phone" in kinds:
-        text = _phones(text, counts)
+        text = addresses(text, counts)
+    if digits >= 7 and "phone" in kinds:
+        text = phones(text, counts, region)
     return text
 
 
@@ -402,18 +359,42 @@ def _counted(kind: str, counts: Counter[str]) -> Callable[[re.Match[str]], str]:
     return replace
 
 
-def redact(text: str, config: RedactConfig, counts: Counter[str]) -> str:
-    """`text` with personal data replaced by typed placeholders; each replacement counted by kind.
+class Redactor:
+    """`redact` with its settings resolved once: the phone region (from the locale for "auto") and the
+    pseudonyms of `people` (twin.yaml's canonical name -> aliases) when they are asked for."""
 
-    Rules run in a fixed order (secrets, e-mail, IBAN, card, address, phone) and again until the text
-    no longer changes: one replacement can free a neighbour that a boundary check held back.
-    """
-    if not config.enabled or not text:
+    def __init__(self, config: RedactConfig, people: Mapping[str, Sequence[str]] | None = None) -> None:
+        self.config = config
+        self.kinds: list[str] = list(config.kinds)
+        self.region = default_region() if config.region == "auto" else config.region
+        self.pseudonyms = Pseudonyms(people) if config.pseudonymize_people and people else None
+
+    def __call__(self, text: str, counts: Counter[str]) -> str:
+        """`text` with personal data replaced by typed placeholders; each replacement counted by kind.
+
+        Rules run in a fixed order (secrets, e-mail, IP, IBAN, card, address, phone) and again until
+        the text no longer changes: one replacement can free a neighbour that a boundary check held back.
+        """
+        if not self.config.enabled or not text:
+            return text
+        for _ in range(4):
+            redacted = _once(text, self.kinds, counts, self.region)
+            if redacted == text:
+                break
+            text = redacted
+        if self.pseudonyms is not None:
+            text = self.pseudonyms(text, counts)
         return text
-    kinds: list[str] = list(config.kinds)
-    for _ in range(4):
-        redacted = _once(text, kinds, counts)
-        if redacted == text:
-            break
-        text = redacted
-    return text
+
+
+def redact(text: str, config: RedactConfig, counts: Counter[str]) -> str:
+    """`text` redacted with `config` (no pseudonyms: they need the people, see `Redactor`)."""
+    return Redactor(config)(text, counts)
+
+
+def redacted_kinds(counts: Mapping[str, int]) -> dict[str, int]:
+    """What was redacted, per kind ("phone": 3, ...), from a build's counts; every kind listed."""
+    found = {kind: counts.get(f"redacted {kind}", 0) for kind in KINDS}
+    found["card expiry/cvv"] = counts.get("redacted card expiry/cvv", 0)
+    found["pseudonymised name"] = counts.get("pseudonymised name", 0)
+    return found
