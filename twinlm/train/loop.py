@@ -77,6 +77,12 @@ def train(
     if not (data_dir / "build.json").is_file():
         raise TwinError(f"{data_dir}: no dataset; run `twinlm build` first")
     info = orjson.loads((data_dir / "build.json").read_bytes())
+    if resume:
+        # The run goes on as recorded (its settings and step budget, on its data), whatever twin.yaml
+        # says today; every process reads the same record.
+        run_name = run_record.run_dir(workspace, run_name, resume=True).name
+        config = run_record.resume_config(workspace / "runs" / run_name, config, data_dir)
+        settings = config.train
     # One process, or one of several started by `accelerate launch` (ddp / fsdp / DeepSpeed ZeRO); what
     # differs between them is behind `strategy`.
     accelerator = make_accelerator(settings.grad_accum)

@@ -1,29 +1,60 @@
 """The run folder (runs/NAME) and its record: which folder a run uses, what it says about itself
-(config.json, build.json, tokenizer/), and what resuming reads back from it."""
+(config.json, build.json, tokenizer/), and what resuming reads back from it.
+
+A resumed run continues as it was recorded: the train settings in its config.json (with the command-line
+options it was started with) are the ones used, whatever twin.yaml says today, so the step budget, the
+schedule and the batch order are the ones its checkpoints were made with. What cannot be continued is
+refused in one line: another dataset (config.json holds a fingerprint of data/) or another adapter shape.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import re
 import shutil
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import orjson
+from pydantic import ValidationError
 
-from twinlm.config import TwinConfig
+from twinlm.config import TrainConfig, TwinConfig
 from twinlm.errors import TwinError
 from twinlm.files import write_atomic
+
+RECORD = "config.json"
+DATA_FILES = ("train.parquet", "eval.parquet", "build.json")  # what the fingerprint of data/ covers
+# Settings a checkpoint's weights and optimizer state are shaped by: resuming with others cannot work.
+SHAPE_FIELDS = ("method", "lora.r", "lora.target_modules")
+_PLAIN_NAME = re.compile(r"[A-Za-z0-9_.-]+")
+
+
+def check_run_name(name: str) -> str:
+    """A run name is one plain folder name under runs/: a path could write anywhere."""
+    if not _PLAIN_NAME.fullmatch(name) or name in (".", ".."):
+        raise TwinError(
+            f"--name {name!r}: a run name is a plain folder name under runs/ (letters, digits, - _ .), "
+            "e.g. --name first-try"
+        )
+    return name
+
+
+def new_run_name() -> str:
+    return datetime.now(UTC).strftime("run-%Y%m%d-%H%M%S")
 
 
 def run_dir(workspace: Path, name: str | None, resume: bool) -> Path:
     """The run's folder: a new one (created), or with `resume` the named run's (the latest if no name)."""
+    if name is not None:
+        check_run_name(name)
     runs = workspace / "runs"
     if resume:
         candidates = [runs / name] if name else sorted(runs.glob("*/"), key=lambda p: p.stat().st_mtime)
-        if not candidates or not (candidates[-1] / "config.json").is_file():
+        if not candidates or not (candidates[-1] / RECORD).is_file():
             raise TwinError(f"nothing to resume in {runs}" + (f" named {name!r}" if name else ""))
         return candidates[-1]
-    folder = runs / (name or datetime.now(UTC).strftime("run-%Y%m%d-%H%M%S"))
+    folder = runs / (name or new_run_name())
     if folder.exists() and any(folder.iterdir()):
         raise TwinError(
             f"{folder}: a run with this name exists; pass --resume to continue it, or another --name"
@@ -57,10 +88,9 @@ def describe_run(
         "dtype": dtype,
         "trainable_params": trainable,
         "total_params": total,
+        "data_fingerprint": data_fingerprint(data_dir),
     }
-    write_atomic(
-        run_dir / "config.json", orjson.dumps(description, option=orjson.OPT_INDENT_2).decode() + "\n"
-    )
+    write_atomic(run_dir / RECORD, orjson.dumps(description, option=orjson.OPT_INDENT_2).decode() + "\n")
     shutil.copy(data_dir / "build.json", run_dir / "build.json")
     shutil.copytree(data_dir / "tokenizer", run_dir / "tokenizer", dirs_exist_ok=True)
 
@@ -73,3 +103,86 @@ def first_eval(run_dir: Path) -> float | None:
         if event.get("split") == "eval" and event.get("step") == 0:
             return event.get("loss")
     return None
+
+
+def data_fingerprint(data_dir: Path) -> dict[str, str]:
+    """sha256 of each file of the built dataset that training reads: a rebuilt dataset shows here."""
+    found = {}
+    for name in DATA_FILES:
+        path = data_dir / name
+        if path.is_file():
+            digest = hashlib.sha256()
+            with path.open("rb") as f:
+                while chunk := f.read(1 << 20):
+                    digest.update(chunk)
+            found[name] = digest.hexdigest()
+    return found
+
+
+def read_record(run_dir: Path) -> dict[str, Any]:
+    try:
+        return orjson.loads((run_dir / RECORD).read_bytes())
+    except (OSError, orjson.JSONDecodeError) as e:
+        raise TwinError(f"{run_dir / RECORD}: unreadable run record ({e}); start a new run") from None
+
+
+def recorded_settings(run_dir: Path) -> TrainConfig:
+    """The train settings the run started with, command-line options included."""
+    try:
+        return TrainConfig.model_validate(read_record(run_dir)["config"]["train"])
+    except (KeyError, TypeError, ValidationError) as e:
+        raise TwinError(
+            f"{run_dir / RECORD}: no train settings this version of twinlm can read "
+            f"({str(e).splitlines()[0]}); start a new run with another --name"
+        ) from None
+
+
+def _flat(settings: TrainConfig) -> dict[str, Any]:
+    values = settings.model_dump(mode="json")
+    lora = values.pop("lora")
+    return values | {f"lora.{key}": value for key, value in lora.items()}
+
+
+def changed_settings(recorded: TrainConfig, current: TrainConfig) -> dict[str, tuple[Any, Any]]:
+    """{train field (dotted): (recorded value, current value)} for each that differs."""
+    was, now = _flat(recorded), _flat(current)
+    return {key: (was[key], now.get(key)) for key in was if was[key] != now.get(key)}
+
+
+def check_shape(run_dir: Path, recorded: TrainConfig, current: TrainConfig) -> None:
+    """Refuse settings the run's checkpoints cannot be loaded with (the adapter's shape, the method)."""
+    changed = changed_settings(recorded, current)
+    for key in SHAPE_FIELDS:
+        if key in changed and (key == "method" or recorded.method != "full"):
+            was, now = changed[key]
+            raise TwinError(
+                f"train.{key} is {now} in twin.yaml, but run {run_dir.name} was trained with {was}: its "
+                f"checkpoints only fit that; set train.{key} back to {was} to resume it, or train a new "
+                "run with another --name"
+            )
+
+
+def check_data(run_dir: Path, data_dir: Path) -> None:
+    """Refuse to continue a run on another dataset than it started with (after `twinlm build` again)."""
+    recorded = read_record(run_dir).get("data_fingerprint")
+    if recorded is None:  # a run recorded before fingerprints: its copy of build.json stands in
+        copy = run_dir / "build.json"
+        same = copy.is_file() and copy.read_bytes() == (data_dir / "build.json").read_bytes()
+        changed = [] if same else ["build.json"]
+    else:
+        now = data_fingerprint(data_dir)
+        changed = [name for name in DATA_FILES if recorded.get(name) != now.get(name)]
+    if changed:
+        raise TwinError(
+            f"{data_dir / changed[0]}: the dataset changed since run {run_dir.name} started (built again?); "
+            "resuming would train on other samples: train a new run with another --name (or put back "
+            "the data/ the run used)"
+        )
+
+
+def resume_config(run_dir: Path, config: TwinConfig, data_dir: Path) -> TwinConfig:
+    """`config` with the train settings run_dir was recorded with, once its data and shape are checked."""
+    recorded = recorded_settings(run_dir)
+    check_shape(run_dir, recorded, config.train)
+    check_data(run_dir, data_dir)
+    return config.model_copy(update={"train": recorded})
