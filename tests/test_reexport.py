@@ -342,3 +342,28 @@ def test_another_zone_with_other_daylight_saving_dates(tmp_path: Path) -> None:
         again = ingest([later], corpus, OPTIONS)
         assert again.total().changes.new_messages == 0
         assert corpus.count("messages") == len(spring) and superseded(corpus) == []
+
+
+def test_export_lacking_too_much_of_a_chat_supersedes_nothing(tmp_path: Path) -> None:
+    """The same first messages, then 25 others: not deletions but a different chat taken for this one."""
+    start = datetime(2024, 3, 1, 9, 0)
+    head = [(start + timedelta(minutes=i), "Alice", f"opening line {i}") for i in range(5)]
+    one = head + [(start + timedelta(hours=1, minutes=i), "Bob", f"first chat {i}") for i in range(25)]
+    two = head + [(start + timedelta(hours=1, minutes=i), "Bob", f"other chat {i}") for i in range(26)]
+    with Corpus(tmp_path / "corpus.db") as corpus:
+        ingest([write(tmp_path / "a" / "WhatsApp Chat with Alice.txt", android(one))], corpus, OPTIONS)
+        again = ingest(
+            [write(tmp_path / "b" / "WhatsApp Chat with Alice.txt", android(two))], corpus, OPTIONS
+        )
+        assert superseded(corpus) == []
+        (notes,) = [f.report.notes for f in again.files]
+        assert any("too many to be deletions" in note for note in notes)
+
+
+def test_two_chatgpt_exports_in_one_ingest_are_named(tmp_path: Path) -> None:
+    old = gpt_export(tmp_path / "2024-01" / "conversations.json", edited=False)
+    new = gpt_export(tmp_path / "2024-02" / "conversations.json", edited=True)
+    with Corpus(tmp_path / "corpus.db") as corpus:
+        result = ingest([old, new], corpus, OPTIONS)
+    notes = result.files[1].report.notes
+    assert any(f"conversation also in {old}" in note for note in notes)

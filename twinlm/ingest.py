@@ -27,7 +27,7 @@ from datetime import datetime
 from pathlib import Path, PurePosixPath
 
 from twinlm import sources
-from twinlm.corpus.db import Changes, Corpus
+from twinlm.corpus.db import SUPERSEDING, Changes, Corpus
 from twinlm.corpus.rematch import ChatMatcher
 from twinlm.corpus.supersede import Superseding
 from twinlm.errors import ExportError
@@ -212,6 +212,12 @@ def _superseded(done: dict[int, Superseding], touched: dict[tuple[str, str], Fil
             )
         if change.restored:
             file_result.report.note("superseded messages back in this export: trained again", change.restored)
+        if change.doubtful:
+            file_result.report.note(
+                "messages missing from this export but still trained: too many to be deletions "
+                "(a different chat taken for this one?)",
+                change.doubtful,
+            )
         if change.older_export:
             file_result.report.note("conversation older than one already imported: newer export kept")
 
@@ -257,7 +263,14 @@ def _ingest_file(
                 parsed = matcher.align(item.name, parsed, file_result.report)  # a re-export of a known chat?
             for conversation in parsed:
                 corpus.add(conversation, import_id)
-                touched[(conversation.source, conversation.id)] = file_result
+                key = (conversation.source, conversation.id)
+                earlier = touched.get(key)
+                touched[key] = file_result
+                if earlier is not None and earlier is not file_result and SUPERSEDING.get(key[0]) == "whole":
+                    file_result.report.note(
+                        f"conversation also in {earlier.name}: two exports of it in one ingest are both kept "
+                        "(ingest the older export, then the newer one, for the newer to win)"
+                    )
                 if on_progress:
                     done = max(done, position() or 0)  # the last slice may come after the file closed
                     on_progress(item.name, file_result.report.messages, done, size)

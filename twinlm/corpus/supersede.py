@@ -36,6 +36,7 @@ class Superseding:
     restored: int = 0  # superseded messages that this export holds again
     merged_edits: int = 0  # platform-edited messages that took over the row of their earlier text
     older_export: bool = False  # this export's newest message is older than an earlier export's
+    doubtful: int = 0  # missing from a chat's export, too many to be deletions: left as they were
 
 
 _IN_SPAN = """EXISTS (SELECT 1 FROM spans AS s WHERE s.conversation = messages.conversation
@@ -104,6 +105,7 @@ def supersede(
         (import_id,),
     ).fetchall():
         results[cid].superseded += 1
+    _undo_doubtful(db, import_id, results, {cid for cid, _, _, whole, _ in rows if not whole})
     # An older export read late: what it brought that the newest export lacks is not trained either.
     for (cid,) in db.execute(
         "UPDATE messages SET superseded_by_import = ? "
@@ -115,7 +117,40 @@ def supersede(
         results[cid].superseded += 1
     db.execute("DELETE FROM spans")
     db.execute("DELETE FROM held")
-    return {c: r for c, r in results.items() if r.superseded + r.restored + r.merged_edits or r.older_export}
+    return {
+        c: r
+        for c, r in results.items()
+        if r.superseded + r.restored + r.merged_edits + r.doubtful or r.older_export
+    }
+
+
+_DOUBT_MIN = 20  # messages: fewer missing from a chat's export are plausible deletions, whatever the ratio
+
+
+def _undo_doubtful(
+    db: sqlite3.Connection, import_id: int, results: dict[int, Superseding], spans: set[int]
+) -> None:
+    """A chat export (WhatsApp, Messenger) lacking more than a quarter as many messages as it holds is not
+    a chat with deletions but a mismatch (a re-export keyed wrongly): supersede nothing of it."""
+    candidates = [cid for cid in spans if results[cid].superseded > _DOUBT_MIN]
+    if not candidates:
+        return
+    held = dict(
+        db.execute(
+            "SELECT conversation, count(*) FROM held "
+            f"WHERE conversation IN ({','.join('?' * len(candidates))}) GROUP BY conversation",
+            candidates,
+        ).fetchall()
+    )
+    for cid in candidates:
+        result = results[cid]
+        if result.superseded * 4 > held.get(cid, 0):
+            db.execute(
+                "UPDATE messages SET superseded_by_import = NULL "
+                "WHERE conversation = ? AND superseded_by_import = ?",
+                (cid, import_id),
+            )
+            result.doubtful, result.superseded = result.superseded, 0
 
 
 def _inside(lo: int | None, hi: int | None, whole: int) -> tuple[int, int]:
