@@ -1,18 +1,23 @@
-"""Redaction of personal data: e-mails, phone numbers, card and IBAN numbers, secrets, street addresses.
+"""Redaction of personal data: e-mails, phone numbers, card and IBAN numbers, secrets, IP addresses,
+street addresses, and (when asked) other people's names.
 
-Each match becomes a typed placeholder ("[EMAIL]", "[PHONE]", "[CARD]", "[IBAN]", "[SECRET]",
-"[ADDRESS]") and is counted ("redacted email", ...). Precision matters as much as recall: a model
-trained on text where every date, version or price became "[PHONE]" learns nonsense, so
+Each match becomes a typed placeholder ("[EMAIL]", "[PHONE]", "[CARD]", "[IBAN]", "[SECRET]", "[IP]",
+"[ADDRESS]"; "[EXPIRY]" and "[CVV]" next to a card) and is counted ("redacted email", ...). Precision
+matters as much as recall: a model trained on text where every date, version or price became "[PHONE]"
+learns nonsense, so
 
-- card numbers must pass the Luhn check, with an issuer prefix that allows their length (13-19);
-- IBANs must have their country's length and pass the ISO 7064 mod-97 check;
-- phone numbers need an international prefix (+49, 0049), a national trunk 0, a North American
-  or Spanish/Italian grouping with separators, or a keyword ("tel:", "call me at"); 9-15 digits,
-  never a date, a time, a version or a digit run that continues into more digits;
+- card numbers must pass the Luhn check (python-stdnum), with an issuer prefix that allows their
+  length (13-19); an expiry date or CVV within 80 characters after a card goes with it;
+- IBANs must have their country's length and format and pass the mod-97 check (python-stdnum);
+- phone numbers are checked with Google's phonenumbers metadata, and must be written like phone
+  numbers (see `redact_phones`): a country code, a trunk 0, a national grouping, a keyword, or the
+  user's region (`region`);
 - secrets are known token shapes (OpenAI, GitHub, Slack, AWS, Google, Stripe, Hugging Face,
-  Discord and Telegram bot tokens, JWTs, private keys, webhook URLs) or a long value after a
-  keyword such as "api_key=" / "token:" / "password:" (a bare 40-hex git SHA is not a secret);
-- addresses are a house number next to a street word in en/de/fr/es/it, with capitalised names.
+  Discord and Telegram bot tokens, JWTs, private keys, webhook URLs), a long value after a
+  keyword such as "api_key=" / "token:" / "password:" (a bare 40-hex git SHA is not a secret), and
+  the value of a secret-named URL parameter of any length (?token=, &sig=, X-Amz-Signature=, ...);
+- IP addresses are what `ipaddress` accepts, less version-like quads (see `redact_phones`);
+- addresses are a house number next to a street word in nine locales (see `redact_addresses`).
 
 `redact` runs the rules until nothing changes, so redacting twice gives the same text as once.
 """

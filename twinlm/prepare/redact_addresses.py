@@ -116,6 +116,15 @@ _IT_ADDRESS = re.compile(
 )
 _IT_HINTS = _hints("Via|Viale|Piazza|Corso|Largo|Vicolo|Borgo|Lungo|Contrada")
 
+# A street without a street word ("Damrak 70", "99 Bishopsgate") only with its postcode and city.
+_BARE_STREET = re.compile(
+    r"(?<![\w-])[A-ZÄÖÜ][a-zäöüß]+(?:[ \t][A-ZÄÖÜ][a-zäöüß]+)?[ \t][0-9]{1,4}[a-z]?,[ \t]*"
+    rf"(?:[0-9]{{4}}[ \t]?[A-Z]{{2}}|[0-9]{{5}})[ \t]+{_CITY}"
+    rf"|[0-9](?<![\w.,/-][0-9])[0-9]{{0,3}}[ \t]+[A-Z][a-z]+(?:[ \t][A-Z][a-z]+)?,[ \t]*{_CITY}"
+    rf"[ \t]+{_UK_POSTCODE}"
+)
+_BARE_HINTS = _hints(",")
+
 _RULES = (
     (_EN_HINTS, False, _EN_ADDRESS),
     (_FR_HINTS, True, _FR_ADDRESS),
@@ -124,6 +133,7 @@ _RULES = (
     (_ES_HINTS, True, _ES_ADDRESS),
     (_PT_HINTS, False, _PT_ADDRESS),
     (_IT_HINTS, False, _IT_ADDRESS),
+    (_BARE_HINTS, False, _BARE_STREET),
 )
 
 
