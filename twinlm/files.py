@@ -13,7 +13,8 @@ from typing import IO, Any
 @contextmanager
 def atomic_open(path: Path, mode: str = "wb", encoding: str | None = None) -> Iterator[IO[Any]]:
     """A file opened for writing that replaces `path` only when the block ends without an error."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    # mkstemp creates the file 0600: outputs are their owner's only (they hold private text).
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
         with os.fdopen(fd, mode, encoding=encoding) as f:

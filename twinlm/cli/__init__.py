@@ -28,6 +28,7 @@ from rich.console import Console  # noqa: E402
 
 from twinlm import __version__  # noqa: E402
 from twinlm.errors import TwinError  # noqa: E402
+from twinlm.privacy import protect_process  # noqa: E402
 
 app = typer.Typer(
     name="twinlm",
@@ -80,6 +81,8 @@ def main(
     ] = False,
 ) -> None:
     """Turn your own chat history and documents into a private, fine-tuned LLM."""
+    # Before any command imports a library: owner-only files, no telemetry, the hub offline (twinlm.privacy).
+    protect_process()
 
 
 # Registers the commands on `app` (imported last: they use the helpers above).

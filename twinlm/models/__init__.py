@@ -7,12 +7,15 @@ from pathlib import Path
 from twinlm.models import presets
 from twinlm.models.tiny import NAME as TINY
 from twinlm.models.tiny import ensure_tiny
+from twinlm.privacy import fetch_model, is_hub_id
 
 
 def resolve_model(name: str, workspace: Path) -> str:
     """A model setting as something `from_pretrained` can load: the tiny preset is built in the
-    workspace on first use; a preset name becomes its hub id; a local folder or a hub id is passed
-    through."""
+    workspace on first use; a preset name or a hub id becomes the folder of its local copy (downloaded,
+    once, when it is not on disk: twinlm.privacy.fetch_model); a local folder is passed through."""
     if name == TINY:
         return str(ensure_tiny(workspace / "models" / TINY))
-    return presets.resolve(name)
+    resolved = presets.resolve(name)
+    # A hub id is loaded from its local copy: the hub is asked nothing when the model is on disk.
+    return fetch_model(resolved) if is_hub_id(resolved) else resolved

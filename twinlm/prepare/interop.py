@@ -484,9 +484,9 @@ def export_samples(
     _check_replaceable(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     report = ExportReport(format=fmt, out=out, style=style)
+    # mkdtemp makes it 0700: the export holds private text, readable by its owner only (twinlm.privacy).
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
     try:
-        tmp.chmod(0o755)  # mkdtemp makes it private; the export is an ordinary folder
         writer(samples, tmp, report)
         if not sum(report.samples.values()):
             why = "; ".join(f"{n} {reason}" for reason, n in sorted(report.skipped.items()))

@@ -1,0 +1,205 @@
+"""Issue 16, points 2 and 3: nothing leaves the machine unasked, and what twinlm writes is its owner's only.
+
+Every verb runs as a user runs it, in a child process, with a local model (the tiny preset), under a guard
+that records and refuses any DNS lookup or connection beyond loopback, with HF_HUB_OFFLINE *not* set (so
+the test proves twinlm itself stays offline), a fresh Hugging Face cache, and umask 022 (so the modes
+checked are twinlm's doing, not the environment's).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from twinlm.config import TwinConfig
+from twinlm.train.report import Reporter
+
+from testdata import EXAMPLES
+
+TWINLM = Path(sys.executable).parent / "twinlm"
+
+# Loaded by every child Python through PYTHONPATH: refuses (and logs, with the stack) the first lookup or
+# connection that leaves the machine, so the log names what reached out.
+GUARD = textwrap.dedent("""
+    import os, socket, traceback
+
+    _LOG = os.environ["TWINLM_TEST_NET_LOG"]
+
+    def _local(host):
+        host = host.decode() if isinstance(host, bytes) else str(host)
+        return host in ("localhost", "::1", "") or host.startswith("127.")
+
+    def _refuse(what, target):
+        with open(_LOG, "a", encoding="utf-8") as log:
+            log.write(f"=== {what} {target!r} (pid {os.getpid()})\\n")
+            log.write("".join(traceback.format_stack()[:-2]))
+        raise OSError(f"network guard: {what} {target!r}")
+
+    _getaddrinfo = socket.getaddrinfo
+    def getaddrinfo(host, *args, **kwargs):
+        if host is not None and not _local(host):
+            _refuse("DNS lookup of", host)
+        return _getaddrinfo(host, *args, **kwargs)
+    socket.getaddrinfo = getaddrinfo
+
+    _gethostbyname = socket.gethostbyname
+    def gethostbyname(host):
+        if not _local(host):
+            _refuse("DNS lookup of", host)
+        return _gethostbyname(host)
+    socket.gethostbyname = gethostbyname
+
+    for _name in ("connect", "connect_ex"):
+        def _guarded(self, address, _real=getattr(socket.socket, _name)):
+            if isinstance(address, tuple) and not _local(address[0]):
+                _refuse("connection to", address)
+            return _real(self, address)
+        setattr(socket.socket, _name, _guarded)
+""")
+
+
+def guarded_env(tmp: Path) -> dict[str, str]:
+    guard = tmp / "guard"
+    guard.mkdir(exist_ok=True)
+    (guard / "sitecustomize.py").write_text(GUARD, encoding="utf-8")
+    env = {k: v for k, v in os.environ.items() if not k.endswith("_OFFLINE")}  # conftest sets them
+    env |= {
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(guard), os.environ.get("PYTHONPATH")])),
+        "TWINLM_TEST_NET_LOG": str(tmp / "network.log"),
+        "HF_HOME": str(tmp / "hf-home"),  # nothing cached: a kernel or model on the hub is not on disk
+        "OMP_NUM_THREADS": "1",
+    }
+    return env
+
+
+def twinlm(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run(
+        [str(TWINLM), *args], capture_output=True, text=True, timeout=600, env=env, umask=0o022
+    )
+    assert proc.returncode == 0, f"twinlm {' '.join(args)}: {proc.stderr[-3000:]}"
+    return proc
+
+
+@pytest.fixture(scope="module")
+def pipeline(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """Every verb on one workspace under the guard: (the workspace, the guard's log)."""
+    tmp = tmp_path_factory.mktemp("privacy")
+    env = guarded_env(tmp)
+    ws = tmp / "twin"
+    twinlm(env, "init", str(ws), "--me", "Alex Rivera", "--me", "alex")
+    text = (ws / "twin.yaml").read_text(encoding="utf-8").replace("timezone: null", "timezone: UTC")
+    (ws / "twin.yaml").write_text(text, encoding="utf-8")
+    # An export that arrives zipped is unpacked inside the workspace while it is read.
+    shutil.make_archive(str(tmp / "whatsapp"), "zip", EXAMPLES / "whatsapp")
+    twinlm(env, "ingest", "-w", str(ws), str(EXAMPLES), str(tmp / "whatsapp.zip"))
+    twinlm(env, "people", "-w", str(ws))
+    twinlm(env, "stats", "-w", str(ws))
+    twinlm(env, "build", "-w", str(ws), "--model", "tiny")
+    twinlm(env, "validate", "-w", str(ws))
+    twinlm(env, "export-data", "-w", str(ws), "--format", "sharegpt")
+    # peft (imported for LoRA) imports bitsandbytes, whose CPU backend looks for a kernel on the hub.
+    twinlm(env, "train", "-w", str(ws), "--method", "lora", "--max-steps", "2", "--name", "r")
+    log = tmp / "network.log"
+    return ws, log
+
+
+def test_the_guard_catches_a_lookup(tmp_path: Path) -> None:
+    """The guard itself works: without it the test below could not fail."""
+    env = guarded_env(tmp_path)
+    code = "import socket\ntry: socket.create_connection(('example.org', 443))\nexcept OSError: pass"
+    subprocess.run([sys.executable, "-c", code], env=env, check=True, timeout=60)
+    assert "DNS lookup of 'example.org'" in (tmp_path / "network.log").read_text(encoding="utf-8")
+
+
+def test_no_verb_looks_up_or_connects_to_anything(pipeline: tuple[Path, Path]) -> None:
+    _, log = pipeline
+    reached = log.read_text(encoding="utf-8") if log.exists() else ""
+    assert reached == "", f"a verb reached the network:\n{reached[:6000]}"
+
+
+def test_every_file_and_folder_of_the_workspace_is_its_owners_only(pipeline: tuple[Path, Path]) -> None:
+    ws, _ = pipeline
+    assert (ws / "corpus.db").is_file() and (ws / "runs" / "r" / "final").is_dir()
+    assert any((ws / "export").iterdir()) and any((ws / "data").iterdir()) and (ws / "models").is_dir()
+    shared = []
+    for path in [ws, *ws.rglob("*")]:
+        mode = path.lstat().st_mode
+        if stat.S_ISLNK(mode):
+            continue
+        wanted = 0o700 if stat.S_ISDIR(mode) else 0o600
+        if stat.S_IMODE(mode) & 0o077 or stat.S_IMODE(mode) & wanted != wanted:
+            shared.append(f"{oct(stat.S_IMODE(mode))} {path.relative_to(ws.parent)}")
+    assert not shared, "readable by others:\n" + "\n".join(shared[:40])
+
+
+def test_init_makes_an_existing_folder_private(tmp_path: Path) -> None:
+    """A folder the user made beforehand (mkdir: 0755 under the usual umask) becomes private at init."""
+    ws = tmp_path / "twin"
+    ws.mkdir(mode=0o755)
+    ws.chmod(0o755)
+    twinlm(guarded_env(tmp_path), "init", str(ws))
+    assert stat.S_IMODE(ws.stat().st_mode) == 0o700
+
+
+class FakeWandb:
+    """Stands in for the wandb module: records what `wandb.init` would upload."""
+
+    def __init__(self) -> None:
+        self.config: dict[str, Any] = {}
+        self.logged: list[dict[str, Any]] = []
+
+    def init(self, **kwargs: Any) -> FakeWandb:
+        self.config = kwargs["config"]
+        return self
+
+    def log(self, values: dict[str, Any], step: int) -> None:
+        self.logged.append(values)
+
+    def finish(self) -> None:
+        pass
+
+
+def test_trackers_get_settings_but_no_alias_prompt_or_path(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fake = FakeWandb()
+    monkeypatch.setitem(sys.modules, "wandb", fake)
+    config = TwinConfig.model_validate(
+        {
+            "name": "alex-private-twin",
+            "me": ["Alex Rivera", "+44 7700 900123", "alex@example.org"],
+            "people": {"Mom": ["Maria Rivera", "mom@example.org"]},
+            "build": {
+                "model": str(tmp_path / "home" / "alexrivera" / "models" / "mine"),
+                "system_prompt": "You are Alex, who lives at 12 Secret Lane",
+                "targets": ["Alex Rivera"],
+            },
+            "train": {"method": "qlora", "learning_rate": 3e-4, "report_to": "wandb"},
+        }
+    )
+    reporter = Reporter("wandb", tmp_path / "run", config.model_dump(mode="json"))
+    reporter.log(1, "train", {"loss": 2.5})
+    reporter.close()
+    sent = orjson.dumps(fake.config).decode()
+    for secret in ("Alex", "Rivera", "+44", "example.org", "Maria", "Secret", "alexrivera", "alex-private"):
+        assert secret not in sent, f"{secret!r} reached the tracker: {sent}"
+    assert fake.config["train"]["method"] == "qlora" and fake.config["train"]["learning_rate"] == 3e-4
+    assert fake.config["build"]["model"] == "a local model"
+    assert fake.logged == [{"train/loss": 2.5}]
+
+
+def test_a_preset_model_name_is_shown_to_trackers(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    fake = FakeWandb()
+    monkeypatch.setitem(sys.modules, "wandb", fake)
+    config = TwinConfig.model_validate({"build": {"model": "qwen2.5-0.5b-instruct"}})
+    Reporter("wandb", tmp_path / "run", config.model_dump(mode="json")).close()
+    assert fake.config["build"]["model"] == "qwen2.5-0.5b-instruct"

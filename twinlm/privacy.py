@@ -1,0 +1,131 @@
+"""What may leave the machine, and who may read what twinlm writes.
+
+twinlm works on people's most private text, so the command line sets, for its process and the processes
+it starts:
+
+* umask 077: every file and folder twinlm or a library writes (corpus.db and its -wal/-shm, data/, runs/,
+  export/, the unpacked zips and caches in the workspace) is readable by its owner only, whatever the
+  user's umask;
+* telemetry off (Hugging Face's, and anything honouring DO_NOT_TRACK), always;
+* the Hugging Face hub offline (HF_HUB_OFFLINE=1) unless the user set HF_HUB_OFFLINE themselves: no
+  library looks anything up on import or when the model is on disk (bitsandbytes' CPU backend, imported
+  by peft, otherwise asks the hub for a kernel at import). The one exception is `fetch_model`: a model
+  that is not on disk is downloaded, once, after saying what is downloaded;
+* for Weights & Biases (only when train.report_to asks for it): no code, git state or console output
+  uploaded (the tracker gets metrics and an allow-list of settings: twinlm.train.report).
+
+Nothing here imports a heavy library: it runs before any of them is imported.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+from pathlib import Path
+
+from twinlm.errors import TwinError
+
+PRIVATE_UMASK = 0o077
+# Set whatever the environment says: twinlm never sends usage statistics.
+TELEMETRY_OFF = {
+    "HF_HUB_DISABLE_TELEMETRY": "1",
+    "DO_NOT_TRACK": "1",
+}
+# Defaults a user may override in their environment (an explicit choice to send more).
+PRIVATE_DEFAULTS = {
+    "HF_HUB_OFFLINE": "1",
+    "WANDB_DISABLE_CODE": "true",
+    "WANDB_DISABLE_GIT": "true",
+    "WANDB_CONSOLE": "off",  # W&B otherwise uploads everything printed, names and paths included
+}
+# Files a model is loaded from: config, tokenizer, chat template, safetensors weights (never pickles), and
+# a model's own code (run only with build.trust_remote_code).
+MODEL_FILES = ["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja", "*.tiktoken", "*.py"]
+# Set when HF_HUB_OFFLINE is twinlm's default, not the user's choice: a missing model may then be fetched.
+_OFFLINE_BY_TWINLM = "TWINLM_HUB_OFFLINE_DEFAULT"
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+def protect_process() -> None:
+    """Private files and no unasked traffic for this process and its children (see the module's doc).
+
+    Called by the command line before it imports any library that reads these variables at import."""
+    os.umask(PRIVATE_UMASK)
+    os.environ.update(TELEMETRY_OFF)
+    if "HF_HUB_OFFLINE" not in os.environ:  # children (accelerate launch) inherit both
+        os.environ[_OFFLINE_BY_TWINLM] = "1"
+    for name, value in PRIVATE_DEFAULTS.items():
+        os.environ.setdefault(name, value)
+    constants = sys.modules.get("huggingface_hub.constants")
+    if constants is not None:  # imported already (tests, `python -c`): it read the variables at import
+        constants.HF_HUB_DISABLE_TELEMETRY = True
+        constants.HF_HUB_OFFLINE = _true(os.environ["HF_HUB_OFFLINE"])
+
+
+def make_private(path: Path) -> None:
+    """Owner-only access to a folder made before twinlm ran (mkdir under a umask of 022 gives 0755)."""
+    path.chmod(0o700 if path.is_dir() else 0o600)
+
+
+def fetch_model(repo_id: str) -> str:
+    """The local folder of hub model `repo_id`: the cached copy, without asking the hub anything, or else a
+    download of its config, tokenizer and safetensors weights (announced on stderr with its size).
+
+    Only this function goes online, and only for a model that is not on disk."""
+    from huggingface_hub import constants, snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+
+    patterns = MODEL_FILES
+    try:
+        folder = snapshot_download(repo_id, allow_patterns=patterns, local_files_only=True)
+        if any(Path(folder).glob("*.safetensors")):  # a tokenizer alone is not the model
+            return folder
+    except LocalEntryNotFoundError:
+        pass
+    if constants.HF_HUB_OFFLINE and os.environ.get(_OFFLINE_BY_TWINLM) != "1":
+        raise TwinError(
+            f"{repo_id}: not a folder here nor a downloaded model, and HF_HUB_OFFLINE=1 forbids the "
+            "download; unset HF_HUB_OFFLINE once to fetch it, or give a local model folder"
+        )
+    offline, constants.HF_HUB_OFFLINE = constants.HF_HUB_OFFLINE, False
+    try:
+        size = _download_size(repo_id, patterns)
+        print(
+            f"Downloading {repo_id} from huggingface.co ({size}config, tokenizer and safetensors weights) "
+            f"into {constants.HF_HUB_CACHE}; this happens once.",
+            file=sys.stderr,
+            flush=True,
+        )
+        return snapshot_download(repo_id, allow_patterns=patterns)
+    except (HfHubHTTPError, OSError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise TwinError(
+            f"{repo_id}: not a folder here, and cannot download it from the hub ({first}); check the name, "
+            "your connection, and for a gated model `hf auth login` after accepting its licence"
+        ) from None
+    finally:
+        constants.HF_HUB_OFFLINE = offline
+
+
+def is_hub_id(name: str) -> bool:
+    """`owner/name` that is not a folder on this machine."""
+    return bool(_HUB_ID.match(name)) and not Path(name).expanduser().exists()
+
+
+def _download_size(repo_id: str, patterns: list[str]) -> str:
+    """'14.5 GB: ' for the files `patterns` select, or '' when the hub does not say."""
+    from fnmatch import fnmatch
+
+    from huggingface_hub import HfApi
+
+    try:
+        info = HfApi().model_info(repo_id, files_metadata=True)
+    except Exception:  # the download itself reports what is wrong (gated, missing, offline)
+        return ""
+    total = sum((s.size or 0) for s in info.siblings or [] if any(fnmatch(s.rfilename, p) for p in patterns))
+    return f"{total / 1e9:.1f} GB: " if total else ""
+
+
+def _true(value: str) -> bool:
+    return value.strip().upper() in {"1", "ON", "YES", "TRUE"}
