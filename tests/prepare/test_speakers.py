@@ -241,3 +241,23 @@ def test_redact_except_me(except_me: bool, tokenizer_dir: Callable[[str], Path],
         assert all("alex@example.com" in text for text in mine)
     else:
         assert all("alex@example.com" not in text and "[EMAIL]" in text for text in mine)
+
+
+def test_cli_build_prints_whose_words_and_warns_about_a_wrong_me(
+    tokenizer_dir: Callable[[str], Path], tmp_path: Path
+) -> None:
+    runner = CliRunner()
+    ws = tmp_path / "twin"
+    assert runner.invoke(app, ["init", str(ws), "--me", "Alexandra"]).exit_code == 0
+    assert runner.invoke(app, ["ingest", "-w", str(ws), str(EXAMPLES), "--timezone", "UTC"]).exit_code == 0
+    model = str(tokenizer_dir("chatml"))
+    result = runner.invoke(app, ["build", "-w", str(ws), "--model", model])
+    assert result.exit_code == 0, result.stderr
+    assert "Trained, per speaker" in result.stdout and "Trained, per source" in result.stdout
+    assert "ChatGPT" in result.stdout
+    assert "`me` matched no account in the chats" in result.stderr
+    # --targets takes any name of a person: Alex's discord nickname, though `me` is wrong.
+    result = runner.invoke(app, ["build", "-w", str(ws), "--model", model, "--targets", "alex", "--json"])
+    assert result.exit_code == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["trained_by_speaker"]["Alex"]["turns"] > 0 and "trained_by_source" in report
