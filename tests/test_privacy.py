@@ -203,3 +203,65 @@ def test_a_preset_model_name_is_shown_to_trackers(tmp_path: Path, monkeypatch: p
     config = TwinConfig.model_validate({"build": {"model": "qwen2.5-0.5b-instruct"}})
     Reporter("wandb", tmp_path / "run", config.model_dump(mode="json")).close()
     assert fake.config["build"]["model"] == "qwen2.5-0.5b-instruct"
+
+
+RESOLVE = (
+    "import sys\n"
+    "from pathlib import Path\n"
+    "from twinlm.errors import TwinError\n"
+    "from twinlm.models import resolve_model\n"
+    "from twinlm.privacy import protect_process\n"
+    "protect_process()\n"
+    "try:\n"
+    "    print(resolve_model(sys.argv[1], Path('.')))\n"
+    "except TwinError as e:\n"
+    "    print(f'error: {e}', file=sys.stderr)\n"
+)
+
+
+def resolve_in_child(tmp: Path, model: str, **env: str) -> tuple[subprocess.CompletedProcess[str], str]:
+    """resolve_model(MODEL) as the CLI runs it, under the guard: (the process, what the guard saw)."""
+    proc = subprocess.run(
+        [sys.executable, "-c", RESOLVE, model],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=guarded_env(tmp) | env,
+        cwd=tmp,
+    )
+    log = tmp / "network.log"
+    return proc, log.read_text(encoding="utf-8") if log.exists() else ""
+
+
+def cache_model(tmp: Path, repo_id: str) -> Path:
+    """A model in the Hugging Face cache layout under HF_HOME, as a past download left it."""
+    repo = tmp / "hf-home" / "hub" / f"models--{repo_id.replace('/', '--')}"
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    snapshot = repo / "snapshots" / commit
+    snapshot.mkdir(parents=True)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit, encoding="utf-8")
+    (snapshot / "config.json").write_text("{}", encoding="utf-8")
+    (snapshot / "model.safetensors").write_bytes(b"")
+    return snapshot
+
+
+def test_a_hub_model_on_disk_is_loaded_without_asking_the_hub(tmp_path: Path) -> None:
+    snapshot = cache_model(tmp_path, "someone/model")
+    proc, reached = resolve_in_child(tmp_path, "someone/model")
+    assert proc.stdout.strip() == str(snapshot), proc.stderr[-2000:]
+    assert reached == ""
+
+
+def test_a_missing_hub_model_is_announced_then_downloaded(tmp_path: Path) -> None:
+    proc, reached = resolve_in_child(tmp_path, "someone/not-here")
+    said = proc.stderr.strip().splitlines()
+    assert said[0].startswith("Downloading someone/not-here from huggingface.co"), proc.stderr[-2000:]
+    assert said[-1].startswith("error: someone/not-here: not a folder here, and cannot download it")
+    assert "DNS lookup of 'huggingface.co'" in reached  # the one lookup asked for: blocked by the guard
+
+
+def test_hf_hub_offline_set_by_the_user_forbids_the_download(tmp_path: Path) -> None:
+    proc, reached = resolve_in_child(tmp_path, "someone/not-here", HF_HUB_OFFLINE="1")
+    assert "HF_HUB_OFFLINE=1 forbids the download" in proc.stderr and "Downloading" not in proc.stderr
+    assert reached == ""
