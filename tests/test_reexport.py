@@ -367,3 +367,42 @@ def test_two_chatgpt_exports_in_one_ingest_are_named(tmp_path: Path) -> None:
         result = ingest([old, new], corpus, OPTIONS)
     notes = result.files[1].report.notes
     assert any(f"conversation also in {old}" in note for note in notes)
+
+
+# -- Messenger: a thread split over files, a renamed sender, a message unsent since ----------------
+
+
+def messenger_thread(folder: Path, parts: dict[str, list[tuple[int, str, str]]]) -> Path:
+    for name, said in parts.items():
+        data = {
+            "participants": [{"name": "Alice Smith"}, {"name": "Sam Park"}],
+            "messages": [
+                {"sender_name": who, "timestamp_ms": t, "content": text} for t, who, text in reversed(said)
+            ],
+            "title": "Alice Smith",
+            "thread_path": "inbox/alicesmith_a1b2c3",
+        }
+        write(folder / name, json.dumps(data))
+    return folder
+
+
+def test_messenger_reexport_renamed_sender_and_unsent_message(tmp_path: Path) -> None:
+    base = 1_700_000_000_000
+    said = [(base + 60_000 * i, "Alice Smith" if i % 2 else "Sam Park", f"message {i}") for i in range(60)]
+    with Corpus(tmp_path / "corpus.db") as corpus:
+        ingest(
+            [messenger_thread(tmp_path / "a", {"message_1.json": said[30:], "message_2.json": said[:30]})],
+            corpus,
+            OPTIONS,
+        )
+        assert corpus.count("messages") == 60 and corpus.count("conversations") == 1
+        # Next download: only the newest file read again, Alice renamed, message 40 unsent.
+        renamed = [
+            (t, "Alice S." if who == "Alice Smith" else who, text)
+            for t, who, text in said[30:]
+            if text != "message 40"
+        ]
+        again = ingest([messenger_thread(tmp_path / "b", {"message_1.json": renamed})], corpus, OPTIONS)
+        assert again.total().changes.new_messages == 0
+        assert corpus.count("messages") == 60
+        assert [s.text for s in superseded(corpus)] == ["message 40"]  # the older file's rows untouched
