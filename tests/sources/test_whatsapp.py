@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from twinlm.errors import ExportError
 from twinlm.model import Conversation, Kind, Message, ParseOptions, ParseReport
-from twinlm.sources import whatsapp
+from twinlm.sources import whatsapp, whatsapp_keys
 from twinlm.sources._common import read_head, stable_id
 
 from testdata import REALDATA
@@ -460,3 +460,29 @@ def test_unpadded_two_digit_year_dates_tie_break_to_month_first(tmp_path: Path) 
     padded.write_text("12/09/2020, 23:55 - Cy: hi\n", encoding="utf-8")
     (conv,) = list(whatsapp.parse(padded, ParseOptions(timezone="UTC"), ParseReport()))
     assert conv.messages[0].timestamp == datetime(2020, 9, 12, 23, 55, tzinfo=UTC)  # day-first default
+
+
+# -- keys that survive a re-export (issue 9) -------------------------------------------------------
+
+
+def test_key_text_drops_what_exports_write_differently() -> None:
+    assert (
+        whatsapp_keys.key_text("Nice view\n[photo]")
+        == whatsapp_keys.key_text("Nice view\n[media]")
+        == "Nice view"
+    )
+    assert whatsapp_keys.key_text("[sticker]") == ""
+    assert (
+        whatsapp_keys.key_text("\u200eLocation:  https://maps.example/x\r")
+        == "Location: https://maps.example/x"
+    )
+    assert whatsapp_keys.key_text("two\nlines") == "two lines"
+
+
+@pytest.mark.parametrize("shift", [0, 15, -300, 330, 345, 14 * 60])
+def test_chat_key_is_the_same_in_every_time_zone(shift: int) -> None:
+    first = [(28_000_000, "hi"), (28_000_002, "hello"), (28_000_090, "")]
+    moved = [(minute + shift, text) for minute, text in first]
+    assert whatsapp_keys.chat_key(moved) == whatsapp_keys.chat_key(first)
+    assert whatsapp_keys.chat_key([(m + 7, t) for m, t in first]) != whatsapp_keys.chat_key(first)
+    assert whatsapp_keys.chat_key([]) is None
