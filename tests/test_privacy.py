@@ -103,11 +103,14 @@ def pipeline(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     twinlm(env, "ingest", "-w", str(ws), str(EXAMPLES), str(tmp / "whatsapp.zip"))
     twinlm(env, "people", "-w", str(ws))
     twinlm(env, "stats", "-w", str(ws))
+    twinlm(env, "config", "-w", str(ws))
+    twinlm(env, "superseded", "-w", str(ws))
     twinlm(env, "build", "-w", str(ws), "--model", "tiny")
     twinlm(env, "validate", "-w", str(ws))
     twinlm(env, "export-data", "-w", str(ws), "--format", "sharegpt")
     # peft (imported for LoRA) imports bitsandbytes, whose CPU backend looks for a kernel on the hub.
     twinlm(env, "train", "-w", str(ws), "--method", "lora", "--max-steps", "2", "--name", "r")
+    twinlm(env, "launch-config", "-w", str(ws), "--gpus", "2")
     log = tmp / "network.log"
     return ws, log
 
