@@ -268,3 +268,29 @@ def test_hf_hub_offline_set_by_the_user_forbids_the_download(tmp_path: Path) -> 
     proc, reached = resolve_in_child(tmp_path, "someone/not-here", HF_HUB_OFFLINE="1")
     assert "HF_HUB_OFFLINE=1 forbids the download" in proc.stderr and "Downloading" not in proc.stderr
     assert reached == ""
+
+
+def test_telemetry_is_off_whatever_the_environment_says_but_hub_access_is_the_users_choice() -> None:
+    code = (
+        "import os\nfrom twinlm.privacy import protect_process\nprotect_process()\n"
+        "names = 'HF_HUB_DISABLE_TELEMETRY', 'DO_NOT_TRACK', 'HF_HUB_OFFLINE', 'WANDB_CONSOLE'\n"
+        "print(*(os.environ[name] for name in names), oct(os.umask(0)))"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.endswith("_OFFLINE")}
+    said = subprocess.run(
+        [sys.executable, "-c", code],
+        env=env | {"HF_HUB_DISABLE_TELEMETRY": "0", "DO_NOT_TRACK": "0", "WANDB_CONSOLE": "wrap"},
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    ).stdout.split()
+    assert said == ["1", "1", "1", "wrap", "0o77"]
+    said = subprocess.run(
+        [sys.executable, "-c", code],
+        env=env | {"HF_HUB_OFFLINE": "0"},
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    assert said[2] == "0"  # the user's explicit choice to reach the hub
