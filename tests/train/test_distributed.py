@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import orjson
@@ -107,3 +108,47 @@ def test_cli_gpus_option_relaunches_in_several_processes(tmp_path: Path) -> None
         2,
         2,
     ]
+
+
+def test_uneven_eval_bins_give_every_process_the_same_forwards_and_the_single_process_loss(
+    tmp_path: Path,
+) -> None:
+    """An odd number of eval bins over two processes: both run as many eval forwards (one of them fully
+    masked), which under FSDP / ZeRO-3 keeps the weight gathers paired, and the eval loss is the single
+    process's."""
+    config = make_workspace(tmp_path, "mistral")
+    base = settings("lora", steps=2, eval_every=1, batch_tokens=400, lora={"dropout": 0.0})
+    one = config.model_copy(update={"train": base.model_copy(update={"grad_accum": 2})})
+    two = config.model_copy(update={"train": base.model_copy(update={"grad_accum": 1})})
+    single = train(one, tmp_path, "single")
+    script = tmp_path / "count_eval_forwards.py"
+    script.write_text(
+        textwrap.dedent(f"""
+        import os
+        from pathlib import Path
+        import torch
+        from twinlm.config import TwinConfig
+        from twinlm.train import loop
+        real, forwards = loop._loss_sum, [0]
+        def counting(*args):
+            forwards[0] += not torch.is_grad_enabled()
+            return real(*args)
+        loop._loss_sum = counting
+        loop.train(TwinConfig.model_validate_json({two.model_dump_json()!r}), Path({str(tmp_path)!r}), "two")
+        Path({str(tmp_path)!r}, "eval-forwards-" + os.environ["RANK"]).write_text(str(forwards[0]))
+    """)
+    )
+    proc = _launch(tmp_path, script)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    from twinlm.train.data import load_split, pack
+
+    bins = pack(load_split(tmp_path / "data", "eval"), 400, base.seed, 0)
+    assert len(bins) % 2 == 1  # uneven over two processes
+    evals = 3  # steps 0, 1, 2
+    forwards = str(evals * (len(bins) + 1) // 2)
+    assert [(tmp_path / f"eval-forwards-{rank}").read_text() for rank in (0, 1)] == [forwards] * 2
+    expected = [(s, loss) for s, split, loss in _curve(single.run_dir) if split == "eval"]
+    got = [(s, loss) for s, split, loss in _curve(tmp_path / "runs" / "two") if split == "eval"]
+    assert [s for s, _ in got] == [s for s, _ in expected] == [0, 1, 2]
+    for (_, a), (_, b) in zip(got, expected, strict=True):
+        assert a == pytest.approx(b, rel=1e-4)
