@@ -17,5 +17,9 @@ def resolve_model(name: str, workspace: Path) -> str:
     if name == TINY:
         return str(ensure_tiny(workspace / "models" / TINY))
     resolved = presets.resolve(name)
+    if not is_hub_id(resolved):
+        return resolved
+    if (workspace / resolved).is_dir():  # a folder inside the workspace (as `validate` reads it)
+        return str(workspace / resolved)
     # A hub id is loaded from its local copy: the hub is asked nothing when the model is on disk.
-    return fetch_model(resolved) if is_hub_id(resolved) else resolved
+    return fetch_model(resolved)
