@@ -299,3 +299,23 @@ def test_redact_never_raises_and_is_idempotent(text: str) -> None:
     assert redact(once, ALL, again) == once
     assert not again  # nothing left to find the second time
     assert all(key.startswith("redacted ") for key in counts)
+
+
+# Inputs on which a backtracking pattern goes quadratic or worse: before the fix "a-" * 10,000 + "token="
+# took 37 s and "+" + "9" * 80 took 5 s. The timeout turns such a hang into a failure (no timing is
+# compared: fixed, the whole test takes well under a second).
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize(
+    ("text", "tail"),
+    [
+        ("a-" * 50_000 + "token=abcdefghij1234567890", "token=[SECRET]"),
+        ("x" * 100_000 + "=", "x="),
+        ("?" + "x" * 100_000 + "=", "x="),
+        ("1" * 5_000 + " x", " x"),
+        ("+" + "9" * 5_000 + " x", " x"),
+        ("0" * 5_000 + " x", " x"),
+        ("see https://x.io/cb?" + "a=b&" * 20_000 + "code=abc", "code=[SECRET]"),
+    ],
+)
+def test_long_hostile_inputs_finish(text: str, tail: str) -> None:
+    assert redacted(text).endswith(tail)

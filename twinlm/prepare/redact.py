@@ -105,9 +105,11 @@ _TOKEN = re.compile(
 _PRIVATE_KEY = re.compile(
     r"-----BEGIN [A-Z0-9 ]*PRIVATE KEY-----.*?(?:-----END [A-Z0-9 ]*PRIVATE KEY-----|\Z)", re.DOTALL
 )
-# A long value after a key word: "api_key=...", "token: ...", '"client_secret": "..."'.
+# A long value after a key word: "api_key=...", "token: ...", '"client_secret": "..."', "GITHUB_TOKEN=".
+# The key word may end a longer name; the name's start is not matched (a lazy "[\w-]*?" before the key
+# word made the scan quadratic: 37 s on 20,000 characters of "a-a-a-...token=").
 _KEYWORD_VALUE = re.compile(
-    r"(?i)(\b[\w-]*?(?:token|api[_-]?key|apikey|secret(?:[_-]?key)?|access[_-]?key|private[_-]?key|"
+    r"(?i)((?:token|api[_-]?key|apikey|secret(?:[_-]?key)?|access[_-]?key|private[_-]?key|"
     r"auth[_-]?(?:token|key|code))s?[\"']?\s*[:=]\s*[\"']?|\bbearer\s+)([A-Za-z0-9_\-+/=.~]{16,})"
 )
 _PASSWORD = re.compile(
@@ -157,13 +159,14 @@ def _secrets(text: str, counts: Counter[str]) -> str:
         text = _PASSWORD.sub(password, text)
     if "://" in text and "@" in text:
         text = _URL_PASSWORD.sub(url_password, text)
-    if "=" in text:
+    if "=" in text and ("?" in text or "#" in text):
         text = _URL_TOKEN.sub(lambda m: _url_secrets(m.group(0), counts), text)
     return text
 
 
-# A token with a query or fragment: "https://x.io/cb?code=abc&state=1", "s3.amazonaws.com/f?X-Amz-...".
-_URL_TOKEN = re.compile(r"[^\s<>\"'()\[\]]*[?#][^\s<>\"'()\[\]]*=[^\s<>\"'()]*")
+# Tokens (runs without spaces, quotes or brackets; matched whole, so the scan stays linear) whose query
+# or fragment holds parameters: "https://x.io/cb?code=abc&state=1", "s3.amazonaws.com/f?X-Amz-...".
+_URL_TOKEN = re.compile(r"[^\s<>\"'()]+")
 _URL_PARAM = re.compile(r"(?<=[?&;#])([A-Za-z0-9_.\-]+=)([^&#;\s]+)")
 _NAME_PARTS = re.compile(r"[A-Z]?[a-z0-9]+|[A-Z]+(?![a-z])")
 # Parameter names (or a part of one: "access_token", "X-Amz-Signature", "sessionId") whose value is a
@@ -180,6 +183,9 @@ _BENIGN_PARAMS = frozenset(
 
 
 def _url_secrets(url: str, counts: Counter[str]) -> str:
+    if not ("?" in url or "#" in url) or "=" not in url:
+        return url
+
     def value(m: re.Match[str]) -> str:
         name = m.group(1)[:-1]
         parts = [p.lower() for p in _NAME_PARTS.findall(name)]

@@ -40,8 +40,10 @@ _NO_TRUNK_REGIONS = frozenset({"US", "CA", "ES", "PT", "IT", "BR", "IN", "DK", "
 _PHONE_CANDIDATE = re.compile(
     r"(?<![\w+#/.%$€£-])(?<![0-9][ .,:\-/])"
     r"(?:(?:\+|00)[1-9][0-9]{0,3}[ .\-/]?(?:\(0\)[ ]?)?)?"
-    r"(?:\([0-9]{1,5}\)[ ]?|[0-9]{1,8})"
-    r"(?:(?:[ .\-/]| / )?(?:\([0-9]{1,5}\)[ ]?|[0-9]{1,8})){0,7}"
+    # Possessive digit runs: a long run of digits can be split into groups only one way (else the
+    # engine tries every split of "1" * 200 before giving up).
+    r"(?:\([0-9]{1,5}\)[ ]?|[0-9]++)"
+    r"(?:(?:[ .\-/]| / )?(?:\([0-9]{1,5}\)[ ]?|[0-9]++)){0,7}"
     r"(?![0-9])(?![.,][0-9])(?![ .\-/]?[0-9])(?!\s?(?:%|€|\$|£|₹|R\$|km|kg|mb|gb|ms|px|x\b))"
 )
 _KEYWORD = re.compile(
