@@ -60,44 +60,49 @@ class ChatMatcher:
         keys = MessageKeys(target)
         current = offset
         for part in chain((first,), slices):
-            held = self._held(target, part, offset)
+            held = _Held(self._rows(target, part, offset))
             messages = []
             for m in part.messages:
                 if m.timestamp is None:  # never from the WhatsApp parser
                     messages.append(m)
                     continue
+                if not current and target == part.id and m.id in held.ids:
+                    messages.append(m)  # the row is there under the parser's own id: the common case
+                    continue
                 t = ms(m.timestamp)
                 minute, text = t // MINUTE_MS, key_text(m.text)
                 # The offset is the same for the whole export except where the two zones' daylight saving
                 # rules differ (a few weeks a year): there it is an hour off, which the corpus shows.
-                if (minute + current, text) not in held:
-                    current = next((o for o in _near(offset) if (minute + o, text) in held), current)
+                pairs = held.pairs()
+                if (minute + current, text) not in pairs:
+                    current = next((o for o in _near(offset) if (minute + o, text) in pairs), current)
+                if not current and target == part.id:
+                    messages.append(m)  # the parser's own id and time are this chat's already
+                    continue
                 keys.offset = current
                 new_id = keys(t, m.text)
-                if new_id == m.id and not current:
-                    messages.append(m)
-                else:
-                    messages.append(replace(m, id=new_id, timestamp=m.timestamp + timedelta(minutes=current)))
+                messages.append(replace(m, id=new_id, timestamp=m.timestamp + timedelta(minutes=current)))
             changed = target != part.id or any(
                 a is not b for a, b in zip(messages, part.messages, strict=True)
             )
             yield replace(part, id=target, messages=tuple(messages)) if changed else part
 
-    def _held(self, target: str, part: Conversation, offset: int) -> set[tuple[int, str]]:
-        """(minute, key text) of the target chat's messages around this slice's times: one indexed query."""
+    def _rows(self, target: str, part: Conversation, offset: int) -> list[tuple[int, str, str]]:
+        """(time, text, native id) of the target chat's messages around this slice's: one indexed query."""
         minutes = [ms(m.timestamp) // MINUTE_MS for m in part.messages if m.timestamp is not None]
         if not minutes:
-            return set()
+            return []
         lo, hi = min(minutes) + offset - 120, max(minutes) + offset + 120
-        return {
-            (ts // MINUTE_MS, key_text(text))
-            for ts, text in self.corpus.db.execute(
-                "SELECT m.ts, m.text FROM messages AS m JOIN conversations AS c ON c.id = m.conversation "
-                "WHERE m.source = 'whatsapp' AND m.ts BETWEEN ? AND ? "
-                "AND c.source = 'whatsapp' AND c.native_id = ?",
-                (lo * MINUTE_MS, (hi + 1) * MINUTE_MS - 1, target),
-            )
-        }
+        row = self.corpus.db.execute(
+            "SELECT id FROM conversations WHERE source = 'whatsapp' AND native_id = ?", (target,)
+        ).fetchone()
+        if row is None:
+            return []
+        return self.corpus.db.execute(
+            "SELECT ts, text, native_id FROM messages INDEXED BY messages_whatsapp_ts "
+            "WHERE source = 'whatsapp' AND ts BETWEEN ? AND ? AND conversation = ?",
+            (lo * MINUTE_MS, (hi + 1) * MINUTE_MS - 1, row[0]),
+        ).fetchall()
 
     def _match(
         self, name: str, first: Conversation, anchor: Anchor, report: ParseReport
@@ -121,6 +126,20 @@ class ChatMatcher:
         return None
 
 
+class _Held:
+    """A chat's rows near one slice: their ids, and (minute, key text) pairs built on first need."""
+
+    def __init__(self, rows: list[tuple[int, str, str]]) -> None:
+        self.rows = rows
+        self.ids = {native_id for _, _, native_id in rows}
+        self._pairs: set[tuple[int, str]] | None = None
+
+    def pairs(self) -> set[tuple[int, str]]:
+        if self._pairs is None:
+            self._pairs = {(ts // MINUTE_MS, key_text(text)) for ts, text, _ in self.rows}
+        return self._pairs
+
+
 def _near(offset: int) -> tuple[int, ...]:
     return (offset, offset - 60, offset + 60, offset - 30, offset + 30)
 
@@ -130,16 +149,21 @@ def _alike(corpus: Corpus, anchor: Anchor) -> dict[str, tuple[str, int, int]]:
     offset, that offset in minutes), best offset first by count then by nearness. One indexed query."""
     minutes = [minute for minute, _ in anchor]
     lo, hi = min(minutes) - _MAX_OFFSET, max(minutes) + _MAX_OFFSET
-    near: dict[str, tuple[str, set[tuple[int, str]]]] = {}
-    for native_id, title, ts, text in corpus.db.execute(
-        """
-        SELECT c.native_id, c.title, m.ts, m.text
-        FROM messages AS m JOIN conversations AS c ON c.id = m.conversation
-        WHERE m.source = 'whatsapp' AND m.ts BETWEEN ? AND ? AND m.superseded_by_import IS NULL
-        """,
+    by_row: dict[int, set[tuple[int, str]]] = {}
+    for conversation, ts, text in corpus.db.execute(
+        # Named: without statistics the planner would take the (source, native id) index and read every
+        # WhatsApp row. Twinlm's schema creates it on every open (twinlm/corpus/db.py).
+        "SELECT conversation, ts, text FROM messages INDEXED BY messages_whatsapp_ts "
+        "WHERE source = 'whatsapp' AND ts BETWEEN ? AND ? AND superseded_by_import IS NULL",
         (lo * MINUTE_MS, (hi + 1) * MINUTE_MS - 1),
     ):
-        near.setdefault(native_id, (title, set()))[1].add((ts // MINUTE_MS, key_text(text)))
+        by_row.setdefault(conversation, set()).add((ts // MINUTE_MS, key_text(text)))
+    near: dict[str, tuple[str, set[tuple[int, str]]]] = {}
+    for row_id, pairs in by_row.items():
+        native_id, title = corpus.db.execute(
+            "SELECT native_id, title FROM conversations WHERE id = ?", (row_id,)
+        ).fetchone()
+        near[native_id] = (title, pairs)
     found: dict[str, tuple[str, int, int]] = {}
     for native_id, (title, rows) in near.items():
         offsets = {

@@ -38,7 +38,9 @@ def key_text(text: str) -> str:
     """The part of a message's text that every export of it writes alike."""
     if "[" in text:
         text = "\n".join(line for line in text.split("\n") if line.strip() not in _PLACEHOLDER_LINES)
-    return " ".join(text.translate(_BIDI).split())
+    if not text.isascii():  # bidi marks are not ASCII; most texts are, and skip the translate
+        text = text.translate(_BIDI)
+    return " ".join(text.split())
 
 
 def ms(when: datetime) -> int:
