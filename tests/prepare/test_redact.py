@@ -281,7 +281,9 @@ FRAGMENTS = st.sampled_from(
         "DE89", "3704", "0044", "0532", "0130", "00", "12.03.2021", "14:30", "token=", "ab12cd34ef56gh78ij90",
         "password: ", "hunter2", "sk-", "ghp_", "Hauptstraße", "5", "12 rue de la Paix", "Calle Mayor",
         "Via Roma", "221B Baker Street", "[PHONE]", "[SECRET]", "https://", "bob:pw@x.io", "\n",
-        "-----BEGIN RSA PRIVATE KEY-----", "x", "ÄÖÜ", "😂",
+        "-----BEGIN RSA PRIVATE KEY-----", "x", "ÄÖÜ", "😂", "192.168.1.23", "2001:db8::1", "?token=",
+        "&sig=", "#access_token=", "exp 12/25", "cvv 123", "[CARD]", "[EXPIRY]", "Kerkstraat 12", "1017 GC",
+        "Rua Augusta, 274", "(11) 91234-5678", " / ", "4111 1111 1111 1111", "Bishopsgate,", "EC2M 3XD",
     ]
 )  # fmt: skip
 TEXTS = st.one_of(
