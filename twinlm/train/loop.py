@@ -248,7 +248,8 @@ def train(
             loss_sum, tokens = strategy.sum(loss_sum, tokens)
             grad_norm = accelerator.clip_grad_norm_(forward.parameters(), settings.max_grad_norm)
             if not _finite(loss_sum, grad_norm):
-                # A NaN or inf would spread into every weight: no update from this window.
+                # A NaN or inf would spread into every weight: no update from this window. (DeepSpeed's
+                # engine steps inside backward: there the check of the weights before saving guards.)
                 optimizer.zero_grad(set_to_none=True)
                 state.skipped_steps, nonfinite = state.skipped_steps + 1, nonfinite + 1
                 log(state.step + 1, "train", None, skipped_steps=state.skipped_steps)
