@@ -225,3 +225,28 @@ def test_a_failed_multi_process_launch_shows_its_cause_without_tracebacks(ws: Pa
     assert proc.returncode == 1, proc.stderr[-3000:]
     assert "Traceback" not in proc.stderr and "ChildFailedError" not in proc.stderr, proc.stderr[-3000:]
     assert proc.stderr.count("lower train.grad_accum") == 1, proc.stderr[-3000:]
+
+
+def test_ctrl_c_in_a_multi_process_run_names_the_resume_command_once(ws: Path) -> None:
+    env = {**ENV, "MASTER_PORT": str(free_port())}
+    command = [str(TWINLM), "train", "-w", str(ws), "--gpus", "2", "--max-steps", "100000"]
+    # Its own process group, signalled whole: what Ctrl-C in a terminal does.
+    proc = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, start_new_session=True
+    )
+    deadline = time.monotonic() + 300
+    try:
+        while not list(ws.glob("runs/run-*/checkpoints/step-*/state.json")) and proc.poll() is None:
+            assert time.monotonic() < deadline, "no checkpoint"
+            time.sleep(0.1)
+        assert proc.poll() is None, proc.communicate()[1][-3000:]
+        os.killpg(proc.pid, signal.SIGINT)
+        _, stderr = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 130 and "Traceback" not in stderr, stderr[-3000:]
+    (run,) = (ws / "runs").glob("run-*")
+    said = " ".join(stderr.split())
+    # The time-stamped name is picked once, and the run continues only in as many processes.
+    assert said.count(f"--name {run.name} --resume --gpus 2") == 1, stderr[-3000:]

@@ -165,6 +165,9 @@ def _say_interrupted(root: Path, name: str) -> None:
     """After Ctrl-C: where the run can continue from, and the command that continues it."""
     run = root / "runs" / name
     command = f"twinlm train -w {root} --name {name} --resume"
+    processes = int(os.environ.get("WORLD_SIZE", "1"))
+    if processes > 1:  # a run continues in as many processes as it started with
+        command += f" --gpus {processes}"
     checkpoint = None
     if (run / "checkpoints").is_dir():  # (not importing torch just to find none)
         from twinlm.train.checkpoint import latest_checkpoint
