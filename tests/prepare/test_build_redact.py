@@ -144,3 +144,28 @@ def test_cli_build_says_what_it_redacted(tokenizer_dir: Callable[[str], Path], t
     line = next(line for line in result.stdout.splitlines() if line.startswith("Redacted:"))
     for kind in PRIVATE:
         assert f"{kind} " in line, line
+
+
+def test_imported_datasets_are_redacted(tokenizer_dir: Callable[[str], Path], tmp_path: Path) -> None:
+    rows = [
+        {
+            "messages": [
+                {"role": "user", "content": f"Write to {PRIVATE['email']} and call {PRIVATE['phone']}."},
+                {"role": "assistant", "content": f"Done: the IBAN {PRIVATE['iban']} is on the invoice."},
+            ]
+        }
+    ] * 3
+    data = tmp_path / "sft.jsonl"
+    data.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+    db = Corpus(tmp_path / "corpus.db")
+    assert not ingest([data], db, ParseOptions(timezone="UTC")).failed
+    cfg = TwinConfig(
+        name="alex", me=ME, build=BuildConfig(model=str(tokenizer_dir("chatml")), targets="assistant")
+    )
+    result = build(cfg, db, tmp_path / "data")
+    written = (tmp_path / "data" / "samples.jsonl").read_text(encoding="utf-8")
+    assert [json.loads(line)["kind"] for line in written.splitlines()] == ["assistant"]  # the dataset's
+    assert "[EMAIL]" in written and "[IBAN]" in written
+    for kind in ("email", "phone", "iban"):
+        assert PRIVATE[kind] not in written, kind
+        assert result.report["redacted"][kind] >= 1, kind
