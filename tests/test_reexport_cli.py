@@ -78,6 +78,7 @@ def test_superseded_list_and_restore(tmp_path: Path) -> None:
 def test_schema_1_corpus_is_migrated_and_its_next_export_matches(tmp_path: Path) -> None:
     db = tmp_path / "corpus.db"
     export = write(tmp_path / "a" / "WhatsApp Chat with Alice.txt", android(CHAT))
+    tiny = write(tmp_path / "a" / "WhatsApp Chat with Dan.txt", android(OTHER_CHAT[1:]))  # 2 messages
     thread = write(
         tmp_path / "m" / "message_1.json",
         json.dumps(
@@ -93,11 +94,11 @@ def test_schema_1_corpus_is_migrated_and_its_next_export_matches(tmp_path: Path)
         ),
     )
     with Corpus(db) as corpus:
-        ingest([export, thread], corpus, OPTIONS)
+        ingest([export, tiny, thread], corpus, OPTIONS)
     # What a schema 1 corpus looked like: other ids (name and local time in them), no new columns.
     raw = sqlite3.connect(db)
     raw.execute("UPDATE messages SET native_id = 'old-' || id")
-    raw.execute("UPDATE conversations SET native_id = 'Alice' WHERE source = 'whatsapp'")
+    raw.execute("UPDATE conversations SET native_id = title WHERE source = 'whatsapp'")
     raw.execute("UPDATE messages SET excluded = 1 WHERE text = 'ok' AND source = 'messenger'")
     raw.execute("DROP INDEX messages_whatsapp_ts")
     for table, column in (("messages", "superseded_by_import"), ("conversations", "export_lo"),
@@ -109,9 +110,9 @@ def test_schema_1_corpus_is_migrated_and_its_next_export_matches(tmp_path: Path)
     with Corpus(db) as corpus:
         version = corpus.db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
         assert version == ("2",)
-        again = ingest([export, thread], corpus, OPTIONS)
+        again = ingest([export, tiny, thread], corpus, OPTIONS)
         assert again.total().changes.new_messages == 0
-        assert corpus.count("conversations") == 2
+        assert corpus.count("conversations") == 3
         assert corpus.db.execute("SELECT count(*) FROM messages WHERE excluded").fetchone() == (1,)
         assert corpus.db.execute("SELECT count(*) FROM messages WHERE superseded_by_import").fetchone() == (
             0,

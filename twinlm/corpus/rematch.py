@@ -11,6 +11,7 @@ index), at one whole number of quarter hours apart (every time zone's distance f
 - another chat holds at least `SURE` of those messages at one offset (and no other chat as many): the
   same chat, exported from a later start (WhatsApp keeps only the newest 40,000 messages) or after
   it grew past a few messages; re-keyed onto it.
+- an export of fewer than `SURE` messages, all in one chat that has no others near them: that chat.
 - fewer alike than that: not certain. The export stays a chat of its own and a counted note names
   the file, the candidate chat and the command that merges them.
 """
@@ -114,10 +115,15 @@ class ChatMatcher:
         own = alike.get(first.id)
         if own is not None:  # the parser's own key: the same chat; only the clock may differ
             return first.id, own[2]
-        ranked = sorted(((n, -abs(o), o, cid, title) for cid, (title, n, o) in alike.items()), reverse=True)
-        if ranked and ranked[0][0] >= SURE and (len(ranked) == 1 or ranked[1][0] < ranked[0][0]):
-            return ranked[0][3], ranked[0][2]
-        for n, _, _, native_id, title in ranked:
+        ranked = sorted(
+            ((n, -abs(o), o, cid, title, size) for cid, (title, n, o, size) in alike.items()), reverse=True
+        )
+        if ranked and (len(ranked) == 1 or ranked[1][0] < ranked[0][0]):
+            n, _, offset, native_id, _, size = ranked[0]
+            # Enough alike; or a chat too short for that whose every message is this export's, and no more.
+            if n >= SURE or n == len(anchor) == size:
+                return native_id, offset
+        for n, _, _, native_id, title, _ in ranked:
             report.note(
                 f"{name} may be the same chat as the WhatsApp chat {title!r} ({n} of its first "
                 f"{len(anchor)} messages alike); kept apart. If it is the same chat, merge them: "
@@ -144,9 +150,10 @@ def _near(offset: int) -> tuple[int, ...]:
     return (offset, offset - 60, offset + 60, offset - 30, offset + 30)
 
 
-def _alike(corpus: Corpus, anchor: Anchor) -> dict[str, tuple[str, int, int]]:
+def _alike(corpus: Corpus, anchor: Anchor) -> dict[str, tuple[str, int, int, int]]:
     """Per WhatsApp chat that has messages near the anchor's: (title, anchor messages it holds at one
-    offset, that offset in minutes), best offset first by count then by nearness. One indexed query."""
+    offset, that offset in minutes, its messages near the anchor); the best offset by count, then by
+    nearness. One indexed query."""
     minutes = [minute for minute, _ in anchor]
     lo, hi = min(minutes) - _MAX_OFFSET, max(minutes) + _MAX_OFFSET
     by_row: dict[int, set[tuple[int, str]]] = {}
@@ -164,7 +171,7 @@ def _alike(corpus: Corpus, anchor: Anchor) -> dict[str, tuple[str, int, int]]:
             "SELECT native_id, title FROM conversations WHERE id = ?", (row_id,)
         ).fetchone()
         near[native_id] = (title, pairs)
-    found: dict[str, tuple[str, int, int]] = {}
+    found: dict[str, tuple[str, int, int, int]] = {}
     for native_id, (title, rows) in near.items():
         offsets = {
             minute - a_minute
@@ -176,5 +183,5 @@ def _alike(corpus: Corpus, anchor: Anchor) -> dict[str, tuple[str, int, int]]:
             ((sum((m + off, t) in rows for m, t in anchor), -abs(off), off) for off in offsets), default=None
         )
         if best is not None and best[0]:
-            found[native_id] = (title, best[0], best[2])
+            found[native_id] = (title, best[0], best[2], len(rows))
     return found
