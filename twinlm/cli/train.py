@@ -238,6 +238,8 @@ def _relaunch(processes: int, workspace: Path, name: str | None) -> int:
 
 _ELASTIC_LOG = re.compile(r"[DIWE]\d{4} [\d:.]+ \d+ .*torch/distributed/elastic/")
 _RANK_PREFIX = re.compile(r"\[rank\d+\]:")
+# What a process's collective call raises when another process died (gloo's and NCCL's wording).
+_PEER_GONE = ("remote worker", "Connection reset by peer", "Connection closed by peer", "NCCL communicator")
 
 
 def _run_launcher(command: list[str], processes: int) -> int:
@@ -279,9 +281,11 @@ def _run_launcher(command: list[str], processes: int) -> int:
         return 130
     if code == 0 or shown_errors:
         return code if code == 0 else 1
-    # Nobody gave a reason: a crash. Its traceback stays; the launcher's is cut to its last line.
-    for text in rank_lines:
-        sys.stderr.write(text + "\n")
+    # Nobody gave a reason: a crash. Its traceback stays, unless it is only a process noticing that another
+    # one died (its connection broke); the launcher's is cut to its cause.
+    if not any(mark in text for text in rank_lines[-3:] for mark in _PEER_GONE):
+        for text in rank_lines:
+            sys.stderr.write(text + "\n")
     ours = any(
         "accelerate/commands/launch.py" in text or "torch/distributed/run.py" in text for text in launcher
     )
@@ -290,6 +294,11 @@ def _run_launcher(command: list[str], processes: int) -> int:
     else:
         causes = [t for t in launcher if t and not t.startswith((" ", "\t", "Traceback"))]
         cause = causes[0] if causes else f"exit status {code}"
+        if cause.rstrip().endswith("ChildFailedError:"):  # its table names the process's exit code
+            # The root cause (first failure) is listed after the other failures.
+            root = next((i for i, t in enumerate(launcher) if "Root Cause" in t), 0)
+            exits = [t.split(":", 1)[1].strip() for t in launcher[root:] if t.strip().startswith("exitcode")]
+            cause = f"a process ended with exit code {exits[0]}" if exits else cause
         err.print(
             f"[bold red]error:[/] training in {processes} processes failed: {cause}",
             markup=True,
