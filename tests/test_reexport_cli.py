@@ -1,5 +1,5 @@
-"""`twinlm merge` after an unsure WhatsApp match, `twinlm superseded` (list, --restore), and the schema 1 -> 2
-migration that re-keys WhatsApp and Messenger rows of an old corpus (issue 9)."""
+"""`twinlm join-chats` after an unsure WhatsApp match, `twinlm superseded` (list, --restore), and the
+schema 1 -> 2 migration that re-keys WhatsApp and Messenger rows of an old corpus (issue 9)."""
 
 from __future__ import annotations
 
@@ -39,16 +39,17 @@ def test_unsure_match_then_merge(tmp_path: Path) -> None:
     code, out = run("ingest", "-w", str(ws), str(later), "--json")
     assert code == 0
     notes = [n for f in json.loads(out)["files"] for n in f["notes"]]
-    (command,) = [re.search(r"twinlm merge (\S+) (\S+)", n) for n in notes if "may be the same chat" in n]
+    unsure = [n for n in notes if "may be the same chat" in n]
+    (command,) = [re.search(r"twinlm join-chats (\S+) (\S+)", n) for n in unsure]
     assert command is not None
-    code, out = run("merge", command[1], command[2], "-w", str(ws))
+    code, out = run("join-chats", command[1], command[2], "-w", str(ws))
     assert code == 0, out
     assert "2 message(s) moved, 1 copies dropped" in out
     with Corpus(ws / "corpus.db") as corpus:
         assert corpus.count("conversations") == 1 and corpus.count("messages") == 4
         # Merged for good: the same export again adds nothing.
         assert ingest([later], corpus, OPTIONS).total().changes.new_messages == 0
-    code, out = run("merge", command[1], command[2], "-w", str(ws))
+    code, out = run("join-chats", command[1], command[2], "-w", str(ws))
     assert code == 1 and "no conversation" in out
 
 

@@ -71,19 +71,19 @@ def superseded(
     out.print("Undo: twinlm superseded --restore [--import N]", markup=False)
 
 
-@app.command()
+@app.command("join-chats")
 @_user_errors
-def merge(
+def join_chats(
     from_conversation: Annotated[str, typer.Argument(help="SOURCE:ID of the conversation to merge away.")],
     into_conversation: Annotated[str, typer.Argument(help="SOURCE:ID of the conversation to keep.")],
     workspace: Workspace = Path("."),
 ) -> None:
-    """Merge two conversations that are one chat (ingest names them when it cannot be sure)."""
+    """Join two conversations that are one chat (ingest names them when it cannot be sure)."""
     source, _, from_id = from_conversation.partition(":")
     into_source, _, into_id = into_conversation.partition(":")
     if not from_id or not into_id or source != into_source:
-        raise TwinError("merge: give two conversations of one source as SOURCE:ID SOURCE:ID")
+        raise TwinError("join-chats: give two conversations of one source as SOURCE:ID SOURCE:ID")
     ws = open_workspace(workspace)
     with Corpus(ws.corpus_path) as corpus:
         moved, dropped = corpus.merge_conversations(source, from_id, into_id)
-    out.print(f"Merged: {moved:,} message(s) moved, {dropped:,} copies dropped.")
+    out.print(f"Joined: {moved:,} message(s) moved, {dropped:,} copies dropped.")

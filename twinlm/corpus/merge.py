@@ -1,4 +1,4 @@
-"""Merge two conversations of one source that are one chat (`twinlm merge`, `Corpus.merge_conversations`).
+"""Join two conversations of one source that are one chat (`twinlm join-chats`, `merge_conversations`).
 
 Ingest keeps a WhatsApp export apart when it cannot tell for certain that it re-exports a chat already
 in the corpus, and names the candidate in a note; the user confirms with a merge.

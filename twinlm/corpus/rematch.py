@@ -127,7 +127,7 @@ class ChatMatcher:
             report.note(
                 f"{name} may be the same chat as the WhatsApp chat {title!r} ({n} of its first "
                 f"{len(anchor)} messages alike); kept apart. If it is the same chat, merge them: "
-                f"twinlm merge whatsapp:{first.id} whatsapp:{native_id}"
+                f"twinlm join-chats whatsapp:{first.id} whatsapp:{native_id}"
             )
         return None
 
