@@ -27,6 +27,7 @@ from pydantic import BaseModel  # noqa: E402
 from rich.console import Console  # noqa: E402
 
 from twinlm import __version__  # noqa: E402
+from twinlm.cli.display import safe_text  # noqa: E402
 from twinlm.errors import TwinError  # noqa: E402
 from twinlm.privacy import protect_process  # noqa: E402
 
@@ -52,7 +53,8 @@ def _user_errors(command: F) -> F:
         try:
             return command(*args, **kwargs)
         except TwinError as e:
-            err.print(f"[bold red]error:[/] {e}", markup=True, highlight=False, soft_wrap=True)
+            # Errors name files and quote their content: shown literally (twinlm.cli.display).
+            err.print(f"[bold red]error:[/] {safe_text(e)}", markup=True, highlight=False, soft_wrap=True)
             raise typer.Exit(1) from None
 
     return wrapper  # type: ignore[return-value]

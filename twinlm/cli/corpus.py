@@ -23,6 +23,7 @@ from rich.progress import (
 from rich.table import Table
 
 from twinlm.cli import AsJson, Workspace, _help, _user_errors, app, err, out
+from twinlm.cli.display import safe_text
 from twinlm.config import IngestConfig, TwinConfig, reference_markdown, render_config
 from twinlm.corpus.db import Corpus
 from twinlm.corpus.queries import account_names, owners, source_stats, speakers
@@ -49,7 +50,9 @@ def init(
         first = e.errors()[0]
         raise TwinError(f"--{first['loc'][0]}: {first['msg']}") from None
     path = init_workspace(directory, config, force=force)
-    out.print(f"Created [bold]{path}[/]. Next: [cyan]twinlm ingest -w {directory} PATH...[/]")
+    out.print(
+        f"Created [bold]{safe_text(path)}[/]. Next: [cyan]twinlm ingest -w {safe_text(directory)} PATH...[/]"
+    )
 
 
 @app.command()
@@ -145,7 +148,7 @@ def ingest_command(
         task = progress.add_task("Reading", total=None)
 
         def show(name: str, messages: int, done: int, size: int) -> None:
-            label = Path(name).name
+            label = safe_text(Path(name).name)
             progress.update(task, description=f"{label}: {messages:,} messages", completed=done, total=size)
 
         result = ingest(
@@ -155,7 +158,7 @@ def ingest_command(
             documents=document_paths,
             fmt=format,
             max_unpacked_bytes=int(settings.max_unpacked_gb * 2**30),
-            on_file=lambda name: progress.reset(task, description=Path(name).name, total=None),
+            on_file=lambda name: progress.reset(task, description=safe_text(Path(name).name), total=None),
             on_progress=show,
         )
     elapsed = time.perf_counter() - started
@@ -174,7 +177,7 @@ def _print_ingest(result: IngestResult, elapsed: float) -> None:
     ok = [f for f in result.files if not f.error]
     for f in ok:
         table.add_row(
-            f.name,
+            safe_text(f.name),
             f.format or "",
             f"{f.report.conversations:,}",
             f"{f.report.messages:,}",
@@ -204,7 +207,7 @@ def _print_ingest(result: IngestResult, elapsed: float) -> None:
         skipped.add_column("reason")
         skipped.add_column("count", justify="right")
         for reason, n in sorted(reasons.items(), key=lambda kv: (-kv[1], kv[0])):
-            skipped.add_row(reason, f"{n:,}")
+            skipped.add_row(safe_text(reason), f"{n:,}")
         out.print(skipped)
     _print_skipped_files(result)
     notes = Counter[str]()
@@ -212,15 +215,16 @@ def _print_ingest(result: IngestResult, elapsed: float) -> None:
         notes.update(f.report.notes)
     notes.pop(LOCAL_TIME_NOTE, None)  # said once, below, with the zone's name
     if notes:
-        out.print("Notes: " + "; ".join(f"{what} ({n:,})" for what, n in sorted(notes.items())))
+        out.print("Notes: " + "; ".join(f"{safe_text(what)} ({n:,})" for what, n in sorted(notes.items())))
     if result.assumed_timezone:
         out.print(
-            f"Local times (WhatsApp, older Telegram exports) were read in {result.assumed_timezone}, this "
-            "machine's time zone: set ingest.timezone (or --timezone) if the exports were made elsewhere.",
+            "Local times (WhatsApp, older Telegram exports) were read in "
+            f"{safe_text(result.assumed_timezone)}, this machine's time zone: set ingest.timezone "
+            "(or --timezone) if the exports were made elsewhere.",
             highlight=False,
         )
     for f in result.failed:
-        err.print(f"[bold red]error:[/] {f.error}", highlight=False, soft_wrap=True)
+        err.print(f"[bold red]error:[/] {safe_text(f.error)}", highlight=False, soft_wrap=True)
     speed = f" ({total.report.messages / elapsed:,.0f} messages/s)" if elapsed >= 1 else ""
     out.print(
         f"{total.changes.new_messages:,} new messages, {total.changes.new_conversations:,} new "
@@ -234,9 +238,9 @@ def _print_skipped_files(result: IngestResult, per_reason: int = 10) -> None:
     for name, reason in result.skipped:
         by_reason.setdefault(reason, []).append(name)
     for reason, names in by_reason.items():
-        out.print(f"Skipped, {reason}:", highlight=False, markup=False)
+        out.print(f"Skipped, {safe_text(reason)}:", highlight=False)
         for name in names[:per_reason]:
-            out.print(f"  {name}", highlight=False, markup=False, soft_wrap=True)
+            out.print(f"  {safe_text(name)}", highlight=False, soft_wrap=True)
         if len(names) > per_reason:
             out.print(f"  … and {len(names) - per_reason:,} more (--json lists them all)")
 
@@ -255,7 +259,7 @@ def people(
         identities = Identities(ws.config, owners(corpus), account_names(corpus))
         rows = speakers(corpus, identities)
     for warning in _alias_warnings(identities):
-        err.print(f"[bold yellow]warning:[/] {warning}", highlight=False, soft_wrap=True)
+        err.print(f"[bold yellow]warning:[/] {safe_text(warning)}", highlight=False, soft_wrap=True)
     if unmapped:
         rows = [r for r in rows if r.person is None]
     if limit:
@@ -285,14 +289,16 @@ def people(
     for column in ("person", "name", "also", "source", "author id", "messages", "first", "last"):
         table.add_column(column, justify="right" if column == "messages" else "left")
     for r in rows:
-        person = "[bold green]me[/]" if r.person == "me" else (r.person or "[dim]-[/]")
+        person = (
+            "[bold green]me[/]" if r.person == "me" else (safe_text(r.person) if r.person else "[dim]-[/]")
+        )
         also = ", ".join(n for n in r.names if n != r.author_name)
         table.add_row(
             person,
-            r.author_name,
-            also,
-            r.source,
-            r.author_id,
+            safe_text(r.author_name),
+            safe_text(also),
+            safe_text(r.source),
+            safe_text(r.author_id),
             f"{r.messages:,}",
             _day(r.first),
             _day(r.last),
@@ -310,7 +316,7 @@ def people(
             )
             more = f" and {len(accounts) - 5} more" if len(accounts) > 5 else ""
             person = identities.person_of(alias) or ""
-            aliases.add_row(alias, person, (shown + more) or "[dim]nothing[/]")
+            aliases.add_row(safe_text(alias), safe_text(person), safe_text(shown + more) or "[dim]nothing[/]")
         out.print(aliases)
     if not ws.config.me:
         out.print(
@@ -378,7 +384,14 @@ def stats(workspace: Workspace = Path("."), as_json: AsJson = False) -> None:
         table.add_column(column, justify="right" if column in ("conversations", "messages") else "left")
     for s in rows:
         top = ", ".join(f"{name} ({count:,})" for name, count in s.top_speakers)
-        table.add_row(s.source, f"{s.conversations:,}", f"{s.messages:,}", _day(s.first), _day(s.last), top)
+        table.add_row(
+            safe_text(s.source),
+            f"{s.conversations:,}",
+            f"{s.messages:,}",
+            _day(s.first),
+            _day(s.last),
+            safe_text(top),
+        )
     out.print(table)
 
 

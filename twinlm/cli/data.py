@@ -11,6 +11,7 @@ from pydantic import ValidationError
 from rich.table import Table
 
 from twinlm.cli import AsJson, Workspace, _help, _user_errors, app, err, out
+from twinlm.cli.display import safe_rich_text, safe_text
 from twinlm.config import BuildConfig, TrainConfig
 from twinlm.corpus.db import Corpus
 from twinlm.errors import TwinError
@@ -64,11 +65,11 @@ def build_command(
     with Corpus(ws.corpus_path) as corpus, err.status("Building") as status:
         result = build(config, corpus, folder, on_stage=lambda stage: status.update(f"Building: {stage}"))
     for warning in result.report["warnings"]:
-        err.print(f"[bold yellow]warning:[/] {warning}", highlight=False, soft_wrap=True)
+        err.print(f"[bold yellow]warning:[/] {safe_text(warning)}", highlight=False, soft_wrap=True)
     if as_json:
         typer.echo(orjson.dumps(result.report | {"folder": str(folder)}, option=orjson.OPT_INDENT_2).decode())
         return
-    table = Table(title=f"Dataset in {folder}", title_justify="left")
+    table = Table(title=f"Dataset in {safe_text(folder)}", title_justify="left")
     for column in ("split", "samples", "tokens", "trained tokens", "trained share"):
         table.add_column(column, justify="left" if column == "split" else "right")
     for split in ("train", "eval"):
@@ -86,11 +87,12 @@ def build_command(
     counts.add_column("count", justify="right")
     for rule, n in sorted(result.report["counts"].items(), key=lambda kv: (-kv[1], kv[0])):
         if n:
-            counts.add_row(rule, f"{n:,}")
+            counts.add_row(safe_text(rule), f"{n:,}")
     out.print(counts)
     redacted = {kind: n for kind, n in result.report["redacted"].items() if n}
     out.print(
-        "Redacted: " + (", ".join(f"{kind} {n:,}" for kind, n in redacted.items()) or "nothing found")
+        "Redacted: "
+        + (", ".join(f"{safe_text(kind)} {n:,}" for kind, n in redacted.items()) or "nothing found")
         if config.build.redact.enabled
         else "Redacted: nothing (build.redact.enabled is false)"
     )
@@ -99,13 +101,13 @@ def build_command(
         for column in (by, "turns", "tokens"):
             whose.add_column(column, justify="left" if column == by else "right")
         for name, row in result.report[f"trained_by_{by}"].items():
-            whose.add_row(name, f"{row['turns']:,}", f"{row['tokens']:,}")
+            whose.add_row(safe_text(name), f"{row['turns']:,}", f"{row['tokens']:,}")
         out.print(whose)
     histogram = result.report["length_histogram"]
     out.print("Sample lengths (tokens): " + ", ".join(f"{k}: {v:,}" for k, v in histogram.items() if v))
     for sample_id, text in show_samples(folder, preview) if preview else []:
-        out.rule(sample_id)
-        out.print(text)
+        out.rule(safe_text(sample_id))
+        out.print(safe_rich_text(text))
 
 
 @app.command("validate")
@@ -200,12 +202,16 @@ def validate_command(
             f"(build.eval_fraction: {result.eval_fraction:.1%})"
         )
         for reason, n in result.problems.items():
-            err.print(f"[bold red]problem:[/] {reason}: {n:,} (e.g. {', '.join(result.examples[reason])})")
+            examples = safe_text(", ".join(result.examples[reason]))
+            err.print(f"[bold red]problem:[/] {safe_text(reason)}: {n:,} (e.g. {examples})")
         for reason, n in result.warnings.items():
-            out.print(f"[yellow]warning:[/] {reason}" + (f": {n:,}" if reason in result.examples else ""))
+            out.print(
+                f"[yellow]warning:[/] {safe_text(reason)}" + (f": {n:,}" if reason in result.examples else "")
+            )
         run = f"{settings.max_steps:,} steps" if plan.step_budget else f"{settings.epochs:g} epoch(s)"
         out.print(
-            f"Model: {result.model}, {_params(size.params)} parameters ({size.source}).", highlight=False
+            f"Model: {safe_text(result.model)}, {_params(size.params)} parameters ({size.source}).",
+            highlight=False,
         )
         out.print(
             f"Estimated training time: {_duration(plan.hours)} for {run} of {settings.method} "
@@ -262,7 +268,7 @@ def export_data(
     target = out_dir or ws.root / "export" / f"data-{format}"
     report = export_samples(samples, format, target)
     for line in report.lines():
-        out.print(line, highlight=False)
+        out.print(safe_text(line), highlight=False)
 
 
 def _duration(hours: float) -> str:

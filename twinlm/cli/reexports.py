@@ -10,6 +10,7 @@ import typer
 from rich.table import Table
 
 from twinlm.cli import AsJson, Workspace, _user_errors, app, out
+from twinlm.cli.display import safe_text
 from twinlm.corpus.db import Corpus
 from twinlm.corpus.queries import superseded as list_superseded
 from twinlm.errors import TwinError
@@ -66,8 +67,9 @@ def superseded(
     for r in rows[: limit or None]:
         when = r.timestamp.strftime("%Y-%m-%d %H:%M") if r.timestamp else ""
         text = r.text if len(r.text) <= 60 else r.text[:59] + "…"
-        table.add_row(str(r.import_id), r.source, r.title, when, r.author_name, text)
-    out.print(table, markup=False)
+        shown = (r.source, r.title, when, r.author_name, text)
+        table.add_row(str(r.import_id), *(safe_text(value) for value in shown))
+    out.print(table)
     out.print("Undo: twinlm superseded --restore [--import N]", markup=False)
 
 
