@@ -12,6 +12,10 @@ that cover it, which keeps a run within an hour on two cores. Not part of CI.
     python tools/mutate.py                      # every target below, at most --limit mutants each
     python tools/mutate.py twinlm/prepare/sessions.py --limit 0   # one module, every mutant
     python tools/mutate.py --list               # the targets and their tests
+    python tools/mutate.py twinlm/train/data.py --only 412   # re-run one mutant (its #index)
+
+The `--limit` sample is a hash of each mutant's (module, node index, change), so it stays the same
+while the module's source does; an edit to the module renumbers its nodes and changes the sample.
 """
 
 from __future__ import annotations
@@ -31,20 +35,40 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 
-# module -> the test files that should kill its mutants
+PARSER_MUTANTS = "tests/sources/test_mutants_parsers.py"
+CHECKPOINT_MUTANTS = "tests/train/test_mutants_checkpoint.py"
+
+# module -> the test files that should kill its mutants (a file not in the tree yet is left out of the run)
 TARGETS: dict[str, list[str]] = {
-    "twinlm/prepare/render.py": ["tests/prepare/test_render.py"],
+    "twinlm/prepare/render.py": ["tests/prepare/test_render.py", "tests/prepare/test_mutants_render.py"],
     "twinlm/prepare/sessions.py": ["tests/prepare/test_select_sessions_persona.py"],
-    "twinlm/prepare/redact.py": ["tests/prepare/test_redact.py"],
-    "twinlm/train/data.py": ["tests/train/test_data_loss.py", "tests/train/test_attention.py"],
+    "twinlm/prepare/redact.py": [
+        "tests/prepare/test_redact.py",
+        "tests/prepare/test_redact_labelled.py",
+        "tests/prepare/test_mutants_redact.py",
+    ],
+    "twinlm/train/data.py": [
+        "tests/train/test_data_loss.py",
+        "tests/train/test_attention.py",
+        "tests/train/test_sliding_windows.py",
+        "tests/train/test_mutants_data.py",
+    ],
     "twinlm/train/loss.py": ["tests/train/test_data_loss.py", "tests/train/test_loop_reference.py"],
-    "twinlm/train/loop.py": ["tests/train/test_loop.py", "tests/train/test_loop_reference.py"],
-    "twinlm/train/checkpoint.py": ["tests/train/test_checkpoint.py"],
-    "twinlm/sources/whatsapp.py": ["tests/sources/test_whatsapp.py"],
-    "twinlm/sources/telegram.py": ["tests/sources/test_telegram.py"],
-    "twinlm/sources/discord.py": ["tests/sources/test_discord.py"],
-    "twinlm/sources/messenger.py": ["tests/sources/test_messenger.py"],
-    "twinlm/sources/chatgpt.py": ["tests/sources/test_chatgpt.py"],
+    "twinlm/train/loop.py": [
+        "tests/train/test_loop.py",
+        "tests/train/test_loop_reference.py",
+        "tests/train/test_mutants_loop.py",
+    ],
+    "twinlm/train/checkpoint.py": ["tests/train/test_checkpoint.py", CHECKPOINT_MUTANTS],
+    "twinlm/sources/whatsapp.py": [
+        "tests/sources/test_whatsapp.py",
+        "tests/sources/test_whatsapp_locales.py",
+        PARSER_MUTANTS,
+    ],
+    "twinlm/sources/telegram.py": ["tests/sources/test_telegram.py", PARSER_MUTANTS],
+    "twinlm/sources/discord.py": ["tests/sources/test_discord.py", PARSER_MUTANTS],
+    "twinlm/sources/messenger.py": ["tests/sources/test_messenger.py", PARSER_MUTANTS],
+    "twinlm/sources/chatgpt.py": ["tests/sources/test_chatgpt.py", PARSER_MUTANTS],
 }
 
 _SWAP_BINOP = {ast.Add: ast.Sub, ast.Sub: ast.Add, ast.Mult: ast.FloorDiv, ast.Div: ast.Mult}
@@ -146,8 +170,9 @@ def _sample(items: list[Mutant], limit: int) -> list[Mutant]:
     return sorted(sorted(items, key=key)[:limit], key=lambda m: (m.line, m.index))
 
 
-def run(modules: list[str], limit: int, timeout: float) -> int:
+def run(modules: list[str], limit: int, timeout: float, only: list[int]) -> int:
     survivors: list[Mutant] = []
+    failed_baseline: list[str] = []
     with tempfile.TemporaryDirectory(prefix="twinlm-mutate-") as tmp:
         copy_root = Path(tmp) / "tree"
         # A private copy: the working tree is never touched, even if this run is killed.
@@ -155,31 +180,37 @@ def run(modules: list[str], limit: int, timeout: float) -> int:
             ROOT, copy_root, ignore=shutil.ignore_patterns(".venv", ".git", "__pycache__", ".demo")
         )
         env = {**os.environ, "PYTHONPATH": str(copy_root), "PYTHONDONTWRITEBYTECODE": "1"}
+
+        def tests_pass(tests: list[str]) -> bool:
+            command = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *tests]
+            done = subprocess.run(command, cwd=copy_root, env=env, capture_output=True, timeout=timeout)
+            return done.returncode == 0
+
         for module in modules:
-            tests = TARGETS[module]
-            chosen = _sample(mutants(module), limit)
+            tests = [t for t in TARGETS[module] if (copy_root / t).exists()]
+            found = mutants(module)
+            chosen = [m for m in found if m.index in only] if only else _sample(found, limit)
             original = (copy_root / module).read_text()
             print(f"{module}: {len(chosen)} mutant(s) against {' '.join(tests)}", flush=True)
+            # Without a green baseline every mutant would count as killed: say so and skip the module.
+            if not tests_pass(tests):
+                print(f"  skipped: the tests fail on the unmutated tree ({' '.join(tests)})", flush=True)
+                failed_baseline.append(module)
+                continue
             killed = 0
             try:
                 for mutant in chosen:
                     (copy_root / module).write_text(mutated_source(mutant))
                     started = time.perf_counter()
                     try:
-                        done = subprocess.run(
-                            [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *tests],
-                            cwd=copy_root,
-                            env=env,
-                            capture_output=True,
-                            timeout=timeout,
-                        )
-                        alive = done.returncode == 0
+                        alive = tests_pass(tests)
                     except subprocess.TimeoutExpired:
                         alive = False  # a mutant that hangs the tests is caught (by the timeout)
                     seconds = time.perf_counter() - started
                     status = "SURVIVED" if alive else "killed"
                     print(
-                        f"  {status:8} line {mutant.line:4}: {mutant.description} ({seconds:.0f} s)",
+                        f"  {status:8} line {mutant.line:4} #{mutant.index}: {mutant.description}"
+                        f" ({seconds:.0f} s)",
                         flush=True,
                     )
                     if alive:
@@ -191,8 +222,10 @@ def run(modules: list[str], limit: int, timeout: float) -> int:
             print(f"  {killed}/{len(chosen)} killed", flush=True)
     print(f"\n{len(survivors)} survivor(s)")
     for mutant in survivors:
-        print(f"  {mutant.module}:{mutant.line}: {mutant.description}")
-    return 0
+        print(f"  {mutant.module}:{mutant.line} #{mutant.index}: {mutant.description}")
+    if failed_baseline:
+        print(f"not run (tests fail unmutated): {', '.join(failed_baseline)}")
+    return 1 if failed_baseline else 0
 
 
 def main() -> int:
@@ -207,6 +240,9 @@ def main() -> int:
         "--timeout", type=float, default=300, help="seconds per test run before a mutant counts as killed"
     )
     parser.add_argument(
+        "--only", type=int, action="append", default=[], help="only the mutant with this #index (repeatable)"
+    )
+    parser.add_argument(
         "--list", action="store_true", help="print the targets, their tests and mutant counts"
     )
     args = parser.parse_args()
@@ -218,7 +254,7 @@ def main() -> int:
         for module in modules:
             print(f"{module}: {len(mutants(module))} mutant(s); tests: {' '.join(TARGETS[module])}")
         return 0
-    return run(modules, args.limit, args.timeout)
+    return run(modules, args.limit, args.timeout, args.only)
 
 
 if __name__ == "__main__":
