@@ -5,6 +5,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -69,17 +70,27 @@ def test_slices_of_one_conversation_merge(tmp_path: Path) -> None:
         assert rows == [("c1", 7), ("c2", 2)]
 
 
-def test_platform_edit_updates_raw_text_but_keeps_user_edits(tmp_path: Path) -> None:
+def test_changed_text_keeps_the_stored_text_and_user_edits(tmp_path: Path) -> None:
+    # The first import wins a message's text (issue 16): a re-import with other text under the same key
+    # keeps the stored text and names the message in `kept_texts`; other raw columns still update.
     with Corpus(tmp_path / "corpus.db") as corpus:
         import_all(corpus, chat(3))
         corpus.db.execute("UPDATE messages SET excluded = 1 WHERE native_id = 'c1:0'")
         corpus.db.execute("UPDATE messages SET user_text = 'mine' WHERE native_id = 'c1:1'")
         corpus.db.execute("UPDATE conversations SET excluded = 1, user_note = 'private'")
         changes = import_all(corpus, chat(3, text="edited {i}"))
-        assert (changes.new_messages, changes.updated_messages) == (0, 3)
+        assert (changes.new_messages, changes.updated_messages) == (0, 0)
+        assert changes.kept_texts == ["c1:0", "c1:1", "c1:2"]
         rows = {r[0]: r for r in snapshot(corpus)}
-        assert rows["c1:0"][1] == "edited 0" and rows["c1:0"][3] == 1
-        assert rows["c1:1"][1] == "edited 1" and rows["c1:1"][4] == "mine"
+        assert rows["c1:0"][1] == "hi 0" and rows["c1:0"][3] == 1
+        assert rows["c1:1"][1] == "hi 1" and rows["c1:1"][4] == "mine"
+        # Text and author name changed: the name updates (one updated message), the text stays.
+        one = chat(1, text="edited {i}")
+        one = replace(one, messages=(replace(one.messages[0], author_name="Renamed"),))
+        changes = import_all(corpus, one)
+        assert (changes.updated_messages, changes.kept_texts) == (1, ["c1:0"])
+        row = corpus.db.execute("SELECT text, author_name FROM messages WHERE native_id = 'c1:0'").fetchone()
+        assert row == ("hi 0", "Renamed")
         assert corpus.db.execute("SELECT excluded, user_note FROM conversations").fetchone() == (1, "private")
 
 

@@ -59,6 +59,11 @@ TELEGRAM_HTML = "Telegram HTML export page (not readable: export the chat as 'Ma
 HTML_PAGE = "HTML page (HTML exports are not read: use the export's JSON)"
 NOT_A_DOCUMENT_TYPE = f"not a document type ({', '.join(DOCUMENT_SUFFIXES)})"
 NOT_A_DOCUMENT = "not a readable document (UTF-8 text, PDF or DOCX)"
+SYMLINK_OUT = "symbolic link out of the folder given (not followed)"
+SYMLINK_BROKEN = "symbolic link that loops or points nowhere"
+# Said when an export holds stored messages (same source, same native id) with other text: the corpus
+# keeps the first import's text (twinlm.corpus.db), so a tampered export cannot rewrite it.
+CHANGED_TEXT_NOTE = "messages whose text changed since the last import; kept the stored text"
 _TELEGRAM_HTML_MARKS = ('class="page_header"', 'class="history"', "<title>Exported Data</title>")
 
 
@@ -277,6 +282,12 @@ def _ingest_file(
         if on_progress:
             on_progress(item.name, file_result.report.messages, size, size)
         file_result.changes = changes
+        if changes.kept_texts:
+            shown = ", ".join(changes.kept_texts[:5]) + (", ..." if len(changes.kept_texts) > 5 else "")
+            file_result.report.note(
+                f"{CHANGED_TEXT_NOTE}: {shown}",
+                len(changes.kept_texts),
+            )
     except ExportError as e:
         # Parsers name the file they were given; show the user's name for it (zip members).
         file_result.error = str(ExportError(item.name, e.message, e.where))
@@ -357,14 +368,14 @@ def _expand(
     own = {(workspace / name).resolve() for name in WORKSPACE_FILES + WORKSPACE_FOLDERS}
     document_roots = {p.resolve() for p in documents}
     for path in paths:
-        for child, explicit in _walk(path, own):
+        for child, explicit in _walk(path, own, result):
             if document_roots and not explicit:
                 resolved = child.resolve()
                 if resolved in document_roots or document_roots.intersection(resolved.parents):
                     continue
             yield from _maybe_archive(_Input(child, str(child), explicit), scratch, max_unpacked, 0, result)
     for path in documents:
-        for child, explicit in _walk(path, own):
+        for child, explicit in _walk(path, own, result):
             if explicit and _is_archive(child):
                 error = f"{child}: a zip is not a document; give export archives without --documents"
                 result.files.append(FileResult(str(child), error=error))
@@ -374,13 +385,41 @@ def _expand(
                 result.skip(str(child), NOT_A_DOCUMENT_TYPE)
 
 
-def _walk(path: Path, own: set[Path]) -> Iterator[tuple[Path, bool]]:
-    """(file, named by the user) for a file, or for each file under a folder, in sorted order."""
+def _walk(path: Path, own: set[Path], result: IngestResult) -> Iterator[tuple[Path, bool]]:
+    """(file, named by the user) for a file, or for each file under a folder, in sorted order.
+
+    Symbolic links are not followed out of the folder (a link to /etc/passwd or to a private file
+    elsewhere, in a folder someone shared, is skipped and named); a link to a file inside it is read
+    once (not again when its target is walked too), linked folders are not entered (what they hold
+    inside the folder is walked where it is), and a link that loops is skipped.
+    """
     if not path.is_dir():
         yield path, True
         return
-    for child in sorted(path.rglob("*")):
-        if not child.is_file() or any(p.startswith(".") for p in child.relative_to(path).parts):
+    root = path.resolve()
+    files: list[Path] = []
+    links: list[Path] = []
+    for folder, dirs, names in os.walk(path):  # followlinks=False: a linked folder is not entered
+        base = Path(folder)
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        links.extend(base / d for d in dirs if (base / d).is_symlink())
+        for name in names:
+            if not name.startswith("."):
+                (links if (base / name).is_symlink() else files).append(base / name)
+    read = {f.resolve() for f in files} if links else set()
+    for link in links:  # links to folders or files: only inside the folder, each target once
+        try:
+            target = link.resolve(strict=True)
+        except (OSError, RuntimeError):  # RuntimeError: a loop (Python < 3.13)
+            result.skip(str(link), SYMLINK_BROKEN)
+            continue
+        if target != root and root not in target.parents:
+            result.skip(str(link), SYMLINK_OUT)
+        elif target.is_file() and target not in read:
+            read.add(target)
+            files.append(link)
+    for child in sorted(files):
+        if not child.is_file():  # a fifo or device would block or never end
             continue
         resolved = child.resolve()
         if resolved in own or any(parent in own for parent in resolved.parents):

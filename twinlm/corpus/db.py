@@ -9,6 +9,11 @@ The newest export of a conversation wins (`finish_import`): where a source alway
 conversation whole (`SUPERSEDING`), the messages of an already-imported conversation that its newest
 export no longer holds (an edited ChatGPT question's old branch, a message deleted for everyone) are
 marked `superseded_by_import`: kept and listed, never trained, undone by `restore_superseded`.
+
+The first import of a message wins its text: a later export holding the same message (same source, same
+native id) with other text keeps the stored text, and the import counts and names such messages
+(`Changes.kept_texts`). A crafted or tampered export cannot rewrite what the corpus holds; the user's own
+edit (`user_text`) is the way to change a message's text.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from operator import attrgetter
 from pathlib import Path
@@ -115,8 +120,9 @@ WHERE (conversations.kind, conversations.title, conversations.platform_detail,
 RETURNING id, first_import
 """
 
-# A re-exported message whose content changed on the platform (an edit) updates the raw columns;
-# the user's own columns (excluded, user_text) are never touched by an import.
+# A re-exported message whose author name, time, kind or reply changed updates those raw columns; its
+# text is kept by the trigger below. The user's own columns (excluded, user_text) are never touched by an
+# import.
 _UPSERT_MESSAGE = """
 INSERT INTO messages (conversation, source, native_id, author_id, author_name, ts, kind, role, text,
                       reply_to, forwarded_from, edited, first_import)
@@ -131,6 +137,23 @@ WHERE (messages.author_id, messages.author_name, messages.ts, messages.kind, mes
            excluded.text, excluded.reply_to, excluded.forwarded_from, excluded.edited)
 """
 
+# The first import wins a message's text: while `Corpus.add` upserts, an update that would change the text
+# of a stored message is undone (text and edited flag back), and `twinlm_kept_text` records the message.
+# A temporary trigger (this connection only) fires only on real text changes: inserts and unchanged
+# re-imports pay nothing. Other code that rewrites texts (merging a WhatsApp edit into its earlier row,
+# joining chats) runs with the recording function off, so the trigger leaves it alone.
+_KEEP_TEXT = """
+CREATE TEMP TRIGGER IF NOT EXISTS keep_stored_text AFTER UPDATE OF text ON main.messages
+WHEN OLD.text IS NOT NEW.text AND twinlm_kept_text(
+    OLD.native_id,
+    (OLD.author_id, OLD.author_name, OLD.ts, OLD.kind, OLD.role, OLD.reply_to, OLD.forwarded_from)
+    IS NOT (NEW.author_id, NEW.author_name, NEW.ts, NEW.kind, NEW.role, NEW.reply_to, NEW.forwarded_from)
+)
+BEGIN
+    UPDATE messages SET text = OLD.text, edited = OLD.edited WHERE id = OLD.id;
+END
+"""
+
 _AUTHOR = attrgetter("author_id", "author_name")
 _KIND_TEXT = {kind: kind.value for kind in Kind}
 _ROLE_TEXT = {role: role.value for role in Role}
@@ -143,11 +166,14 @@ class Changes:
     new_conversations: int = 0
     new_messages: int = 0
     updated_messages: int = 0
+    # Native ids of stored messages the import held with other text: the stored text was kept.
+    kept_texts: list[str] = field(default_factory=list)
 
     def add(self, other: Changes) -> None:
         self.new_conversations += other.new_conversations
         self.new_messages += other.new_messages
         self.updated_messages += other.updated_messages
+        self.kept_texts.extend(other.kept_texts)
 
 
 class Corpus:
@@ -179,6 +205,12 @@ class Corpus:
         # before this import]. Ids of the messages read for those that existed go to the temp table `held`.
         self._spans: dict[int, list] = {}
         self._held_ready = False
+        # Set while `add` upserts messages: (native id, whether other columns changed too) per message
+        # whose stored text the import would have changed; None: not recording (the trigger does nothing).
+        self._kept: list[tuple[str, bool]] | None = None
+        self._kept_ids: list[str] = []  # of the file being read (file_savepoint)
+        self.db.create_function("twinlm_kept_text", 2, self._keep_text)
+        self.db.execute(_KEEP_TEXT)
 
     def close(self) -> None:
         self.db.close()
@@ -221,6 +253,7 @@ class Corpus:
         max_conversation = self._max_id("conversations")
         max_message = self._max_id("messages")
         self._message_writes = 0
+        self._kept_ids = []
         cache_before = dict(self._conversation_ids)
         spans_before = {row: list(span) for row, span in self._spans.items()}
         held_before = self._held_ready
@@ -237,6 +270,7 @@ class Corpus:
         changes.new_conversations = self._count_above("conversations", max_conversation)
         changes.new_messages = self._count_above("messages", max_message)
         changes.updated_messages = self._message_writes - changes.new_messages
+        changes.kept_texts = list(dict.fromkeys(self._kept_ids))  # once each, in the export's order
         self.db.execute("RELEASE file")
 
     def add(self, conversation: Conversation, import_id: int) -> None:
@@ -255,6 +289,32 @@ class Corpus:
         if span is not None:
             self._hold(row_id, span, messages, times)
         before = self.db.total_changes
+        kept: list[tuple[str, bool]] = []
+        self._kept = kept
+        try:
+            self._upsert_messages(row_id, source, messages, times, import_id)
+        finally:
+            self._kept = None
+        self._kept_ids.extend(native_id for native_id, _ in kept)
+        # Inserts plus real updates; unchanged re-imported rows are skipped by the upsert's WHERE. A kept
+        # text counts twice (the upsert and the trigger's undo): once only if another column did change.
+        self._message_writes += self.db.total_changes - before - sum(2 - other for _, other in kept)
+        names = set(map(_AUTHOR, messages))  # a few distinct accounts per slice: cheap to keep every name
+        names.update(conversation.author_names)
+        self.db.executemany(
+            "INSERT OR IGNORE INTO author_names VALUES (?, ?, ?)", ((source, a, n) for a, n in names)
+        )
+
+    def _keep_text(self, native_id: str, other_changed: int) -> bool:
+        """The trigger's test: undo a text change (and record it) only while `add` upserts."""
+        if self._kept is None:
+            return False
+        self._kept.append((native_id, bool(other_changed)))
+        return True
+
+    def _upsert_messages(
+        self, row_id: int, source: str, messages: tuple[Message, ...], times: list[int | None], import_id: int
+    ) -> None:
         # Bind exact str/int only: sqlite3 runs its adapter lookup for every value of a subclass
         # (StrEnum, bool), ~380 ns each, which cost ~1 s per million messages.
         self.db.executemany(
@@ -277,13 +337,6 @@ class Corpus:
                 )
                 for m, ts in zip(messages, times, strict=True)
             ),
-        )
-        # Inserts plus real updates; unchanged re-imported rows are skipped by the upsert's WHERE.
-        self._message_writes += self.db.total_changes - before
-        names = set(map(_AUTHOR, messages))  # a few distinct accounts per slice: cheap to keep every name
-        names.update(conversation.author_names)
-        self.db.executemany(
-            "INSERT OR IGNORE INTO author_names VALUES (?, ?, ?)", ((source, a, n) for a, n in names)
         )
 
     def _hold(self, row_id: int, span: list, messages: tuple[Message, ...], times: list[int | None]) -> None:
