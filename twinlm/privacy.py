@@ -14,15 +14,21 @@ it starts:
 * for Weights & Biases (only when train.report_to asks for it): no code, git state or console output
   uploaded (the tracker gets metrics and an allow-list of settings: twinlm.train.report).
 
+Text sent to a model endpoint (the build's teacher; an eval judge) goes through `check_endpoint_url` (no
+plain http to another machine unless the user allows it) and `confirm_remote_send` (say where and how
+much, then ask, or take `--yes`) before the first request.
+
 Nothing here imports a heavy library: it runs before any of them is imported.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import sys
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from twinlm.errors import TwinError
 
@@ -125,6 +131,74 @@ def _download_size(repo_id: str, patterns: list[str]) -> str:
         return ""
     total = sum((s.size or 0) for s in info.siblings or [] if any(fnmatch(s.rfilename, p) for p in patterns))
     return f"{total / 1e9:.1f} GB: " if total else ""
+
+
+def endpoint_host(url: str) -> str:
+    """The host (and port, when given) a URL points at, as a user recognises it: 'api.openai.com'."""
+    parts = urlsplit(url)
+    return parts.netloc.rpartition("@")[2] or url  # never echo credentials written into the URL
+
+
+def shown_url(url: str) -> str:
+    """`url` without any user:password written into it, to print."""
+    parts = urlsplit(url)
+    return parts._replace(netloc=endpoint_host(url)).geturl() if parts.netloc else url
+
+
+def is_loopback(url: str) -> bool:
+    """Whether `url` points at this machine (localhost, 127.0.0.0/8, ::1): nothing crosses a network."""
+    host = (urlsplit(url).hostname or "").rstrip(".").lower()
+    if host == "localhost" or host.endswith(".localhost"):  # RFC 6761: always this machine
+        return True
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return False  # a name: it may resolve anywhere
+    mapped = getattr(address, "ipv4_mapped", None)
+    return bool(address.is_loopback or (mapped is not None and mapped.is_loopback))
+
+
+def check_endpoint_url(url: str, allow_http: bool, *, setting: str) -> None:
+    """Refuse plain http:// to a host other than this machine unless the user allowed it (`setting`, e.g.
+    'build.teacher'): whatever is sent would cross the network readable by anyone on the way."""
+    scheme = urlsplit(url).scheme.lower()
+    if scheme == "https" or (scheme == "http" and (allow_http or is_loopback(url))):
+        return
+    if scheme != "http":
+        raise TwinError(f"{setting}.base_url: {shown_url(url)!r} is not an http(s) URL")
+    raise TwinError(
+        f"{setting}.base_url: {shown_url(url)} is plain http to another machine ({endpoint_host(url)}), so "
+        f"your text would cross the network unencrypted; use https or set {setting}.allow_insecure_http: true"
+    )
+
+
+def confirm_remote_send(
+    url: str, chunks: int, characters: int, *, yes: bool, what: str = "document chunks", to: str = "teacher"
+) -> None:
+    """Say where text is about to go and how much of it, then ask (unless `yes`); TwinError if the user
+    says no, or if nobody can be asked (no terminal) and `--yes` was not given. Nothing is sent before."""
+    import typer  # the command line's own dependency; not needed before something is about to be sent
+
+    plural = what if chunks != 1 else what.removesuffix("s")
+    typer.echo(
+        f"The {to} at {endpoint_host(url)} ({shown_url(url)}) is about to be sent {chunks:,} {plural} "
+        f"({characters:,} characters, redacted).",
+        err=True,
+    )
+    if yes:
+        return
+    if not _interactive():
+        raise TwinError(
+            f"not sending {chunks:,} {plural} to the {to} at {endpoint_host(url)} without a confirmation: "
+            "run again with --yes to send them"
+        )
+    if not typer.confirm("Send them?", default=False, err=True):
+        raise TwinError(f"nothing was sent to the {to} at {endpoint_host(url)}: not confirmed")
+
+
+def _interactive() -> bool:
+    """Whether a person can answer a question (stdin and stderr are terminals)."""
+    return sys.stdin.isatty() and sys.stderr.isatty()
 
 
 def _true(value: str) -> bool:

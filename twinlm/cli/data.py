@@ -34,11 +34,20 @@ def build_command(
     preview: Annotated[
         int, typer.Option(help="Then show this many samples, trained tokens highlighted.")
     ] = 0,
+    yes: Annotated[
+        bool,
+        typer.Option(
+            "--yes",
+            help="Send the document chunks to the teacher endpoint (build.teacher) without asking. Without "
+            "it the build says where and how much, and asks; with no terminal to ask, it sends nothing.",
+        ),
+    ] = False,
     as_json: AsJson = False,
 ) -> None:
     """Turn the corpus into a tokenized dataset for the base model (data/ in the workspace)."""
     from twinlm.prepare.build import build
     from twinlm.prepare.preview import preview as show_samples
+    from twinlm.privacy import confirm_remote_send
 
     ws = open_workspace(workspace)
     update: dict[str, object] = {}
@@ -63,7 +72,21 @@ def build_command(
     config = ws.config.model_copy(update={"build": settings})
     folder = _dataset_folder(ws)
     with Corpus(ws.corpus_path) as corpus, err.status("Building") as status:
-        result = build(config, corpus, folder, on_stage=lambda stage: status.update(f"Building: {stage}"))
+
+        def confirm(url: str, chunks: int, characters: int) -> None:
+            status.stop()  # the spinner would draw over the question
+            try:
+                confirm_remote_send(url, chunks, characters, yes=yes)
+            finally:
+                status.start()
+
+        result = build(
+            config,
+            corpus,
+            folder,
+            on_stage=lambda stage: status.update(f"Building: {stage}"),
+            confirm_send=confirm,
+        )
     for warning in result.report["warnings"]:
         err.print(f"[bold yellow]warning:[/] {safe_text(warning)}", highlight=False, soft_wrap=True)
     if as_json:

@@ -41,7 +41,7 @@ from twinlm.prepare.render import SystemFor, detect_style, render_many
 from twinlm.prepare.sample import IGNORE_INDEX, Sample, Turn
 from twinlm.prepare.select import Chat, chats
 from twinlm.prepare.sessions import merge_turns, split_by_gap
-from twinlm.prepare.teacher import generate_qa
+from twinlm.prepare.teacher import ConfirmSend, generate_qa
 from twinlm.prepare.whose import tally, warnings
 
 
@@ -73,8 +73,12 @@ def build(
     *,
     on_stage: Callable[[str], None] | None = None,
     render_batch_size: int = 256,  # texts per tokenizer call; 1 is the per-sample baseline of `make bench`
+    confirm_send: ConfirmSend | None = None,
 ) -> BuildResult:
-    """Build the dataset for `config` from `corpus` into the folder `out` (replaced atomically by file)."""
+    """Build the dataset for `config` from `corpus` into the folder `out` (replaced atomically by file).
+
+    `confirm_send` is asked before document chunks go to the teacher endpoint (the command line asks the
+    user, or takes --yes); it raises to send nothing."""
     settings = config.build
     stage = on_stage or (lambda _: None)
     counts: Counter[str] = Counter()
@@ -114,7 +118,7 @@ def build(
     if settings.teacher.enabled:
         stage("asking the teacher model for questions about the documents")
         chunks = [(s.id, s.turns[0].text) for s in samples if s.kind == "document"]
-        qa = generate_qa(chunks, settings.teacher, out / "teacher_cache.jsonl")
+        qa = generate_qa(chunks, settings.teacher, out / "teacher_cache.jsonl", confirm=confirm_send)
         samples.extend(qa.samples)
         counts["teacher question/answer pairs"] += len(qa.samples)
     if not samples:

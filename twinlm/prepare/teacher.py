@@ -3,7 +3,10 @@
 NETWORK: this is the only code in the build stage that talks to the network. It runs only when
 `teacher.enabled` is true and then SENDS EVERY DOCUMENT CHUNK to `teacher.base_url` (any
 OpenAI-compatible `/chat/completions` endpoint: a local vLLM / llama.cpp / Ollama server, or a hosted
-API). Point it at a local server to keep documents on this machine.
+API). Point it at a local server to keep documents on this machine. Before the first request it refuses
+plain http to another machine unless `allow_insecure_http` (twinlm.privacy.check_endpoint_url), and
+`confirm` is asked with the URL and how many chunks and characters are about to be sent (the command
+line says so and asks, or takes --yes: twinlm.privacy.confirm_remote_send).
 
 Decisions:
 
@@ -43,6 +46,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from twinlm.errors import TwinError
 from twinlm.prepare.sample import Sample, Turn
+from twinlm.privacy import check_endpoint_url
 
 PROMPT_VERSION = 1  # bump when the request or the parsing changes in a way that invalidates answers
 SOURCE = "teacher"
@@ -67,6 +71,8 @@ Excerpt:
 """
 
 Progress = Callable[[int, int], None]  # (chunks done, chunks in all)
+# (endpoint URL, chunks about to be sent, their characters): raises to send nothing.
+ConfirmSend = Callable[[str, int, int], None]
 
 
 class TeacherError(TwinError):
@@ -89,6 +95,11 @@ class TeacherConfig(BaseModel):
         "Ollama) or https://api.openai.com/v1.",
     )
     model: str | None = Field(None, description="Model name the endpoint knows, e.g. 'gpt-4o-mini'.")
+    allow_insecure_http: bool = Field(
+        False,
+        description="Allow a plain http:// base_url on another machine. Off: http is refused unless the "
+        "host is this machine (localhost, 127.0.0.1, ::1), as chunks sent over http can be read on the way.",
+    )
     api_key_env: str = Field(
         "TWINLM_TEACHER_API_KEY",
         min_length=1,
@@ -160,11 +171,13 @@ def generate_qa(
     config: TeacherConfig,
     cache_path: Path,
     progress: Progress | None = None,
+    confirm: ConfirmSend | None = None,
 ) -> QAResult:
     """Q/A samples for `chunks` ((chunk_id, text); ids as `document_samples` makes them: "<doc id>:<n>").
 
-    Sends every chunk that is not in the cache to the teacher endpoint; does nothing (no network, no
-    cache) unless the teacher is enabled.
+    Sends every chunk that is not in the cache to the teacher endpoint, after checking its URL and calling
+    `confirm` with what is about to be sent; does nothing (no network, no cache) unless the teacher is
+    enabled.
     """
     result = QAResult()
     if not config.enabled or not config.base_url or not chunks:
@@ -183,6 +196,9 @@ def generate_qa(
     if progress:
         progress(result.cached, total)
     if missing:
+        check_endpoint_url(config.base_url, config.allow_insecure_http, setting="build.teacher")
+        if confirm is not None:
+            confirm(config.base_url, len(missing), sum(map(len, missing.values())))
         with cache, _Client(config) as client:
             for key, content in client.ask_all(missing, progress, result.cached, total):
                 pairs = parse_pairs(content)
