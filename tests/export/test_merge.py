@@ -6,10 +6,12 @@ The base is the tiny Llama saved in bf16 in several shards. Adapters are made wi
 
 from __future__ import annotations
 
+import gc
 import itertools
 import json
 import shutil
-from collections.abc import Callable
+import weakref
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import orjson
@@ -23,7 +25,9 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
 import twinlm
 from twinlm.config import BuildConfig, TrainConfig, TwinConfig
 from twinlm.errors import TwinError
+from twinlm.export import merge as merge_module
 from twinlm.export.merge import PROVENANCE, merge_run
+from twinlm.export.merge_io import ShardWriter
 from twinlm.models.tiny import build_tiny_model
 from twinlm.prepare.persona import persona_prompt
 
@@ -326,18 +330,14 @@ def test_an_interrupted_merge_leaves_no_folder(
     merge_run(run, out)
     before = sorted(p.name for p in out.iterdir())
 
-    import safetensors.torch
+    real = ShardWriter.add
 
-    real = safetensors.torch.save_file
-    calls = []
-
-    def failing(*args: object, **kwargs: object) -> None:
-        calls.append(1)
-        if len(calls) == 2:  # the second shard: one is written already
+    def failing(self: ShardWriter, name: str, tensor: torch.Tensor) -> None:
+        if "-00002-of-" in self.path.name:  # the second shard: the first is written already
             raise failure
-        real(*args, **kwargs)
+        real(self, name, tensor)
 
-    monkeypatch.setattr(safetensors.torch, "save_file", failing)
+    monkeypatch.setattr(ShardWriter, "add", failing)
     expected = KeyboardInterrupt if isinstance(failure, KeyboardInterrupt) else TwinError
     with pytest.raises(expected) as err:
         merge_run(run, out)
@@ -347,52 +347,41 @@ def test_an_interrupted_merge_leaves_no_folder(
     assert sorted(p.name for p in out.iterdir()) == before  # the earlier merge is intact
 
     shutil.rmtree(out)
-    calls.clear()
     with pytest.raises(expected):
         merge_run(run, out)
     assert list(out.parent.iterdir()) == []  # nothing under the final name, no temp folder
 
 
-def test_merge_reads_and_writes_one_shard_at_a_time(
+def test_merge_holds_one_tensor_at_a_time(
     base: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """One base shard open at a time, and each written out (only its own tensors) before the next is
-    read: memory holds one shard, never the whole model."""
+    """Each base shard is read tensor by tensor into its output shard, which is finished before the next
+    is read; a tensor read is released before the next one is: never a shard, let alone the model."""
     run = make_run(tmp_path, base, adapter(base).save_pretrained)
-    import safetensors
-    import safetensors.torch
+    events: list[str] = []
+    real_read = merge_module.read_tensors
 
-    real_open, real_save = safetensors.safe_open, safetensors.torch.save_file
-    events: list[tuple[str, str]] = []
-    depth = [0]
+    def reading(path: Path, names: list[str]) -> Iterator[tuple[str, torch.Tensor]]:
+        events.append(f"read {path.name}")
+        previous = None
+        for name, tensor in real_read(path, names):
+            gc.collect()
+            assert previous is None or previous() is None, "the previous tensor is still held"
+            previous = weakref.ref(tensor)
+            yield name, tensor
+            del tensor
 
-    class Tracking:
-        def __init__(self, path: str, *args: object, **kwargs: object) -> None:
-            self.inner, self.path = real_open(path, *args, **kwargs), path
+    class Writer(ShardWriter):
+        def close(self, *, complete: bool = True) -> None:
+            events.append(f"wrote {self.path.name}")
+            super().close(complete=complete)
 
-        def __enter__(self) -> object:
-            depth[0] += 1
-            assert depth[0] == 1, "two safetensors files open at once"
-            events.append(("read", Path(self.path).name))
-            return self.inner.__enter__()
-
-        def __exit__(self, *exc: object) -> None:
-            depth[0] -= 1
-            self.inner.__exit__(*exc)
-
-    def saving(tensors: dict, path: str, *args: object, **kwargs: object) -> None:
-        events.append(("write", ",".join(sorted(tensors))))
-        real_save(tensors, path, *args, **kwargs)
-
-    monkeypatch.setattr(safetensors, "safe_open", Tracking)
-    monkeypatch.setattr(safetensors.torch, "save_file", saving)
-    merge_run(run, tmp_path / "merged")
-    index = json.loads((base / "model.safetensors.index.json").read_text())["weight_map"]
-    shards = sorted(set(index.values()))
-    merging = events[len(shards) :]  # after the header pass (_shards lists each file's tensor names)
-    for k, shard in enumerate(shards):
-        assert merging[2 * k] == ("read", shard)
-        assert merging[2 * k + 1] == ("write", ",".join(sorted(t for t, f in index.items() if f == shard)))
+    monkeypatch.setattr(merge_module, "read_tensors", reading)
+    monkeypatch.setattr(merge_module, "ShardWriter", Writer)
+    out = merge_run(run, tmp_path / "merged")
+    shards = sorted(p.name for p in base.glob("model-*.safetensors"))
+    assert events == [f"{verb} {name}" for name in shards for verb in ("read", "wrote")]
+    assert sorted(p.name for p in out.glob("*.safetensors")) == shards
 
 
 def test_qlora_adapter_merges_into_the_16_bit_base(base: Path, tmp_path: Path) -> None:

@@ -32,6 +32,7 @@ import orjson
 
 from twinlm import __version__
 from twinlm.errors import TwinError
+from twinlm.export.merge_io import FLOAT_CODES, ShardWriter, dtype_name, read_header, read_tensors
 from twinlm.files import write_atomic
 
 PROVENANCE = "twinlm-export.json"
@@ -134,7 +135,8 @@ def merge_run(
     try:
         written = _write_shards(shards, adapter, out_dtype, tmp, progress)
         if len(written) > 1:
-            index = {"metadata": {"total_size": sum(written.values())}, "weight_map": _weight_map(tmp)}
+            size = sum((tmp / file).stat().st_size for file in written)
+            index = {"metadata": {"total_size": size}, "weight_map": _weight_map(written)}
             write_atomic(tmp / INDEX, orjson.dumps(index, option=orjson.OPT_INDENT_2).decode() + "\n")
         _write_config(model_config, out_dtype, tmp)
         if (source / "generation_config.json").is_file():
@@ -238,18 +240,19 @@ def _base_folder(run_dir: Path, record: dict[str, Any], adapter_config: dict[str
     return folder
 
 
-def _shards(folder: Path) -> list[tuple[Path, list[str]]]:
-    """The model's safetensors files (as transformers reads them: the index, else model.safetensors)
-    with the tensor names in each."""
-    from safetensors import safe_open
+@dataclass(frozen=True, slots=True)
+class _Shard:
+    file: Path
+    names: list[str]  # its tensors, in the order of their data in the file (sequential reads)
+    header: dict[str, dict[str, Any]]  # name -> dtype, shape, data_offsets
 
+
+def _shards(folder: Path) -> list[_Shard]:
+    """The model's safetensors files, as transformers reads them (the index, else model.safetensors)."""
     index = folder / INDEX
     if index.is_file():
         weight_map = _read_json(index, f"{index}: missing").get("weight_map", {})
-        names: dict[str, list[str]] = {}
-        for tensor, file in weight_map.items():
-            names.setdefault(file, []).append(tensor)
-        files = [folder / file for file in sorted(names)]
+        files = [folder / file for file in sorted(set(weight_map.values()))]
     elif (folder / "model.safetensors").is_file():
         files = [folder / "model.safetensors"]
     else:
@@ -257,10 +260,11 @@ def _shards(folder: Path) -> list[tuple[Path, list[str]]]:
     shards = []
     for file in files:
         try:
-            with safe_open(str(file), "pt") as f:
-                shards.append((file, sorted(f.keys())))
-        except (OSError, Exception) as err:  # safetensors raises its own error type for a bad header
-            raise TwinError(f"{file}: unreadable safetensors file ({str(err).splitlines()[0]})") from None
+            header = read_header(file)
+        except OSError as err:
+            raise TwinError(f"{file}: unreadable ({err.strerror or err})") from None
+        names = sorted(header, key=lambda name: header[name]["data_offsets"][0])
+        shards.append(_Shard(file, names, header))
     return shards
 
 
@@ -350,10 +354,10 @@ def _scaling(lora: _Lora, config: dict[str, Any], where: Path) -> float:
 
 
 def _check_targets(
-    adapter: _Adapter, shards: list[tuple[Path, list[str]]], model_config: dict[str, Any], source: Path
+    adapter: _Adapter, shards: list[_Shard], model_config: dict[str, Any], source: Path
 ) -> None:
     """Every adapter tensor must land on a base tensor: a name that matches nothing would be lost."""
-    have = {name for _, names in shards for name in names}
+    have = {name for shard in shards for name in shard.names}
     wanted = set(adapter.loras) | set(adapter.replaced)
     wanted |= {f"{lora.module}.bias" for lora in adapter.loras.values() if lora.b_bias is not None}
     missing = sorted(wanted - have)
@@ -383,47 +387,51 @@ def _check_out_dir(out_dir: Path) -> None:
 
 
 def _write_shards(
-    shards: list[tuple[Path, list[str]]],
-    adapter: _Adapter | None,
-    out_dtype: str,
-    tmp: Path,
-    progress: Progress | None,
-) -> dict[str, int]:
-    """Each base shard merged and written as one output shard: {file name: bytes of tensors}."""
+    shards: list[_Shard], adapter: _Adapter | None, out_dtype: str, tmp: Path, progress: Progress | None
+) -> dict[str, list[str]]:
+    """Each base shard merged into one output shard, a tensor at a time: {file name: its tensors}."""
     import torch
-    from safetensors import safe_open
-    from safetensors.torch import save_file
 
-    target = getattr(torch, out_dtype)
-    total = sum(file.stat().st_size for file, _ in shards)
-    finished = 0  # bytes of the shards done
-    written: dict[str, int] = {}
-    count = len(shards)
-    for k, (file, names) in enumerate(shards, start=1):
-        out_name = "model.safetensors" if count == 1 else f"model-{k:05d}-of-{count:05d}.safetensors"
-        merged: dict[str, torch.Tensor] = {}
-        done = finished
-        with safe_open(str(file), "pt") as f:
-            for name in names:
-                tensor = f.get_tensor(name)
-                nbytes = tensor.numel() * tensor.element_size()
+    total = sum(shard.file.stat().st_size for shard in shards)
+    done = 0
+    written: dict[str, list[str]] = {}
+    for k, shard in enumerate(shards, start=1):
+        out_name = (
+            "model.safetensors" if len(shards) == 1 else f"model-{k:05d}-of-{len(shards):05d}.safetensors"
+        )
+        writer = ShardWriter(
+            tmp / out_name, [_layout(shard, name, adapter, out_dtype) for name in shard.names]
+        )
+        try:
+            for name, tensor in read_tensors(shard.file, shard.names):
+                done += tensor.numel() * tensor.element_size()
                 if tensor.is_floating_point():
-                    tensor = _merged(name, tensor, adapter).to(target)
-                merged[name] = tensor.contiguous()
-                done += nbytes
+                    tensor = _merged(name, tensor, adapter).to(getattr(torch, out_dtype))
+                writer.add(name, tensor)
+                del tensor  # one tensor in memory at a time
                 if progress is not None:
                     progress(min(done, total), total)
-        save_file(merged, str(tmp / out_name), metadata={"format": "pt"})
-        written[out_name] = sum(t.numel() * t.element_size() for t in merged.values())
-        del merged
-        finished += file.stat().st_size
-        if progress is not None:
-            progress(finished, total)
+        except BaseException:
+            writer.close(complete=False)
+            raise
+        writer.close()
+        written[out_name] = shard.names
+    if progress is not None:
+        progress(total, total)
     if adapter is not None:
         unused = sorted(lora.module for lora in adapter.loras.values() if not lora.used)
         if unused:  # _check_targets makes this unreachable; a guard against a silent partial merge
             raise TwinError(f"adapter weights of {unused[0]} were not merged")
     return written
+
+
+def _layout(shard: _Shard, name: str, adapter: _Adapter | None, out_dtype: str) -> tuple[str, str, list[int]]:
+    """(name, dtype, shape) of a tensor as it will be written: floats in out_dtype; a tensor the adapter
+    saved whole (modules_to_save) in its own shape."""
+    info = shard.header[name]
+    replaced = adapter.replaced.get(name) if adapter is not None else None
+    shape = list(replaced.shape) if replaced is not None else info["shape"]
+    return name, out_dtype if info["dtype"] in FLOAT_CODES else dtype_name(info["dtype"]), shape
 
 
 def _merged(name: str, weight: Any, adapter: _Adapter | None) -> Any:
@@ -459,14 +467,8 @@ def _merged(name: str, weight: Any, adapter: _Adapter | None) -> Any:
     return (rows * factor.view(-1, 1)).T if adapter.fan_in_fan_out else rows * factor.view(-1, 1)
 
 
-def _weight_map(folder: Path) -> dict[str, str]:
-    from safetensors import safe_open
-
-    found: dict[str, str] = {}
-    for file in sorted(folder.glob("*.safetensors")):
-        with safe_open(str(file), "pt") as f:
-            found.update(dict.fromkeys(f.keys(), file.name))
-    return dict(sorted(found.items()))
+def _weight_map(written: dict[str, list[str]]) -> dict[str, str]:
+    return dict(sorted((name, file) for file, names in written.items() for name in names))
 
 
 def _write_config(model_config: dict[str, Any], out_dtype: str, folder: Path) -> None:
