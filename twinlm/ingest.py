@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import gc
 import os
-import shutil
 import tempfile
 import zipfile
 from collections import Counter
@@ -33,7 +32,7 @@ from twinlm.corpus.supersede import Superseding
 from twinlm.errors import ExportError
 from twinlm.model import ParseOptions, ParseReport
 from twinlm.sources import whatsapp
-from twinlm.sources._common import position, read_head, untrack
+from twinlm.sources._common import MAX_ZIP_ENTRIES, check_zip_directory, position, read_head, untrack
 from twinlm.sources.whatsapp import LOCAL_TIME_NOTE
 
 # Leading bytes of files that are media, never exports: skipped inside zips without unpacking them.
@@ -43,6 +42,7 @@ MAX_ZIP_DEPTH = 2
 WORKSPACE_FILES = ("twin.yaml", "corpus.db", "corpus.db-journal", "corpus.db-wal", "corpus.db-shm")
 WORKSPACE_FOLDERS = ("data", "runs", "export", "reports", "models")
 SUSPICIOUS_RATIO = 100  # uncompressed/compressed: chat exports compress 5-20x, bombs 1000x and more
+ZIP_FLOOR = 2**26  # bytes any archive may unpack to, whatever its size and ratio
 # What a folder given as documents is searched for (a file named on its own is read whatever its name).
 DOCUMENT_SUFFIXES = (
     ".txt", ".text", ".md", ".markdown", ".mdown", ".mkd", ".mkdn", ".rst", ".org", ".pdf", ".docx",
@@ -427,8 +427,51 @@ def _walk(path: Path, own: set[Path], result: IngestResult) -> Iterator[tuple[Pa
         yield child, False
 
 
+@dataclass(slots=True)
+class _ZipBudget:
+    """What one archive given by the user may unpack, the archives nested in it included: bytes counted as
+    they are written (never taken from the headers alone), and entries."""
+
+    name: str  # the archive given, as shown
+    limit: int  # bytes it may unpack to in all
+    why: str  # what sets the limit, for the error
+    bytes_left: int
+    entries_left: int = MAX_ZIP_ENTRIES
+
+    @classmethod
+    def of(cls, item: _Input, max_unpacked: int) -> _ZipBudget:
+        # A small archive cannot take gigabytes: at most SUSPICIOUS_RATIO times its size (plus a floor for
+        # tiny exports), and never more than ingest.max_unpacked_gb.
+        by_ratio = SUSPICIOUS_RATIO * item.path.stat().st_size + ZIP_FLOOR
+        if by_ratio < max_unpacked:
+            why = f"{SUSPICIOUS_RATIO} times its size: a likely zip bomb"
+        else:
+            why = "ingest.max_unpacked_gb"
+        limit = min(by_ratio, max_unpacked)
+        return cls(item.name, limit, why, bytes_left=limit)
+
+    def refuse(self) -> ExportError:
+        return _ZipLimit(
+            self.name,
+            f"zip would unpack to more than {self._limit_mb()} ({self.why}); unpack it yourself if that is "
+            "expected",
+        )
+
+    def _limit_mb(self) -> str:
+        return f"{self.limit / 2**20:,.0f} MB" if self.limit < 2**30 else f"{self.limit / 2**30:.1f} GB"
+
+
+class _ZipLimit(ExportError):
+    """A zip limit reached inside a nested archive: reported once, on the archive the user gave."""
+
+
 def _maybe_archive(
-    item: _Input, scratch: Path, max_unpacked: int, depth: int, result: IngestResult
+    item: _Input,
+    scratch: Path,
+    max_unpacked: int,
+    depth: int,
+    result: IngestResult,
+    budget: _ZipBudget | None = None,
 ) -> Iterator[_Input]:
     if not _is_archive(item.path):
         yield item
@@ -437,21 +480,42 @@ def _maybe_archive(
         error = f"{item.name}: zip nested too deeply; unpack it first"
         result.files.append(FileResult(item.name, error=error))
         return
+    if budget is None:
+        budget = _ZipBudget.of(item, max_unpacked)
     try:
+        try:
+            check_zip_directory(item.path, item.name, budget.entries_left)
+        except ExportError as e:
+            raise _ZipLimit(budget.name, e.message if not depth else f"{e.message} ({item.name})") from None
         with zipfile.ZipFile(item.path) as archive:
-            members = _safe_members(archive, item.name, max_unpacked)
+            members, encrypted = _safe_members(archive, item.name, budget)
+            if encrypted:
+                result.files.append(FileResult(item.name, error=_encrypted(item.name, encrypted)))
             target = scratch / f"{depth}-{len(list(scratch.iterdir()))}" / _archive_stem(item.name)
             for info in members:
-                with _unpacked(archive, info, target) as member_path:
+                with _unpacked(archive, info, target, budget) as member_path:
                     if member_path is None:
                         result.skip(f"{item.name}/{info.filename}", MEDIA_IN_ARCHIVE)
                         continue
                     member = _Input(member_path, f"{item.name}/{info.filename}", False, in_archive=True)
-                    yield from _maybe_archive(member, scratch, max_unpacked, depth + 1, result)
+                    yield from _maybe_archive(member, scratch, max_unpacked, depth + 1, result, budget)
+    except _ZipLimit as e:
+        if depth:
+            raise  # the archive given names the error (its budget was spent)
+        result.files.append(FileResult(item.name, error=str(ExportError(item.name, e.message, e.where))))
     except ExportError as e:
         result.files.append(FileResult(item.name, error=str(e)))
     except (zipfile.BadZipFile, zipfile.LargeZipFile, NotImplementedError, EOFError, OSError) as e:
         result.files.append(FileResult(item.name, error=f"{item.name}: damaged or unsupported zip ({e})"))
+
+
+def _encrypted(name: str, members: list[str]) -> str:
+    more = f" and {len(members) - 3:,} more" if len(members) > 3 else ""
+    some = ", ".join(repr(m) for m in members[:3]) + more
+    return (
+        f"{name}: encrypted (password-protected) zip: {some} not read; unpack it with its password and "
+        "ingest the folder"
+    )
 
 
 def _is_archive(path: Path) -> bool:
@@ -460,33 +524,41 @@ def _is_archive(path: Path) -> bool:
         if f.read(4) != b"PK\x03\x04":
             return False
     try:
+        check_zip_directory(path, path)
         with zipfile.ZipFile(path) as archive:
             return "word/document.xml" not in archive.namelist()
-    except (zipfile.BadZipFile, OSError):
+    except (zipfile.BadZipFile, OSError, ExportError):
         return True  # let the archive reader report the damage with the file's name
 
 
-def _safe_members(archive: zipfile.ZipFile, name: str, max_unpacked: int) -> list[zipfile.ZipInfo]:
-    """Members to unpack, after refusing path traversal and zip bombs (checked before any write)."""
-    members, total = [], 0
-    for info in archive.infolist():
+def _safe_members(
+    archive: zipfile.ZipFile, name: str, budget: _ZipBudget
+) -> tuple[list[zipfile.ZipInfo], list[str]]:
+    """(members to unpack, encrypted members' names), after refusing path traversal and zip bombs by what
+    the directory declares (before any write: zipfile reads no more than a member's declared size; the
+    bytes are counted again as they are written)."""
+    members, encrypted, total = [], [], 0
+    infos = archive.infolist()
+    budget.entries_left -= len(infos)
+    if budget.entries_left < 0:
+        raise _ZipLimit(budget.name, f"zips inside it hold more than {MAX_ZIP_ENTRIES:,} entries in all")
+    for info in infos:
         parts = PurePosixPath(info.filename.replace("\\", "/")).parts
         if info.filename.startswith(("/", "\\")) or ".." in parts or (parts and ":" in parts[0]):
             raise ExportError(name, f"unsafe path {info.filename!r} in zip; refusing to unpack it")
         if info.is_dir() or any(p.startswith(".") or p == "__MACOSX" for p in parts):
             continue
+        if info.flag_bits & 0x1:  # zipfile would raise RuntimeError (a password is needed) on open
+            encrypted.append(info.filename)
+            continue
         total += info.file_size
-        if total > max_unpacked:
-            raise ExportError(
-                name,
-                f"zip would unpack to more than {max_unpacked / 2**30:.1f} GB "
-                "(ingest.max_unpacked_gb); unpack it yourself if that is expected",
-            )
+        if total > budget.bytes_left:
+            raise budget.refuse()
         ratio = info.file_size // max(info.compress_size, 1)
-        if info.file_size > 2**26 and ratio > SUSPICIOUS_RATIO:
-            raise ExportError(name, f"{info.filename!r} compresses {ratio}x: refusing a likely zip bomb")
+        if info.file_size > ZIP_FLOOR and ratio > SUSPICIOUS_RATIO:
+            raise _ZipLimit(name, f"{info.filename!r} compresses {ratio}x: refusing a likely zip bomb")
         members.append(info)
-    return sorted(members, key=lambda i: i.filename)
+    return sorted(members, key=lambda i: i.filename), encrypted
 
 
 def _archive_stem(name: str) -> str:
@@ -497,8 +569,11 @@ def _archive_stem(name: str) -> str:
 
 
 @contextmanager
-def _unpacked(archive: zipfile.ZipFile, info: zipfile.ZipInfo, target: Path) -> Iterator[Path | None]:
-    """Unpack one member to a temporary file (deleted after use); None for media files."""
+def _unpacked(
+    archive: zipfile.ZipFile, info: zipfile.ZipInfo, target: Path, budget: _ZipBudget
+) -> Iterator[Path | None]:
+    """Unpack one member to a temporary file (deleted after use); None for media files. The bytes written
+    are counted against `budget` and the member's own compression ratio as they come."""
     with archive.open(info) as src:
         head = src.read(16)
         if head.startswith(MEDIA_MAGIC) or head[4:8] == b"ftyp":
@@ -506,9 +581,27 @@ def _unpacked(archive: zipfile.ZipFile, info: zipfile.ZipInfo, target: Path) -> 
             return
         out = target.joinpath(*PurePosixPath(info.filename).parts)
         out.parent.mkdir(parents=True, exist_ok=True)
-        with open(out, "wb") as dst:
-            dst.write(head)
-            shutil.copyfileobj(src, dst, 1 << 20)  # zipfile stops at the declared size and checks CRC
+        most = SUSPICIOUS_RATIO * max(info.compress_size, 1)
+        written = 0
+        try:
+            with open(out, "wb") as dst:
+                chunk = head
+                while chunk:
+                    written += len(chunk)
+                    budget.bytes_left -= len(chunk)
+                    if budget.bytes_left < 0:
+                        raise budget.refuse()
+                    if written > ZIP_FLOOR and written > most:
+                        raise _ZipLimit(
+                            budget.name,
+                            f"{info.filename!r} unpacks to more than {SUSPICIOUS_RATIO}x its compressed "
+                            "size: refusing a likely zip bomb",
+                        )
+                    dst.write(chunk)
+                    chunk = src.read(1 << 20)  # zipfile stops at the declared size and checks the CRC
+        except BaseException:
+            out.unlink(missing_ok=True)
+            raise
     try:
         yield out
     finally:

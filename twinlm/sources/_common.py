@@ -181,10 +181,17 @@ new_message: Callable[..., Message] = _message_builder()
 _WS = re.compile(r"[ \t]+")
 
 
+# Bytes ijson reads at a time. It builds the prefix string of every open level for each event of a buffer
+# before handing any over, so one buffer of "[0,[0,[0,..." costs the square of its depth: 1.2 MB of it took
+# 5 s and 1.1 GB with ijson's default 64 KiB (the parser's depth check only runs between buffers). 8 KiB
+# bounds a buffer at ~2,700 levels (~20 MB), at no measurable cost in throughput.
+IJSON_BUF = 8192
+
+
 def json_events(path: Path, f: BinaryIO) -> Iterator[tuple[str, str, Any]]:
     """ijson's (prefix, event, value) stream, with errors turned into ExportError at a byte offset."""
     try:
-        yield from ijson.parse(f, use_float=True)
+        yield from ijson.parse(f, buf_size=IJSON_BUF, use_float=True)
     except ijson.JSONError as e:
         raise ExportError(path, f"invalid or truncated JSON ({_first_line(e)})", f"byte {f.tell()}") from None
 
@@ -192,7 +199,7 @@ def json_events(path: Path, f: BinaryIO) -> Iterator[tuple[str, str, Any]]:
 def json_items(path: Path, f: BinaryIO, prefix: str) -> Iterator[Any]:
     """Stream the JSON values at `prefix` (ijson syntax, e.g. "messages.item"), located errors."""
     try:
-        yield from ijson.items(f, prefix, use_float=True)
+        yield from ijson.items(f, prefix, buf_size=IJSON_BUF, use_float=True)
     except ijson.JSONError as e:
         raise ExportError(path, f"invalid or truncated JSON ({_first_line(e)})", f"byte {f.tell()}") from None
 
@@ -253,3 +260,69 @@ class _NestingGuard:
 
     def __exit__(self, *exc: object) -> None:
         self._f.close()
+
+
+# A zip's central directory is read whole when it is opened (zipfile keeps a ZipInfo per member, ~0.5 KB):
+# its entry count and size come first, from the end record, so a small file of millions of empty entries
+# is refused before it takes gigabytes. No export or document holds more.
+MAX_ZIP_ENTRIES = 100_000
+MAX_ZIP_DIRECTORY = 64 * 2**20
+
+
+def zip_directory(path: Path) -> tuple[int, int] | None:
+    """(entries, central directory bytes) from a zip's end record, or None when it has none."""
+    import zipfile
+
+    try:
+        with open(path, "rb") as f:
+            # The end record as zipfile itself finds it (zip64 included); private, hence the guard.
+            end = zipfile._EndRecData(f)  # type: ignore[attr-defined]
+    except (OSError, AttributeError, ValueError, IndexError, zipfile.BadZipFile):
+        return None
+    if not end:
+        return None
+    return int(end[zipfile._ECD_ENTRIES_TOTAL]), int(end[zipfile._ECD_SIZE])  # type: ignore[attr-defined]
+
+
+def check_zip_directory(path: Path, name: object, entries_left: int = MAX_ZIP_ENTRIES) -> None:
+    """Refuse (ExportError) a zip whose directory alone would take too much memory to read."""
+    directory = zip_directory(path)
+    if directory is None:
+        return  # zipfile reports the damage
+    entries, size = directory
+    if entries > entries_left or size > MAX_ZIP_DIRECTORY:
+        raise ExportError(
+            name,
+            f"zip holds {entries:,} entries ({size / 2**20:,.0f} MB of directory), over the "
+            f"{MAX_ZIP_ENTRIES:,} an archive (with the zips inside it) may hold; unpack it yourself if that "
+            "is expected",
+        )
+
+
+def bounded_lines(path: Path, f: BinaryIO, limit: int, what: str) -> Iterator[bytes]:
+    """The lines of `f` (split at b"\\n", line ends removed), refusing one longer than `limit` bytes before
+    it is read whole: file iteration would read a 1 GB line (a sparse or unpacked file) into memory.
+
+    As fast as iterating the file: 64 KiB blocks split in C; only an unfinished line is held, in pieces.
+    """
+    pending: list[bytes] = []  # the start of a line that has not ended yet
+    held = 0
+    while block := f.read(1 << 16):
+        if pending:
+            end = block.find(b"\n")
+            if end < 0:
+                pending.append(block)
+                held += len(block)
+                if held > limit:
+                    where = f"byte {f.tell() - held}"
+                    raise ExportError(path, f"a line longer than {limit / 2**20:,.0f} MB: not {what}", where)
+                continue
+            pending.append(block[:end])
+            yield b"".join(pending)
+            block = block[end + 1 :]
+        lines = block.split(b"\n")
+        last = lines.pop()
+        yield from lines
+        pending, held = ([last], len(last)) if last else ([], 0)
+    if pending:
+        yield b"".join(pending)

@@ -43,12 +43,18 @@ from zoneinfo import ZoneInfo
 
 from twinlm.errors import ExportError
 from twinlm.model import Conversation, Kind, Message, ParseOptions, ParseReport, Role
-from twinlm.sources._common import HEAD_BYTES, in_slices, stable_id
+from twinlm.sources._common import HEAD_BYTES, check_zip_directory, in_slices, stable_id
 
 SOURCE = "documents"
 AUTHOR = "document"
 MAX_DOCUMENT_CHARS = 50_000_000
-MAX_DOCX_XML_BYTES = 512 << 20  # word/document.xml larger than this when inflated is refused (zip bomb)
+# python-docx reads every part of the package into memory (styles, headers, comments, images) and builds
+# a tree of word/document.xml at ~20 bytes of memory per byte of XML (32 MB of paragraphs: 645 MB, 80 s).
+# So word/document.xml (a 1,000-page book's is ~10 MB) and every other part are capped, and a part that
+# inflates more than _DOCX_RATIO times (text XML deflates 4-20x) is a zip bomb.
+MAX_DOCX_XML_BYTES = 64 << 20
+MAX_DOCX_PART_BYTES = 64 << 20
+_DOCX_RATIO, _DOCX_FLOOR = 100, 1 << 20  # ratio checked for parts over the floor
 MARKDOWN_SUFFIXES = {".md", ".markdown", ".mdown", ".mkd", ".mkdn"}
 _CHUNK = 1 << 20
 _ZIP_MAGIC = b"PK\x03\x04"
@@ -73,10 +79,25 @@ def looks_like(head: str, path: Path) -> bool:
 
 def _is_docx(path: Path) -> bool:
     try:
+        check_zip_directory(path, path)  # millions of entries: refused before zipfile reads them all
         with zipfile.ZipFile(path) as z:
             return "word/document.xml" in z.namelist()
     except Exception:  # any damaged zip is simply not a DOCX
         return False
+
+
+def _check_parts(path: Path, parts: list[tuple[str, int, int]]) -> None:
+    """Refuse a DOCX whose parts (as declared: zipfile reads no more) would inflate to gigabytes."""
+    total = sum(size for _, size, _ in parts)
+    if total > _DOCX_RATIO * path.stat().st_size + _DOCX_FLOOR:
+        raise ExportError(
+            path, f"DOCX would inflate to {total:,} bytes, over {_DOCX_RATIO}x its size: a zip bomb"
+        )
+    for name, size, packed in parts:
+        if size > MAX_DOCX_PART_BYTES:
+            raise ExportError(path, f"DOCX part too large ({size:,} bytes inflated)", name)
+        if size > _DOCX_FLOOR and size > _DOCX_RATIO * max(packed, 1):
+            raise ExportError(path, f"DOCX part inflates {size // max(packed, 1):,}x: a zip bomb", name)
 
 
 def _is_text(raw: bytes, complete: bool) -> bool:
@@ -305,14 +326,19 @@ def _read_docx(path: Path, report: ParseReport) -> tuple[str, str | None, dateti
     from docx.text.paragraph import Paragraph
 
     try:
+        check_zip_directory(path, path)
         with zipfile.ZipFile(path) as z:
             size = z.getinfo("word/document.xml").file_size
+            parts = [(info.filename, info.file_size, info.compress_size) for info in z.infolist()]
+    except ExportError:
+        raise
     except KeyError:
         raise ExportError(path, "not a DOCX document (zip without word/document.xml)") from None
     except Exception as e:
         raise ExportError(path, f"cannot read DOCX ({_why(e)})") from None
     if size > MAX_DOCX_XML_BYTES:
         raise ExportError(path, f"DOCX body too large ({size:,} bytes inflated)", "word/document.xml")
+    _check_parts(path, parts)
     try:
         document = docx.Document(str(path))
     except Exception as e:

@@ -42,12 +42,23 @@ import orjson
 
 from twinlm.errors import ExportError
 from twinlm.model import Conversation, Kind, Message, ParseOptions, ParseReport, Role
-from twinlm.sources._common import HEAD_BYTES, clip, in_slices, media_message, stable_id, track
+from twinlm.sources._common import (
+    HEAD_BYTES,
+    bounded_lines,
+    clip,
+    in_slices,
+    media_message,
+    stable_id,
+    track,
+)
 
 SOURCE = "jsonl"
 TITLE_CHARS = 80
 MAX_DEPTH = 256
 IJSON_BUF = 4096  # bytes per ijson read; see _array_items
+# A line longer than this is refused before it is read whole (a 1 GB line would take gigabytes): no chat
+# sample is that long (build cuts messages at max_message_chars anyway).
+MAX_LINE_BYTES = 64 << 20
 
 _ROLES: dict[str, Role] = {
     "human": Role.USER,
@@ -193,7 +204,7 @@ def _parse_lines(
 ) -> Iterator[Conversation]:
     state = _State()
     try:
-        for lineno, raw in enumerate(f, 1):
+        for lineno, raw in enumerate(bounded_lines(path, f, MAX_LINE_BYTES, "a JSONL dataset"), 1):
             line = raw.removeprefix(b"\xef\xbb\xbf") if lineno == 1 else raw
             if not line.strip():
                 continue

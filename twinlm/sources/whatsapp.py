@@ -37,7 +37,7 @@ from zoneinfo import ZoneInfo
 
 from twinlm.errors import ExportError
 from twinlm.model import Conversation, Kind, Message, ParseOptions, ParseReport
-from twinlm.sources._common import clip, in_slices, media_message, track
+from twinlm.sources._common import bounded_lines, clip, in_slices, media_message, track
 from twinlm.sources.whatsapp_keys import ANCHOR, MINUTE_MS, MessageKeys, chat_key, key_text, ms
 
 FORMAT = "whatsapp"
@@ -177,11 +177,17 @@ def resembles(head: str, path: Path) -> bool:
 # -- reading ------------------------------------------------------------------------------------
 
 
+# WhatsApp caps a message at 65,536 characters (at most 256 KB a line in UTF-8): a longer line is no chat,
+# and file iteration would read a 1 GB one whole.
+MAX_LINE_BYTES = 4 << 20
+_LONG_LINE = "a WhatsApp chat (its lines are messages of at most 65,536 characters)"
+
+
 def _lines(path: Path, f: BinaryIO, report: ParseReport | None) -> Iterator[str]:
     """Decoded lines without line ends; UTF-8, falling back to cp1252/latin-1 per line (noted)."""
     first = True
     try:
-        for raw in f:
+        for raw in bounded_lines(path, f, MAX_LINE_BYTES, _LONG_LINE):
             try:
                 line = raw.decode("utf-8")
             except UnicodeDecodeError:
