@@ -1,23 +1,35 @@
 """The one rendering function: a `Sample` becomes token ids and exact labels, for training and chat.
 
-The base model's own chat template renders the chat (as transformers' apply_chat_template does);
-what it can do is probed (twinlm.prepare.template), never looked up in a table of templates:
+The rendering rules (an exported template, e.g. an Ollama Modelfile, must reproduce them byte for
+byte; the messages below go through the model's own chat template, as apply_chat_template does):
 
-- "named": it writes any role name (ChatML, Llama 3): each speaker is a role.
-- "alternating": user/assistant only (Mistral, Gemma; Qwen2.5 drops unknown roles). The played
-  speaker is `assistant`, everyone else `user` (consecutive turns merged, newline-joined); each
-  turn starts "Name: " (not in assistant chats), context that chat time prefills. A session with
-  several trained speakers is rendered once per speaker, as chat time looks, each rendering with
-  that speaker's own system prompt where the caller gives one (`system_for`).
-- "plain": no template (a base model): `PLAIN_TEMPLATE`, "{speaker}: {text}{eos}", same Jinja path.
-
-A person is never rendered as a role the template gives a meaning: a speaker called "system",
-"tool" (or, in a group chat, "user" or "assistant") is written capitalized ("System"), so that a
-Discord user named "system" never gives the model instructions.
-
-The first turn is always context. The system prompt is a system message where the template keeps
-one in a chat that ends with the assistant (Mistral v0.3 shows it only before the last user
-message, Gemma raises), else it is folded into the first message as "{system}\n\n...".
+1. Assistant-style samples (kinds "assistant": ChatGPT exports, "dataset": imported sets) are the
+   template's own conversation, the way the base model was instruct-tuned: the trained speaker's
+   turns are role "assistant", everyone else's "user", with no names anywhere and no "Name: "
+   prefix (only where several speakers share the user side, role-play sets, does each user turn
+   start "Name: "). So the text equals apply_chat_template of the plain user/assistant(/system)
+   messages. Alternating templates merge consecutive user turns (newline-joined) and leave out an
+   assistant turn before the first user turn (counted); named templates keep it, untrained.
+2. Chats between people, by the template's probed style (twinlm.prepare.template):
+   - "named" (ChatML, Llama 3): each speaker's name is the role.
+   - "alternating" (Mistral, Gemma; Qwen2.5 drops unknown roles): the played speaker is
+     `assistant`, everyone else `user` (consecutive turns merged, newline-joined); each turn starts
+     "Name: ", context that chat time prefills. A session with several trained speakers is
+     rendered once per speaker, each rendering with that speaker's own system prompt where the
+     caller gives one (`system_for`).
+3. "plain": no template (a base model): `PLAIN_TEMPLATE`, "{speaker}: {text}{eos}", same Jinja
+   path, for both kinds.
+4. The system prompt, for both kinds, goes where the template shows it at inference (probed,
+   `TemplateProfile.system_at`; twinlm.prepare.system_placement): its own first message where it
+   survives a chat ending with the assistant ("message"); else "{system}{sep}" (sep "\n\n" for
+   Mistral) in front of the user message right before the LAST trained turn where the template
+   shows it before the last user message ("last_user": Mistral v0.3, as mistral_common's
+   `encode_instruct` places it; at chat time that is the last user message); else "{system}\n\n"
+   in front of the first user message ("first_user": Gemma 2 raises on a system role).
+5. The first turn is always context. A person is never rendered as a role the template gives a
+   meaning: a speaker called "system", "tool" (or, in a chat between people, "user" or
+   "assistant") is written capitalized ("System"), so that a Discord user named "system" never
+   gives the model instructions.
 
 Labels are exactly the trained turns' text tokens plus the end-of-turn token the template writes
 after them (</s>, <|im_end|>, <|eot_id|>, <end_of_turn>, eos for plain), found with no per-family
@@ -43,10 +55,13 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from twinlm.prepare.sample import IGNORE_INDEX, Sample, Turn
+from twinlm.prepare.system_placement import system_target
 from twinlm.prepare.template import (
     FIXED_DATE,
+    FOLD_SEPARATOR,
     PLAIN_TEMPLATE,
     Style,
+    SystemAt,
     TemplateError,
     TemplateProfile,
     apply_template,
@@ -61,6 +76,7 @@ __all__ = [
     "WORD_JOINER",
     "Rendered",
     "Style",
+    "SystemAt",
     "SystemFor",
     "TemplateError",
     "TemplateProfile",
@@ -149,61 +165,84 @@ def _add(counts: Counter[str], reason: str, n: int) -> None:
 def _build(
     sample: Sample,
     style: Style,
-    system: bool,
+    system_at: SystemAt,
     assistant: str | None,
     control: re.Pattern[str] | None = None,
     counts: Counter[str] | None = None,
+    separator: str = FOLD_SEPARATOR,
 ) -> tuple[list[_Message], list[int]]:
     """The messages, and for each part (in order) the index of its turn in the sample."""
     counts = counts if counts is not None else Counter()
     messages: list[_Message] = []
     turn_of_part: list[int] = []
     reserved = _RESERVED_ROLES if sample.kind in _ROLE_KINDS else _RESERVED_IN_CHATS
+    # Assistant-style samples on a chat template: the template's own user/assistant chat, no names.
+    # Their assistant: the one played, else the one trained speaker (several: rendered as people).
+    as_roles = sample.kind in _ROLE_KINDS and style != "plain"
+    if as_roles and assistant is None:
+        trained_speakers = {t.speaker for t in sample.turns[1:] if t.trained and t.text.strip()}
+        assistant = next(iter(trained_speakers)) if len(trained_speakers) == 1 else None
     if assistant is not None:
         assistant = _clean_name(assistant, control, reserved)
+    as_roles = as_roles and assistant is not None
+    # Names only where the role does not tell who spoke: several speakers on the user side.
+    say_who = (
+        as_roles and len({_clean_name(t.speaker, control, reserved) for t in sample.turns} - {assistant}) > 1
+    )
     for index, turn in enumerate(sample.turns):
         text, n = _neutralize(turn.text, control)
         if not text.strip():
             counts["empty turns skipped"] += 1
             continue
-        _add(counts, "special-token text made plain", n)
         speaker = _clean_name(turn.speaker, control, reserved)
         first = not messages
+        if as_roles:
+            role = "assistant" if speaker == assistant else "user"
+            if first and role == "assistant" and style == "alternating":  # the template starts with a user
+                counts["assistant turns before the first user turn left out"] += 1
+                continue
+            named = say_who and role == "user" and speaker != "user"
+        elif style == "alternating":
+            role = "assistant" if speaker == assistant and not first else "user"
+            named = speaker != role
+        else:
+            role, named = speaker, False
+        _add(counts, "special-token text made plain", n)
         _add(counts, "first turn trained but rendered as context", turn.trained and first)
         turn_of_part.append(index)
-        if style != "alternating":
-            messages.append(_Message(speaker, [_Part("", text, turn.trained and not first, speaker)]))
-            continue
-        role = "assistant" if speaker == assistant and not first else "user"
-        trained = turn.trained and role == "assistant"
-        if messages and messages[-1].role == role:  # merged: the name only where the author changes
-            last = messages[-1]
-            prefix = "" if last.parts[-1].speaker == speaker else f"{speaker}: "
+        trained = turn.trained and not first and (role == "assistant" or style != "alternating")
+        last = messages[-1] if messages else None
+        if style == "alternating" and last is not None and last.role == role:
+            # Merged: the name only where the author changes.
+            prefix = f"{speaker}: " if named and last.parts[-1].speaker != speaker else ""
             last.parts.append(_Part(prefix, text, trained, speaker))
         else:
-            prefix = "" if speaker == role else f"{speaker}: "
-            messages.append(_Message(role, [_Part(prefix, text, trained, speaker)]))
+            messages.append(_Message(role, [_Part(f"{speaker}: " if named else "", text, trained, speaker)]))
     system_text, n = _neutralize(sample.system or "", control)
     if system_text.strip() and messages:  # a system prompt alone is no chat
         _add(counts, "special-token text made plain", n)
-        if system:
+        roles = [m.role for m in messages]
+        target = system_target(roles, [any(p.trained for p in m.parts) for m in messages], system_at)
+        if target is None:
             messages.insert(0, _Message("system", [], lead=system_text))
         else:
-            messages[0].lead = system_text + "\n\n"
+            messages[target].lead = system_text + separator
     return messages, turn_of_part
 
 
 def to_messages(
-    sample: Sample, style: Style, *, system: bool = True, assistant: str | None = None
+    sample: Sample, style: Style, *, system: bool | SystemAt = True, assistant: str | None = None
 ) -> list[dict[str, str]]:
     """The chat messages of a sample: the one place that decides roles, names and merging.
 
-    `system`: whether the template takes a system message (else it is folded into the first
-    message). `assistant` (alternating): the played speaker, by default the last trained one.
+    `system`: where the system prompt goes (`TemplateProfile.system_at`; True: its own message,
+    False: folded into the first user message). `assistant` (alternating, assistant-style
+    samples): the played speaker, by default the last trained one.
     """
+    at: SystemAt = "message" if system is True else "first_user" if system is False else system
     if style == "alternating" and assistant is None:
         assistant = next((t.speaker for t in reversed(sample.turns[1:]) if t.trained), None)
-    messages, _ = _build(sample, style, system, assistant)
+    messages, _ = _build(sample, style, at, assistant)
     return [{"role": m.role, "content": m.content()} for m in messages]
 
 
@@ -217,6 +256,8 @@ class _Layout:
     trained: list[bool]
     turns: list[int]  # per part: the index of its turn in the sample
     add_bos: bool = False  # put the tokenizer's BOS id in front after tokenizing
+    lead: str = ""  # a system prompt folded into a later user message (Mistral v0.3) ...
+    lead_part: int = 0  # ... before this part's text
 
 
 def _layout(profile: TemplateProfile, messages: list[_Message], turns: list[int], sample_id: str) -> _Layout:
@@ -224,9 +265,12 @@ def _layout(profile: TemplateProfile, messages: list[_Message], turns: list[int]
     real: list[dict[str, str]] = []
     marked: list[dict[str, str]] = []
     parts: list[_Part] = []
+    lead, lead_part = "", 0
     if sum(len(m.parts) for m in messages) > 0xFFFD:
         raise TemplateError(f"sample {sample_id}: more than 65533 turns; split sessions before rendering")
     for m in messages:
+        if m.lead and m.parts and parts:
+            lead, lead_part = m.lead, len(parts)
         marks = [chr(_SENTINEL0 + len(sentinels) + i) for i in range(len(m.parts))]
         sentinels += marks
         parts += m.parts
@@ -263,7 +307,7 @@ def _layout(profile: TemplateProfile, messages: list[_Message], turns: list[int]
     # The tokenizer's own BOS where the template wrote none: an id in front, not text, so that
     # SentencePiece still sees the first word at offset 0 ("<s>▁You" as in pretraining).
     add_bos = profile.adds_bos and bool(profile.bos) and not text.startswith(profile.bos or "")
-    return _Layout(text, spans, [p.trained for p in parts], turns, add_bos)
+    return _Layout(text, spans, [p.trained for p in parts], turns, add_bos, lead, lead_part)
 
 
 # --- tokens, labels and windows -----------------------------------------------------------------
@@ -316,7 +360,13 @@ class _Renderer:
     def layout(self, sample: Sample, assistant: str | None, count: bool = True) -> _Layout:
         p = self.profile
         messages, turns = _build(
-            sample, p.style, p.system, assistant, p.control, self.counts if count else None
+            sample,
+            p.style,
+            p.system_at,
+            assistant,
+            p.control,
+            self.counts if count else None,
+            p.system_separator,
         )
         return _layout(p, messages, turns, sample.id) if messages else _Layout("", [], [], [])
 
@@ -405,6 +455,9 @@ class _Renderer:
         first = [self.first_token(tokens, layout.text, a) for a, _ in layout.spans]
         head = first[0]  # BOS, system prompt, first header
         cost = [b - a for a, b in zip(first, [*first[1:], len(tokens.ids)], strict=True)]
+        if layout.lead_part:  # a system prompt in a later user message: every window has it
+            lead = len(self.tokenizer(layout.lead, add_special_tokens=False)["input_ids"])
+            head, cost[layout.lead_part - 1] = head + lead, cost[layout.lead_part - 1] - lead
         keep = [k for k in range(len(cost)) if head + cost[k] <= self.max_length]
         _add(self.counts, "turns dropped: longer than max_length", len(cost) - len(keep))
         x = 0

@@ -3,9 +3,11 @@
 Rendering needs to know three things about the base model's chat template: whether it writes any
 role name ("named": ChatML, Llama 3), only user/assistant ("alternating": Mistral, Gemma; Qwen2.5
 drops unknown roles) or whether there is none ("plain": a base model, rendered with
-`PLAIN_TEMPLATE`); whether a system message survives a chat that ends with the assistant (Mistral
-v0.3 shows it only before the last user message, Gemma raises); and which token ids are control
-tokens (they end turns and must never come out of a message's text).
+`PLAIN_TEMPLATE`); where a system prompt goes (`system_at`): a system message that survives a chat
+ending with the assistant ("message"), the last user message ("last_user": Mistral v0.3 shows it
+only there, "{system}\n\n{text}", as Mistral's own encoder does) or else the first user message
+("first_user": Gemma raises on a system role); and which token ids are control tokens (they end
+turns and must never come out of a message's text).
 
 These are found by rendering small made-up chats with the template itself, never looked up in a
 table of templates: a table goes stale with every new checkpoint, fine-tune or template revision,
@@ -26,6 +28,9 @@ from transformers.utils.chat_template_utils import render_jinja_template
 from twinlm.errors import TwinError
 
 Style = Literal["named", "alternating", "plain"]
+# Where a chat's system prompt goes: its own message, or folded into the last / first user message.
+SystemAt = Literal["message", "last_user", "first_user"]
+FOLD_SEPARATOR = "\n\n"  # between a folded system prompt and the user message's text
 
 # twinlm's named-speaker format for base models without a chat template.
 PLAIN_TEMPLATE = (
@@ -55,6 +60,8 @@ class TemplateProfile:
     adds_bos: bool  # the tokenizer puts BOS in front by itself (add_special_tokens=True)
     special_ids: frozenset[int]  # control token ids: never inside a text, they end turns
     control: re.Pattern[str] | None  # their strings, made plain text inside messages
+    system_at: SystemAt = "message"  # where a system prompt goes (see the module doc)
+    system_separator: str = FOLD_SEPARATOR  # between a folded system prompt and the user's text
 
 
 # --- probing ------------------------------------------------------------------------------------
@@ -130,7 +137,20 @@ def _probe(tokenizer: Any) -> TemplateProfile:
             "set a chat template on the tokenizer or use a base model"
         )
     system = "7399" in renders([("system", "7399"), ("user", "7301"), (one, "7302")])
-    return replace(base, style=style, system=system)
+    if system:
+        return replace(base, style=style, system=True)
+    # Shown at inference only, before the last user message ("[INST] {system}\n\n{text}[/INST]"):
+    # training puts it there too, with the template's own separator, so the model learns the
+    # prompt where every tool will show it. Else it is folded into the first user message.
+    at: SystemAt = "first_user"
+    separator = FOLD_SEPARATOR
+    chat = [("user", "7301"), (one, "7302")]
+    shown = renders([("system", "7399"), *chat, ("user", "7303")])
+    if 0 <= shown.find("7399") < shown.find("7303"):
+        between = shown[shown.index("7399") + 4 : shown.index("7303")]
+        if renders([*chat, ("user", f"7399{between}7303")]) == shown:
+            at, separator = "last_user", between
+    return replace(base, style=style, system=False, system_at=at, system_separator=separator)
 
 
 def apply_template(profile: TemplateProfile, *chats: list[dict[str, str]]) -> list[str]:
