@@ -1,0 +1,116 @@
+"""The parity check (twinlm.export.parity): it passes on a faithful GGUF of the tiny model (f32, q8_0) and
+fails, naming what differs, on a GGUF broken on purpose (two vocabulary entries swapped, two weight
+tensors swapped)."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+from tools_required import require
+
+from twinlm.models.tiny import ensure_tiny
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny preset's folder (a ChatML byte-level tokenizer, Mistral-architecture random weights)."""
+    return ensure_tiny(tmp_path_factory.mktemp("parity") / "tiny")
+
+
+@pytest.fixture(scope="module")
+def ggufs(tiny: Path) -> dict[str, Path]:
+    from twinlm.export.gguf import convert_to_gguf
+
+    return {q: convert_to_gguf(tiny, tiny.parent / f"tiny-{q}.gguf", qtype=q) for q in ("f32", "q8_0")}
+
+
+@pytest.fixture(autouse=True)
+def _llama_cpp() -> None:
+    require("llama_cpp")
+
+
+@pytest.mark.parametrize("qtype", ["f32", "q8_0"])
+def test_parity_holds_on_a_faithful_export(tiny: Path, ggufs: dict[str, Path], qtype: str) -> None:
+    from twinlm.export.parity import check_parity
+
+    report = check_parity(tiny, ggufs[qtype])
+    assert report.problems == []
+    assert report.ok
+    assert report.qtype == qtype  # read from the GGUF's file type
+    assert report.strings > 60 and report.strings_identical == report.strings
+    assert report.positions > 100
+    if qtype == "f32":
+        assert report.top1_agreement == 1.0 and report.max_logit_diff < 1e-2
+    else:
+        assert report.top1_agreement > 0.9 and report.mean_kl < 0.02
+    assert report.end_of_turn == "<|im_end|>" and report.stops_at_end_of_turn is True
+    assert "stops at <|im_end|>: yes" in report.figures()
+
+
+def _broken(src: Path, dest: Path) -> object:
+    import gguf
+
+    shutil.copy(src, dest)
+    return gguf.GGUFReader(dest, "r+")  # writable views of the metadata and tensors, in place
+
+
+def test_parity_fails_on_a_changed_vocabulary(tiny: Path, ggufs: dict[str, Path]) -> None:
+    """Two tokens of the same length swap places in tokenizer.ggml.tokens: llama.cpp now maps their
+    text to each other's ids, and the check names the first token that differs."""
+    from transformers import AutoTokenizer
+
+    from twinlm.export.parity import check_parity
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny)
+    the, you = tokenizer.convert_tokens_to_ids(["Ġthe", "Ġyou"])
+    assert tokenizer.unk_token_id not in (the, you) and None not in (the, you)
+    broken = tiny.parent / "broken-vocab.gguf"
+    reader = _broken(ggufs["f32"], broken)
+    tokens = reader.fields["tokenizer.ggml.tokens"]  # type: ignore[attr-defined]
+    a, b = tokens.parts[tokens.data[the]], tokens.parts[tokens.data[you]]
+    assert (bytes(a), bytes(b)) == ("Ġthe".encode(), "Ġyou".encode())  # same length: swapped in place
+    saved = a.copy()
+    a[:], b[:] = b, saved
+    del reader
+
+    report = check_parity(tiny, broken)
+    assert not report.ok
+    differ = [p for p in report.problems if p.startswith("tokenization differs")]
+    assert differ, report.problems
+    assert any("'Ġthe'" in p or "'Ġyou'" in p for p in differ), differ
+    assert report.strings_identical < report.strings
+
+
+def test_parity_fails_on_swapped_tensors(tiny: Path, ggufs: dict[str, Path]) -> None:
+    """The feed-forward up-projections of the two layers swapped: tokenization is still identical, the
+    next-token predictions are not, and f32 must match at every position."""
+    from twinlm.export.parity import check_parity
+
+    broken = tiny.parent / "broken-tensors.gguf"
+    reader = _broken(ggufs["f32"], broken)
+    tensors = {t.name: t for t in reader.tensors}  # type: ignore[attr-defined]
+    first, second = tensors["blk.0.ffn_up.weight"].data, tensors["blk.1.ffn_up.weight"].data
+    saved = first.copy()
+    first[...] = second
+    second[...] = saved
+    del reader
+
+    report = check_parity(tiny, broken)
+    assert not report.ok
+    assert report.strings_identical == report.strings  # the vocabulary is intact
+    assert report.top1_agreement < 0.9
+    assert any(p.startswith("next-token predictions differ") and "f32" in p for p in report.problems), (
+        report.problems
+    )
+
+
+def test_the_report_reads_as_json(tiny: Path, ggufs: dict[str, Path]) -> None:
+    import orjson
+
+    from twinlm.export.parity import check_parity
+
+    data = orjson.loads(orjson.dumps(check_parity(tiny, ggufs["q8_0"]).to_json()))
+    assert data["ok"] is True and data["qtype"] == "q8_0"
+    assert {"top1_agreement", "mean_kl", "strings", "positions", "problems"} <= set(data)
