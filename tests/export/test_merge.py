@@ -26,8 +26,9 @@ import twinlm
 from twinlm.config import BuildConfig, TrainConfig, TwinConfig
 from twinlm.errors import TwinError
 from twinlm.export import merge as merge_module
-from twinlm.export.merge import PROVENANCE, merge_run
+from twinlm.export.merge import merge_run
 from twinlm.export.merge_io import ShardWriter
+from twinlm.export.provenance import PROVENANCE, read_provenance
 from twinlm.models.tiny import build_tiny_model
 from twinlm.prepare.persona import persona_prompt
 
@@ -141,6 +142,7 @@ def test_merged_model_computes_what_the_adapter_does(base: Path, tmp_path: Path,
 
     reference = peft_model.merge_and_unload().state_dict()
     tensors = shard_tensors(out)
+    assert index["metadata"]["total_size"] == sum(t.numel() * t.element_size() for t in tensors.values())
     assert set(tensors) == set(reference)
     for name, tensor in tensors.items():
         torch.testing.assert_close(tensor, reference[name], atol=1e-6, rtol=1e-6, msg=name)
@@ -236,7 +238,7 @@ def test_folder_holds_tokenizer_template_and_provenance(base: Path, tmp_path: Pa
         AutoTokenizer.from_pretrained(out).chat_template == AutoTokenizer.from_pretrained(base).chat_template
     )
     assert (out / "generation_config.json").is_file() == (base / "generation_config.json").is_file()
-    provenance = json.loads((out / PROVENANCE).read_text())
+    provenance = read_provenance(out)
     assert set(provenance) == {
         "twinlm_export", "run", "step", "base_model", "base_path", "method", "dtype", "created",
         "twinlm_version", "max_length", "template_style", "me", "personas", "persona_settings",
@@ -277,6 +279,14 @@ def test_group_and_assistant_personas(base: Path, tmp_path: Path) -> None:
     assert json.loads((merge_run(run, tmp_path / "b") / PROVENANCE).read_text())["personas"] == {
         "assistant": None
     }
+
+
+def test_reading_a_missing_or_broken_provenance_is_one_line(tmp_path: Path) -> None:
+    with pytest.raises(TwinError, match="missing; not a folder `twinlm merge` wrote"):
+        read_provenance(tmp_path)
+    (tmp_path / PROVENANCE).write_text("{not json")
+    with pytest.raises(TwinError, match="unreadable"):
+        read_provenance(tmp_path)
 
 
 def test_bad_runs_get_one_line(base: Path, tmp_path: Path) -> None:

@@ -24,18 +24,16 @@ import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import orjson
 
-from twinlm import __version__
 from twinlm.errors import TwinError
 from twinlm.export.merge_io import FLOAT_CODES, ShardWriter, dtype_name, read_header, read_tensors
+from twinlm.export.provenance import PROVENANCE, provenance
 from twinlm.files import write_atomic
 
-PROVENANCE = "twinlm-export.json"
 INDEX = "model.safetensors.index.json"
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
@@ -59,10 +57,11 @@ _UNMERGEABLE = (
     "alora_invocation_tokens",
     "arrow_config",
     "use_bdlora",
+    "lora_bias",  # a bias on lora_B: twinlm never trains one
 )
 _PREFIX = "base_model.model."
 _LORA_KEY = re.compile(
-    r"(?P<module>.+)\.(?P<part>lora_A\.weight|lora_B\.weight|lora_B\.bias|lora_embedding_A|lora_embedding_B"
+    r"(?P<module>.+)\.(?P<part>lora_A\.weight|lora_B\.weight|lora_embedding_A|lora_embedding_B"
     r"|lora_magnitude_vector(?:\.weight)?)$"
 )
 
@@ -76,7 +75,6 @@ class _Lora:
     module: str
     a: Any = None
     b: Any = None
-    b_bias: Any = None  # peft's lora_bias: added to the base bias x scaling
     magnitude: Any = None  # DoRA
     embedding: bool = False
     scaling: float = 1.0
@@ -135,15 +133,15 @@ def merge_run(
     try:
         written = _write_shards(shards, adapter, out_dtype, tmp, progress)
         if len(written) > 1:
-            size = sum((tmp / file).stat().st_size for file in written)
+            size = sum(data for _, data in written.values())  # tensor bytes, as transformers counts
             index = {"metadata": {"total_size": size}, "weight_map": _weight_map(written)}
             write_atomic(tmp / INDEX, orjson.dumps(index, option=orjson.OPT_INDENT_2).decode() + "\n")
         _write_config(model_config, out_dtype, tmp)
         if (source / "generation_config.json").is_file():
             shutil.copy(source / "generation_config.json", tmp / "generation_config.json")
-        _copy_tokenizer(run_dir, weights, tmp)
-        provenance = _provenance(run_dir, record, step, source, method, out_dtype)
-        write_atomic(tmp / PROVENANCE, orjson.dumps(provenance, option=orjson.OPT_INDENT_2).decode() + "\n")
+        _copy_tokenizer(run_dir, tmp)
+        origin = provenance(run_dir, record, step, source, method, out_dtype)
+        write_atomic(tmp / PROVENANCE, orjson.dumps(origin, option=orjson.OPT_INDENT_2).decode() + "\n")
         _publish(tmp, out_dir)
     except OSError as err:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -231,7 +229,8 @@ def _base_folder(run_dir: Path, record: dict[str, Any], adapter_config: dict[str
                     f"downloads nothing; fetch it again (e.g. `hf download {resolved}`) and re-run"
                 )
         else:
-            folder = Path(resolved) if Path(resolved).is_absolute() else workspace / resolved
+            # A relative folder: as build read it (from the current folder), else inside the workspace.
+            folder = Path(resolved) if Path(resolved).is_dir() else workspace / resolved
     if not (folder / "config.json").is_file():
         raise TwinError(
             f"{folder}: the base model of run {run_dir.name} is missing (no config.json there); put it "
@@ -323,16 +322,14 @@ def _load_adapter(folder: Path, config: dict[str, Any]) -> _Adapter:
             lora.a, lora.embedding = tensor, part == "lora_embedding_A"
         elif part in ("lora_B.weight", "lora_embedding_B"):
             lora.b = tensor
-        elif part == "lora_B.bias":
-            lora.b_bias = tensor
         else:
             lora.magnitude = tensor
     for lora in loras.values():
         if lora.a is None or lora.b is None or lora.a.dim() != 2:
             raise TwinError(f"{weights}: {lora.module}: incomplete or non-linear LoRA weights")
         lora.scaling = _scaling(lora, config, where)
-        if lora.magnitude is not None and (lora.embedding or lora.b_bias is not None):
-            raise TwinError(f"{where}: DoRA on {lora.module} with an embedding or lora_bias; not supported")
+        if lora.magnitude is not None and lora.embedding:
+            raise TwinError(f"{where}: DoRA on the embedding {lora.module}; not supported")
     return _Adapter(loras, replaced, bool(config.get("fan_in_fan_out")), config)
 
 
@@ -359,7 +356,6 @@ def _check_targets(
     """Every adapter tensor must land on a base tensor: a name that matches nothing would be lost."""
     have = {name for shard in shards for name in shard.names}
     wanted = set(adapter.loras) | set(adapter.replaced)
-    wanted |= {f"{lora.module}.bias" for lora in adapter.loras.values() if lora.b_bias is not None}
     missing = sorted(wanted - have)
     if missing:
         raise TwinError(
@@ -388,13 +384,14 @@ def _check_out_dir(out_dir: Path) -> None:
 
 def _write_shards(
     shards: list[_Shard], adapter: _Adapter | None, out_dtype: str, tmp: Path, progress: Progress | None
-) -> dict[str, list[str]]:
-    """Each base shard merged into one output shard, a tensor at a time: {file name: its tensors}."""
+) -> dict[str, tuple[list[str], int]]:
+    """Each base shard merged into one output shard, a tensor at a time: {file name: (its tensors, their
+    bytes)}."""
     import torch
 
     total = sum(shard.file.stat().st_size for shard in shards)
     done = 0
-    written: dict[str, list[str]] = {}
+    written: dict[str, tuple[list[str], int]] = {}
     for k, shard in enumerate(shards, start=1):
         out_name = (
             "model.safetensors" if len(shards) == 1 else f"model-{k:05d}-of-{len(shards):05d}.safetensors"
@@ -415,7 +412,7 @@ def _write_shards(
             writer.close(complete=False)
             raise
         writer.close()
-        written[out_name] = shard.names
+        written[out_name] = (shard.names, writer.size)
     if progress is not None:
         progress(total, total)
     if adapter is not None:
@@ -442,11 +439,6 @@ def _merged(name: str, weight: Any, adapter: _Adapter | None) -> Any:
         return weight
     # A saved copy (modules_to_save, a trained bias, the embedding a LoRA adapts) replaces the base's.
     weight = adapter.replaced.get(name, weight)
-    if name.endswith(".bias"):
-        lora = adapter.loras.get(name[: -len("bias")] + "weight")
-        if lora is not None and lora.b_bias is not None:
-            return weight.float() + lora.b_bias.float() * lora.scaling
-        return weight
     lora = adapter.loras.get(name)
     if lora is None:
         return weight
@@ -467,8 +459,8 @@ def _merged(name: str, weight: Any, adapter: _Adapter | None) -> Any:
     return (rows * factor.view(-1, 1)).T if adapter.fan_in_fan_out else rows * factor.view(-1, 1)
 
 
-def _weight_map(written: dict[str, list[str]]) -> dict[str, str]:
-    return dict(sorted((name, file) for file, names in written.items() for name in names))
+def _weight_map(written: dict[str, tuple[list[str], int]]) -> dict[str, str]:
+    return dict(sorted((name, file) for file, (names, _) in written.items() for name in names))
 
 
 def _write_config(model_config: dict[str, Any], out_dtype: str, folder: Path) -> None:
@@ -479,7 +471,7 @@ def _write_config(model_config: dict[str, Any], out_dtype: str, folder: Path) ->
     write_atomic(folder / "config.json", orjson.dumps(config, option=orjson.OPT_INDENT_2).decode() + "\n")
 
 
-def _copy_tokenizer(run_dir: Path, weights: Path, folder: Path) -> None:
+def _copy_tokenizer(run_dir: Path, folder: Path) -> None:
     """The tokenizer and chat template the run trained with (its own copy, made when it started)."""
     tokenizer = run_dir / "tokenizer"
     if not tokenizer.is_dir():
@@ -503,91 +495,3 @@ def _publish(tmp: Path, out_dir: Path) -> None:
         raise
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
-
-
-# --- provenance ------------------------------------------------------------------------------------
-
-
-def _provenance(
-    run_dir: Path, record: dict[str, Any], step: int | str, base: Path, method: str, out_dtype: str
-) -> dict[str, Any]:
-    config = record.get("config") or {}
-    build_settings = config.get("build") or {}
-    created = datetime.now(UTC)
-    info: dict[str, Any] = {}
-    if (run_dir / "build.json").is_file():
-        info = _read_json(run_dir / "build.json", "")
-    personas, platform = _personas(record, info, created)
-    return {
-        "twinlm_export": 1,
-        "run": run_dir.name,
-        "step": step,
-        "base_model": record.get("model"),
-        "base_path": str(base.resolve()),
-        "method": method,
-        "dtype": out_dtype,
-        "created": created.isoformat(timespec="seconds"),
-        "twinlm_version": __version__,
-        "max_length": build_settings.get("max_length"),
-        "template_style": record.get("template_style") or info.get("template_style"),
-        "me": record.get("me") or info.get("me"),
-        "personas": personas,
-        # What chat needs to fill a prompt for other participants, a platform or a date the same way.
-        "persona_settings": {
-            "system_prompt": build_settings.get("system_prompt"),
-            "group_prompt": build_settings.get("group_prompt"),
-            "targets": build_settings.get("targets"),
-            "platform": platform,
-        },
-    }
-
-
-def _personas(
-    record: dict[str, Any], info: dict[str, Any], created: datetime
-) -> tuple[dict[str, str | None], str]:
-    """{persona name: its system prompt} for chat and the Modelfile, and the platform used to fill them.
-
-    Chat personas are the speakers the run trained (build.json's trained_by_speaker), each filled with
-    `persona_prompt` as a chat with "someone" on the platform most trained, dated the export day.
-    Assistant-style training (ChatGPT, datasets) is the persona "assistant", whose samples carried their
-    own system prompt or none: None.
-    """
-    from pydantic import ValidationError
-
-    from twinlm.config import TwinConfig
-    from twinlm.prepare.persona import persona_prompt
-    from twinlm.prepare.whose import DOCUMENTS
-
-    try:
-        settings = TwinConfig.model_validate(record.get("config") or {}).build
-    except ValidationError:
-        settings = TwinConfig().build
-    style = str(record.get("template_style") or info.get("template_style") or "named")
-    me = str(record.get("me") or info.get("me") or "me")
-    by_source = info.get("trained_by_source") or {}
-    chats = [s for s in by_source if s not in ("documents", "chatgpt") and by_source[s].get("tokens")]
-    platform = chats[0] if chats else "jsonl"  # trained_by_source is sorted by trained tokens
-    speakers = [
-        name
-        for name, counts in (info.get("trained_by_speaker") or {}).items()
-        if name != DOCUMENTS and counts.get("tokens", counts.get("turns"))
-    ]
-    targets = settings.targets
-    if targets == "assistant":
-        return {"assistant": None}, platform
-    if targets in ("auto", "me"):
-        # Under "auto" the only other trained turns are assistant-style samples' assistant replies.
-        names = [me] if me in speakers or not speakers else []
-        assistant = targets == "auto" and any(name != me for name in speakers)
-    else:
-        names, assistant = speakers, False
-    when = int(created.timestamp() * 1000)
-    personas: dict[str, str | None] = {
-        name: persona_prompt(
-            settings, style, speaker=name, participants=[name], platform=platform, timestamp_ms=when
-        )
-        for name in names
-    }
-    if assistant:
-        personas["assistant"] = None
-    return personas, platform
