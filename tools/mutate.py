@@ -36,6 +36,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 PARSER_MUTANTS = "tests/sources/test_mutants_parsers.py"
+# The generated-export property tests (all five parsers each, ~10 s together).
+PARSER_FUZZ = [
+    "tests/test_ingest_fuzz.py::test_generated_export_parses_to_exactly_its_messages",
+    "tests/test_ingest_fuzz.py::test_damaged_export_fails_in_one_line_or_keeps_the_rest_in_order",
+]
 CHECKPOINT_MUTANTS = "tests/train/test_mutants_checkpoint.py"
 
 # module -> the test files that should kill its mutants (a file not in the tree yet is left out of the run)
@@ -64,11 +69,12 @@ TARGETS: dict[str, list[str]] = {
         "tests/sources/test_whatsapp.py",
         "tests/sources/test_whatsapp_locales.py",
         PARSER_MUTANTS,
+        *PARSER_FUZZ,
     ],
-    "twinlm/sources/telegram.py": ["tests/sources/test_telegram.py", PARSER_MUTANTS],
-    "twinlm/sources/discord.py": ["tests/sources/test_discord.py", PARSER_MUTANTS],
-    "twinlm/sources/messenger.py": ["tests/sources/test_messenger.py", PARSER_MUTANTS],
-    "twinlm/sources/chatgpt.py": ["tests/sources/test_chatgpt.py", PARSER_MUTANTS],
+    "twinlm/sources/telegram.py": ["tests/sources/test_telegram.py", PARSER_MUTANTS, *PARSER_FUZZ],
+    "twinlm/sources/discord.py": ["tests/sources/test_discord.py", PARSER_MUTANTS, *PARSER_FUZZ],
+    "twinlm/sources/messenger.py": ["tests/sources/test_messenger.py", PARSER_MUTANTS, *PARSER_FUZZ],
+    "twinlm/sources/chatgpt.py": ["tests/sources/test_chatgpt.py", PARSER_MUTANTS, *PARSER_FUZZ],
 }
 
 _SWAP_BINOP = {ast.Add: ast.Sub, ast.Sub: ast.Add, ast.Mult: ast.FloorDiv, ast.Div: ast.Mult}
@@ -144,8 +150,8 @@ def _skippable(tree: ast.Module) -> set[int]:
     return skip
 
 
-def mutants(module: str) -> list[Mutant]:
-    tree = ast.parse((ROOT / module).read_text())
+def mutants(module: str, root: Path = ROOT) -> list[Mutant]:
+    tree = ast.parse((root / module).read_text())
     skip = _skippable(tree)
     found = []
     for index, node in enumerate(ast.walk(tree)):
@@ -156,8 +162,8 @@ def mutants(module: str) -> list[Mutant]:
     return found
 
 
-def mutated_source(mutant: Mutant) -> str:
-    tree = ast.parse((ROOT / mutant.module).read_text())  # a fresh tree: walk order is deterministic
+def mutated_source(mutant: Mutant, source: str) -> str:
+    tree = ast.parse(source)  # a fresh tree: walk order is deterministic
     _apply(list(ast.walk(tree))[mutant.index])
     return ast.unparse(ast.fix_missing_locations(tree)) + "\n"
 
@@ -187,10 +193,12 @@ def run(modules: list[str], limit: int, timeout: float, only: list[int]) -> int:
             return done.returncode == 0
 
         for module in modules:
-            tests = [t for t in TARGETS[module] if (copy_root / t).exists()]
-            found = mutants(module)
+            tests = [t for t in TARGETS[module] if (copy_root / t.split("::")[0]).exists()]
+            # From the copy, never the live tree: another edit there would renumber the nodes mid-run.
+            found = mutants(module, copy_root)
             chosen = [m for m in found if m.index in only] if only else _sample(found, limit)
             original = (copy_root / module).read_text()
+            lines = original.splitlines()
             print(f"{module}: {len(chosen)} mutant(s) against {' '.join(tests)}", flush=True)
             # Without a green baseline every mutant would count as killed: say so and skip the module.
             if not tests_pass(tests):
@@ -200,7 +208,7 @@ def run(modules: list[str], limit: int, timeout: float, only: list[int]) -> int:
             killed = 0
             try:
                 for mutant in chosen:
-                    (copy_root / module).write_text(mutated_source(mutant))
+                    (copy_root / module).write_text(mutated_source(mutant, original))
                     started = time.perf_counter()
                     try:
                         alive = tests_pass(tests)
@@ -210,7 +218,7 @@ def run(modules: list[str], limit: int, timeout: float, only: list[int]) -> int:
                     status = "SURVIVED" if alive else "killed"
                     print(
                         f"  {status:8} line {mutant.line:4} #{mutant.index}: {mutant.description}"
-                        f" ({seconds:.0f} s)",
+                        f" ({seconds:.0f} s)  | {lines[mutant.line - 1].strip()[:70]}",
                         flush=True,
                     )
                     if alive:
