@@ -493,6 +493,9 @@ def _maybe_archive(
                 result.files.append(FileResult(item.name, error=_encrypted(item.name, encrypted)))
             target = scratch / f"{depth}-{len(list(scratch.iterdir()))}" / _archive_stem(item.name)
             for info in members:
+                if info.file_size == 0:  # nothing to unpack (100,000 of them would take seconds)
+                    result.skip(f"{item.name}/{info.filename}", EMPTY)
+                    continue
                 with _unpacked(archive, info, target, budget) as member_path:
                     if member_path is None:
                         result.skip(f"{item.name}/{info.filename}", MEDIA_IN_ARCHIVE)
