@@ -25,7 +25,8 @@ $(VENV)/.dev-installed: $(VENV)/.installed
 venv install: $(VENV)/.installed
 dev: $(VENV)/.dev-installed
 
-# The whole pipeline, so far, on the bundled sample exports.
+# The whole pipeline on the bundled sample exports, to a GGUF and an Ollama Modelfile (q8_0: the tiny
+# model's rows, 64 and 128 wide, are too narrow for k-quants, which need 256; parity is checked).
 demo: $(VENV)/.installed
 	rm -rf $(DEMO)
 	$(BIN)/twinlm init $(DEMO) --name demo --me "Alex Rivera" --me alex
@@ -37,6 +38,7 @@ demo: $(VENV)/.installed
 	$(BIN)/twinlm validate -w $(DEMO) --gpu "RTX 4090"
 	$(BIN)/twinlm export-data -w $(DEMO) --format openai
 	$(BIN)/twinlm train -w $(DEMO) --max-steps 20 --name demo
+	$(BIN)/twinlm export -w $(DEMO) demo --type q8_0
 
 test: $(VENV)/.dev-installed
 	$(BIN)/ruff check twinlm tests benchmarks tools

@@ -188,6 +188,9 @@ class LoraConfig(BaseModel):
     rslora: bool = Field(False, description="Rank-stabilised scaling (alpha/sqrt(r)): better at high ranks.")
 
 
+AttentionKernel = Literal["auto", "sdpa", "eager", "flash_attention_2", "twinlm_packed", "flex_attention"]
+
+
 class TrainConfig(BaseModel):
     """How the model is fine-tuned on the built dataset (`twinlm train`)."""
 
@@ -227,10 +230,11 @@ class TrainConfig(BaseModel):
         description="auto: bf16 on a GPU that supports it, else fp32 (bf16 is ~13x slower on CPUs). No "
         "fp16: pure fp16 weights without loss scaling diverge; a GPU without bf16 trains in fp32.",
     )
-    attention: Literal["auto", "sdpa", "eager", "flash_attention_2", "twinlm_packed"] = Field(
+    attention: AttentionKernel = Field(
         "auto",
         description="Attention kernel. auto: flash_attention_2 when installed on a GPU, else twinlm_packed "
-        "(SDPA per packed sample) when packing, else sdpa.",
+        "(SDPA per packed sample) when packing, else sdpa. flex_attention: PyTorch FlexAttention with a "
+        "document mask built from the packed rows (compiles on first use).",
     )
     packing: bool = Field(
         True,
@@ -272,6 +276,28 @@ class TrainConfig(BaseModel):
         return value
 
 
+class ExportConfig(BaseModel):
+    """Export (`twinlm export`, `merge`, `gguf`, `ollama`): the trained model as a merged folder, a GGUF
+    and an Ollama Modelfile, in export/RUN/."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["q4_k_m", "q5_k_m", "q6_k", "q8_0", "f16", "bf16", "f32"] = Field(
+        "q4_k_m",
+        description="GGUF type: q4_k_m (4-bit, the usual choice), q5_k_m, q6_k, q8_0, or unquantized f16, "
+        "bf16, f32. k-quants need layers at least 256 wide (the tiny model is not: use q8_0).",
+    )
+    check: bool = Field(
+        True,
+        description="Check parity after exporting: llama.cpp must tokenize like the trained tokenizer, "
+        "predict like the merged model and stop at the end of a turn; a failed check marks the export "
+        "failed.",
+    )
+    temperature: float | None = Field(
+        None, ge=0, description="The Modelfile's temperature PARAMETER (empty: Ollama's default)."
+    )
+
+
 class TwinConfig(BaseModel):
     """One twin: whose history it is, who is who, and how each stage runs."""
 
@@ -293,6 +319,7 @@ class TwinConfig(BaseModel):
     ingest: IngestConfig = Field(default_factory=IngestConfig, description=IngestConfig.__doc__ or "")
     build: BuildConfig = Field(default_factory=BuildConfig, description=BuildConfig.__doc__ or "")
     train: TrainConfig = Field(default_factory=TrainConfig, description=TrainConfig.__doc__ or "")
+    export: ExportConfig = Field(default_factory=ExportConfig, description=ExportConfig.__doc__ or "")
 
     @field_validator("me")
     @classmethod
