@@ -4,8 +4,10 @@ A LoRA / DoRA adapter (QLoRA's too) is folded into the base model's 16-bit weigh
 never into a 4-bit copy: for each safetensors shard of the base, only that shard is read (tensor by
 tensor), the deltas of its tensors are added in fp32 (B @ A x scaling, as peft's config says: r,
 lora_alpha, rsLoRA, rank / alpha patterns, fan_in_fan_out, DoRA's magnitudes, modules_to_save), and the
-shard is written in 16 bit. Peak memory stays near one output shard plus one fp32 tensor, not the model:
-a 7B merge fits a 16 GB machine. A full fine-tune's own shards are re-written in 16 bit the same way.
+shard is written in 16 bit, one tensor after another (twinlm.export.merge_io). Peak memory is a few copies
+of the largest tensor, not a shard nor the model: a 7B merge fits a 16 GB machine (1.1B measured: 592 MiB
+against 2,633 MiB for peft's merge_and_unload, benchmarks/export_merge.py). A full fine-tune's own shards
+are re-written in 16 bit the same way.
 
 The folder also holds the tokenizer and chat template the run trained with, and `twinlm-export.json`
 (PROVENANCE): the run, step, base, method, dtype, and the persona system prompts chat and the Modelfile
