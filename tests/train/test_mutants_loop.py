@@ -1,0 +1,92 @@
+"""Loop behaviour that `make mutate` found untested (docs/mutation.md): ties for the best eval loss, the
+last step off the log/eval/save intervals, and a window of exactly one trained token."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from twinlm.config import TwinConfig
+from twinlm.train import loop
+from twinlm.train.checkpoint import list_checkpoints
+from twinlm.train.loop import train
+
+from test_loop import make_workspace, metric_events, settings
+
+IGNORED = -100
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, TwinConfig]:
+    root = tmp_path_factory.mktemp("mutants-loop")
+    return root, make_workspace(root, "llama")
+
+
+def _scripted_eval(monkeypatch: pytest.MonkeyPatch, script: list[float], done: list[int]) -> None:
+    real = loop._loss_sum
+
+    def scripted(model: Any, batch: Any, labels: torch.Tensor, fused: bool) -> tuple[torch.Tensor, int]:
+        part, n = real(model, batch, labels, fused)
+        if torch.is_grad_enabled():
+            return part, n
+        return torch.tensor(script[done[0]] * n), n  # eval: every token's loss is the script's value
+
+    monkeypatch.setattr(loop, "_loss_sum", scripted)
+
+
+def test_an_equal_eval_loss_later_does_not_replace_the_best(
+    workspace: tuple[Path, TwinConfig], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Eval losses 5, 2, 2, 2 after steps 0..3: the best is the first step that reached 2 (step 1)."""
+    root, config = workspace
+    done = [0]
+    _scripted_eval(monkeypatch, [5.0, 2.0, 2.0, 2.0], done)
+    cfg = settings("lora", steps=3, eval_every=1, save_every=3)
+    result = train(
+        config.model_copy(update={"train": cfg}),
+        root,
+        "ties",
+        on_step=lambda step, *_: done.__setitem__(0, step),
+    )
+    record = orjson.loads((result.run_dir / "result.json").read_bytes())
+    assert record["best_step"] == 1 and record["best_eval_loss"] == pytest.approx(2.0)
+
+
+def test_the_last_step_is_logged_evaluated_and_saved_off_the_intervals(
+    workspace: tuple[Path, TwinConfig],
+) -> None:
+    """3 steps with log, eval and save every 2: steps 2 and 3 (the last) only, by hand."""
+    root, config = workspace
+    cfg = settings("lora", steps=3, log_every=2, eval_every=2, save_every=2, keep_last=5)
+    result = train(config.model_copy(update={"train": cfg}), root, "intervals")
+    events = metric_events(result.run_dir)
+    assert [e["step"] for e in events if e["split"] == "train"] == [2, 3]
+    assert [e["step"] for e in events if e["split"] == "eval"] == [0, 2, 3]
+    assert [step for step, _ in list_checkpoints(result.run_dir)] == [2, 3]
+
+
+def test_a_window_of_one_trained_token_is_a_step(tmp_path: Path) -> None:
+    """Every sample trains exactly one token; batch_tokens is the longest sample, so that sample is a
+    window of its own with one trained token: one epoch trains every sample's token (a window is
+    skipped only when it has none)."""
+    config = make_workspace(tmp_path, "llama")
+    path = tmp_path / "data" / "train.parquet"
+    table = pq.read_table(path)
+    rows = table.column("labels").to_pylist()
+    for row in rows:
+        keep = next(j for j in range(1, len(row)) if row[j] != IGNORED)
+        row[:] = [label if j == keep else IGNORED for j, label in enumerate(row)]
+    column = table.schema.get_field_index("labels")
+    table = table.set_column(column, table.field("labels"), pa.array(rows, type=table.field("labels").type))
+    pq.write_table(table, path)
+    longest = max(len(r) for r in table.column("input_ids").to_pylist())
+    cfg = settings("lora", steps=0, epochs=1, batch_tokens=longest, eval_every=1000, save_every=1000)
+    result = train(config.model_copy(update={"train": cfg}), tmp_path, "one-token")
+    record = orjson.loads((result.run_dir / "result.json").read_bytes())
+    assert record["tokens_seen"] == len(rows)
