@@ -5,6 +5,7 @@ and attachments, Messenger's thread fields and media, ChatGPT's details, edits, 
 from __future__ import annotations
 
 import json
+import re
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -268,3 +269,28 @@ def test_chatgpt_attachments_images_files_and_dropped_media(tmp_path: Path) -> N
     (conv,), report = parse(chatgpt, path, [_conversation(nodes)], media="drop")
     assert [m.text for m in conv.messages] == ["see"]
     assert report.skipped == {"empty message": 1, "media dropped (file)": 1}  # u3 counted once, as dropped
+
+
+def test_telegram_a_named_chat_waits_for_its_name_after_the_messages(tmp_path: Path) -> None:
+    """Only Saved Messages and Replies have no name: another chat's name may come after its messages."""
+    path = tmp_path / "result.json"
+    path.write_text('{"type": "personal_chat", "id": 7, "messages": [], "name": "Mom"}', encoding="utf-8")
+    (conv,) = telegram.parse(path, ParseOptions(), ParseReport())
+    assert conv.title == "Mom"
+
+
+@pytest.mark.parametrize(
+    ("text", "where"),
+    [
+        (
+            '{"personal_information": {"user_id": 1}, "chats": {"list": [{"name": "A" "type": 1}]}}',
+            "(chats.list[0])",
+        ),
+        ('{"name": "A" "type": 1}', "(top level)"),
+    ],
+)
+def test_telegram_a_broken_chat_object_is_named_in_the_error(tmp_path: Path, text: str, where: str) -> None:
+    path = tmp_path / "result.json"
+    path.write_text(text, encoding="utf-8")
+    with pytest.raises(ExportError, match=re.escape(where)):
+        list(telegram.parse(path, ParseOptions(), ParseReport()))
