@@ -356,6 +356,10 @@ def test_partner_defaults(model_dir: Callable[..., Path]) -> None:
     folder = model_dir("chatml", {"Max": "You are Max, chatting with someone."}, others={})
     assert load_persona(folder)[1].user == "someone"
     assert load_persona(folder, user="Sam")[1].user == "Sam"
+    text = modelfile_text(folder, Path("m.gguf"), Path("Modelfile"), user="Sam")
+    assert "# A user message is Sam's turn; an assistant message is Max's." in text
+    with pytest.raises(TwinError, match="--user Max: that is the persona itself"):
+        load_persona(folder, user="Max")
 
 
 def test_missing_export_info_and_unwritable_text(model_dir: Callable[..., Path], tmp_path: Path) -> None:

@@ -99,7 +99,7 @@ def load_persona(
         default = others[0] if others else str(me) if me and me != persona else _FALLBACK_PARTNER
         user = user or default
         if user == persona:
-            raise TwinError(f"the user of the chat cannot be the persona {persona!r} itself")
+            raise TwinError(f"--user {user}: that is the persona itself; name someone it chats with")
         speakers = Speakers(persona, "chat", user, others, system)
     from transformers import AutoTokenizer  # heavy: only when a Modelfile is made
 
@@ -140,7 +140,7 @@ def _temperature(model_dir: Path, info: dict[str, Any], temperature: float | Non
         if isinstance(generation, dict) and isinstance(generation.get("temperature"), int | float):
             temperature = float(generation["temperature"])
     if temperature is not None and not 0 <= temperature <= 100:
-        raise TwinError(f"temperature {temperature}: must be between 0 and 100")
+        raise TwinError(f"--temperature {temperature}: must be between 0 and 100")
     return temperature
 
 
@@ -151,14 +151,17 @@ def modelfile_text(
     *,
     persona: str | None = None,
     temperature: float | None = None,
+    user: str | None = None,
 ) -> str:
     """The Modelfile of one persona of the merged model `model_dir`, for the GGUF `gguf_path`.
 
     FROM names the GGUF relative to `out_path`'s folder (Ollama resolves it from there).
+    `temperature`: default the export's, else generation_config.json's, else none (Ollama's).
+    `user`: who a plain user message is (default: see the module docstring).
     """
     model_dir, gguf_path, out_path = Path(model_dir), Path(gguf_path), Path(out_path)
     info = _read_info(model_dir)
-    tokenizer, speakers = load_persona(model_dir, persona)
+    tokenizer, speakers = load_persona(model_dir, persona, user=user)
     try:
         template = ollama_template(tokenizer, speakers)
     except TemplateError as err:
@@ -206,9 +209,10 @@ def write_modelfile(
     *,
     persona: str | None = None,
     temperature: float | None = None,
+    user: str | None = None,
 ) -> Path:
     """Write `modelfile_text(...)` to `out_path` atomically and return the path."""
-    text = modelfile_text(model_dir, gguf_path, out_path, persona=persona, temperature=temperature)
+    text = modelfile_text(model_dir, gguf_path, out_path, persona=persona, temperature=temperature, user=user)
     try:
         write_atomic(Path(out_path), text)
     except OSError as err:
