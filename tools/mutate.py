@@ -13,6 +13,7 @@ that cover it, which keeps a run within an hour on two cores. Not part of CI.
     python tools/mutate.py twinlm/prepare/sessions.py --limit 0   # one module, every mutant
     python tools/mutate.py --list               # the targets and their tests
     python tools/mutate.py twinlm/train/data.py --only 412   # re-run one mutant (its #index)
+    python tools/mutate.py twinlm/train/data.py --only 412 --tests tests/train/test_mutants_data.py
 
 The `--limit` sample is a hash of each mutant's (module, node index, change), so it stays the same
 while the module's source does; an edit to the module renumbers its nodes and changes the sample.
@@ -176,7 +177,7 @@ def _sample(items: list[Mutant], limit: int) -> list[Mutant]:
     return sorted(sorted(items, key=key)[:limit], key=lambda m: (m.line, m.index))
 
 
-def run(modules: list[str], limit: int, timeout: float, only: list[int]) -> int:
+def run(modules: list[str], limit: int, timeout: float, only: list[int], tests_given: list[str]) -> int:
     survivors: list[Mutant] = []
     failed_baseline: list[str] = []
     with tempfile.TemporaryDirectory(prefix="twinlm-mutate-") as tmp:
@@ -193,7 +194,7 @@ def run(modules: list[str], limit: int, timeout: float, only: list[int]) -> int:
             return done.returncode == 0
 
         for module in modules:
-            tests = [t for t in TARGETS[module] if (copy_root / t.split("::")[0]).exists()]
+            tests = [t for t in tests_given or TARGETS[module] if (copy_root / t.split("::")[0]).exists()]
             # From the copy, never the live tree: another edit there would renumber the nodes mid-run.
             found = mutants(module, copy_root)
             chosen = [m for m in found if m.index in only] if only else _sample(found, limit)
@@ -251,6 +252,9 @@ def main() -> int:
         "--only", type=int, action="append", default=[], help="only the mutant with this #index (repeatable)"
     )
     parser.add_argument(
+        "--tests", action="append", default=[], help="run these tests instead of the mapped ones (repeatable)"
+    )
+    parser.add_argument(
         "--list", action="store_true", help="print the targets, their tests and mutant counts"
     )
     args = parser.parse_args()
@@ -262,7 +266,7 @@ def main() -> int:
         for module in modules:
             print(f"{module}: {len(mutants(module))} mutant(s); tests: {' '.join(TARGETS[module])}")
         return 0
-    return run(modules, args.limit, args.timeout, args.only)
+    return run(modules, args.limit, args.timeout, args.only, args.tests)
 
 
 if __name__ == "__main__":
