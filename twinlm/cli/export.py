@@ -126,7 +126,8 @@ def _run(
     from twinlm.export.pipeline import export_run
 
     root, settings = _settings(workspace, qtype, check)
-    if until == "check" and not settings.check:
+    unchecked = until == "check" and not settings.check
+    if unchecked:
         until = "modelfile"
     bars = _Bars(quiet=as_json)
     try:
@@ -154,12 +155,12 @@ def _run(
     if as_json:
         typer.echo(orjson.dumps(result.to_json(), option=orjson.OPT_INDENT_2).decode())
     else:
-        _summary(result, until)
+        _summary(result, unchecked)
     if result.status == "failed":
         raise typer.Exit(1)
 
 
-def _summary(result: object, until: str) -> None:
+def _summary(result: object, unchecked: bool) -> None:
     from twinlm.export.pipeline import ExportResult
 
     assert isinstance(result, ExportResult)
@@ -201,7 +202,7 @@ def _summary(result: object, until: str) -> None:
                 highlight=False,
             )
             return
-    elif until in ("modelfile", "check") and result.qtype:
+    elif unchecked:
         out.print("Parity not checked (--no-check).", highlight=False)
     if result.commands:
         out.print("Run it:", highlight=False)

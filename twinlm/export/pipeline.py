@@ -305,6 +305,8 @@ def export_run(
     provenance = read_provenance(merged)
     personas: dict[str, str | None] = provenance.get("personas") or {}
     result.personas = list(personas)
+    # The persona before any GGUF work: a misspelt --as fails at once, not after a long conversion.
+    chosen = _persona(personas, persona) if until in ("modelfile", "check") else None
     if until == "merge":
         return _finish(result, summary, folder)
 
@@ -326,7 +328,6 @@ def export_run(
         return _finish(result, summary, folder)
 
     # 3. Modelfile, for one persona
-    chosen = _persona(personas, persona)
     result.persona = chosen
     modelfile = folder / MODELFILE
     modelfile_print = _hash("modelfile", gguf_print, chosen, personas.get(chosen or ""), temperature)
