@@ -385,3 +385,24 @@ def test_write_is_atomic_and_commands(model_dir: Callable[..., Path], tmp_path: 
     name = model_name("Run 1", "Max")
     assert name == "run-1-max"
     assert ollama_commands(out, name) == [f"ollama create run-1-max -f {out}", "ollama run run-1-max"]
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_python_twin_matches_training_without_go(model_dir: Callable[..., Path], family: str) -> None:
+    # The same check where Go is missing: the template's Python twin against render_prompt's text.
+    tokenizer, speakers = load_persona(model_dir(family), "Kim")
+    template = ollama_template(tokenizer, speakers)
+    for chat in CHATS:
+        messages = ollama_messages(chat, speakers.system)
+        assert template.render(messages) == prompt_text(conversation(messages, speakers), tokenizer, "Kim")
+
+
+def test_a_template_ollama_cannot_follow_is_an_error(model_dir: Callable[..., Path], tmp_path: Path) -> None:
+    # A chat template that numbers the turns: no Go template without arithmetic can write that.
+    folder = model_dir("chatml")
+    (folder / "chat_template.jinja").write_text(
+        "{% for m in messages %}<|im_start|>{{ m['role'] }} #{{ loop.index }}\n"
+        "{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    )
+    with pytest.raises(TwinError, match=r"no Ollama template for this chat template: .*depends on more than"):
+        modelfile_text(folder, tmp_path / "m.gguf", tmp_path / "Modelfile", persona="Max")
