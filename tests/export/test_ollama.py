@@ -363,7 +363,7 @@ def test_partner_defaults(model_dir: Callable[..., Path]) -> None:
 
 
 def test_missing_export_info_and_unwritable_text(model_dir: Callable[..., Path], tmp_path: Path) -> None:
-    with pytest.raises(TwinError, match=r"no twinlm-export\.json here; make the folder with `twinlm merge`"):
+    with pytest.raises(TwinError, match=r"twinlm-export\.json: missing; not a folder `twinlm merge` wrote"):
         modelfile_text(tmp_path, tmp_path / "m.gguf", tmp_path / "Modelfile")
     # Ollama's parser drops unprintable characters: such a prompt is refused, not silently changed.
     folder = model_dir("chatml", {"Max": "You are Max\u2060."})

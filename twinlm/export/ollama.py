@@ -26,6 +26,7 @@ import orjson
 from twinlm.errors import TwinError
 from twinlm.export.gotemplate import OllamaTemplate, ollama_template
 from twinlm.export.ollama_chat import Speakers, collate, conversation, prompt_ids, prompt_text
+from twinlm.export.provenance import PROVENANCE, read_provenance
 from twinlm.files import write_atomic
 from twinlm.prepare.render import TemplateError
 
@@ -45,7 +46,7 @@ __all__ = [
     "write_modelfile",
 ]
 
-EXPORT_INFO = "twinlm-export.json"  # written by `twinlm merge` (twinlm.export.merge.PROVENANCE)
+EXPORT_INFO = PROVENANCE  # twinlm-export.json, written by `twinlm merge`
 ASSISTANT = "assistant"  # the persona name of assistant-style training (merge.py's convention)
 _FALLBACK_PARTNER = "someone"  # who the persona prompt says it chats with when nobody is named
 
@@ -54,16 +55,7 @@ _FALLBACK_PARTNER = "someone"  # who the persona prompt says it chats with when 
 
 
 def _read_info(model_dir: Path) -> dict[str, Any]:
-    path = Path(model_dir) / EXPORT_INFO
-    try:
-        info = orjson.loads(path.read_bytes())
-    except FileNotFoundError:
-        raise TwinError(f"{model_dir}: no {EXPORT_INFO} here; make the folder with `twinlm merge`") from None
-    except (OSError, orjson.JSONDecodeError) as err:
-        raise TwinError(f"{path}: unreadable ({err}); run `twinlm merge` again") from None
-    if not isinstance(info, dict):
-        raise TwinError(f"{path}: not a JSON object; run `twinlm merge` again")
-    return info
+    return read_provenance(Path(model_dir))
 
 
 def load_persona(
