@@ -51,6 +51,7 @@ lint: $(VENV)/.dev-installed
 
 bench: $(VENV)/.installed
 	$(BIN)/python benchmarks/run.py
+	$(BIN)/python benchmarks/export_gguf.py
 	$(BIN)/python benchmarks/export_merge.py
 
 # On a CUDA machine: Mistral-7B architecture LoRA / QLoRA at 2,048 tokens against the naive recipe.

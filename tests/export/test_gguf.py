@@ -382,3 +382,53 @@ def test_quantized_gguf_mostly_predicts_like_hf(
     record_property("parity", r)
     print(f"{family} {qtype}: top-1 {r['agree']}/{r['positions']} ({r['agree'] / r['positions']:.1%}), {r}")
     assert r["agree"] / r["positions"] >= QUANTIZED_FLOOR[qtype]
+
+
+# Values past f16's range become inf in both, on purpose.
+@pytest.mark.filterwarnings("ignore:overflow encountered in cast:RuntimeWarning")
+@pytest.mark.parametrize("source", ["F32", "F16", "BF16"])
+def test_torch_and_numpy_casts_give_the_same_bytes(source: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The fast (torch) cast rounds exactly as numpy / gguf.quants (and llama.cpp's converter) do."""
+    from twinlm.export import gguf as convert
+
+    rng = np.random.default_rng(0)
+    values = np.concatenate(
+        [
+            rng.standard_normal(4096).astype(np.float32) * 10.0 ** rng.integers(-9, 6, 4096),
+            [7e4, -1e6, 1e-8, 0.0],
+        ]
+    ).astype(np.float32)
+    raw = {
+        "F32": values,
+        "F16": values.astype(np.float16),
+        "BF16": (values.view(np.uint32) >> 16).astype(np.uint16),
+    }
+    fast = {
+        q: convert._cast(raw[source], source, q).tobytes()
+        for q in (
+            gguf.GGMLQuantizationType.F32,
+            gguf.GGMLQuantizationType.F16,
+            gguf.GGMLQuantizationType.BF16,
+        )
+    }
+    monkeypatch.setitem(__import__("sys").modules, "torch", None)  # import torch now fails
+    for qtype, data in fast.items():
+        assert convert._cast(raw[source], source, qtype).tobytes() == data, qtype.name
+
+
+def test_sharded_model_converts_like_one_file(
+    family_model: FamilyModel, family_gguf: FamilyGguf, tmp_path: Path
+) -> None:
+    """A model in safetensors shards with an index (as merge writes large ones) gives the same GGUF data."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model_dir = _copy(family_model, "llama", tmp_path)
+    (model_dir / "model.safetensors").unlink()
+    model = AutoModelForCausalLM.from_pretrained(family_model("llama"), dtype=torch.bfloat16)
+    model.save_pretrained(model_dir, max_shard_size="1MB")
+    assert (model_dir / "model.safetensors.index.json").is_file()
+    out = convert_to_gguf(model_dir, tmp_path / "sharded.gguf")
+    one = {t.name: np.asarray(t.data).tobytes() for t in gguf.GGUFReader(family_gguf("llama", "f16")).tensors}
+    sharded = {t.name: np.asarray(t.data).tobytes() for t in gguf.GGUFReader(out).tensors}
+    assert sharded == one
