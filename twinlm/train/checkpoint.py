@@ -20,6 +20,14 @@ Model weights are only ever loaded from safetensors.
 Under FSDP or DeepSpeed ZeRO no process holds the whole optimizer state: there the folder holds what
 `Accelerator.save_state` writes (each process its shard, and its random state) plus `state.json`,
 published by the same rename.
+
+Resuming never unpickles: a checkpoint may come from elsewhere (a shared run folder, a download), and a
+pickle runs code when it is loaded. twinlm's own files are read with `torch.load(weights_only=True)`;
+while accelerate and DeepSpeed read theirs (`weights_only_loading`), every `torch.load` is weights-only
+whatever its caller asks (accelerate loads registered objects' state, `custom_checkpoint_0.pkl`, with
+weights_only=False), and the pickled `.metadata` of torch.distributed.checkpoint (FSDP's sharded state)
+is read by an unpickler that builds only its own metadata types. A file that holds anything else is
+refused in one line naming it (`UnsafeCheckpoint`), never run.
 """
 
 from __future__ import annotations
@@ -28,6 +36,7 @@ import dataclasses
 import json
 import logging
 import os
+import pickle
 import random
 import re
 import shutil
@@ -40,6 +49,8 @@ from typing import Any, Literal
 import torch
 from safetensors.torch import load_file, load_model, save_model
 from torch import nn
+
+from twinlm.train.safe_load import UnsafeCheckpoint, weights_only_loading
 
 log = logging.getLogger(__name__)
 
@@ -308,7 +319,10 @@ def load_sharded_checkpoint(path: Path, accelerator: Any) -> TrainState:
     meta = json.loads((Path(path) / STATE_FILE).read_text(encoding="utf-8"))
     if meta["weights"] != "sharded":
         raise ValueError(f"{path}: holds {meta['weights']} weights, not an FSDP / DeepSpeed run's shards")
-    accelerator.load_state(str(path))
+    with weights_only_loading() as refused:
+        accelerator.load_state(str(path))
+        if refused:  # accelerate passes over a random-state file it cannot read: refused all the same
+            raise UnsafeCheckpoint(path, refused)
     return read_train_state(path)
 
 
@@ -361,6 +375,8 @@ def _torch_load(path: Path) -> Any:
         return torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise
+    except pickle.UnpicklingError:
+        raise UnsafeCheckpoint(path.parent, [str(path)]) from None
     except Exception as err:
         raise ValueError(f"{path}: cannot be read as a weights-only torch file: {err}") from err
 

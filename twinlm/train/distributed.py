@@ -278,6 +278,8 @@ class Strategy:
             state = load_checkpoint(checkpoint, model, optimizer, scheduler, rank=self.rank)
         forward, optimizer = self.accelerator.prepare(model, optimizer)
         if self.sharded:
+            # accelerate saves it as custom_checkpoint_0.pkl and loads that with weights_only=False;
+            # load_sharded_checkpoint makes that load (and every other) weights-only.
             self.accelerator.register_for_checkpointing(scheduler)
             if checkpoint is not None:
                 state = load_sharded_checkpoint(checkpoint, self.accelerator)
