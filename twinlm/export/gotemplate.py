@@ -35,15 +35,24 @@ __all__ = ["OllamaTemplate", "ollama_template"]
 _PROBE_TURNS = 5  # probe chats of every shape up to this many turns (a feature needs 5 to vary)
 
 
-class _Slot(str):
-    """A place in a template segment filled at render time (a speaker's name, the system prompt)."""
+class _Slot:
+    """A place in a template segment filled at render time (never equal to any literal text)."""
+
+    __slots__ = ("name",)
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __repr__(self) -> str:
+        return self.name
 
 
-NAME, SYSTEM, DROP = _Slot("NAME"), _Slot("SYSTEM"), _Slot("DROP")  # DROP: the turn is left out
-Piece = str  # literal text, or NAME / SYSTEM
+# The speaker's name, the system prompt; DROP: the rendering leaves this turn out.
+NAME, SYSTEM, DROP = _Slot("NAME"), _Slot("SYSTEM"), _Slot("DROP")
+Piece = str | _Slot
 Segment = tuple[Piece, ...]
-# Features of a place between turns: previous role, previous was the first turn, system prompt,
-# this is the last user message, same speaker as the previous turn.
+# Features of a place before a turn: the previous turn's role, whether the previous turn was the
+# chat's first, a system prompt, whether this turn is in the last user message, same speaker again.
 _FEATURES = ("prev", "prev_first", "system", "last_user", "same")
 
 
