@@ -432,3 +432,22 @@ def test_sharded_model_converts_like_one_file(
     one = {t.name: np.asarray(t.data).tobytes() for t in gguf.GGUFReader(family_gguf("llama", "f16")).tensors}
     sharded = {t.name: np.asarray(t.data).tobytes() for t in gguf.GGUFReader(out).tensors}
     assert sharded == one
+
+
+@pytest.mark.parametrize(("qtype", "file_type"), [("q5_k_m", 17), ("q6_k", 18)])
+def test_other_k_quants(qtype: str, file_type: int, family_gguf: FamilyGguf, capfd) -> None:
+    require("llama_cpp")
+    reader = gguf.GGUFReader(family_gguf("llama", qtype))
+    assert _field(reader, "general.file_type") == file_type
+    assert _field(reader, "tokenizer.ggml.pre") == "llama-bpe"  # the metadata is carried over
+    assert "llama_model_quantize" not in capfd.readouterr().err  # llama.cpp's per-tensor log is kept quiet
+
+
+def test_quantize_gguf_bad_source_is_one_line(tmp_path: Path) -> None:
+    with pytest.raises(TwinError, match="no such GGUF"):
+        quantize_gguf(tmp_path / "missing.gguf", tmp_path / "x.gguf", "q4_k_m")
+    (tmp_path / "junk.gguf").write_bytes(b"not a gguf at all")
+    with pytest.raises(TwinError, match="not a readable GGUF") as err:
+        quantize_gguf(tmp_path / "junk.gguf", tmp_path / "x.gguf", "q4_k_m")
+    assert "\n" not in str(err.value)
+    assert not (tmp_path / "x.gguf").exists()

@@ -20,6 +20,7 @@ import contextlib
 import ctypes
 import errno
 import json
+import logging
 import math
 import os
 import queue
@@ -167,11 +168,18 @@ def quantize_gguf(src: Path, out_path: Path, qtype: str) -> Path:
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = K_QUANTS[qtype]
     params.nthread = os.cpu_count() or 1
-    with _atomic_path(out_path) as tmp:
-        rc = llama_cpp.llama_model_quantize(str(src).encode(), str(tmp).encode(), ctypes.byref(params))
-        if rc != 0:
-            _check_space(out_path)
-            raise TwinError(f"{src}: llama.cpp could not quantize it to {qtype} (return code {rc})")
+    # llama.cpp logs every tensor it quantizes through this logger: keep only its errors.
+    log = logging.getLogger("llama-cpp-python")
+    level = log.level
+    log.setLevel(logging.ERROR)
+    try:
+        with _atomic_path(out_path) as tmp:
+            rc = llama_cpp.llama_model_quantize(str(src).encode(), str(tmp).encode(), ctypes.byref(params))
+            if rc != 0:
+                _check_space(out_path)
+                raise TwinError(f"{src}: llama.cpp could not quantize it to {qtype} (return code {rc})")
+    finally:
+        log.setLevel(level)
     return out_path
 
 
