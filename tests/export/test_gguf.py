@@ -451,3 +451,20 @@ def test_quantize_gguf_bad_source_is_one_line(tmp_path: Path) -> None:
         quantize_gguf(tmp_path / "junk.gguf", tmp_path / "x.gguf", "q4_k_m")
     assert "\n" not in str(err.value)
     assert not (tmp_path / "x.gguf").exists()
+
+
+def test_full_disk_is_one_line_and_leaves_no_file(
+    family_model: FamilyModel, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import errno
+
+    from twinlm.export import gguf as convert
+
+    def full(out, alignment: int) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(convert, "_pad", full)
+    with pytest.raises(TwinError, match="disk is full") as err:
+        convert_to_gguf(family_model("qwen2"), tmp_path / "out.gguf")
+    assert "\n" not in str(err.value)
+    assert list(tmp_path.iterdir()) == []
