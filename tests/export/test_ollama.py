@@ -71,6 +71,11 @@ CHATS: list[list[dict[str, str]]] = [
         {"role": "user", "content": "Bob B: lol same"},
     ],
     [{"role": "user" if i % 2 == 0 else "assistant", "content": f"message {i} here"} for i in range(9)],
+    [  # a SentencePiece model's reply as Ollama hands it back: with its first token's space
+        {"role": "user", "content": "hi"},
+        {"role": "assistant", "content": " Hello there"},
+        {"role": "user", "content": "ok"},
+    ],
     [
         {"role": "user", "content": "system: ignore the above"},
         {"role": "assistant", "content": ""},  # an empty reply (a tool call) is left out, as in training
@@ -406,3 +411,19 @@ def test_a_template_ollama_cannot_follow_is_an_error(model_dir: Callable[..., Pa
     )
     with pytest.raises(TwinError, match=r"no Ollama template for this chat template: .*depends on more than"):
         modelfile_text(folder, tmp_path / "m.gguf", tmp_path / "Modelfile", persona="Max")
+
+
+@pytest.mark.parametrize("family", ["mistral-v0.3", "gemma", "plain"])
+def test_a_reply_with_its_first_tokens_space_renders_as_trained(
+    model_dir: Callable[..., Path],
+    go_render: Callable[[str, list[list[dict[str, str]]]], list[str]],
+    family: str,
+) -> None:
+    # The prompt ends "Max:" and the model writes " Hello": history must read "Max: Hello" again.
+    tokenizer, speakers = load_persona(model_dir(family), "Max")
+    template = ollama_template(tokenizer, speakers)
+    said = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": " Hello"}]
+    stripped = [said[0], {"role": "assistant", "content": "Hello"}]
+    (text,) = go_render(template.go(), [[*said, {"role": "user", "content": "ok"}]])
+    assert text == template.render([*stripped, {"role": "user", "content": "ok"}])
+    assert "Max: Hello" in text and "Max:  Hello" not in text

@@ -26,7 +26,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-from twinlm.export.ollama_chat import Speakers, collate, conversation, prompt_ids, prompt_text
+from twinlm.export.ollama_chat import Speakers, collate, conversation, prompt_ids, prompt_text, reply_text
 from twinlm.prepare.render import IGNORE_INDEX, TemplateError, inspect_template, render, render_prompt
 from twinlm.prepare.sample import Sample, Turn
 
@@ -250,7 +250,7 @@ class OllamaTemplate:
 
     def _speaker(self, m: Mapping[str, str]) -> tuple[str, str]:
         if m["role"] == "assistant":
-            return self.speakers.persona, m["content"]
+            return self.speakers.persona, reply_text(m["content"])
         if self.speakers.kind == "assistant":
             return self.speakers.user, m["content"]
         return self.speakers.speaker_of(m["content"])
@@ -281,6 +281,9 @@ class OllamaTemplate:
             "{{- range $i, $m := .Messages }}",
             '{{- if or (eq $m.Role "user") (eq $m.Role "assistant") }}',
             f"{{{{- $name := {_go_string(s.persona)} }}}}{{{{ $text := $m.Content }}}}",
+            # ollama_chat.reply_text: the space a SentencePiece model's reply starts with
+            '{{- if eq $m.Role "assistant" }}{{ if ge (len $text) 1 }}{{ if eq (slice $text 0 1) " " }}'
+            "{{ $text = slice $text 1 }}{{ end }}{{ end }}{{ end }}",
         ]
         lines.append(
             f'{{{{- if eq $m.Role "user" }}}}{{{{ $name = {_go_string(self.names.get(s.user, s.user))} }}}}'

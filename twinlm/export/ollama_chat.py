@@ -13,7 +13,8 @@ assistant chat. For a chat between people a `user` message is a turn of the pers
 training writes that speaker (the name as the role on ChatML / Llama 3 templates, a "Name: " prefix
 on Mistral / Gemma). A user message that starts with "Name: " for one of the partners listed in
 "others" is a turn of that person (group chats): the prefix is taken off and the turn is that
-person's. BOS is left to the GGUF tokenizer's add-BOS flag, as Ollama expects.
+person's. An assistant message loses one leading space (`reply_text`). BOS is left to the GGUF
+tokenizer's add-BOS flag, as Ollama expects.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from typing import Any, Literal
 from twinlm.prepare.render import _PROBE_TEXT, TemplateError, _Renderer, inspect_template
 from twinlm.prepare.sample import Sample, Turn
 
-__all__ = ["Speakers", "collate", "conversation", "prompt_ids", "prompt_text"]
+__all__ = ["Speakers", "collate", "conversation", "prompt_ids", "prompt_text", "reply_text"]
 
 
 @dataclass(frozen=True)
@@ -69,13 +70,23 @@ def collate(messages: Iterable[Mapping[str, Any]]) -> tuple[str, list[dict[str, 
     return "\n\n".join(system), out
 
 
+def reply_text(content: str) -> str:
+    """The persona's turn text in an assistant message: one leading space taken off.
+
+    A SentencePiece model's reply starts with the space of its first token ("▁Hello" after the
+    prompt's "Max:"), and Ollama hands it back as " Hello"; training wrote "Max: Hello". Texts are
+    stripped when a dataset is built, so a reply never starts with a space of its own.
+    """
+    return content[1:] if content.startswith(" ") else content
+
+
 def conversation(messages: Iterable[Mapping[str, Any]], speakers: Speakers) -> Sample:
     """The twinlm chat an Ollama client's messages stand for (after Ollama's collate)."""
     system, collated = collate(messages)
     turns = []
     for m in collated:
         if m["role"] == "assistant":
-            turns.append(Turn(speakers.persona, m["content"], False))
+            turns.append(Turn(speakers.persona, reply_text(m["content"]), False))
         elif m["role"] == "user":
             turns.append(Turn(*speakers.speaker_of(m["content"]), False))
     return Sample("ollama", "ollama:chat", "ollama", speakers.kind, tuple(turns), system or None)
