@@ -187,6 +187,8 @@ def _summary(result: object, unchecked: bool) -> None:
 
         fields = {k: v for k, v in result.parity.items() if k in ParityReport.__dataclass_fields__}
         figures = ParityReport(**fields).figures()
+        for note in result.parity.get("notes") or []:
+            err.print(f"Note: {safe_text(note)}", highlight=False, soft_wrap=True)
         if result.status == "ok":
             out.print(f"Parity with llama.cpp: ok ({figures})", highlight=False, soft_wrap=True)
         else:
