@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import gc
 import os
+import re
 import tempfile
 import zipfile
 from collections import Counter
@@ -30,6 +31,7 @@ from twinlm.corpus.db import SUPERSEDING, Changes, Corpus
 from twinlm.corpus.rematch import ChatMatcher
 from twinlm.corpus.supersede import Superseding
 from twinlm.errors import ExportError
+from twinlm.files import remove_leftovers
 from twinlm.model import ParseOptions, ParseReport
 from twinlm.sources import whatsapp
 from twinlm.sources._common import MAX_ZIP_ENTRIES, check_zip_directory, position, read_head, untrack
@@ -61,6 +63,10 @@ NOT_A_DOCUMENT_TYPE = f"not a document type ({', '.join(DOCUMENT_SUFFIXES)})"
 NOT_A_DOCUMENT = "not a readable document (UTF-8 text, PDF or DOCX)"
 SYMLINK_OUT = "symbolic link out of the folder given (not followed)"
 SYMLINK_BROKEN = "symbolic link that loops or points nowhere"
+# The folder zips are unpacked into, next to corpus.db (tempfile adds 8 random characters). A killed
+# ingest leaves it; the next ingest removes it (and atomic writes' temporary files) before it starts.
+SCRATCH_PREFIX = ".ingest-"
+_SCRATCH = re.compile(re.escape(SCRATCH_PREFIX) + r"[a-z0-9_]{8}")
 # Said when an export holds stored messages (same source, same native id) with other text: the corpus
 # keeps the first import's text (twinlm.corpus.db), so a tampered export cannot rewrite it.
 CHANGED_TEXT_NOTE = "messages whose text changed since the last import; kept the stored text"
@@ -84,6 +90,8 @@ class IngestResult:
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (file as shown, reason), in walk order
     # The zone local-time exports (WhatsApp, Telegram's 2020 schema) were read in, when the user set none.
     assumed_timezone: str | None = None
+    # Temporary files and folders a killed ingest left in the workspace, removed before this one started.
+    removed_leftovers: list[str] = field(default_factory=list)
 
     def skip(self, name: str, reason: str) -> None:
         self.not_exports[reason] += 1
@@ -121,6 +129,7 @@ class IngestResult:
             "not_exports": dict(self.not_exports),
             "skipped_files": [{"file": name, "reason": reason} for name, reason in self.skipped],
             "assumed_timezone": self.assumed_timezone,
+            "removed_leftovers": self.removed_leftovers,
         }
 
 
@@ -179,19 +188,19 @@ def _ingest(
     on_file: Callable[[str], None] | None,
     on_progress: ProgressCallback | None,
 ) -> IngestResult:
-    with (
-        corpus.importing([str(p) for p in [*paths, *documents]]) as import_id,
-        tempfile.TemporaryDirectory(prefix=".ingest-", dir=corpus.path.parent) as scratch,
-    ):
-        result = IngestResult(import_id=import_id)
-        inputs = _expand(paths, documents, Path(scratch), max_unpacked_bytes, result, corpus.path.parent)
-        matcher, touched = ChatMatcher(corpus), {}
-        for item in inputs:
-            if on_file:
-                on_file(item.name)
-            result.files.append(
-                _ingest_file(item, corpus, import_id, options, fmt, on_progress, result, matcher, touched)
-            )
+    with corpus.importing([str(p) for p in [*paths, *documents]]) as import_id:
+        # Holding the corpus's write lock, so no other ingest runs: what is there is a killed one's.
+        leftovers = [p.name for p in remove_leftovers(corpus.path.parent, _SCRATCH)]
+        with tempfile.TemporaryDirectory(prefix=SCRATCH_PREFIX, dir=corpus.path.parent) as scratch:
+            result = IngestResult(import_id=import_id, removed_leftovers=leftovers)
+            inputs = _expand(paths, documents, Path(scratch), max_unpacked_bytes, result, corpus.path.parent)
+            matcher, touched = ChatMatcher(corpus), {}
+            for item in inputs:
+                if on_file:
+                    on_file(item.name)
+                result.files.append(
+                    _ingest_file(item, corpus, import_id, options, fmt, on_progress, result, matcher, touched)
+                )
         _superseded(corpus.finish_import(import_id), touched)
         result.files = [f for f in result.files if f.format or f.error]
         if options.timezone is None and any(LOCAL_TIME_NOTE in f.report.notes for f in result.files):

@@ -223,6 +223,13 @@ def _print_ingest(result: IngestResult, elapsed: float) -> None:
             "(or --timezone) if the exports were made elsewhere.",
             highlight=False,
         )
+    if result.removed_leftovers:
+        out.print(
+            f"Removed {len(result.removed_leftovers)} temporary file(s) left by an interrupted ingest: "
+            + ", ".join(safe_text(name) for name in result.removed_leftovers),
+            highlight=False,
+            soft_wrap=True,
+        )
     for f in result.failed:
         err.print(f"[bold red]error:[/] {safe_text(f.error)}", highlight=False, soft_wrap=True)
     speed = f" ({total.report.messages / elapsed:,.0f} messages/s)" if elapsed >= 1 else ""

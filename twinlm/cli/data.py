@@ -87,6 +87,14 @@ def build_command(
             on_stage=lambda stage: status.update(f"Building: {stage}"),
             confirm_send=confirm,
         )
+    if result.removed_leftovers:  # on stderr: --json output stays JSON
+        err.print(
+            f"Removed {len(result.removed_leftovers)} temporary file(s) left by an interrupted build: "
+            + ", ".join(result.removed_leftovers),
+            markup=False,
+            highlight=False,
+            soft_wrap=True,
+        )
     for warning in result.report["warnings"]:
         err.print(f"[bold yellow]warning:[/] {safe_text(warning)}", highlight=False, soft_wrap=True)
     if as_json:

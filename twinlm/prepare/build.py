@@ -13,6 +13,7 @@ import itertools
 import shutil
 from collections import Counter
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,7 @@ from twinlm.config import BuildConfig, TwinConfig
 from twinlm.corpus.db import Corpus
 from twinlm.corpus.queries import account_names, owners
 from twinlm.errors import TwinError
-from twinlm.files import write_atomic
+from twinlm.files import remove_leftovers, write_atomic
 from twinlm.identities import ME, Identities
 from twinlm.models import resolve_model
 from twinlm.prepare.clean import Msg, clean_message, clean_session
@@ -64,6 +65,29 @@ class BuildResult:
     trained_tokens: dict[str, int] = field(default_factory=dict)
     counts: Counter[str] = field(default_factory=Counter)  # what each rule removed or changed
     report: dict[str, Any] = field(default_factory=dict)
+    # Temporary files a killed build left in the folder, removed before this one wrote (not in build.json,
+    # which stays the same for the same corpus and config).
+    removed_leftovers: list[str] = field(default_factory=list)
+
+
+BUILD_LOCK = ".build.lock"  # held while a build writes the folder: one build at a time
+
+
+@contextmanager
+def _one_build_at_a_time(out: Path) -> Iterator[None]:
+    """An exclusive lock on the dataset folder, so that removing a killed build's leftovers never removes
+    a running build's files (and two builds never mix their outputs). Released when the process ends."""
+    try:
+        import fcntl
+    except ImportError:  # no flock (Windows): one build at a time is then the user's to keep
+        yield
+        return
+    with open(out / BUILD_LOCK, "a") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise TwinError(f"{out}: another `twinlm build` is writing this dataset; let it finish") from None
+        yield
 
 
 def build(
@@ -79,10 +103,25 @@ def build(
 
     `confirm_send` is asked before document chunks go to the teacher endpoint (the command line asks the
     user, or takes --yes); it raises to send nothing."""
+    out.mkdir(parents=True, exist_ok=True)
+    with _one_build_at_a_time(out):
+        leftovers = [p.name for p in remove_leftovers(out)]
+        result = _build(config, corpus, out, on_stage, render_batch_size, confirm_send)
+    result.removed_leftovers = leftovers
+    return result
+
+
+def _build(
+    config: TwinConfig,
+    corpus: Corpus,
+    out: Path,
+    on_stage: Callable[[str], None] | None,
+    render_batch_size: int,
+    confirm_send: ConfirmSend | None,
+) -> BuildResult:
     settings = config.build
     stage = on_stage or (lambda _: None)
     counts: Counter[str] = Counter()
-    out.mkdir(parents=True, exist_ok=True)
     stage("loading the tokenizer")
     model = resolve_model(settings.model, out.parent)
     tokenizer = load_tokenizer(model, trust_remote_code=settings.trust_remote_code)
