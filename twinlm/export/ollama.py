@@ -9,7 +9,10 @@ Who a plain user message is, for a chat between people: the first name in twinlm
 "others"[persona] (the persona's partners, most frequent first); without it `me` when the persona is
 someone else; else "someone", whom the persona prompt (filled for a chat with "someone") names. A
 user message starting "Name: " for a partner in "others" is that partner's turn (group chats); see
-twinlm.export.ollama_chat.
+twinlm.export.ollama_chat. Ollama merges consecutive user messages (with a blank line) before the
+template sees them, so several partners speaking in a row are one turn of the first one: on Mistral /
+Gemma templates one user message "Alice: hi\nBob: yo" renders exactly as training wrote those two
+turns; ChatML / Llama 3 (a header per speaker) and plain (an end of turn per speaker) cannot show that.
 """
 
 from __future__ import annotations
