@@ -34,6 +34,7 @@ from twinlm.export.ollama import (
     write_modelfile,
 )
 from twinlm.prepare.render import render_prompt
+from twinlm.prepare.sample import Sample, Turn
 
 from tiny_tokenizers import build_tokenizer
 
@@ -427,3 +428,14 @@ def test_a_reply_with_its_first_tokens_space_renders_as_trained(
     (text,) = go_render(template.go(), [[*said, {"role": "user", "content": "ok"}]])
     assert text == template.render([*stripped, {"role": "user", "content": "ok"}])
     assert "Max: Hello" in text and "Max:  Hello" not in text
+
+
+@pytest.mark.parametrize("family", ["mistral-v0.3", "gemma"])
+def test_partners_in_a_row_as_one_user_message(model_dir: Callable[..., Path], family: str) -> None:
+    # Ollama merges consecutive user messages; on alternating templates one message of "Name: " lines
+    # is exactly what training wrote for those partners' turns in a row.
+    tokenizer, speakers = load_persona(model_dir(family), "Kim")
+    template = ollama_template(tokenizer, speakers)
+    text = template.render([{"role": "user", "content": "Bob B: hi\nZoë: yo"}])
+    turns = (Turn("Bob B", "hi", False), Turn("Zoë", "yo", False))
+    assert text == prompt_text(Sample("s", "c", "discord", "chat", turns), tokenizer, "Kim")
