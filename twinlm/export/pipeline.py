@@ -319,7 +319,7 @@ def export_run(
         events.skip("gguf", f"{_rel(root, gguf_path)} (up to date)")
         result.skipped.append("gguf")
     else:
-        _make_gguf(merged, gguf_path, qtype, params, events)
+        _make_gguf(root, merged, gguf_path, qtype, params, events)
         gguf_steps[qtype] = {"fingerprint": gguf_print, "path": str(gguf_path)}
         _write_summary(folder, summary)
         result.done.append("gguf")
@@ -404,7 +404,7 @@ def _finish(result: ExportResult, summary: dict[str, Any], folder: Path) -> Expo
     return result
 
 
-def _make_gguf(merged: Path, gguf_path: Path, qtype: str, params: int, events: Events) -> None:
+def _make_gguf(root: Path, merged: Path, gguf_path: Path, qtype: str, params: int, events: Events) -> None:
     from twinlm.export import gguf
 
     folder = gguf_path.parent
@@ -412,7 +412,7 @@ def _make_gguf(merged: Path, gguf_path: Path, qtype: str, params: int, events: E
         progress = events.start("gguf", f"converting to {qtype}")
         with _Guard(folder, gguf_path.name, int(params * BYTES_PER_WEIGHT[qtype])):
             gguf.convert_to_gguf(merged, gguf_path, qtype=qtype, progress=progress)
-        events.finish("gguf", str(gguf_path))
+        events.finish("gguf", _rel(root, gguf_path))
         return
     source = folder / f".{gguf_path.stem}.partial-f16.gguf"  # removed below, or as a leftover next time
     try:
@@ -424,7 +424,7 @@ def _make_gguf(merged: Path, gguf_path: Path, qtype: str, params: int, events: E
         events.start("gguf", f"quantizing to {qtype} (llama.cpp)")
         with _Guard(folder, gguf_path.name, int(params * BYTES_PER_WEIGHT[qtype])):
             gguf.quantize_gguf(source, gguf_path, qtype)
-        events.finish("gguf", str(gguf_path))
+        events.finish("gguf", _rel(root, gguf_path))
     finally:
         source.unlink(missing_ok=True)
 
