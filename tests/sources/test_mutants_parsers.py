@@ -164,8 +164,9 @@ def _thread(messages: list[dict[str, Any]], **top: Any) -> dict[str, Any]:
     } | top
 
 
-def test_messenger_without_a_messages_array_is_an_error(tmp_path: Path) -> None:
-    export = {"participants": [{"name": "Ann"}], "messages_x": [], "title": "Ann"}
+@pytest.mark.parametrize("messages", [{"messages_x": []}, {"messages": None}])
+def test_messenger_without_a_messages_array_is_an_error(tmp_path: Path, messages: dict[str, Any]) -> None:
+    export = {"participants": [{"name": "Ann"}], "title": "Ann"} | messages
     with pytest.raises(ExportError, match="no messages array"):
         parse(messenger, tmp_path / "message_1.json", export)
 
