@@ -118,7 +118,8 @@ def test_the_report_reads_as_json(tiny: Path, ggufs: dict[str, Path]) -> None:
 
 # --- every preset family, unquantized and quantized ---------------------------------------------------
 
-PRESET_FAMILIES = ("mistral", "llama", "qwen2", "gemma2")
+# mistral-json: Mistral with a tokenizer.json-only SentencePiece-style tokenizer (Metaspace "first").
+PRESET_FAMILIES = ("mistral", "llama", "qwen2", "gemma2", "mistral-json")
 
 
 @pytest.mark.parametrize("qtype", ["f16", "q8_0", "q4_k_m"])
@@ -130,7 +131,7 @@ def test_parity_holds_for_each_family(family: str, qtype: str, family_model, fam
 
     report = check_parity(family_model(family), family_gguf(family, qtype))
     assert report.problems == [], report.problems
-    assert report.qtype == qtype and report.strings_identical + report.strings_normalized == report.strings
+    assert report.qtype == qtype and report.strings_identical + report.strings_noted == report.strings
     assert report.stops_at_end_of_turn is True
     assert (
         report.end_of_turn
@@ -139,10 +140,16 @@ def test_parity_holds_for_each_family(family: str, qtype: str, family_model, fam
             "llama": "<|eot_id|>",
             "qwen2": "<|im_end|>",
             "gemma2": "<end_of_turn>",
+            "mistral-json": "</s>",
         }[family]
     )
     if qtype == "f16":
         assert report.top1_agreement + report.top1_ties / report.positions == pytest.approx(1.0)
         assert report.mean_kl < 1e-4
-    # Only Qwen2's tokenizer normalizes (NFC), which llama.cpp does not: said, not failed.
-    assert bool(report.notes) == (family == "qwen2"), report.notes
+    # What llama.cpp cannot do is said, not failed: Qwen2's tokenizer normalizes (NFC); a "first" Metaspace
+    # puts "▁" before the very start of any text, llama.cpp's only after a special token (inside chats).
+    assert bool(report.notes) == (family in ("qwen2", "mistral-json")), report.notes
+    if family == "qwen2":
+        assert report.notes[0].startswith("llama.cpp does not apply the tokenizer's Unicode normalization")
+    if family == "mistral-json":
+        assert report.notes[0].endswith("inside chats they are identical")

@@ -140,7 +140,7 @@ class ParityReport:
     qtype: str
     strings: int = 0  # texts whose tokenization was compared (rendered chats and hard strings, both modes)
     strings_identical: int = 0
-    strings_normalized: int = 0  # differing only by the HF tokenizer's NFC normalization (see notes)
+    strings_noted: int = 0  # differing only in ways llama.cpp cannot avoid, said in notes
     positions: int = 0  # next-token positions whose logits were compared
     top1_agreement: float = 0.0  # share of positions with the same top-1 token (ties not counted as same)
     top1_ties: int = 0  # positions whose top-1 tokens differ but were a tie in the HF model
@@ -162,8 +162,9 @@ class ParityReport:
     def figures(self) -> str:
         """One line of figures for a summary."""
         return (
-            f"tokenization {self.strings_identical}/{self.strings} identical; "
-            f"top-1 {self.top1_agreement:.1%} of {self.positions} positions (ties {self.top1_ties}); "
+            f"tokenization {self.strings_identical}/{self.strings} identical"
+            + (f" ({self.strings_noted} more in notes); " if self.strings_noted else "; ")
+            + f"top-1 {self.top1_agreement:.1%} of {self.positions} positions (ties {self.top1_ties}); "
             f"mean KL {self.mean_kl:.2e}; max logit diff {self.max_logit_diff:.2e}; "
             f"stops at {self.end_of_turn or '?'}: {'yes' if self.stops_at_end_of_turn else 'no'}"
         )
@@ -266,43 +267,79 @@ def _load_hf(model_dir: Path) -> tuple[Any, Any]:
 # --- tokenization -----------------------------------------------------------------------------
 
 
+@dataclass(frozen=True, slots=True)
+class _Case:
+    label: str
+    text: str
+    special: bool  # special-token text parsed as special tokens (llama.cpp's parse_special)
+    hf: list[int]
+    ours: list[int]
+    bare: str | None = None  # a hard string on its own (no template around it): the string
+
+
 def _tokenization(
     report: ParityReport, tokenizer: Any, llama: Any, rendered: list[Rendered], hard_strings: Sequence[str]
 ) -> None:
     """Rendered chats: the ids training saw against llama.cpp's tokens of the same text (specials parsed).
-    Hard strings: HF and llama.cpp, specials parsed (with each side's BOS/EOS) and specials as text."""
-    cases: list[tuple[str, list[int], list[int]]] = []
+    Hard strings: as both turns of a rendered chat (how they reach the model), and on their own, specials
+    parsed (with each side's BOS/EOS) and specials as text."""
+    cases: list[_Case] = []
     for r in rendered:
         ours = llama.tokenize(r.text.encode(), add_bos=False, special=True)
-        cases.append((f"rendered chat {r.sample_id}#{r.window}", list(r.input_ids), ours))
+        cases.append(_Case(f"rendered chat {r.sample_id}#{r.window}", r.text, True, list(r.input_ids), ours))
     specials = [t for t in tokenizer.all_special_tokens if t]
     # A special token's text as a user may type it, and as rendering neutralises it (a word joiner in it).
-    strings = [*hard_strings, *specials, *(t[0] + WORD_JOINER + t[1:] for t in specials)]
-    texts: dict[str, str] = {}
-    for s in dict.fromkeys(strings):
-        if not s:
-            continue
+    strings = [
+        s
+        for s in dict.fromkeys([*hard_strings, *specials, *(t[0] + WORD_JOINER + t[1:] for t in specials)])
+        if s
+    ]
+    in_chat: dict[str, bool] = {}
+    for s in strings:
+        chat = Sample(
+            id="hard",
+            conversation="parity:hard",
+            source="parity",
+            kind="assistant",
+            turns=(Turn("user", s, False), Turn("assistant", s, True)),
+        )
+        same = True
+        for r in render(chat, tokenizer, 1 << 16):
+            ours = llama.tokenize(r.text.encode(), add_bos=False, special=True)
+            cases.append(_Case(f"{s!r} (in a chat)", r.text, True, list(r.input_ids), ours))
+            same = same and list(r.input_ids) == list(ours)
+        in_chat[s] = same
         hf = tokenizer(s, add_special_tokens=True).input_ids
-        cases.append((f"{s!r} (special tokens parsed)", hf, llama.tokenize(s.encode(), True, True)))
+        cases.append(
+            _Case(f"{s!r} (special tokens parsed)", s, True, hf, llama.tokenize(s.encode(), True, True), s)
+        )
         hf = _plain_ids(tokenizer, s)
-        cases.append((f"{s!r} (as plain text)", hf, llama.tokenize(s.encode(), False, False)))
-        texts[f"{s!r} (special tokens parsed)"] = texts[f"{s!r} (as plain text)"] = s
-    differ = []
-    normalized = []
-    for label, hf, ours in cases:
+        cases.append(
+            _Case(f"{s!r} (as plain text)", s, False, hf, llama.tokenize(s.encode(), False, False), s)
+        )
+    differ, normalized, bare = [], [], []
+    for case in cases:
         report.strings += 1
-        if list(hf) == list(ours):
+        if case.hf == list(case.ours):
             report.strings_identical += 1
-        elif label in texts and _only_normalization(texts[label], hf, llama, special=label[-7] == "d"):
-            normalized.append(texts[label])
-            report.strings_normalized += 1
+        elif _only_normalization(case.text, case.hf, llama, special=case.special):
+            normalized.append(case.bare or case.label)
+            report.strings_noted += 1
+        elif case.bare is not None and in_chat.get(case.bare):
+            bare.append(case.bare)
+            report.strings_noted += 1
         else:
-            differ.append(_first_difference(label, list(hf), list(ours), tokenizer, llama))
+            differ.append(_first_difference(case.label, case.hf, list(case.ours), tokenizer, llama))
     if normalized:
-        shown = ", ".join(repr(t) for t in dict.fromkeys(normalized))
+        shown = ", ".join(repr(t) for t in list(dict.fromkeys(normalized))[:3])
         report.notes.append(
-            f"llama.cpp does not apply the tokenizer's Unicode normalization (NFC): text in decomposed form "
+            "llama.cpp does not apply the tokenizer's Unicode normalization (NFC): text in decomposed form "
             f"tokenizes differently there ({shown}); the same text composed tokenizes identically"
+        )
+    if bare:
+        report.notes.append(
+            f"{len(set(bare))} texts tokenize differently in llama.cpp on their own, with no chat template "
+            f"around them (e.g. {bare[0]!r}, a raw completion prompt); inside chats they are identical"
         )
     for line in differ[:MAX_PROBLEMS]:
         report.problems.append(line)
