@@ -111,6 +111,7 @@ def pipeline(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     # peft (imported for LoRA) imports bitsandbytes, whose CPU backend looks for a kernel on the hub.
     twinlm(env, "train", "-w", str(ws), "--method", "lora", "--max-steps", "2", "--name", "r")
     twinlm(env, "launch-config", "-w", str(ws), "--gpus", "2")
+    twinlm(env, "export", "-w", str(ws), "--type", "q8_0")  # merge, GGUF, Modelfile, llama.cpp parity
     log = tmp / "network.log"
     return ws, log
 
