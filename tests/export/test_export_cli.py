@@ -312,3 +312,24 @@ def test_full_disk_is_one_line_naming_the_folder_and_the_space(
     )
     assert "free there" in lines[0]
     assert not list(folder.glob("*.gguf")) and not [p for p in folder.iterdir() if ".part" in p.name]
+
+
+def test_full_disk_while_merging(trained: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The merge's own one-line error, when its cause is a full disk, says how much space is needed."""
+    from twinlm.export import merge
+
+    ws = relocated_copy(trained, tmp_path / "ws")
+
+    def full(*args: object, **kwargs: object) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(merge, "_write_shards", full)
+    code, _, stderr = invoke("merge", "-w", str(ws))
+    assert code == 1
+    lines = error_lines(stderr)
+    assert len(lines) == 1, lines
+    assert lines[0].startswith(
+        f"error: {ws / 'export' / RUN}: the disk is full (writing the merged model merged/)"
+    )
+    assert "it needs about" in lines[0]
+    assert [p.name for p in (ws / "export" / RUN).iterdir()] == []  # no merged/, no temporary folder
