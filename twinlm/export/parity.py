@@ -178,14 +178,16 @@ def check_parity(
     gguf_path: Path,
     *,
     conversations: Sequence[Sample] | None = None,
-    hard_strings: Sequence[str] = HARD_STRINGS,
+    hard_strings: Sequence[str] | None = None,
     qtype: str | None = None,
     max_length: int = 512,
     progress: Progress | None = None,
 ) -> ParityReport:
     """Compare the GGUF under llama.cpp with the Hugging Face model in `model_dir` (see the module doc).
 
-    `qtype` (f32, f16, q8_0, ...) sets which limits apply; by default it is read from the GGUF.
+    `hard_strings`: by default HARD_STRINGS and twinlm.export.gguf_vocab's list (with the tokenizer's
+    special tokens inside words). `qtype` (f32, f16, q8_0, ...) sets which limits apply; by default it
+    is read from the GGUF.
     Raises TwinError only where the check cannot run (llama-cpp-python missing, an unreadable model
     folder); everything the GGUF gets wrong is a problem in the report.
     """
@@ -278,7 +280,11 @@ class _Case:
 
 
 def _tokenization(
-    report: ParityReport, tokenizer: Any, llama: Any, rendered: list[Rendered], hard_strings: Sequence[str]
+    report: ParityReport,
+    tokenizer: Any,
+    llama: Any,
+    rendered: list[Rendered],
+    hard_strings: Sequence[str] | None,
 ) -> None:
     """Rendered chats: the ids training saw against llama.cpp's tokens of the same text (specials parsed).
     Hard strings: as both turns of a rendered chat (how they reach the model), and on their own, specials
@@ -289,11 +295,12 @@ def _tokenization(
         cases.append(_Case(f"rendered chat {r.sample_id}#{r.window}", r.text, True, list(r.input_ids), ours))
     specials = [t for t in tokenizer.all_special_tokens if t]
     # A special token's text as a user may type it, and as rendering neutralises it (a word joiner in it).
-    strings = [
-        s
-        for s in dict.fromkeys([*hard_strings, *specials, *(t[0] + WORD_JOINER + t[1:] for t in specials)])
-        if s
-    ]
+    if hard_strings is None:  # this module's list and the GGUF vocabulary's own (specials inside words too)
+        from twinlm.export.gguf_vocab import hard_strings as vocab_strings
+
+        hard_strings = [*HARD_STRINGS, *vocab_strings(specials)]
+    typed = [t[0] + WORD_JOINER + t[1:] for t in specials]
+    strings = [s for s in dict.fromkeys([*hard_strings, *specials, *typed]) if s]
     in_chat: dict[str, bool] = {}
     for s in strings:
         chat = Sample(
