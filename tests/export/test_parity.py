@@ -153,3 +153,23 @@ def test_parity_holds_for_each_family(family: str, qtype: str, family_model, fam
         assert report.notes[0].startswith("llama.cpp does not apply the tokenizer's Unicode normalization")
     if family == "mistral-json":
         assert report.notes[0].endswith("inside chats they are identical")
+
+
+@pytest.mark.parametrize("qtype", ["q8_0", "q4_k_m"])
+def test_a_broken_quantized_file_fails(qtype: str, family_model, family_gguf, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """Quantized types are held to floors, not to exact top-1: a swapped tensor still falls below them."""
+    from twinlm.export.parity import check_parity
+
+    broken = tmp_path / f"broken-{qtype}.gguf"
+    reader = _broken(family_gguf("llama", qtype), broken)
+    tensors = {t.name: t for t in reader.tensors}  # type: ignore[attr-defined]
+    first, second = tensors["blk.0.ffn_up.weight"].data, tensors["blk.1.ffn_up.weight"].data
+    saved = first.copy()
+    first[...] = second
+    second[...] = saved
+    del reader
+
+    report = check_parity(family_model("llama"), broken)
+    assert report.strings_identical == report.strings
+    assert [p for p in report.problems if p.startswith("next-token predictions drift")], report.problems
+    assert f"beyond what {qtype} allows" in report.problems[0]
