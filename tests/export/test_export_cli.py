@@ -333,3 +333,19 @@ def test_full_disk_while_merging(trained: Path, tmp_path: Path, monkeypatch: pyt
     )
     assert "it needs about" in lines[0]
     assert [p.name for p in (ws / "export" / RUN).iterdir()] == []  # no merged/, no temporary folder
+
+
+def test_a_checkpoint_exports_beside_the_final_weights(trained: Path, tmp_path: Path) -> None:
+    ws = relocated_copy(trained, tmp_path / "ws")
+    folder = ws / "export" / RUN
+    code, stdout, stderr = invoke("gguf", "-w", str(ws), "--checkpoint", "step-2", "--type", "q8_0", "--json")
+    assert code == 0, stderr
+    assert orjson.loads(stdout)["done"] == ["merge", "gguf"]
+    assert (folder / f"{RUN}-step-2-q8_0.gguf").is_file()
+    assert orjson.loads((folder / "merged-step-2" / "twinlm-export.json").read_bytes())["step"] == 2
+    code, stdout, _ = invoke(
+        "gguf", "-w", str(ws), "--type", "q8_0", "--json"
+    )  # the final weights: their own
+    assert orjson.loads(stdout)["done"] == ["merge", "gguf"] and (folder / f"{RUN}-q8_0.gguf").is_file()
+    code, stdout, _ = invoke("gguf", "-w", str(ws), "--checkpoint", "step-000002", "--type", "q8_0", "--json")
+    assert code == 0 and orjson.loads(stdout)["skipped"] == ["merge", "gguf"]  # the same checkpoint

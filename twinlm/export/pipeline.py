@@ -279,15 +279,17 @@ def export_run(
     params = _parameters(run_dir)
 
     # 1. merge
-    merged = merged_out or folder / MERGED
+    # A checkpoint's export sits beside the final weights' (merged-step-N/, RUN-step-N-TYPE.gguf).
+    suffix = f"-{_checkpoint_label(checkpoint)}" if checkpoint else ""
+    merged = merged_out or folder / f"{MERGED}{suffix}"
     inputs = {
         "twinlm": __version__,
-        "checkpoint": checkpoint or "final",
+        "checkpoint": suffix.lstrip("-") or "final",
         "weights": folder_fingerprint(weights_dir(run_dir, checkpoint)),
         "record": folder_fingerprint(run_dir / "tokenizer") | {"config.json": _digest_or_none(run_dir)},
     }
     merge_print = _hash("merge", inputs, str(merged.resolve()))
-    if _fresh(steps.get("merge"), merge_print) and (merged / PROVENANCE).is_file():
+    if _fresh(steps.get(f"merge{suffix}"), merge_print) and (merged / PROVENANCE).is_file():
         events.skip("merge", f"{_rel(root, merged)} (up to date)")
         result.skipped.append("merge")
     else:
@@ -297,8 +299,7 @@ def export_run(
         with _Guard(merged.parent, f"the merged model {merged.name}/", 2 * params):
             merge.merge_run(run_dir, merged, checkpoint=checkpoint, progress=progress)
         events.finish("merge", _rel(root, merged))
-        steps["merge"] = {"fingerprint": merge_print, "path": str(merged)}
-        steps.pop("gguf", None)  # what was made from the earlier merge is stale
+        steps[f"merge{suffix}"] = {"fingerprint": merge_print, "path": str(merged)}
         _write_summary(folder, summary)
         result.done.append("merge")
     result.files[_rel(root, merged)] = _tree_size(merged)
@@ -312,15 +313,15 @@ def export_run(
 
     # 2. GGUF (k-quants: an f16 file first, quantized by llama.cpp, then removed)
     result.qtype = qtype
-    gguf_path = folder / f"{name}-{qtype}.gguf"
+    gguf_path = folder / f"{name}{suffix}-{qtype}.gguf"
     gguf_print = _hash("gguf", merge_print, qtype)
     gguf_steps: dict[str, Any] = steps.setdefault("gguf", {})
-    if _fresh(gguf_steps.get(qtype), gguf_print) and gguf_path.is_file():
+    if _fresh(gguf_steps.get(qtype + suffix), gguf_print) and gguf_path.is_file():
         events.skip("gguf", f"{_rel(root, gguf_path)} (up to date)")
         result.skipped.append("gguf")
     else:
         _make_gguf(root, merged, gguf_path, qtype, params, events)
-        gguf_steps[qtype] = {"fingerprint": gguf_print, "path": str(gguf_path)}
+        gguf_steps[qtype + suffix] = {"fingerprint": gguf_print, "path": str(gguf_path)}
         _write_summary(folder, summary)
         result.done.append("gguf")
     result.files[_rel(root, gguf_path)] = gguf_path.stat().st_size
@@ -356,7 +357,7 @@ def export_run(
     # 4. parity
     check_print = _hash("check", gguf_print, chosen, personas.get(chosen or ""))
     checks: dict[str, Any] = steps.setdefault("check", {})
-    earlier = checks.get(qtype)
+    earlier = checks.get(qtype + suffix)
     if _fresh(earlier, check_print) and isinstance(earlier.get("report"), dict):
         events.skip("check", "parity (checked before, nothing changed)")
         result.skipped.append("check")
@@ -379,7 +380,7 @@ def export_run(
         )
         events.finish("check", "parity " + ("ok" if parity.ok else "FAILED"))
         report = parity.to_json()
-        checks[qtype] = {"fingerprint": check_print, "report": report}
+        checks[qtype + suffix] = {"fingerprint": check_print, "report": report}
         result.done.append("check")
     result.parity = report
     result.problems = list(report.get("problems") or [])
@@ -427,6 +428,12 @@ def _make_gguf(root: Path, merged: Path, gguf_path: Path, qtype: str, params: in
         events.finish("gguf", _rel(root, gguf_path))
     finally:
         source.unlink(missing_ok=True)
+
+
+def _checkpoint_label(checkpoint: str) -> str:
+    """step-000020 / step-20 -> step-20 (anything else as given: merge names what is wrong with it)."""
+    match = re.fullmatch(r"step-0*(\d+)", checkpoint.strip())
+    return f"step-{int(match.group(1))}" if match else re.sub(r"[^A-Za-z0-9_.-]+", "-", checkpoint)
 
 
 def _fresh(step: Any, fingerprint: str) -> bool:
