@@ -15,7 +15,7 @@ import pytest
 
 from twinlm.errors import ExportError
 from twinlm.model import Conversation, ParseOptions, ParseReport
-from twinlm.sources import chatgpt, discord, messenger, telegram
+from twinlm.sources import chatgpt, discord, messenger, telegram, whatsapp
 
 
 def parse(module: Any, path: Path, data: Any, **options: Any) -> tuple[list[Conversation], ParseReport]:
@@ -295,3 +295,70 @@ def test_telegram_a_broken_chat_object_is_named_in_the_error(tmp_path: Path, tex
     path.write_text(text, encoding="utf-8")
     with pytest.raises(ExportError, match=re.escape(where)):
         list(telegram.parse(path, ParseOptions(), ParseReport()))
+
+
+# --- WhatsApp ------------------------------------------------------------------------------------
+
+
+def _whatsapp(tmp_path: Path, lines: list[str], **options: Any) -> tuple[list[Any], ParseReport]:
+    path = tmp_path / "WhatsApp Chat with Ann.txt"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    report = ParseReport()
+    convs = list(whatsapp.parse(path, ParseOptions(timezone="UTC", **options), report))
+    return [m for c in convs for m in c.messages], report
+
+
+def test_whatsapp_five_header_lines_after_a_title_look_like_a_chat() -> None:
+    head = "Chat export\n" + "".join(f"01/02/2024, 10:0{k} - Ann: hi\n" for k in range(5))
+    assert whatsapp.looks_like(head, Path("notes.txt"))
+
+
+@pytest.mark.parametrize(
+    ("chat", "other", "expected"),
+    [(10, 11, True), (9, 11, False), (2, 2, True), (2, 3, False)],  # lines past the 20th do not count
+)
+def test_whatsapp_resembles_half_of_the_first_20_lines(chat: int, other: int, expected: bool) -> None:
+    """At least 2 chat-shaped lines and at least half of the first 20 non-empty lines."""
+    head = "".join(f"01/02/2024, 10:0{k % 10} - Ann: hi\n" for k in range(chat)) + "plain words\n" * other
+    assert whatsapp.resembles(head, Path("notes.txt")) is expected
+
+
+def test_whatsapp_date_order_from_dates_that_run_forward_across_years(tmp_path: Path) -> None:
+    """Every field <= 12: read month-first, the dates run forward (Dec 2019, Jan 2020, Dec 2020, Jan
+    2021); read day-first they step back once. Without the year both readings would step back."""
+    dates = ["12/05/19", "01/07/20", "12/03/20", "01/09/21"]
+    messages, _ = _whatsapp(tmp_path, [f"{d}, 10:00 - Ann: m{k}" for k, d in enumerate(dates)])
+    expected = [datetime(2019, 12, 5, 10, tzinfo=UTC), datetime(2020, 1, 7, 10, tzinfo=UTC),
+                datetime(2020, 12, 3, 10, tzinfo=UTC), datetime(2021, 1, 9, 10, tzinfo=UTC)]  # fmt: skip
+    assert [m.timestamp for m in messages] == expected
+
+
+def test_whatsapp_half_hour_dst_fall_back_takes_the_second_reading(tmp_path: Path) -> None:
+    """Lord Howe Island leaves DST on 7 April 2024 at 02:00 (+11:00) back to 01:30 (+10:30): 01:40 then
+    01:35 are 14:40 and 15:05 UTC the day before."""
+    lines = ["07/04/2024, 01:40 - Ann: before", "07/04/2024, 01:35 - Ann: after"]
+    path = tmp_path / "WhatsApp Chat with Ann.txt"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    options = ParseOptions(timezone="Australia/Lord_Howe", whatsapp_date_order="day_first")
+    messages = [m for c in whatsapp.parse(path, options, ParseReport()) for m in c.messages]
+    assert [m.timestamp for m in messages] == [
+        datetime(2024, 4, 6, 14, 40, tzinfo=UTC),
+        datetime(2024, 4, 6, 15, 5, tzinfo=UTC),
+    ]
+
+
+def test_whatsapp_a_message_whose_first_line_is_empty(tmp_path: Path) -> None:
+    """ "Ann:" with the text on the next lines is Ann's message; ": odd:" (no name) is a system line."""
+    lines = ["01/02/2024, 10:00 - Ann:", "hello", "01/02/2024, 10:01 - : odd:", "01/02/2024, 10:02 - Bo: hi"]
+    messages, report = _whatsapp(tmp_path, lines)
+    assert [(m.author_name, m.text) for m in messages] == [("Ann", "\nhello"), ("Bo", "hi")]
+    assert report.skipped == {"system line": 1}
+
+
+def test_whatsapp_a_long_message_is_cut_at_max_message_chars_not_before(tmp_path: Path) -> None:
+    """40 characters of text over four lines, max 30: the first 30, noted (the header's length does
+    not count against the text)."""
+    lines = ["01/02/2024, 10:00 - Ann: " + "a" * 9, "b" * 9, "c" * 9, "d" * 9]
+    messages, report = _whatsapp(tmp_path, lines, max_message_chars=30)
+    assert [m.text for m in messages] == ["a" * 9 + "\n" + "b" * 9 + "\n" + "c" * 9 + "\n"]
+    assert report.notes["message cut to max_message_chars"] == 1

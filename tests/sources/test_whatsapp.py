@@ -141,7 +141,9 @@ def test_slices_and_clip() -> None:
     assert len({c.id for c in convs}) == 1 and {c.title for c in convs} == {"Alice"}
     assert (report.conversations, report.messages) == (1, 12)
     assert msgs[1].text == "Hello, who"
-    assert report.notes["message cut to max_message_chars"] == 4  # incl. "[voice message]"
+    # The five texts over 10 characters, incl. "[voice message]" and the photo's caption (its own line)
+    assert report.notes["message cut to max_message_chars"] == 5
+    assert msgs[3].text == "Look at th"
 
 
 # -- iOS ------------------------------------------------------------------------------------------

@@ -474,7 +474,8 @@ def _messages(path: Path, clock: _Clock, options: ParseOptions, report: ParseRep
                 msg = _message(head, rest, clock, options, report)
                 if msg is not None:
                     yield msg
-            head, rest, size = m, [], len(line)
+            # Only the continuation lines count towards the cap: the header and name are not text.
+            head, rest, size = m, [], 0
         if head is not None:
             msg = _message(head, rest, clock, options, report)
             if msg is not None:
