@@ -308,9 +308,12 @@ def _whatsapp(tmp_path: Path, lines: list[str], **options: Any) -> tuple[list[An
     return [m for c in convs for m in c.messages], report
 
 
-def test_whatsapp_five_header_lines_after_a_title_look_like_a_chat() -> None:
-    head = "Chat export\n" + "".join(f"01/02/2024, 10:0{k} - Ann: hi\n" for k in range(5))
-    assert whatsapp.looks_like(head, Path("notes.txt"))
+@pytest.mark.parametrize(("authored", "expected"), [(5, True), (3, True), (2, False)])
+def test_whatsapp_five_header_lines_after_a_title_look_like_a_chat(authored: int, expected: bool) -> None:
+    """After a first line that is no header: at least 5 of the first 10 lines are headers, at least 3
+    with "Name: " (the others are notices without a name)."""
+    lines = [f"01/02/2024, 10:0{k} - " + ("Ann: hi" if k < authored else "Ann joined") for k in range(5)]
+    assert whatsapp.looks_like("Chat export\n" + "\n".join(lines), Path("notes.txt")) is expected
 
 
 @pytest.mark.parametrize(
