@@ -365,3 +365,19 @@ def test_whatsapp_a_long_message_is_cut_at_max_message_chars_not_before(tmp_path
     messages, report = _whatsapp(tmp_path, lines, max_message_chars=30)
     assert [m.text for m in messages] == ["a" * 9 + "\n" + "b" * 9 + "\n" + "c" * 9 + "\n"]
     assert report.notes["message cut to max_message_chars"] == 1
+
+
+@pytest.mark.parametrize(
+    ("dates", "days"),
+    [
+        (["01/03/20", "05/03/20", "02/04/20", "06/04/20"], [(3, 1), (3, 5), (4, 2), (4, 6)]),  # day-first
+        (["03/01/20", "03/05/20", "04/02/20", "04/06/20"], [(3, 1), (3, 5), (4, 2), (4, 6)]),  # month-first
+    ],
+)
+def test_whatsapp_date_order_from_days_that_run_forward_in_a_month(
+    tmp_path: Path, dates: list[str], days: list[tuple[int, int]]
+) -> None:
+    """1 and 5 March, 2 and 6 April 2020: the reading in which they run forward wins (the other steps
+    back once, from 5 March to 2 April read the other way)."""
+    messages, _ = _whatsapp(tmp_path, [f"{d}, 10:00 - Ann: m{k}" for k, d in enumerate(dates)])
+    assert [m.timestamp for m in messages] == [datetime(2020, mo, d, 10, tzinfo=UTC) for mo, d in days]
