@@ -7,7 +7,7 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
-from twinlm.prepare.render import render, to_messages
+from twinlm.prepare.render import render, render_prompt, to_messages
 from twinlm.prepare.sample import Sample, Turn
 
 
@@ -77,3 +77,14 @@ def test_a_sample_without_a_trained_turn_is_counted_once(load_tokenizer: Callabl
         == []
     )
     assert counts["samples without a trained turn"] == 1
+
+
+def test_a_prompt_of_exactly_max_length_keeps_all_its_turns(load_tokenizer: Callable[[str], Any]) -> None:
+    """`max_length` drops the oldest turns only while the prompt is longer: one exactly as long stays."""
+    tokenizer = load_tokenizer("chatml")
+    history = sample(
+        "chat", ("Alice", "hi there", False), ("Max", "yo", False), ("Alice", "how are you", False)
+    )
+    full = render_prompt(history, tokenizer, "Max")
+    assert render_prompt(history, tokenizer, "Max", max_length=len(full)) == full
+    assert len(render_prompt(history, tokenizer, "Max", max_length=len(full) - 1)) < len(full)
