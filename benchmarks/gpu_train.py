@@ -3,6 +3,7 @@
     python benchmarks/gpu_train.py            # on a CUDA machine; prints a markdown table
     python benchmarks/gpu_train.py --record   # and appends it to benchmarks/RESULTS.md
     python benchmarks/gpu_train.py --size tiny --steps 4 --warmup 1   # a CPU dry run of the script
+    python benchmarks/gpu_train.py --attention  # the packed-row attention kernels compared (issue 8)
 
 Measured, each in its own child process so peak memory is that run's own:
 
@@ -106,10 +107,11 @@ def make_workspace(size: str) -> Path:
 
 
 def child(kind: str, workspace: Path) -> None:
-    """One measurement here, printed as JSON. `kind`: ours:STEPS:WARMUP:METHOD or naive:STEPS:WARMUP:BATCH."""
+    """One measurement here, printed as JSON. `kind`: ours:STEPS:WARMUP:METHOD[:ATTENTION] or
+    naive:STEPS:WARMUP:BATCH."""
     import torch
 
-    name, steps, warmup, extra = kind.split(":")
+    name, steps, warmup, extra, *attention = kind.split(":")
     if name == "ours":
         result = train_bench._ours(
             workspace,
@@ -118,6 +120,7 @@ def child(kind: str, workspace: Path) -> None:
             method=extra,
             precision="auto",  # bf16 on a GPU that supports it
             checkpointing=extra == "qlora",  # what a 12 GB card needs at 2,048 tokens
+            attention=attention[0] if attention else "auto",
         )
     else:
         info = json.loads((workspace / "data" / "build.json").read_text(encoding="utf-8"))
@@ -151,6 +154,12 @@ def main() -> None:
     )
     parser.add_argument("--warmup", type=int, default=10)
     parser.add_argument("--record", action="store_true", help="append the table to benchmarks/RESULTS.md")
+    parser.add_argument(
+        "--attention",
+        action="store_true",
+        help="compare the packed-row attention kernels instead (twinlm_packed, SDPA with a block mask, "
+        "FlexAttention with a document mask, flash_attention_2 where installed) on the LoRA run",
+    )
     parser.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -160,6 +169,13 @@ def main() -> None:
 
     device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU (dry run)"
     workspace = make_workspace(args.size)
+    if args.attention:
+        table = compare_attention(workspace, args, device)
+        print(table)
+        if args.record:
+            with open(HERE / "RESULTS.md", "a", encoding="utf-8") as f:
+                f.write("\n" + table)
+        return
     ours = measure(f"ours:{args.steps}:{args.warmup}:lora", workspace)
     batch_size = max(1, round(ours["samples_per_step"]))
     naive = measure(f"naive:{args.steps}:{args.warmup}:{batch_size}", workspace)
@@ -202,6 +218,47 @@ def main() -> None:
     if args.record:
         with open(HERE / "RESULTS.md", "a", encoding="utf-8") as f:
             f.write("\n" + table)
+
+
+def compare_attention(workspace: Path, args: argparse.Namespace, device: str) -> str:
+    """The same LoRA run with each packed-row kernel: speed, memory, and the first step's loss (a kernel
+    whose first loss differs from the others' attends across samples or drops some: not correct)."""
+    import importlib.util
+
+    import torch
+
+    kernels = ["twinlm_packed", "sdpa"]
+    if torch.cuda.is_available():  # FlexAttention has no backward pass on CPUs
+        kernels.append("flex_attention")
+        if importlib.util.find_spec("flash_attn") is not None:
+            kernels.append("flash_attention_2")
+    results = {k: measure(f"ours:{args.steps}:{args.warmup}:lora:{k}", workspace) for k in kernels}
+    reference = results["twinlm_packed"]["first_loss"]
+    lines = [
+        f"### GPU attention kernels, {datetime.now(UTC).date()} ({device}, torch {torch.__version__})",
+        "",
+        f"Mistral-7B v0.3 architecture{' (TINY dry run)' if args.size == 'tiny' else ''}, random weights, "
+        f"LoRA r 16, {SEQ:,}-token packed rows, {args.steps - args.warmup} timed steps after "
+        f"{args.warmup} warm-up steps (FlexAttention compiles during warm-up).",
+        "",
+        "| kernel | real tokens/s | peak GPU memory (allocated / reserved) | first-step loss "
+        "| vs twinlm_packed |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for kernel, r in results.items():
+        speed = r["tokens"] / r["seconds"]
+        base = results["twinlm_packed"]["tokens"] / results["twinlm_packed"]["seconds"]
+        lines.append(
+            f"| {kernel} | {speed:,.0f} | {r['peak_gib']:.1f} / {r['peak_reserved_gib']:.1f} GiB "
+            f"| {r['first_loss']:.4f} | {speed / base:.2f}x |"
+        )
+    correct = [k for k, r in results.items() if abs(r["first_loss"] - reference) <= 1e-2 * abs(reference)]
+    fastest = max(correct, key=lambda k: results[k]["tokens"] / results[k]["seconds"])
+    lines += [
+        "",
+        f"Correct (first loss within 1% of twinlm_packed's): {', '.join(correct)}; fastest: {fastest}.",
+    ]
+    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":

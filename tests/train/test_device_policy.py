@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 import torch
 
+from twinlm.errors import TwinError
 from twinlm.train.device import device_policy
 from twinlm.train.distributed import eval_assignment
 
@@ -73,3 +74,10 @@ def test_every_process_runs_the_same_number_of_eval_forwards(n_bins: int, world:
     assert sorted(real) == list(range(n_bins))  # each bin exactly once
     padding = sum(b is None for mine in per_rank for b in mine)
     assert padding == len(per_rank[0]) * world - n_bins
+
+
+def test_flex_attention_is_refused_on_a_cpu_in_one_line() -> None:
+    """FlexAttention has no backward pass on CPUs: a run would crash at its first step with a traceback."""
+    with pytest.raises(TwinError, match=r"train\.attention: flex_attention trains only on a CUDA GPU"):
+        device_policy("cpu", "auto", "flex_attention", None, True)
+    assert device_policy("cuda:1", "fp32", "flex_attention", None, True) == (torch.float32, "flex_attention")

@@ -45,6 +45,10 @@ from twinlm.prepare.sample import IGNORE_INDEX
 # Attention implementations that take packed rows from position_ids alone (varlen kernels).
 # Attention that finds sample bounds from position_ids itself ("twinlm_packed": twinlm.train.attention).
 VARLEN_ATTENTION = frozenset({"flash_attention_2", "flash_attention_3", "twinlm_packed"})
+# Kernels given no mask: transformers finds the samples of a packed row from position_ids (a position
+# that does not follow the one before starts a sample) and builds a document mask with each layer's
+# window itself, as a FlexAttention BlockMask (only the blocks a sample needs are computed).
+MASK_FROM_POSITIONS = frozenset({"flex_attention"})
 
 
 @dataclass(frozen=True, slots=True, eq=False)  # eq off: arrays do not compare to one bool
@@ -176,7 +180,7 @@ def group_by_length(examples: Sequence[Example], max_tokens: int, seed: int, epo
 
 def needs_4d_mask(attn_implementation: str) -> bool:
     """Whether packed rows need an explicit block-diagonal mask (no varlen kernel)."""
-    return attn_implementation not in VARLEN_ATTENTION
+    return attn_implementation not in VARLEN_ATTENTION | MASK_FROM_POSITIONS
 
 
 def block_causal_mask(

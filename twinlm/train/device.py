@@ -10,6 +10,8 @@ import importlib.util
 
 import torch
 
+from twinlm.errors import TwinError
+
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
@@ -31,6 +33,10 @@ def device_policy(
 
 
 def _attention(choice: str, cuda: bool, preset_choice: str | None, packing: bool) -> str:
+    if choice == "flex_attention" and not cuda:  # PyTorch has no FlexAttention backward on CPUs
+        raise TwinError(
+            "train.attention: flex_attention trains only on a CUDA GPU; on a CPU use auto (twinlm_packed)"
+        )
     if choice != "auto":
         return choice
     if preset_choice:
