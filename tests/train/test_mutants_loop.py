@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from twinlm.config import TwinConfig
+from twinlm.errors import TwinError
 from twinlm.train import loop
 from twinlm.train.checkpoint import list_checkpoints
 from twinlm.train.loop import train
@@ -90,3 +91,18 @@ def test_a_window_of_one_trained_token_is_a_step(tmp_path: Path) -> None:
     result = train(config.model_copy(update={"train": cfg}), tmp_path, "one-token")
     record = orjson.loads((result.run_dir / "result.json").read_bytes())
     assert record["tokens_seen"] == len(rows)
+
+
+def test_a_train_split_with_no_trained_token_is_one_error_not_an_endless_loop(tmp_path: Path) -> None:
+    """Every label masked: each window is skipped, so no step is ever made; before, the loop went round
+    the epochs forever (found by the mutant `n_window == 0` -> `== 1`, killed only by a timeout)."""
+    config = make_workspace(tmp_path, "llama")
+    path = tmp_path / "data" / "train.parquet"
+    table = pq.read_table(path)
+    rows = [[IGNORED] * len(row) for row in table.column("labels").to_pylist()]
+    column = table.schema.get_field_index("labels")
+    table = table.set_column(column, table.field("labels"), pa.array(rows, type=table.field("labels").type))
+    pq.write_table(table, path)
+    cfg = settings("lora", steps=5, eval_every=1000, save_every=1000)
+    with pytest.raises(TwinError, match="no sample of the train split has a trained token"):
+        train(config.model_copy(update={"train": cfg}), tmp_path, "all-masked")

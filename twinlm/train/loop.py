@@ -226,6 +226,8 @@ def train(
         windows = _chunks(order(state.epoch), per_step)
         if world > 1:
             windows = windows[:steps_per_epoch]  # every process needs its share of every window
+        # A whole epoch with no step (no window has a trained token) would loop over epochs forever.
+        whole_epoch, steps_before = state.batch_in_epoch == 0, state.step
         while state.batch_in_epoch < len(windows) and state.step < total_steps:
             started = time.perf_counter()
             mine = windows[state.batch_in_epoch][
@@ -291,6 +293,11 @@ def train(
             if state.step % settings.save_every == 0 or last or state.best_step == state.step:
                 save()
         if state.batch_in_epoch >= len(windows):
+            if whole_epoch and state.step == steps_before and state.skipped_steps == 0:
+                raise TwinError(
+                    f"{data_dir}: no sample of the train split has a trained token (every label is "
+                    "masked): nothing to learn. Check who is trained (build.targets) and build again"
+                )
             state.epoch, state.batch_in_epoch = state.epoch + 1, 0
 
     if reporter is not None:
