@@ -24,7 +24,15 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from tools_required import require
 
-from twinlm.prepare.render import FIXED_DATE, IGNORE_INDEX, Rendered, inspect_template, render, render_prompt
+from twinlm.prepare.render import (
+    FIXED_DATE,
+    IGNORE_INDEX,
+    Rendered,
+    TemplateError,
+    inspect_template,
+    render,
+    render_prompt,
+)
 from twinlm.prepare.sample import Sample, Turn
 
 from tiny_tokenizers import template_text
@@ -214,6 +222,19 @@ def test_an_assistant_turn_before_any_user_turn_is_left_out_on_alternating_templ
     # A template with named roles can show it: it stays, as context.
     (named,) = render(s, load_tokenizer("chatml"), 1024)
     assert named.text.startswith("<|im_start|>assistant\nHi! How can I help?<|im_end|>\n<|im_start|>user\n")
+
+
+@pytest.mark.parametrize("family", ["mistral-v0.3", "gemma"])
+def test_chat_time_prompt_with_only_assistant_turns_is_one_template_error(
+    load_tokenizer: Callable[[str], Any], family: str
+) -> None:
+    """Only the assistant has spoken: the opening assistant turn is left out on alternating templates,
+    so nothing is left to render (before: an IndexError traceback from render_prompt)."""
+    s = chatgpt(None, [(BOT, "Hi! How can I help?")])
+    with pytest.raises(TemplateError, match="needs a user message before the assistant answers"):
+        render_prompt(s, load_tokenizer(family), BOT)
+    # A named template shows it, as context.
+    assert render_prompt(s, load_tokenizer("chatml"), BOT)
 
 
 def test_long_assistant_chats_split_with_the_system_prompt_in_every_window(

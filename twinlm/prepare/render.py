@@ -547,6 +547,12 @@ def render_prompt(
     turns = [replace(t, trained=False) for t in sample.turns]
     if renderer.profile.style == "alternating" and not any(t.text.strip() for t in turns):
         raise TemplateError("this chat template needs at least one turn before the model speaks")
+    if (
+        renderer.profile.style == "alternating"
+        and sample.kind in _ROLE_KINDS
+        and not any(t.text.strip() and t.speaker != next_speaker for t in turns)
+    ):  # assistant turns before the first user turn are left out: nothing would be left to render
+        raise TemplateError("this chat template needs a user message before the assistant answers")
     while True:
         probe = replace(sample, turns=(*turns, Turn(next_speaker, _PROBE_TEXT, True)))
         layout = renderer.layout(probe, next_speaker, count=False)
