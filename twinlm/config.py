@@ -298,6 +298,38 @@ class ExportConfig(BaseModel):
     )
 
 
+class ServeConfig(BaseModel):
+    """The OpenAI-compatible server and its web chat page (`twinlm serve`). An API key, where wanted, comes
+    only from the environment variable TWINLM_API_KEY, never from this file."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    host: str = Field(
+        "127.0.0.1",
+        min_length=1,
+        description="Address to listen on. 127.0.0.1 (the default) is this machine only; 0.0.0.0 opens "
+        "the server to the network (set TWINLM_API_KEY then).",
+    )
+    port: int = Field(8000, ge=0, le=65535, description="Port to listen on (0: any free port).")
+    max_request_bytes: int = Field(
+        1_000_000, ge=1024, description="Largest request body accepted; a larger one gets 413 before parsing."
+    )
+    max_messages: int = Field(256, ge=1, description="Most messages in one chat completion request.")
+    max_tokens: int = Field(
+        2048, ge=1, description="Largest max_tokens a request may ask for (and never more than the context)."
+    )
+    workers: int = Field(
+        1,
+        ge=1,
+        description="Replies generated at once, each by its own copy of the model (llama.cpp shares the "
+        "weights' memory; each copy has its own context). Further requests wait in line, first come "
+        "first served.",
+    )
+    max_queued: int = Field(
+        128, ge=0, description="Requests that may wait for a worker; one more gets 429 (retry later)."
+    )
+
+
 class TwinConfig(BaseModel):
     """One twin: whose history it is, who is who, and how each stage runs."""
 
@@ -320,6 +352,7 @@ class TwinConfig(BaseModel):
     build: BuildConfig = Field(default_factory=BuildConfig, description=BuildConfig.__doc__ or "")
     train: TrainConfig = Field(default_factory=TrainConfig, description=TrainConfig.__doc__ or "")
     export: ExportConfig = Field(default_factory=ExportConfig, description=ExportConfig.__doc__ or "")
+    serve: ServeConfig = Field(default_factory=ServeConfig, description=ServeConfig.__doc__ or "")
 
     @field_validator("me")
     @classmethod
