@@ -298,6 +298,50 @@ class ExportConfig(BaseModel):
     )
 
 
+class SamplingConfig(BaseModel):
+    """How a reply is sampled at chat time (`twinlm chat`, `serve`, `discord-bot`); each can be overridden per
+    command or request."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    temperature: float = Field(
+        0.7, ge=0, le=5, description="Randomness of the reply: 0 always picks the likeliest token (greedy)."
+    )
+    top_p: float = Field(
+        0.95,
+        gt=0,
+        le=1,
+        description="Draw only from the likeliest tokens that together hold this much probability.",
+    )
+    min_p: float = Field(
+        0.05,
+        ge=0,
+        le=1,
+        description="Leave out tokens less likely than this fraction of the likeliest one (0: off).",
+    )
+    repetition_penalty: float = Field(
+        1.1, gt=0, description="Above 1 makes tokens already in the chat less likely (1: off)."
+    )
+    max_tokens: int = Field(512, ge=1, description="Longest reply, in tokens.")
+    seed: int | None = Field(
+        None, description="Seed of the random draws, for repeatable replies (empty: a new one each time)."
+    )
+
+
+class ChatConfig(BaseModel):
+    """Talking to the twin (`twinlm chat`, and the settings `serve` and `discord-bot` share)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    sampling: SamplingConfig = Field(default_factory=SamplingConfig, description=SamplingConfig.__doc__ or "")
+    context_length: int | None = Field(
+        None,
+        ge=64,
+        description="Tokens of chat the model sees at once, reply included (empty: the model's own window, "
+        "at most 8192 for a GGUF); older turns are dropped first, the system prompt is kept.",
+    )
+
+
 class ServeConfig(BaseModel):
     """The OpenAI-compatible server and its web chat page (`twinlm serve`). An API key, where wanted, comes
     only from the environment variable TWINLM_API_KEY, never from this file."""
@@ -352,6 +396,7 @@ class TwinConfig(BaseModel):
     build: BuildConfig = Field(default_factory=BuildConfig, description=BuildConfig.__doc__ or "")
     train: TrainConfig = Field(default_factory=TrainConfig, description=TrainConfig.__doc__ or "")
     export: ExportConfig = Field(default_factory=ExportConfig, description=ExportConfig.__doc__ or "")
+    chat: ChatConfig = Field(default_factory=ChatConfig, description=ChatConfig.__doc__ or "")
     serve: ServeConfig = Field(default_factory=ServeConfig, description=ServeConfig.__doc__ or "")
 
     @field_validator("me")
