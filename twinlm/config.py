@@ -374,6 +374,31 @@ class ServeConfig(BaseModel):
     )
 
 
+class DiscordConfig(BaseModel):
+    """The Discord bot (`twinlm discord-bot`): where it answers, what it reads, how often it replies. Its
+    token comes only from the environment variable DISCORD_BOT_TOKEN, never from this file."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    channels: list[int] = Field(
+        default_factory=list,
+        description="Ids of the channels the bot answers in (and their threads); every other channel is "
+        "ignored. `--channel ID` adds more. Copy an id with Discord's developer mode: right-click the "
+        "channel > Copy Channel ID.",
+    )
+    context_messages: int = Field(
+        30,
+        ge=1,
+        le=100,
+        description="Recent channel messages the model reads before replying; messages before a pause "
+        "longer than build.session_gap_minutes are left out, as training sessions were cut there.",
+    )
+    user_per_minute: float = Field(4, gt=0, description="Replies one person may get per minute, on average.")
+    user_burst: int = Field(3, ge=1, description="Replies one person may get in a row, before that rate.")
+    channel_per_minute: float = Field(10, gt=0, description="Replies per minute in one channel, on average.")
+    channel_burst: int = Field(5, ge=1, description="Replies in a row in one channel, before that rate.")
+
+
 class TwinConfig(BaseModel):
     """One twin: whose history it is, who is who, and how each stage runs."""
 
@@ -398,6 +423,7 @@ class TwinConfig(BaseModel):
     export: ExportConfig = Field(default_factory=ExportConfig, description=ExportConfig.__doc__ or "")
     chat: ChatConfig = Field(default_factory=ChatConfig, description=ChatConfig.__doc__ or "")
     serve: ServeConfig = Field(default_factory=ServeConfig, description=ServeConfig.__doc__ or "")
+    discord: DiscordConfig = Field(default_factory=DiscordConfig, description=DiscordConfig.__doc__ or "")
 
     @field_validator("me")
     @classmethod
