@@ -1,0 +1,164 @@
+"""Fixtures of the use stage (chat, serve, discord-bot), built once per session and shared:
+
+- `served_workspace`: a workspace with a tiny trained run `r` (two chat personas: "Alex Rivera", who
+  is me, and "Sam") and its export in export/r/: merged/ (float32, with twinlm-export.json) and the
+  f32 GGUF r-f32.gguf (no parity check: tests/export checks that).
+- `tiny_tokenizer`: the tiny preset's tokenizer (ChatML template), for tests that need no model.
+- `fake_backend` / `fake_twin`: a deterministic Backend (FakeBackend) that streams a fixed reply
+  token by token (optionally slowly, for tests that interrupt it), and a Twin around it with the
+  two personas; the prompts it was given are kept in `.prompts`.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from twinlm.serve.backends import Generation, Sampling, end_of_turn_ids
+from twinlm.serve.twin import Twin
+
+ME, FRIEND = "Alex Rivera", "Sam"
+RUN = "r"
+FAKE_REPLY = "sure, sunday evening works for me"
+_CLEAN = {"low_quality_sessions": False, "conversation_enders": "off", "non_replies": False}
+
+
+def make_served_workspace(root: Path) -> Path:
+    """A workspace trained for a few steps on chats between Alex Rivera (me) and Sam (and others), both
+    of them trained speakers, and exported (merged float32 folder + f32 GGUF)."""
+    from twinlm.config import BuildConfig, TrainConfig, TwinConfig
+    from twinlm.corpus.db import Corpus
+    from twinlm.export.pipeline import export_run
+    from twinlm.ingest import ingest
+    from twinlm.model import ParseOptions
+    from twinlm.models.tiny import ensure_tiny
+    from twinlm.prepare.build import build
+    from twinlm.train.loop import train
+    from twinlm.workspace import init_workspace
+
+    exports = root / "exports"
+    exports.mkdir(parents=True)
+    for k, who in enumerate((FRIEND, "Priya")):
+        lines = []
+        for day in range(1, 4):
+            t, m = f"{day:02d}/03/2024, {8 + k:02d}", 10 + 4 * k
+            lines.append(f"{t}:{m:02d} - {who}: {who} here. Did you eat dinner today?")
+            lines.append(f"{t}:{m + 1:02d} - {ME}: yes, pasta with tomato sauce again 🍝")
+            lines.append(f"{t}:{m + 2:02d} - {who}: Good, call me on sunday please")
+            lines.append(f"{t}:{m + 3:02d} - {ME}: sure, sunday evening works for me")
+        (exports / f"WhatsApp Chat with {who}.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    ws = root / "ws"
+    model_dir = ws / "models" / "base"
+    ensure_tiny(model_dir)
+    steps = 2
+    config = TwinConfig(
+        me=[ME],
+        build=BuildConfig(
+            model=str(model_dir), eval_fraction=0.25, max_length=256, clean=_CLEAN, targets=[ME, FRIEND]
+        ),
+        train=TrainConfig(
+            method="lora",
+            max_steps=steps,
+            batch_tokens=256,
+            grad_accum=1,
+            learning_rate=1e-2,
+            warmup_ratio=0.0,
+            eval_every=steps,
+            save_every=steps,
+            log_every=1,
+        ),
+    )
+    init_workspace(ws, config)
+    with Corpus(ws / "corpus.db") as corpus:
+        assert not ingest([exports], corpus, ParseOptions(timezone="UTC")).failed
+        build(config, corpus, ws / "data")
+    train(config, ws, RUN)
+    result = export_run(ws, RUN, qtype="f32", until="gguf")
+    assert result.status != "failed", result.problems
+    return ws
+
+
+@pytest.fixture(scope="session")
+def served_workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_served_workspace(tmp_path_factory.mktemp("served"))
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    from transformers import AutoTokenizer
+
+    from twinlm.models.tiny import build_tiny_tokenizer
+
+    folder = tmp_path_factory.mktemp("tiny-tokenizer")
+    build_tiny_tokenizer(folder)
+    return AutoTokenizer.from_pretrained(folder)
+
+
+class FakeBackend:
+    """A deterministic Backend: every generation streams `reply` (its tokens one by one, `delay`
+    seconds apart), then the end-of-turn token; through the real `Generation`, so stop strings,
+    max_tokens and cancel behave as with a model."""
+
+    name = "fake"
+
+    def __init__(
+        self, tokenizer: Any, reply: str = FAKE_REPLY, *, delay: float = 0.0, context_length: int = 512
+    ):
+        self.tokenizer = tokenizer
+        self.reply = reply
+        self.delay = delay
+        self.context_length = context_length
+        self.end_ids = end_of_turn_ids(tokenizer)
+        self.prompts: list[list[int]] = []
+        self.lock = threading.Lock()
+
+    def generate(
+        self, prompt_ids: list[int], sampling: Sampling, cancel: threading.Event | None = None
+    ) -> Generation:
+        with self.lock:
+            self.prompts.append(list(prompt_ids))
+        ids = list(self.tokenizer(self.reply, add_special_tokens=False)["input_ids"])
+
+        def tokens() -> Iterator[int]:
+            for token in ids:
+                if self.delay:
+                    time.sleep(self.delay)
+                yield token
+            yield min(self.end_ids)
+
+        return Generation(tokens(), self.tokenizer, self.end_ids, sampling, len(prompt_ids), cancel)
+
+
+@pytest.fixture
+def fake_backend(tiny_tokenizer: Any) -> FakeBackend:
+    return FakeBackend(tiny_tokenizer)
+
+
+def make_fake_twin(backend: Any) -> Twin:
+    """A Twin around `backend` with the personas of `served_workspace` (me and a friend)."""
+    prompt = "You are {name}, chatting with {others} on {platform}. Today is {date}."
+    return Twin(
+        backend=backend,
+        source=Path("fake"),
+        personas={
+            ME: f"You are {ME}, chatting with someone on WhatsApp.",
+            FRIEND: f"You are {FRIEND}, chatting with someone on WhatsApp.",
+        },
+        me=ME,
+        provenance={
+            "template_style": "named",
+            "me": ME,
+            "persona_settings": {"system_prompt": prompt, "targets": [ME, FRIEND], "platform": "whatsapp"},
+        },
+        description="a fake model (tests)",
+    )
+
+
+@pytest.fixture
+def fake_twin(fake_backend: FakeBackend) -> Twin:
+    return make_fake_twin(fake_backend)

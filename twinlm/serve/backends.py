@@ -1,0 +1,506 @@
+"""Backends: a model that turns prompt token ids into a streamed reply (transformers or llama.cpp).
+
+The prompt is always token ids made by the training rendering (twinlm.prepare.render.render_prompt,
+through twinlm.serve.twin), never text through a second template: the transformers backend feeds the
+ids to the model, the llama.cpp backend hands the same ids to llama_cpp.Llama.generate.
+
+Both backends only produce token ids; what happens to them is shared (`Generation`): decoding with the
+run's Hugging Face tokenizer (so both backends write the same text for the same ids), stopping at an
+end-of-turn token, at a stop string (never part of the reply; text that could be the start of a stop
+string is held back until the next tokens tell, so a stop string split across tokens is still caught),
+at max_tokens, or when `cancel` is set (checked between tokens).
+
+One generation at a time per backend object (not thread-safe): callers that run several at once use
+several backend objects or queue.
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+import random
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal, Protocol
+
+from twinlm.errors import TwinError
+
+if TYPE_CHECKING:
+    from twinlm.config import SamplingConfig
+
+BackendKind = Literal["transformers", "llama.cpp"]
+FinishReason = Literal["stop", "length", "cancelled"]
+DEFAULT_GGUF_CONTEXT = 8192  # llama.cpp's cache is allocated up front: not a 128k model's whole window
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """How the next token is chosen (temperature 0: greedy) and when a reply ends."""
+
+    temperature: float = 0.7
+    top_p: float = 0.95
+    min_p: float = 0.05
+    repetition_penalty: float = 1.1
+    max_tokens: int = 512
+    seed: int | None = None
+    stop: tuple[str, ...] = ()  # extra stop strings (never included in the reply text)
+
+    @classmethod
+    def from_config(cls, settings: SamplingConfig | None = None, **overrides: Any) -> Sampling:
+        """The config's sampling settings (twin.yaml `chat.sampling`), with per-request overrides;
+        an override of None keeps the config's value."""
+        values: dict[str, Any] = {}
+        if settings is not None:
+            names = {f.name for f in fields(cls)}
+            values = {k: v for k, v in settings.model_dump().items() if k in names}
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        if "stop" in values:
+            values["stop"] = tuple(s for s in values["stop"] if s)
+        return cls(**values)
+
+
+# --- the shared part: ids -> text, stops ----------------------------------------------------------------
+
+
+class _Decoder:
+    """Incremental detokenization with the HF tokenizer: the text each new token adds.
+
+    Decodes a short window of recent ids and returns what the new token appended, so that
+    SentencePiece's word-initial spaces and byte-fallback characters spread over several tokens come
+    out right; a piece that ends in an incomplete character waits for the next token.
+    """
+
+    def __init__(self, tokenizer: Any) -> None:
+        self.tokenizer = tokenizer
+        self.ids: list[int] = []
+        self.prefix = 0  # ids[prefix:read] were decoded already; they give the context of the next piece
+        self.read = 0
+
+    def _decode(self, ids: list[int]) -> str:
+        return str(self.tokenizer.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False))
+
+    def add(self, token: int) -> str:
+        self.ids.append(token)
+        before = self._decode(self.ids[self.prefix : self.read])
+        after = self._decode(self.ids[self.prefix :])
+        if len(after) > len(before) and not after.endswith("\ufffd"):
+            self.prefix, self.read = self.read, len(self.ids)
+            return after[len(before) :]
+        return ""
+
+    def flush(self) -> str:
+        """What is still undecoded at the end (a character cut off by the last token, as U+FFFD)."""
+        if self.read == len(self.ids):
+            return ""
+        before = self._decode(self.ids[self.prefix : self.read])
+        after = self._decode(self.ids[self.prefix :])
+        self.read = len(self.ids)
+        return after[len(before) :]
+
+
+def _held_back(text: str, start: int, stops: tuple[str, ...]) -> int:
+    """The first position p >= start where text[p:] could still grow into a stop string."""
+    for p in range(max(start, len(text) - max((len(s) for s in stops), default=0) + 1), len(text)):
+        tail = text[p:]
+        if any(s.startswith(tail) for s in stops):
+            return p
+    return len(text)
+
+
+class Generation:
+    """Returned by Backend.generate; iterate it for text pieces as they are generated (stream).
+
+    After iteration ends: .finish_reason in {"stop", "length", "cancelled"}, .prompt_tokens,
+    .completion_tokens, and .text (the whole reply). Iterate once; breaking out of the loop early
+    ends the generation ("cancelled").
+    """
+
+    def __init__(
+        self,
+        tokens: Iterator[int],
+        tokenizer: Any,
+        end_ids: frozenset[int],
+        sampling: Sampling,
+        prompt_tokens: int,
+        cancel: threading.Event | None = None,
+        close: Callable[[], None] | None = None,
+    ) -> None:
+        self._tokens = tokens
+        self._decoder = _Decoder(tokenizer)
+        self._end_ids = end_ids
+        self._sampling = sampling
+        self._cancel = cancel
+        self._close = close
+        self.prompt_tokens = prompt_tokens
+        self.completion_tokens = 0
+        self.finish_reason: FinishReason | None = None
+        self.text = ""
+        self._started = False
+
+    def __iter__(self) -> Iterator[str]:
+        if self._started:
+            raise RuntimeError("a Generation can be iterated only once")
+        self._started = True
+        self.finish_reason = "cancelled"  # until it ends some other way (a consumer may stop iterating)
+        try:
+            yield from self._run()
+        finally:
+            if self._close is not None:
+                self._close()
+
+    def _run(self) -> Iterator[str]:
+        stops = tuple(s for s in self._sampling.stop if s)
+        text, sent = "", 0  # the decoded reply so far; how much of it was handed out
+        reason: FinishReason = "length"
+        while self.completion_tokens < self._sampling.max_tokens:
+            if self._cancel is not None and self._cancel.is_set():
+                reason = "cancelled"
+                break
+            token = next(self._tokens, None)
+            if token is None:  # the backend ran out of context
+                break
+            if token in self._end_ids:
+                reason = "stop"
+                break
+            self.completion_tokens += 1
+            text += self._decoder.add(token)
+            if not sent:
+                text = text.lstrip()  # training texts are stripped: a reply never starts with a space
+            found = [p for p in (text.find(s, sent) for s in stops) if p >= 0]
+            if found:
+                end = min(found)
+                self.text = text[:end]
+                if end > sent:
+                    yield text[sent:end]
+                self.finish_reason = "stop"
+                return
+            safe = _held_back(text, sent, stops)
+            if safe > sent:
+                self.text = text[:safe]
+                yield text[sent:safe]
+                sent = safe
+        text += self._decoder.flush()
+        if not sent:
+            text = text.lstrip()
+        self.text = text
+        if len(text) > sent:
+            yield text[sent:]
+        self.finish_reason = reason
+
+    def __enter__(self) -> Generation:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if not self._started and self._close is not None:
+            self._close()
+
+
+class Backend(Protocol):
+    name: str  # "transformers" or "llama.cpp"
+    tokenizer: Any  # the HF tokenizer render_prompt uses (from the run / export folder)
+    context_length: int
+
+    def generate(
+        self, prompt_ids: list[int], sampling: Sampling, cancel: threading.Event | None = None
+    ) -> Generation: ...
+
+
+def end_of_turn_ids(tokenizer: Any) -> frozenset[int]:
+    """The ids that end a reply: the token the template closes a trained turn with (found from the
+    rendering's labels, as training learned it), and the tokenizer's EOS."""
+    from twinlm.prepare.render import IGNORE_INDEX, render
+    from twinlm.prepare.sample import Sample, Turn
+
+    ids: set[int] = set()
+    if tokenizer.eos_token_id is not None:
+        ids.add(int(tokenizer.eos_token_id))
+    for kind, speakers in (("assistant", ("user", "assistant")), ("chat", ("Sam", "Alex"))):
+        sample = Sample(
+            "eot", "eot", "eot", kind, (Turn(speakers[0], "Hi", False), Turn(speakers[1], "Hello", True))
+        )
+        try:
+            rendered = render(sample, tokenizer, 1 << 16)
+        except Exception:
+            continue
+        for r in rendered:
+            labels = [x for x in r.labels if x != IGNORE_INDEX]
+            if labels and labels[-1] in _special_ids(tokenizer):
+                ids.add(int(labels[-1]))
+    return frozenset(ids)
+
+
+def _special_ids(tokenizer: Any) -> set[int]:
+    special = set(tokenizer.all_special_ids)
+    added = getattr(tokenizer, "added_tokens_decoder", {}) or {}
+    special.update(int(i) for i, tok in added.items() if getattr(tok, "special", False))
+    return special
+
+
+def _load_tokenizer(folder: Path) -> Any:
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(folder)
+    except (OSError, ValueError) as err:
+        raise TwinError(f"{folder}: cannot load the tokenizer ({err})") from None
+
+
+# --- transformers ---------------------------------------------------------------------------------------
+
+
+class TransformersBackend:
+    """A Hugging Face model (a merged folder, or a base model with a run's adapter), CPU or GPU.
+
+    A manual token loop with the KV cache, so `cancel` is checked between tokens and sampling is
+    exactly temperature / top_p / min_p / repetition penalty as documented in the config.
+    """
+
+    name = "transformers"
+
+    def __init__(
+        self,
+        model: Any,
+        tokenizer: Any,
+        *,
+        context_length: int | None = None,
+        end_ids: frozenset[int] | None = None,
+    ) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        trained = int(getattr(model.config, "max_position_embeddings", 0) or 0) or 2048
+        self.context_length = min(context_length or trained, trained)
+        self.end_ids = end_ids if end_ids is not None else end_of_turn_ids(tokenizer)
+        self.device = next(model.parameters()).device
+        # transformers 5 renamed forward's past_key_values to cache (the old name warns, then goes away).
+        params = inspect.signature(model.forward).parameters
+        self._cache_arg = "cache" if "cache" in params else "past_key_values"
+
+    def generate(
+        self, prompt_ids: list[int], sampling: Sampling, cancel: threading.Event | None = None
+    ) -> Generation:
+        _check_prompt(prompt_ids, sampling, self.context_length)
+        room = self.context_length - len(prompt_ids)
+        capped = replace(sampling, max_tokens=min(sampling.max_tokens, room))
+        return Generation(
+            self._tokens(list(prompt_ids), capped),
+            self.tokenizer,
+            self.end_ids,
+            capped,
+            len(prompt_ids),
+            cancel,
+        )
+
+    def _tokens(self, prompt_ids: list[int], sampling: Sampling) -> Iterator[int]:
+        import torch
+        from transformers import DynamicCache
+
+        generator = torch.Generator(device=self.device)
+        generator.manual_seed(sampling.seed if sampling.seed is not None else random.getrandbits(63))
+        seen = torch.tensor(prompt_ids, device=self.device)
+        cache = DynamicCache()
+        step = seen.unsqueeze(0)
+        while True:
+            with torch.inference_mode():
+                out = self.model(input_ids=step, use_cache=True, **{self._cache_arg: cache})
+                token = _sample(out.logits[0, -1].float().clone(), seen, sampling, generator)
+            yield token
+            seen = torch.cat([seen, torch.tensor([token], device=self.device)])
+            step = seen[-1:].unsqueeze(0)
+
+
+def _sample(logits: Any, seen: Any, sampling: Sampling, generator: Any) -> int:
+    """The next token: repetition penalty (over the prompt and the reply, as transformers does), then
+    greedy at temperature 0, else temperature, min_p, top_p and a draw."""
+    import torch
+
+    if sampling.repetition_penalty != 1.0:
+        previous = torch.unique(seen)
+        scores = logits[previous]
+        logits[previous] = torch.where(
+            scores < 0, scores * sampling.repetition_penalty, scores / sampling.repetition_penalty
+        )
+    if sampling.temperature <= 0:
+        return int(torch.argmax(logits))
+    probs = torch.softmax(logits / sampling.temperature, dim=-1)
+    if sampling.min_p > 0:
+        probs = torch.where(probs < sampling.min_p * probs.max(), 0.0, probs)
+    if sampling.top_p < 1.0:
+        ordered, order = torch.sort(probs, descending=True)
+        before = torch.cumsum(ordered, 0) - ordered  # mass of the more likely tokens
+        ordered = torch.where(before > sampling.top_p * ordered.sum(), 0.0, ordered)
+        probs = torch.zeros_like(probs).scatter(0, order, ordered)
+    return int(torch.multinomial(probs / probs.sum(), 1, generator=generator))
+
+
+def _check_prompt(prompt_ids: list[int], sampling: Sampling, context_length: int) -> None:
+    if not prompt_ids:
+        raise TwinError("empty prompt: nothing to answer")
+    if len(prompt_ids) >= context_length:
+        raise TwinError(
+            f"the prompt is {len(prompt_ids)} tokens, the context window {context_length}: shorten it"
+        )
+    if sampling.max_tokens < 1:
+        raise TwinError(f"max_tokens {sampling.max_tokens}: must be at least 1")
+
+
+def _torch_device(device: str | None) -> str:
+    import torch
+
+    if device:
+        return device
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def open_transformers(
+    path: Path,
+    *,
+    adapter: Path | None = None,
+    tokenizer_dir: Path | None = None,
+    device: str | None = None,
+    context_length: int | None = None,
+) -> TransformersBackend:
+    """A merged model folder (or a base model folder with `adapter`, a run's final/ or checkpoint)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+    from transformers.utils import logging
+
+    logging.disable_progress_bar()
+    where = _torch_device(device)
+    dtype = torch.float32 if where == "cpu" else "auto"  # CPU: f32 (bf16 matmuls are slow there)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+    except (OSError, ValueError) as err:
+        raise TwinError(f"{path}: cannot load the model ({err})") from None
+    if adapter is not None:
+        from peft import PeftModel
+
+        try:
+            model = PeftModel.from_pretrained(model, adapter).merge_and_unload()
+        except (OSError, ValueError) as err:
+            raise TwinError(f"{adapter}: cannot load the adapter ({err})") from None
+    model.to(where)
+    model.eval()
+    tokenizer = _load_tokenizer(tokenizer_dir or path)
+    return TransformersBackend(model, tokenizer, context_length=context_length)
+
+
+# --- llama.cpp ------------------------------------------------------------------------------------------
+
+
+class LlamaCppBackend:
+    """A GGUF through llama-cpp-python. The prompt goes in as token ids (llama.cpp's own cache reuses a
+    shared prefix between turns); decoding and stops are the shared `Generation`'s, with the run's
+    tokenizer."""
+
+    name = "llama.cpp"
+
+    def __init__(self, llama: Any, tokenizer: Any, *, end_ids: frozenset[int] | None = None) -> None:
+        import llama_cpp
+
+        self.llama = llama
+        self.tokenizer = tokenizer
+        self.context_length = int(llama.n_ctx())
+        ends = set(end_ids if end_ids is not None else end_of_turn_ids(tokenizer))
+        vocab = llama_cpp.llama_model_get_vocab(llama.model)
+        # What the GGUF itself ends generation at (its eos / eot ids), as llama-server would.
+        ends.update(t for t in range(llama.n_vocab()) if llama_cpp.llama_vocab_is_eog(vocab, t))
+        self.end_ids = frozenset(ends)
+
+    def generate(
+        self, prompt_ids: list[int], sampling: Sampling, cancel: threading.Event | None = None
+    ) -> Generation:
+        _check_prompt(prompt_ids, sampling, self.context_length)
+        room = self.context_length - len(prompt_ids)
+        capped = replace(sampling, max_tokens=min(sampling.max_tokens, room))
+        self.llama.set_seed(sampling.seed if sampling.seed is not None else random.getrandbits(31))
+        tokens = self.llama.generate(
+            list(prompt_ids),
+            top_k=0,  # off: Sampling has no top_k (llama.cpp's default is 40)
+            top_p=sampling.top_p,
+            min_p=sampling.min_p,
+            temp=max(sampling.temperature, 0.0),
+            repeat_penalty=sampling.repetition_penalty,
+            reset=True,  # keeps the cached prefix the new prompt shares, re-evaluates the rest
+        )
+        return Generation(
+            (int(t) for t in tokens),
+            self.tokenizer,
+            self.end_ids,
+            capped,
+            len(prompt_ids),
+            cancel,
+            close=tokens.close,
+        )
+
+    def close(self) -> None:
+        self.llama.close()
+
+
+def open_llama_cpp(
+    gguf: Path, *, tokenizer_dir: Path, context_length: int | None = None, gpu_layers: int | None = None
+) -> LlamaCppBackend:
+    """A GGUF file, with the tokenizer of the merged folder it was converted from (for decoding and for
+    render_prompt). `gpu_layers`: layers offloaded to a GPU (-1 all; default: all where llama.cpp was
+    built with GPU support)."""
+    try:
+        import llama_cpp
+    except ImportError:
+        raise TwinError(
+            "the llama.cpp backend needs llama-cpp-python (a twinlm dependency): pip install "
+            "llama-cpp-python, or use --backend transformers"
+        ) from None
+    from twinlm.export.parity import _llama_cpp_quiet
+
+    tokenizer = _load_tokenizer(tokenizer_dir)
+    with _llama_cpp_quiet():
+        try:
+            trained = _gguf_context(gguf)
+            n_ctx = min(context_length or DEFAULT_GGUF_CONTEXT, trained or DEFAULT_GGUF_CONTEXT)
+            llama = llama_cpp.Llama(
+                model_path=str(gguf),
+                n_ctx=n_ctx,
+                n_batch=min(n_ctx, 512),
+                n_gpu_layers=-1 if gpu_layers is None else gpu_layers,
+                n_threads=int(os.environ.get("TWINLM_THREADS", "0")) or None,
+                verbose=False,
+            )
+        except (ValueError, RuntimeError) as err:
+            raise TwinError(f"{gguf}: llama.cpp cannot load it ({err})") from None
+    return LlamaCppBackend(llama, tokenizer)
+
+
+def _gguf_context(gguf: Path) -> int | None:
+    """The context length the GGUF's model was made for (its `<arch>.context_length`)."""
+    try:
+        from gguf import GGUFReader
+
+        fields = GGUFReader(gguf).fields
+        arch = fields["general.architecture"].contents()
+        return int(fields[f"{arch}.context_length"].contents())
+    except (ImportError, KeyError, OSError, ValueError, TypeError):
+        return None
+
+
+def open_backend(
+    kind: BackendKind,
+    path: Path,
+    *,
+    adapter: Path | None = None,
+    tokenizer_dir: Path | None = None,
+    context_length: int | None = None,
+    device: str | None = None,
+) -> Backend:
+    """`kind` "transformers": `path` a model folder (merged, or a base with `adapter`); "llama.cpp":
+    `path` a GGUF, decoded with the tokenizer in `tokenizer_dir` (default: merged/ beside it)."""
+    path = Path(path)
+    if kind == "llama.cpp":
+        return open_llama_cpp(
+            path, tokenizer_dir=tokenizer_dir or path.parent / "merged", context_length=context_length
+        )
+    if kind == "transformers":
+        return open_transformers(
+            path, adapter=adapter, tokenizer_dir=tokenizer_dir, device=device, context_length=context_length
+        )
+    raise TwinError(f"backend {kind!r}: expected transformers or llama.cpp")
