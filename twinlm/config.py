@@ -15,6 +15,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 from twinlm.errors import ConfigError
+from twinlm.evaluate.settings import EvalConfig
 from twinlm.model import ParseOptions
 from twinlm.prepare.clean import CleanConfig
 from twinlm.prepare.documents import DocumentsConfig
@@ -421,6 +422,7 @@ class TwinConfig(BaseModel):
     build: BuildConfig = Field(default_factory=BuildConfig, description=BuildConfig.__doc__ or "")
     train: TrainConfig = Field(default_factory=TrainConfig, description=TrainConfig.__doc__ or "")
     export: ExportConfig = Field(default_factory=ExportConfig, description=ExportConfig.__doc__ or "")
+    eval: EvalConfig = Field(default_factory=EvalConfig, description=EvalConfig.__doc__ or "")
     chat: ChatConfig = Field(default_factory=ChatConfig, description=ChatConfig.__doc__ or "")
     serve: ServeConfig = Field(default_factory=ServeConfig, description=ServeConfig.__doc__ or "")
     discord: DiscordConfig = Field(default_factory=DiscordConfig, description=DiscordConfig.__doc__ or "")
