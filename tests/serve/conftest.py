@@ -1,36 +1,31 @@
 """Fixtures of the use stage (chat, serve, discord-bot), built once per session and shared:
 
 - `served_workspace`: a workspace with a tiny trained run `r` (two chat personas: "Alex Rivera", who
-  is me, and "Sam") and its export in export/r/: merged/ (float32, with twinlm-export.json) and the
+  is me, and "Sam") and its export in export/r/: merged/ (bf16, with twinlm-export.json) and the
   f32 GGUF r-f32.gguf (no parity check: tests/export checks that).
 - `tiny_tokenizer`: the tiny preset's tokenizer (ChatML template), for tests that need no model.
-- `fake_backend` / `fake_twin`: a deterministic Backend (FakeBackend) that streams a fixed reply
-  token by token (optionally slowly, for tests that interrupt it), and a Twin around it with the
-  two personas; the prompts it was given are kept in `.prompts`.
+- `fake_backend` / `fake_twin`: a deterministic Backend (serve_fakes.FakeBackend) that streams a
+  fixed reply token by token, and a Twin around it with the two personas (serve_fakes.make_fake_twin);
+  the prompts it was given are kept in `.prompts`. Import the classes from serve_fakes, not conftest.
 """
 
 from __future__ import annotations
 
-import threading
-import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from serve_fakes import FRIEND, ME, FakeBackend, make_fake_twin
 
-from twinlm.serve.backends import Generation, Sampling, end_of_turn_ids
 from twinlm.serve.twin import Twin
 
-ME, FRIEND = "Alex Rivera", "Sam"
 RUN = "r"
-FAKE_REPLY = "sure, sunday evening works for me"
 _CLEAN = {"low_quality_sessions": False, "conversation_enders": "off", "non_replies": False}
 
 
 def make_served_workspace(root: Path) -> Path:
     """A workspace trained for a few steps on chats between Alex Rivera (me) and Sam (and others), both
-    of them trained speakers, and exported (merged float32 folder + f32 GGUF)."""
+    of them trained speakers, and exported (merged folder + f32 GGUF)."""
     from twinlm.config import BuildConfig, TrainConfig, TwinConfig
     from twinlm.corpus.db import Corpus
     from twinlm.export.pipeline import export_run
@@ -99,64 +94,9 @@ def tiny_tokenizer(tmp_path_factory: pytest.TempPathFactory) -> Any:
     return AutoTokenizer.from_pretrained(folder)
 
 
-class FakeBackend:
-    """A deterministic Backend: every generation streams `reply` (its tokens one by one, `delay`
-    seconds apart), then the end-of-turn token; through the real `Generation`, so stop strings,
-    max_tokens and cancel behave as with a model."""
-
-    name = "fake"
-
-    def __init__(
-        self, tokenizer: Any, reply: str = FAKE_REPLY, *, delay: float = 0.0, context_length: int = 512
-    ):
-        self.tokenizer = tokenizer
-        self.reply = reply
-        self.delay = delay
-        self.context_length = context_length
-        self.end_ids = end_of_turn_ids(tokenizer)
-        self.prompts: list[list[int]] = []
-        self.lock = threading.Lock()
-
-    def generate(
-        self, prompt_ids: list[int], sampling: Sampling, cancel: threading.Event | None = None
-    ) -> Generation:
-        with self.lock:
-            self.prompts.append(list(prompt_ids))
-        ids = list(self.tokenizer(self.reply, add_special_tokens=False)["input_ids"])
-
-        def tokens() -> Iterator[int]:
-            for token in ids:
-                if self.delay:
-                    time.sleep(self.delay)
-                yield token
-            yield min(self.end_ids)
-
-        return Generation(tokens(), self.tokenizer, self.end_ids, sampling, len(prompt_ids), cancel)
-
-
 @pytest.fixture
 def fake_backend(tiny_tokenizer: Any) -> FakeBackend:
     return FakeBackend(tiny_tokenizer)
-
-
-def make_fake_twin(backend: Any) -> Twin:
-    """A Twin around `backend` with the personas of `served_workspace` (me and a friend)."""
-    prompt = "You are {name}, chatting with {others} on {platform}. Today is {date}."
-    return Twin(
-        backend=backend,
-        source=Path("fake"),
-        personas={
-            ME: f"You are {ME}, chatting with someone on WhatsApp.",
-            FRIEND: f"You are {FRIEND}, chatting with someone on WhatsApp.",
-        },
-        me=ME,
-        provenance={
-            "template_style": "named",
-            "me": ME,
-            "persona_settings": {"system_prompt": prompt, "targets": [ME, FRIEND], "platform": "whatsapp"},
-        },
-        description="a fake model (tests)",
-    )
 
 
 @pytest.fixture
