@@ -468,3 +468,42 @@ def test_full_disk_is_one_line_and_leaves_no_file(
         convert_to_gguf(family_model("qwen2"), tmp_path / "out.gguf")
     assert "\n" not in str(err.value)
     assert list(tmp_path.iterdir()) == []
+
+
+def _little_space(monkeypatch: pytest.MonkeyPatch, free: int) -> None:
+    from collections import namedtuple
+
+    from twinlm.export import space
+
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(space.shutil, "disk_usage", lambda path: usage(10**12, 10**12 - free, free))
+
+
+def test_too_little_free_space_is_refused_before_writing(
+    family_model: FamilyModel, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One line naming the folder, the space needed and the space free; nothing written, not even a
+    temporary file (the conversion never starts)."""
+    from twinlm.export import gguf as convert
+
+    started: list[bool] = []
+    monkeypatch.setattr(convert, "_atomic_path", lambda path: started.append(True))
+    _little_space(monkeypatch, 5_000_000)
+    out = tmp_path / "models" / "out.gguf"  # its folder does not exist yet: its parent's space counts
+    with pytest.raises(TwinError) as err:
+        convert_to_gguf(family_model("qwen2"), out)
+    message = str(err.value)
+    assert "\n" not in message and not started and not out.parent.exists()
+    assert message.startswith(f"{out.parent}: not enough free space for out.gguf: it needs about ")
+    assert message.endswith(", 5.0 MB free there; free some space or write elsewhere")
+
+
+def test_quantizing_checks_free_space_first(
+    family_gguf: FamilyGguf, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    src = family_gguf("qwen2", "f16")
+    _little_space(monkeypatch, 1_000)
+    expected = rf"^{tmp_path}: not enough free space for q\.gguf: it needs about .* MB, 1\.0 KB free there"
+    with pytest.raises(TwinError, match=expected):
+        quantize_gguf(src, tmp_path / "q.gguf", "q4_k_m")
+    assert list(tmp_path.iterdir()) == []

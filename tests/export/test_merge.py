@@ -331,6 +331,33 @@ def test_bad_runs_get_one_line(base: Path, tmp_path: Path) -> None:
     assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
 
 
+def test_too_little_free_space_is_refused_before_merging(
+    base: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One line naming the folder, the space the merged shards need and the space free; no temporary
+    folder is made. With enough space the same merge goes through."""
+    from collections import namedtuple
+
+    from twinlm.export import space
+
+    run = make_run(tmp_path, base, adapter(base).save_pretrained)
+    out = tmp_path / "export" / "run"
+    needed = sum(t.numel() * 2 for t in shard_tensors(base).values())  # bf16, as merged
+    usage = namedtuple("usage", "total used free")
+    free = needed + space.MARGIN - 1
+    monkeypatch.setattr(space.shutil, "disk_usage", lambda path: usage(10**12, 10**12 - free, free))
+    with pytest.raises(TwinError) as err:
+        merge_run(run, out)
+    assert str(err.value) == (
+        f"{out.parent}: not enough free space for the merged model run/: it needs about "
+        f"{space.human_size(needed + space.MARGIN)}, {space.human_size(free)} free there; free some space "
+        "or write elsewhere"
+    )
+    assert not out.parent.exists()
+    free += 1
+    assert (merge_run(run, out) / PROVENANCE).is_file()
+
+
 @pytest.mark.parametrize("failure", [KeyboardInterrupt(), OSError(28, "No space left on device")])
 def test_an_interrupted_merge_leaves_no_folder(
     base: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, failure: BaseException

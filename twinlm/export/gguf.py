@@ -38,6 +38,7 @@ import numpy as np
 
 from twinlm.errors import TwinError
 from twinlm.export.gguf_vocab import CONVERTER_HINT, read_vocab
+from twinlm.export.space import check_free
 
 Q = gguf.GGMLQuantizationType
 ARCH = gguf.MODEL_ARCH
@@ -57,6 +58,9 @@ PYTHON_TYPES: dict[str, tuple[gguf.GGMLQuantizationType, gguf.LlamaFileType]] = 
     "q8_0": (Q.Q8_0, gguf.LlamaFileType.MOSTLY_Q8_0),
 }
 K_QUANTS: dict[str, int] = {"q4_k_m": 15, "q5_k_m": 17, "q6_k": 18}
+# Bytes per weight of a k-quant file (llama.cpp's mixes, measured on the 1.1B benchmark model, rounded
+# up): the space a quantization needs, checked before llama.cpp starts.
+K_QUANT_BYTES_PER_WEIGHT = {"q4_k_m": 0.61, "q5_k_m": 0.71, "q6_k": 0.82}
 QTYPES = (*PYTHON_TYPES, *K_QUANTS)
 DEFAULT_EXPORT_QTYPE = "q4_k_m"
 
@@ -114,6 +118,7 @@ def convert_to_gguf(
     plan = _plan(model_dir, config, arch, sources, tensor_type)
     vocab = read_vocab(model_dir, n_vocab=_embedding_rows(plan))
     total = sum(p.nbytes for p in plan)
+    check_free(out_path.parent, total, out_path.name)
 
     with _atomic_path(out_path) as tmp:
         writer = gguf.GGUFWriter(tmp, gguf.MODEL_ARCH_NAMES[arch])
@@ -155,10 +160,11 @@ def quantize_gguf(src: Path, out_path: Path, qtype: str) -> Path:
         raise TwinError(f"GGUF quantization {qtype!r} is not one of {', '.join(K_QUANTS)}{hint}")
     if not src.is_file():
         raise TwinError(f"{src}: no such GGUF file; convert the model first (twinlm gguf)")
-    file_type = _file_type(src)
+    file_type, weights = _file_type(src)
     float_types = (gguf.LlamaFileType.ALL_F32, gguf.LlamaFileType.MOSTLY_F16, gguf.LlamaFileType.MOSTLY_BF16)
     if file_type not in float_types:
         raise TwinError(f"{src}: k-quants are made from an f32, f16 or bf16 GGUF, not {file_type}")
+    check_free(out_path.parent, int(weights * K_QUANT_BYTES_PER_WEIGHT[qtype]), out_path.name)
     try:
         import llama_cpp
     except ImportError:
@@ -533,10 +539,12 @@ def _hyperparameters(
             )
 
 
-def _file_type(path: Path) -> int | None:
+def _file_type(path: Path) -> tuple[int | None, int]:
+    """A GGUF's general.file_type and its number of weights."""
     try:
         reader = gguf.GGUFReader(path)
     except (OSError, ValueError) as err:
         raise TwinError(f"{path}: not a readable GGUF file ({err})") from None
     field = reader.get_field(gguf.Keys.General.FILE_TYPE)
-    return int(field.contents()) if field is not None else None
+    weights = sum(int(t.n_elements) for t in reader.tensors)
+    return (int(field.contents()) if field is not None else None), weights

@@ -34,6 +34,7 @@ import orjson
 from twinlm.errors import TwinError
 from twinlm.export.merge_io import FLOAT_CODES, ShardWriter, dtype_name, read_header, read_tensors
 from twinlm.export.provenance import PROVENANCE, provenance
+from twinlm.export.space import check_free
 from twinlm.files import write_atomic
 
 INDEX = "model.safetensors.index.json"
@@ -129,6 +130,7 @@ def merge_run(
     if adapter is not None:
         _check_targets(adapter, shards, model_config, source)
     _check_out_dir(out_dir)
+    check_free(out_dir.parent, _output_size(shards, adapter, out_dtype), f"the merged model {out_dir.name}/")
 
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
@@ -422,6 +424,18 @@ def _write_shards(
         if unused:  # _check_targets makes this unreachable; a guard against a silent partial merge
             raise TwinError(f"adapter weights of {unused[0]} were not merged")
     return written
+
+
+def _output_size(shards: list[_Shard], adapter: _Adapter | None, out_dtype: str) -> int:
+    """The bytes of tensor data the merged shards will hold (as `_layout` writes each tensor)."""
+    import torch
+
+    total = 0
+    for shard in shards:
+        for name in shard.names:
+            _, dtype, shape = _layout(shard, name, adapter, out_dtype)
+            total += math.prod(shape) * getattr(torch, dtype).itemsize
+    return total
 
 
 def _layout(shard: _Shard, name: str, adapter: _Adapter | None, out_dtype: str) -> tuple[str, str, list[int]]:

@@ -30,6 +30,7 @@ import orjson
 from twinlm import __version__
 from twinlm.errors import TwinError
 from twinlm.export.provenance import PROVENANCE, read_provenance
+from twinlm.export.space import check_free
 from twinlm.files import write_atomic
 
 SUMMARY = "export.json"
@@ -419,6 +420,8 @@ def _make_gguf(root: Path, merged: Path, gguf_path: Path, qtype: str, params: in
     try:
         progress = events.start("gguf", "converting to f16 (to quantize)")
         needed = int(params * (BYTES_PER_WEIGHT["f16"] + BYTES_PER_WEIGHT[qtype]))
+        # Both files at once: the f16 one is removed only after the quantization (checked before both).
+        check_free(folder, needed, f"{gguf_path.name} and its f16 source")
         with _Guard(folder, source.name, needed):
             gguf.convert_to_gguf(merged, source, qtype="f16", progress=progress)
         events.finish("gguf", f"{source.name} (f16, to quantize)")
