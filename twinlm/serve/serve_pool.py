@@ -1,0 +1,124 @@
+"""The server's workers: generation is blocking native code, so it runs in threads, one backend object
+per thread (a backend does one generation at a time), fed from one first-come-first-served queue.
+
+A job hands its reply to the asyncio side piece by piece (`loop.call_soon_threadsafe`), so the event
+loop never blocks on the model. Each job carries a cancel event: a client that leaves sets it, a worker
+skips a job cancelled while it waited, and a generation under way stops before its next token
+(Generation checks the event between tokens), so the worker is free for the next job at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from twinlm.serve.backends import Backend, Sampling
+
+log = logging.getLogger("twinlm.serve")
+
+
+class QueueFull(Exception):
+    pass
+
+
+@dataclass
+class Job:
+    prompt_ids: list[int]
+    sampling: Sampling
+    loop: asyncio.AbstractEventLoop
+    # ("piece", text) ... then ("done", Generation | None) or ("error", exception); "left" from the server
+    events: asyncio.Queue[tuple[str, Any]] = field(default_factory=asyncio.Queue)
+    cancel: threading.Event = field(default_factory=threading.Event)
+
+    def emit(self, kind: str, value: Any) -> None:
+        try:
+            self.loop.call_soon_threadsafe(self.events.put_nowait, (kind, value))
+        except RuntimeError:  # the event loop is closed: the server stopped, nobody is listening
+            self.cancel.set()
+
+
+class WorkerPool:
+    """One thread per backend; `submit` queues a job (QueueFull past `max_queued` waiting jobs)."""
+
+    def __init__(self, backends: Sequence[Backend], max_queued: int) -> None:
+        if not backends:
+            raise ValueError("a worker pool needs at least one backend")
+        self.backends = list(backends)
+        self.max_queued = max_queued
+        self._jobs: queue.Queue[Job | None] = queue.Queue()
+        self._lock = threading.Lock()
+        self._busy = 0
+        self._served = 0
+        self._threads: list[threading.Thread] = []
+
+    def start(self) -> None:
+        if self._threads:
+            return
+        for i, backend in enumerate(self.backends):
+            thread = threading.Thread(
+                target=self._work, args=(backend,), name=f"twinlm-worker-{i}", daemon=True
+            )
+            thread.start()
+            self._threads.append(thread)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Cancel what waits, end the threads (each after its current token)."""
+        while True:
+            try:
+                job = self._jobs.get_nowait()
+            except queue.Empty:
+                break
+            if job is not None:
+                job.cancel.set()
+                job.emit("done", None)
+        for _ in self._threads:
+            self._jobs.put(None)
+        for thread in self._threads:
+            thread.join(timeout)
+        self._threads = []
+
+    def submit(self, prompt_ids: list[int], sampling: Sampling) -> Job:
+        job = Job(prompt_ids, sampling, asyncio.get_running_loop())
+        with self._lock:
+            if self._jobs.qsize() >= self.max_queued + max(0, len(self.backends) - self._busy):
+                raise QueueFull
+            self._jobs.put(job)
+        return job
+
+    def stats(self) -> dict[str, int]:
+        with self._lock:
+            return {
+                "workers": len(self.backends),
+                "busy": self._busy,
+                "queued": self._jobs.qsize(),
+                "served": self._served,
+            }
+
+    def _work(self, backend: Backend) -> None:
+        while True:
+            job = self._jobs.get()
+            if job is None:
+                return
+            with self._lock:
+                self._busy += 1
+            try:
+                if job.cancel.is_set():  # its client left while it waited
+                    job.emit("done", None)
+                    continue
+                generation = backend.generate(job.prompt_ids, job.sampling, cancel=job.cancel)
+                for piece in generation:
+                    job.emit("piece", piece)
+                job.emit("done", generation)
+            except Exception as err:  # reported to its client; the worker goes on
+                if not job.cancel.is_set():
+                    log.exception("generation failed")
+                job.emit("error", err)
+            finally:
+                with self._lock:
+                    self._busy -= 1
+                    self._served += 1
