@@ -9,8 +9,8 @@ training needs only its path.
 
 from __future__ import annotations
 
-import itertools
 import shutil
+from array import array
 from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -29,21 +29,16 @@ from twinlm.identities import ME, Identities
 from twinlm.models import resolve_model
 from twinlm.prepare.clean import Msg, clean_message, clean_session
 from twinlm.prepare.documents import document_samples
-from twinlm.prepare.outputs import (
-    assign_splits,
-    eval_share,
-    length_histogram,
-    write_jsonl,
-    write_tokenized,
-)
+from twinlm.prepare.outputs import eval_positions, eval_share
 from twinlm.prepare.persona import persona_for, persona_prompt
 from twinlm.prepare.redact import Redactor, redacted_kinds
 from twinlm.prepare.render import SystemFor, detect_style, render_many
 from twinlm.prepare.sample import IGNORE_INDEX, Sample, Turn
 from twinlm.prepare.select import Chat, chats
 from twinlm.prepare.sessions import merge_turns, split_by_gap
+from twinlm.prepare.stream import Spill, SplitStats
 from twinlm.prepare.teacher import ConfirmSend, generate_qa
-from twinlm.prepare.whose import tally, warnings
+from twinlm.prepare.whose import Tally, warnings
 
 
 def load_tokenizer(model: str, *, trust_remote_code: bool = False) -> Any:
@@ -134,82 +129,114 @@ def _build(
     if isinstance(asked, list):  # any alias of a person, or any name an account used, means that speaker
         meant = sorted(set().union(*map(identities.targets, asked)))
         settings = settings.model_copy(update={"targets": meant})
-    samples: list[Sample] = []
     speakers: set[str] = set()
     chat_speakers: set[str] | None = None  # who speaks in chat-kind conversations (None: there are none)
     started: dict[str, int | None] = {}  # chat sample id -> its first message's time (the prompt's date)
     redactor = Redactor(settings.redact, config.people)
-    for chat in chats(corpus, identities.speaker, counts, settings.sources or None):
-        speakers.update(line.speaker for line in chat.lines)
-        if chat.kind == "chat":
-            chat_speakers = set() if chat_speakers is None else chat_speakers
-            chat_speakers.update(line.speaker for line in chat.lines)
-        samples.extend(_samples_of(chat, settings, me_name, counts, style, started, redactor))
-    if not speakers:
-        raise TwinError(_empty_corpus(corpus, settings.sources))
-    if isinstance(asked, list):
-        unknown = sorted(name for name in asked if not identities.targets(name) & speakers)
-        if unknown:
-            raise TwinError(
-                f"build.targets: {', '.join(map(repr, unknown))} never speak in the corpus; use names as "
-                "`twinlm people` shows them (or their canonical names from people: in twin.yaml)"
-            )
-    if settings.teacher.enabled:
-        stage("asking the teacher model for questions about the documents")
-        chunks = [(s.id, s.turns[0].text) for s in samples if s.kind == "document"]
-        qa = generate_qa(chunks, settings.teacher, out / "teacher_cache.jsonl", confirm=confirm_send)
-        samples.extend(qa.samples)
-        counts["teacher question/answer pairs"] += len(qa.samples)
-    if not samples:
-        raise TwinError(
-            "the build produced no samples: nothing left after filtering. Check build.targets (whose turns "
-            "are trained), `twinlm people` (is `me` mapped?), and the build.clean rules in twin.yaml"
-        )
+    documents: list[tuple[str, str]] = []  # (chunk id, text) for the teacher
+    qa: Any = None
+
+    def all_samples() -> Iterator[Sample]:
+        nonlocal chat_speakers, qa
+        for chat in chats(corpus, identities.speaker, counts, settings.sources or None):
+            # The chat's samples are rendered (and their prompts read) before the next chat starts.
+            started.clear()
+            speakers.update(line.speaker for line in chat.lines)
+            if chat.kind == "chat":
+                chat_speakers = set() if chat_speakers is None else chat_speakers
+                chat_speakers.update(line.speaker for line in chat.lines)
+            yield from _samples_of(chat, settings, me_name, counts, style, started, redactor)
+        if not speakers:
+            raise TwinError(_empty_corpus(corpus, settings.sources))
+        if isinstance(asked, list):
+            unknown = sorted(name for name in asked if not identities.targets(name) & speakers)
+            if unknown:
+                raise TwinError(
+                    f"build.targets: {', '.join(map(repr, unknown))} never speak in the corpus; use names as "
+                    "`twinlm people` shows them (or their canonical names from people: in twin.yaml)"
+                )
+        if settings.teacher.enabled:
+            stage("asking the teacher model for questions about the documents")
+            qa = generate_qa(documents, settings.teacher, out / "teacher_cache.jsonl", confirm=confirm_send)
+            counts["teacher question/answer pairs"] += len(qa.samples)
+            yield from qa.samples
+
     stage("rendering and tokenizing")
-    # Tokenized before the split: it holds out a share of the trained tokens, not of the samples.
-    rendered_rows = (
-        (r.sample_id, r.input_ids, r.labels)
-        for r in render_many(
-            [s for s in samples if not _is_completion(s)],
+    # Tokenized before the split: it holds out a share of the trained tokens, not of the samples. So the
+    # first pass keeps per sample only its conversation, kind and trained tokens; rows go to disk.
+    keys: list[tuple[str, bool]] = []  # per sample in order: (conversation, is a document)
+    ids: list[str] = []
+    weights = array("q")  # trained tokens per sample
+    pending: dict[str, tuple[int, Sample]] = {}  # samples sent to rendering whose rows may still come
+    whose = Tally()
+    spill = Spill(out)
+
+    def to_render() -> Iterator[Sample]:
+        for sample in all_samples():
+            position = len(keys)
+            keys.append((sample.conversation, sample.kind == "document"))
+            ids.append(sample.id)
+            weights.append(0)
+            spill.sample(sample)
+            whose.add_sample(sample)
+            if settings.teacher.enabled and sample.kind == "document":
+                documents.append((sample.id, sample.turns[0].text))
+            if not _is_completion(sample):
+                pending[sample.id] = (position, sample)
+                yield sample
+                continue
+            row = _completion(sample, tokenizer, settings.max_length, counts)
+            if row is not None:
+                weights[position] += len(row[2])
+                whose.add_row(sample, row[2])
+                spill.completions.add(*row)
+
+    try:
+        rendered = render_many(
+            to_render(),
             tokenizer,
             settings.max_length,
             counts,
             batch_size=render_batch_size,
             system_for=_speaker_prompts(settings, style, started),
         )
+        for r in rendered:
+            position, sample = pending[r.sample_id]
+            while True:  # rows come in sample order: the samples before this one are done
+                first = next(iter(pending))
+                if pending[first][0] >= position:
+                    break
+                del pending[first]
+            weights[position] += sum(1 for label in r.labels if label != IGNORE_INDEX)
+            whose.add_row(sample, r.labels)
+            spill.rendered.add(r.sample_id, r.input_ids, r.labels)
+        pending.clear()
+        if not keys:
+            raise TwinError(
+                "the build produced no samples: nothing left after filtering. Check build.targets (whose "
+                "turns are trained), `twinlm people` (is `me` mapped?), and the build.clean rules in "
+                "twin.yaml"
+            )
+        evals = eval_positions(keys, weights, settings.eval_fraction, settings.split_seed)
+        if settings.teacher.enabled:
+            # Held-out questions test what the model learnt: keep those about documents it trains on.
+            trained_docs = {key[0] for i, key in enumerate(keys) if i not in evals}
+            heldout = [q for q in qa.heldout if q["chunk_id"].rsplit(":", 1)[0] in trained_docs]
+            write_atomic(
+                out / "heldout_questions.jsonl",
+                "".join(orjson.dumps(q, option=orjson.OPT_SORT_KEYS).decode() + "\n" for q in heldout),
+            )
+            counts["held-out questions"] += len(heldout)
+        stats = spill.write(out, evals, {ids[i] for i in evals}, _some_training)
+    finally:
+        spill.remove()
+    result = BuildResult(
+        folder=out,
+        counts=counts,
+        samples=stats.samples,
+        tokens=stats.tokens,
+        trained_tokens=stats.trained_tokens,
     )
-    completions = (
-        _completion(s, tokenizer, settings.max_length, counts) for s in samples if _is_completion(s)
-    )
-    rows = [row for row in itertools.chain(rendered_rows, completions) if row is not None]
-    weights: Counter[str] = Counter()
-    for sample_id, _, labels in rows:
-        weights[sample_id] += sum(1 for label in labels if label != IGNORE_INDEX)
-    samples = assign_splits(samples, settings.eval_fraction, settings.split_seed, weights)
-    if settings.teacher.enabled:
-        # Held-out questions test what the model learnt: keep those about documents it trains on.
-        trained_docs = {s.conversation for s in samples if s.split == "train"}
-        heldout = [q for q in qa.heldout if q["chunk_id"].rsplit(":", 1)[0] in trained_docs]
-        write_atomic(
-            out / "heldout_questions.jsonl",
-            "".join(orjson.dumps(q, option=orjson.OPT_SORT_KEYS).decode() + "\n" for q in heldout),
-        )
-        counts["held-out questions"] += len(heldout)
-
-    write_jsonl(out / "samples.jsonl", samples)
-    result = BuildResult(folder=out, counts=counts)
-    split_of = {s.id: s.split for s in samples}
-    lengths: list[int] = []
-    for split in ("train", "eval"):
-        part = [row for row in rows if split_of[row[0]] == split]
-        result.samples[split] = write_tokenized(out / f"{split}.parquet", part)
-        result.tokens[split] = sum(len(input_ids) for _, input_ids, _ in part)
-        result.trained_tokens[split] = sum(weights[sample_id] for sample_id in {r[0] for r in part})
-        lengths.extend(len(input_ids) for _, input_ids, _ in part)
-    if result.samples["train"] == 0:
-        raise TwinError(
-            "no training samples left after rendering: raise build.max_length or relax build.clean"
-        )
 
     stage("writing the dataset folder")
     tokenizer_dir = out / "tokenizer"
@@ -229,12 +256,11 @@ def _build(
         "eval_share_of_trained_tokens": round(eval_share(result.trained_tokens), 4),
         "turns": counts.pop("turns", 0),
         "trained_turns": counts.pop("trained turns", 0),
-        "length_histogram": length_histogram(lengths),
+        "length_histogram": stats.histogram,
         "counts": dict(sorted(counts.items())),
         "redacted": redacted_kinds(counts),
         "config": config.model_dump(mode="json"),
     }
-    whose = tally(samples, rows)
     result.report["trained_by_speaker"] = whose.report()["by_speaker"]
     result.report["trained_by_source"] = whose.report()["by_source"]
     result.report["warnings"] = warnings(
@@ -248,6 +274,13 @@ def _build(
     )
     write_atomic(out / "build.json", orjson.dumps(result.report, option=orjson.OPT_INDENT_2).decode() + "\n")
     return result
+
+
+def _some_training(stats: SplitStats) -> None:
+    if stats.samples["train"] == 0:
+        raise TwinError(
+            "no training samples left after rendering: raise build.max_length or relax build.clean"
+        )
 
 
 def _empty_corpus(corpus: Corpus, sources: list[str]) -> str:

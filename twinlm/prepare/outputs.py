@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 from twinlm.files import atomic_open
 from twinlm.prepare.sample import Sample
 
-_SCHEMA = pa.schema(
+ROW_SCHEMA = pa.schema(
     [
         ("sample_id", pa.string()),
         ("input_ids", pa.list_(pa.int32())),
@@ -73,37 +73,52 @@ def assign_splits(
     if not samples:
         return []
     weigh = (lambda s: weights.get(s.id, 0)) if weights is not None else trained_chars
+    evals = eval_positions(
+        [(s.conversation, s.kind == "document") for s in samples],
+        [weigh(s) for s in samples],
+        eval_fraction,
+        seed,
+    )
+    return [replace(s, split="eval" if i in evals else "train") for i, s in enumerate(samples)]
+
+
+def eval_positions(
+    samples: Sequence[tuple[str, bool]], weights: Sequence[int], eval_fraction: float, seed: str
+) -> set[int]:
+    """`assign_splits` on what it needs of each sample, (conversation, is a document) and its weight,
+    in the same order: the positions that go to eval. A streaming build keeps only this much per
+    sample until the split is known."""
     chats: dict[str, list[int]] = {}  # conversation -> its samples' positions, oldest first
     whole: set[str] = set()  # conversations held out whole or not at all, by hash
-    for i, s in enumerate(samples):
-        if s.kind == "document":
-            whole.add(s.conversation)
+    conversations: set[str] = set()
+    for i, (conversation, document) in enumerate(samples):
+        conversations.add(conversation)
+        if document:
+            whole.add(conversation)
         else:
-            chats.setdefault(s.conversation, []).append(i)
+            chats.setdefault(conversation, []).append(i)
     evals: set[int] = set()
     if eval_fraction > 0:
         for conversation, positions in chats.items():
-            k = _tail([weigh(samples[i]) for i in positions], eval_fraction)
+            k = _tail([weights[i] for i in positions], eval_fraction)
             if k:
                 evals.update(positions[-k:])
             elif len(positions) <= 1 / (2 * eval_fraction):
                 whole.add(conversation)
     fractions = {c: split_fraction(c, seed) for c in whole}
     held = {c for c, f in fractions.items() if f < eval_fraction}
-    conversations = {s.conversation for s in samples}
     if eval_fraction > 0 and not evals and not held:
         multi = [c for c, positions in chats.items() if len(positions) > 1]
         if multi:
-            heaviest = max(multi, key=lambda c: (sum(weigh(samples[i]) for i in chats[c]), c))
+            heaviest = max(multi, key=lambda c: (sum(weights[i] for i in chats[c]), c))
             evals.add(chats[heaviest][-1])
         elif len(conversations) > 1:
             held = {min(fractions, key=lambda c: (fractions[c], c))} if fractions else set()
     if not evals and held == conversations and len(held) > 1:  # never leave train empty either
         held.discard(max(fractions, key=lambda c: (fractions[c], c)))
-    return [
-        replace(s, split="eval" if i in evals or s.conversation in held else "train")
-        for i, s in enumerate(samples)
-    ]
+    if held:
+        evals.update(i for i, (conversation, _) in enumerate(samples) if conversation in held)
+    return evals
 
 
 def _tail(weights: Sequence[int], fraction: float) -> int:
@@ -142,7 +157,7 @@ def write_tokenized(path: Path, rows: Iterable[tuple[str, list[int], list[int]]]
         ids.append(sample_id)
         inputs.append(input_ids)
         labels.append(label_ids)
-    table = pa.table({"sample_id": ids, "input_ids": inputs, "labels": labels}, schema=_SCHEMA)
+    table = pa.table({"sample_id": ids, "input_ids": inputs, "labels": labels}, schema=ROW_SCHEMA)
     with atomic_open(path) as f:
         pq.write_table(table, f, compression="zstd", write_statistics=False)
     return len(ids)

@@ -26,6 +26,22 @@ class Tally:
     source_tokens: Counter[str] = field(default_factory=Counter)
     kind_tokens: Counter[str] = field(default_factory=Counter)  # chat | assistant | document | dataset
 
+    def add_sample(self, sample: Sample) -> None:
+        """Count a sample's trained turns (once per sample, whatever its rows)."""
+        for turn in sample.turns:
+            if turn.trained:
+                self.turns[_speaker(sample, turn.speaker)] += 1
+                self.source_turns[sample.source] += 1
+
+    def add_row(self, sample: Sample, labels: Sequence[int]) -> None:
+        """Count the trained tokens of one of `sample`'s rows by whose turn they are."""
+        runs = _runs(labels)
+        total = sum(runs)
+        self.source_tokens[sample.source] += total
+        self.kind_tokens[sample.kind] += total
+        for speaker, n in _attribute(sample, runs).items():
+            self.tokens[speaker] += n
+
     def report(self) -> dict[str, dict[str, dict[str, int]]]:
         return {
             "by_speaker": _table(self.turns, self.tokens),
@@ -44,18 +60,9 @@ def tally(samples: Iterable[Sample], rows: Iterable[tuple[str, Sequence[int], Se
     by_id = {s.id: s for s in samples}
     t = Tally()
     for sample in by_id.values():
-        for turn in sample.turns:
-            if turn.trained:
-                t.turns[_speaker(sample, turn.speaker)] += 1
-                t.source_turns[sample.source] += 1
+        t.add_sample(sample)
     for sample_id, _, labels in rows:
-        sample = by_id[sample_id]
-        runs = _runs(labels)
-        total = sum(runs)
-        t.source_tokens[sample.source] += total
-        t.kind_tokens[sample.kind] += total
-        for speaker, n in _attribute(sample, runs).items():
-            t.tokens[speaker] += n
+        t.add_row(by_id[sample_id], labels)
     return t
 
 

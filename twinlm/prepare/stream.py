@@ -1,0 +1,187 @@
+"""The streaming half of `twinlm build`: samples and token rows go to disk as they are made.
+
+The train/eval split is known only once every sample is weighed (it holds out a share of the trained
+tokens, newest sessions first, with fallbacks over the whole corpus), so the build writes in two passes:
+the first appends each sample's JSON line and each rendered row to temporary files in the dataset
+folder (rows as Arrow record batches of int32 arrays, ~8 bytes a token instead of ~60 as Python
+lists); the second, once the split is decided, streams them into samples.jsonl, train.parquet and
+eval.parquet, summing the statistics on the way. Memory holds a batch, not the dataset. The temporary
+files carry atomic_open's suffix, so a killed build's are removed by the next one.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from array import array
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from twinlm.files import TMP_SUFFIX, atomic_open
+from twinlm.prepare.outputs import HISTOGRAM_EDGES, ROW_SCHEMA, length_histogram
+from twinlm.prepare.sample import IGNORE_INDEX, Sample
+
+SPILL_TOKENS = 1 << 18  # tokens per spilled record batch: a few MB of arrays
+ROW_GROUP_BYTES = 64 << 20  # Arrow bytes per row group of the final Parquet files
+
+
+def _temp(folder: Path, name: str) -> Path:
+    fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=TMP_SUFFIX, dir=folder)
+    os.close(fd)
+    return Path(tmp)
+
+
+class _Rows:
+    """(sample id, input ids, labels) rows appended to a temporary Arrow stream file in record batches."""
+
+    def __init__(self, folder: Path, name: str) -> None:
+        self.path = _temp(folder, name)
+        self.sink = pa.OSFile(str(self.path), "wb")
+        options = pa.ipc.IpcWriteOptions(compression="lz4")
+        self.writer = pa.ipc.new_stream(self.sink, ROW_SCHEMA, options=options)
+        self._reset()
+
+    def _reset(self) -> None:
+        self.ids: list[str] = []
+        self.inputs, self.labels = array("i"), array("i")
+        self.offsets = array("i", [0])
+
+    def add(self, sample_id: str, input_ids: list[int], labels: list[int]) -> None:
+        self.ids.append(sample_id)
+        self.inputs.extend(input_ids)
+        self.labels.extend(labels)
+        self.offsets.append(len(self.inputs))
+        if len(self.inputs) >= SPILL_TOKENS:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self.ids:
+            return
+        offsets = pa.Array.from_buffers(pa.int32(), len(self.offsets), [None, pa.py_buffer(self.offsets)])
+        columns = [pa.array(self.ids, pa.string())]
+        for values in (self.inputs, self.labels):
+            flat = pa.Array.from_buffers(pa.int32(), len(values), [None, pa.py_buffer(values)])
+            columns.append(pa.ListArray.from_arrays(offsets, flat))
+        self.writer.write_batch(pa.RecordBatch.from_arrays(columns, schema=ROW_SCHEMA))
+        self._reset()
+
+    def close(self) -> None:
+        self.flush()
+        self.writer.close()
+        self.sink.close()
+
+    def batches(self) -> Iterator[pa.RecordBatch]:
+        with pa.memory_map(str(self.path)) as source:
+            yield from pa.ipc.open_stream(source)
+
+
+@dataclass(slots=True)
+class SplitStats:
+    samples: dict[str, int] = field(default_factory=lambda: {"train": 0, "eval": 0})  # rows per split
+    tokens: dict[str, int] = field(default_factory=lambda: {"train": 0, "eval": 0})
+    trained_tokens: dict[str, int] = field(default_factory=lambda: {"train": 0, "eval": 0})
+    histogram: dict[str, int] = field(default_factory=lambda: length_histogram([]))
+
+
+class _SplitWriter:
+    """One split's Parquet file, written in row groups of about ROW_GROUP_BYTES."""
+
+    def __init__(self, f: object) -> None:
+        self.writer = pq.ParquetWriter(f, ROW_SCHEMA, compression="zstd", write_statistics=False)
+        self.pending: list[pa.RecordBatch] = []
+        self.size = 0
+
+    def write(self, batch: pa.RecordBatch) -> None:
+        if batch.num_rows:
+            self.pending.append(batch)
+            self.size += batch.nbytes
+            if self.size >= ROW_GROUP_BYTES:
+                self.flush()
+
+    def flush(self) -> None:
+        if self.pending:
+            table = pa.Table.from_batches(self.pending, schema=ROW_SCHEMA)
+            self.writer.write_table(table, row_group_size=max(table.num_rows, 1))
+            self.pending, self.size = [], 0
+
+    def close(self) -> None:
+        self.flush()
+        self.writer.close()
+
+
+class Spill:
+    """The first pass's temporary files: sample lines, rendered rows, then document rows (written last,
+    after the rendered ones, as the dataset has always ordered them)."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self._paths: list[Path] = []
+        self.samples_path = _temp(folder, "samples.spill")
+        self._paths.append(self.samples_path)
+        self.samples = open(self.samples_path, "wb", buffering=1 << 20)  # noqa: SIM115 (closed in close())
+        self.rendered = _Rows(folder, "rendered.spill")
+        self.completions = _Rows(folder, "completions.spill")
+        self._paths += [self.rendered.path, self.completions.path]
+
+    def sample(self, sample: Sample) -> None:
+        self.samples.write(sample.to_json() + b"\n")
+
+    def close(self) -> None:
+        if not self.samples.closed:
+            self.samples.close()
+            self.rendered.close()
+            self.completions.close()
+
+    def remove(self) -> None:
+        self.close()
+        for path in self._paths:
+            path.unlink(missing_ok=True)
+
+    def write(
+        self, out: Path, evals: set[int], eval_ids: set[str], check: Callable[[SplitStats], None]
+    ) -> SplitStats:
+        """samples.jsonl, train.parquet and eval.parquet in `out`: the samples at positions `evals` (and
+        the rows of ids `eval_ids`) in eval. `check(stats)` runs before the files replace the old ones
+        and may raise to keep them."""
+        self.close()
+        stats = SplitStats()
+        with ExitStack() as stack:
+            jsonl = stack.enter_context(atomic_open(out / "samples.jsonl"))
+            with open(self.samples_path, "rb") as lines:
+                for i, line in enumerate(lines):
+                    if i in evals:  # the first "split" key is the sample's own: strings escape their quotes
+                        line = line.replace(b'"split":"train"', b'"split":"eval"', 1)
+                    jsonl.write(line)
+            writers = {
+                split: _SplitWriter(stack.enter_context(atomic_open(out / f"{split}.parquet")))
+                for split in ("train", "eval")
+            }
+            held = pa.array(sorted(eval_ids), pa.string())
+            for rows in (self.rendered, self.completions):
+                for batch in rows.batches():
+                    in_eval = pc.is_in(batch.column(0), value_set=held)
+                    for split, mask in (("train", pc.invert(in_eval)), ("eval", in_eval)):
+                        part = batch.filter(mask)
+                        if part.num_rows:
+                            _count(stats, split, part)
+                            writers[split].write(part)
+            for writer in writers.values():
+                writer.close()
+            check(stats)
+        return stats
+
+
+def _count(stats: SplitStats, split: str, part: pa.RecordBatch) -> None:
+    lengths = pc.list_value_length(part.column(1))
+    stats.samples[split] += part.num_rows
+    stats.tokens[split] += pc.sum(lengths).as_py() or 0
+    labels = pc.list_flatten(part.column(2))
+    stats.trained_tokens[split] += pc.sum(pc.not_equal(labels, IGNORE_INDEX)).as_py() or 0
+    for bucket, n in length_histogram(lengths.to_pylist(), HISTOGRAM_EDGES).items():
+        stats.histogram[bucket] += n
