@@ -26,7 +26,7 @@ class FakeBackend:
     name = "fake"
 
     def __init__(
-        self, tokenizer: Any, reply: str = FAKE_REPLY, *, delay: float = 0.0, context_length: int = 512
+        self, tokenizer: Any, reply: str = FAKE_REPLY, *, delay: float = 0.0, context_length: int = 2048
     ):
         self.tokenizer = tokenizer
         self.reply = reply

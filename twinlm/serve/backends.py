@@ -435,7 +435,11 @@ class LlamaCppBackend:
         )
 
     def close(self) -> None:
-        self.llama.close()
+        """Free the model now (quietly: llama.cpp logs its context's teardown otherwise)."""
+        from twinlm.export.parity import _llama_cpp_quiet
+
+        with _llama_cpp_quiet():
+            self.llama.close()
 
 
 def open_llama_cpp(

@@ -41,6 +41,12 @@ class Twin:
     description: str = ""  # which model this is, in words, for the CLI to print
     others: dict[str, list[str]] = field(default_factory=dict)  # persona -> its partners, most frequent first
 
+    def close(self) -> None:
+        """Free the backend's model now where it has something to free (llama.cpp)."""
+        close = getattr(self.backend, "close", None)
+        if callable(close):
+            close()
+
     # --- personas ---------------------------------------------------------------------------------------
 
     def persona(self, name: str | None) -> str:
