@@ -97,6 +97,18 @@ CREATE TABLE IF NOT EXISTS author_names (
     name TEXT NOT NULL,
     PRIMARY KEY (source, author_id, name)
 ) WITHOUT ROWID;
+-- The user's curation, logged (twinlm/corpus/changes.py): who/when/what, the rows by their stable key
+-- (source, native id) with the values before and after, so a change is undoable and portable.
+CREATE TABLE IF NOT EXISTS changes (
+    id INTEGER PRIMARY KEY,
+    uid TEXT NOT NULL UNIQUE,        -- the same on every machine the change is imported to
+    at TEXT NOT NULL,                -- ISO time, UTC
+    user TEXT NOT NULL,
+    action TEXT NOT NULL,            -- exclude | include | edit | drop | keep | restore | note
+    selector TEXT NOT NULL,          -- JSON: what the user asked for (ids, chat, person, dates, search)
+    items TEXT NOT NULL,             -- JSON: [[target, source, native_id, before, after], ...]
+    undone_at TEXT
+);
 -- No secondary index on purpose: each costs ~20% of ingest speed, and every reader (build, people,
 -- stats) scans the whole table once anyway. One exception, partial, so only WhatsApp rows pay for it:
 -- matching a WhatsApp export to the chat it re-exports looks up messages by time (corpus/rematch.py).
@@ -193,7 +205,9 @@ class Corpus:
         self.db.execute("PRAGMA foreign_keys = ON")
         self.db.execute("PRAGMA cache_size = -65536")  # 64 MiB page cache
         self.db.executescript(SCHEMA)
-        self.db.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+        # Only a new corpus writes here: opening one never waits for a write lock (a build may be reading).
+        if self.db.execute("SELECT 1 FROM meta WHERE key = 'schema_version'").fetchone() is None:
+            self.db.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
         version = int(self.db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0])
         if version < SCHEMA_VERSION:
             from twinlm.corpus.migrate import migrate  # only old corpora need it

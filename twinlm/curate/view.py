@@ -1,0 +1,332 @@
+"""One conversation as the build will train it (`twinlm show`, the review page).
+
+The build's own steps, called the way `twinlm.prepare.build` calls them: speakers resolved by the same
+`Identities`, messages in the same order (`_in_time_order`), each message through `clean_message` and the
+`Redactor`, time-gap sessions by `split_by_gap`, `clean_session`, turns by `merge_turns`, trained turns by
+the same `Persona`. What each rule did is kept per message and per session (the counters the build sums
+into build.json), and every message keeps its row id so it can be edited or excluded from the view.
+
+A view also holds what the build leaves out (the user's exclusions, messages superseded by a newer export)
+so the user can bring them back. Review sessions ("parts") are time-gap runs of *all* messages: a build
+session is a run of the cleaned ones, so it always lies inside one part (dropping messages only widens the
+gaps), and excluding a part excludes each of its messages.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from twinlm.config import TwinConfig
+from twinlm.corpus.browse import prepare
+from twinlm.corpus.db import Corpus
+from twinlm.corpus.queries import account_names, owners
+from twinlm.identities import ME, Identities
+from twinlm.prepare.clean import Msg, clean_message, clean_session
+from twinlm.prepare.persona import persona_for
+from twinlm.prepare.redact import Redactor
+from twinlm.prepare.select import Line, _in_time_order
+from twinlm.prepare.sessions import merge_turns, split_by_gap
+
+
+@dataclass(slots=True)
+class MessageView:
+    id: int
+    native_id: str
+    author_name: str
+    speaker: str  # as the build names the speaker (me -> the first name of `me:`)
+    ts: int | None
+    kind: str
+    text: str  # the user's edit, else the export's text
+    original: str  # the export's text
+    edited: bool  # by the user
+    excluded: bool  # by the user (this message, or its whole conversation)
+    superseded: bool  # no longer in the newest export of its conversation
+    trained_text: str | None = None  # cleaned and redacted; None when a rule dropped it
+    rules: dict[str, int] = field(default_factory=dict)  # what each cleaning / redaction rule did
+    sample: str | None = None  # the sample id it lands in
+    turn: int | None = None  # its turn in that sample
+    trained: bool = False  # its turn is trained
+
+    @property
+    def status(self) -> str:
+        if self.superseded:
+            return "superseded"
+        if self.excluded:
+            return "excluded"
+        if self.sample is None:
+            return "dropped"
+        return "trained" if self.trained else "context"
+
+
+@dataclass(slots=True)
+class TurnView:
+    speaker: str
+    text: str
+    trained: bool
+    messages: list[int]
+
+
+@dataclass(slots=True)
+class SampleView:
+    id: str  # as in the build's samples.jsonl
+    turns: list[TurnView]
+    kept: bool  # False: the build makes no sample of it (no trained turn after the first)
+    rules: dict[str, int] = field(default_factory=dict)  # session rules (duplicates, enders, low quality)
+
+    @property
+    def trained_chars(self) -> int:
+        return sum(len(t.text) for t in self.turns if t.trained) if self.kept else 0
+
+
+@dataclass(slots=True)
+class PartView:
+    index: int
+    messages: list[MessageView]
+    samples: list[SampleView]
+
+    @property
+    def excluded(self) -> bool:
+        return all(m.excluded for m in self.messages)
+
+
+@dataclass(slots=True)
+class ConversationView:
+    id: int
+    source: str
+    native_id: str
+    kind: str
+    title: str
+    excluded: bool
+    note: str | None
+    parts: list[PartView]
+
+    @property
+    def key(self) -> str:
+        return f"{self.source}:{self.native_id}"
+
+    def samples(self) -> list[SampleView]:
+        return [s for p in self.parts for s in p.samples if s.kept]
+
+    def to_json(self, *, parts: list[PartView] | None = None) -> dict[str, Any]:
+        shown = self.parts if parts is None else parts
+        return {
+            "id": self.id,
+            "key": self.key,
+            "source": self.source,
+            "kind": self.kind,
+            "title": self.title,
+            "excluded": self.excluded,
+            "note": self.note,
+            "parts": len(self.parts),
+            "samples": len(self.samples()),
+            "trained_turns": sum(t.trained for s in self.samples() for t in s.turns),
+            "trained_chars": sum(s.trained_chars for s in self.samples()),
+            "sessions": [part_json(p) for p in shown],
+        }
+
+
+def part_json(part: PartView) -> dict[str, Any]:
+    return {
+        "index": part.index,
+        "excluded": part.excluded,
+        "first": next((m.ts for m in part.messages if m.ts is not None), None),
+        "last": next((m.ts for m in reversed(part.messages) if m.ts is not None), None),
+        "messages": [
+            {
+                "id": m.id,
+                "native_id": m.native_id,
+                "author": m.author_name,
+                "speaker": m.speaker,
+                "ts": m.ts,
+                "kind": m.kind,
+                "text": m.text,
+                "original": m.original,
+                "edited": m.edited,
+                "status": m.status,
+                "trained_text": m.trained_text,
+                "rules": m.rules,
+                "sample": m.sample,
+                "turn": m.turn,
+            }
+            for m in part.messages
+        ],
+        "samples": [
+            {
+                "id": s.id,
+                "kept": s.kept,
+                "rules": s.rules,
+                "turns": [
+                    {"speaker": t.speaker, "text": t.text, "trained": t.trained, "messages": t.messages}
+                    for t in s.turns
+                ],
+            }
+            for s in part.samples
+        ],
+    }
+
+
+_MESSAGES = """
+SELECT m.id, m.native_id, m.author_id, m.author_name, m.ts, m.kind, m.role, m.text, m.user_text,
+       m.excluded, m.superseded_by_import IS NOT NULL
+FROM messages AS m WHERE m.conversation + 0 = ? ORDER BY m.id
+"""
+
+
+class Viewer:
+    """Views of conversations for one config; the speakers and the persona are resolved once."""
+
+    def __init__(self, config: TwinConfig, corpus: Corpus) -> None:
+        prepare(corpus)
+        self.corpus = corpus
+        self.config = config
+        self.settings = settings = config.build
+        self.identities = Identities(config, owners(corpus), account_names(corpus))
+        self.me_name = config.me[0] if config.me else "me"
+        if isinstance(settings.targets, list):  # as the build: any alias or name used means that speaker
+            meant = sorted(set().union(*map(self.identities.targets, settings.targets)))
+            self.settings = settings.model_copy(update={"targets": meant})
+        self.redactor = Redactor(settings.redact, config.people)
+
+    def conversation(self, row_id: int) -> ConversationView:
+        head = self.corpus.db.execute(
+            "SELECT source, native_id, kind, title, excluded, user_note FROM conversations WHERE id = ?",
+            (row_id,),
+        ).fetchone()
+        if head is None:
+            raise KeyError(row_id)
+        source, native_id, kind, title, excluded, note = head
+        messages = []
+        lines = []
+        for r in self.corpus.db.execute(_MESSAGES, (row_id,)):
+            mid, nid, author_id, author_name, ts, mkind, role, text, user_text, m_excluded, superseded = r
+            speaker = self.identities.speaker(source, author_id, author_name)
+            view = MessageView(
+                mid,
+                nid,
+                author_name,
+                self.me_name if speaker == ME else speaker,
+                ts,
+                mkind,
+                user_text if user_text is not None else text,
+                text,
+                user_text is not None,
+                bool(excluded or m_excluded),
+                bool(superseded),
+            )
+            messages.append(view)
+            lines.append(Line(speaker, author_name, view.text, mkind, role, ts))
+        order = _in_time_order(lines)
+        by_line = {id(line): i for i, line in enumerate(lines)}
+        ordered = [(line, messages[by_line[id(line)]]) for line in order]
+        conversation = ConversationView(row_id, source, native_id, kind, title, bool(excluded), note, [])
+        key = f"{source}:{native_id}"
+        gap = self.settings.session_gap_minutes
+        if kind == "chat":
+            parts = split_by_gap([_Timed(line, m) for line, m in ordered], gap)
+        else:
+            parts = [[_Timed(line, m) for line, m in ordered]] if ordered else []
+        index = 0  # the build numbers its sessions across the whole conversation
+        for n, part in enumerate(parts):
+            samples, index = self._samples(kind, key, part, index)
+            conversation.parts.append(PartView(n, [t.message for t in part], samples))
+        return conversation
+
+    def _samples(self, kind: str, key: str, part: list[_Timed], index: int) -> tuple[list[SampleView], int]:
+        settings = self.settings
+        assistant_style = kind in ("assistant", "dataset")
+        cleaned: list[_Timed] = []
+        for t in part:
+            m, line = t.message, t.line
+            if m.excluded or m.superseded:
+                continue
+            counts: Counter[str] = Counter()
+            text = clean_message(line.text, line.kind, settings.clean, counts, assistant=assistant_style)
+            if text is not None and (
+                kind == "document"
+                or (settings.redact.enabled and not (settings.redact.except_me and line.speaker == ME))
+            ):
+                text = self.redactor(text, counts)
+            m.rules = dict(counts)
+            m.trained_text = text
+            if text is not None:
+                msg = Msg(line.speaker, text, line.kind, line.timestamp_ms, line.role)
+                cleaned.append(_Timed(line, m, msg))
+        if kind == "document":  # chunked whole by the build: no sessions or turns to show
+            return [], index
+        persona = persona_for(kind, settings.targets)
+        sessions = split_by_gap(cleaned, settings.session_gap_minutes) if kind == "chat" else [cleaned]
+        found = []
+        for session in sessions:
+            sample_id = f"{key}#{index}"
+            index += 1
+            counts = Counter[str]()
+            msgs = [t.msg for t in session]
+            kept = clean_session(msgs, settings.clean, counts) if kind == "chat" else msgs
+            survivors = {id(m) for m in kept or ()}
+            # Which session rule dropped a message is in the counts: all of them when the session went.
+            why = [k for k in counts if k.startswith("session dropped" if not kept else "message dropped")]
+            for t in session:
+                if id(t.msg) not in survivors:
+                    t.message.rules.update(dict.fromkeys(why or ["dropped by a session rule"], 1))
+            if not kept:
+                found.append(SampleView(sample_id, [], False, dict(counts)))
+                continue
+            alive = [t for t in session if id(t.msg) in survivors]
+            roles = {m.author: m.role for m in kept}
+            merged = merge_turns((m.author, m.text) for m in kept)
+            groups: list[list[_Timed]] = []  # one speaker's consecutive messages: one turn, as merge_turns
+            for t in alive:
+                if groups and groups[-1][-1].msg.author == t.msg.author:
+                    groups[-1].append(t)
+                else:
+                    groups.append([t])
+            turns = [TurnView("", "", False, [t.message.id for t in group]) for group in groups]
+            assert len(turns) == len(merged)
+            for i, (turn, (speaker, text)) in enumerate(zip(turns, merged, strict=True)):
+                turn.speaker = self.me_name if speaker == ME else speaker
+                turn.text = text
+                turn.trained = i > 0 and persona.trains(speaker, roles[speaker])
+            sample = SampleView(sample_id, turns, any(t.trained for t in turns), dict(counts))
+            if sample.kept:
+                for i, (turn, group) in enumerate(zip(turns, groups, strict=True)):
+                    for t in group:
+                        t.message.sample, t.message.turn, t.message.trained = sample_id, i, turn.trained
+            found.append(sample)
+        return found, index
+
+
+@dataclass(slots=True)
+class _Timed:
+    """A line with its message view (and its cleaned Msg): what split_by_gap and the views share."""
+
+    line: Line
+    message: MessageView
+    msg: Any = None
+
+    @property
+    def timestamp_ms(self) -> int | None:
+        return self.line.timestamp_ms
+
+
+def last_build(data: Any) -> dict[str, dict[str, int]]:
+    """What the last build made of each conversation (samples, trained turns), from its samples.jsonl."""
+    path = data / "samples.jsonl"
+    found: dict[str, dict[str, int]] = {}
+    if not path.is_file():
+        return found
+    with path.open("rb") as f:
+        for line in f:
+            sample = orjson.loads(line)
+            entry = found.setdefault(
+                sample["conversation"], {"samples": 0, "trained_turns": 0, "trained_chars": 0}
+            )
+            entry["samples"] += 1
+            for turn in sample["turns"]:
+                if turn.get("trained"):
+                    entry["trained_turns"] += 1
+                    entry["trained_chars"] += len(turn.get("text", ""))
+    return found
