@@ -241,7 +241,7 @@ def test_folder_holds_tokenizer_template_and_provenance(base: Path, tmp_path: Pa
     provenance = read_provenance(out)
     assert set(provenance) == {
         "twinlm_export", "run", "step", "base_model", "base_path", "method", "dtype", "created",
-        "twinlm_version", "max_length", "template_style", "me", "personas", "persona_settings",
+        "twinlm_version", "max_length", "template_style", "me", "personas", "persona_settings", "others",
     }  # fmt: skip
     assert provenance["run"] == "first-try" and provenance["step"] == "final"
     assert provenance["base_model"] == str(base) and provenance["base_path"] == str(base.resolve())
@@ -279,6 +279,43 @@ def test_group_and_assistant_personas(base: Path, tmp_path: Path) -> None:
     assert json.loads((merge_run(run, tmp_path / "b") / PROVENANCE).read_text())["personas"] == {
         "assistant": None
     }
+
+
+def test_others_are_each_personas_partners_most_trained_first(base: Path, tmp_path: Path) -> None:
+    """From the run's dataset (samples.jsonl): the people in each persona's trained chat samples, ranked
+    by the persona's trained turns with them; eval samples, documents and untrained turns do not count;
+    a dataset rebuilt since the run (its build.json differs) gives no names."""
+
+    def sample(split: str, kind: str, *turns: tuple[str, bool]) -> dict:
+        said = [{"speaker": who, "text": "hi", "trained": trained} for who, trained in turns]
+        return {"id": "x", "conversation": "c", "source": "s", "kind": kind, "split": split, "turns": said}
+
+    alex, sam, jo, kim = "Alex Rivera", "Sam", "Jo", "Kim"
+    samples = [
+        sample("train", "chat", (sam, False), (alex, True), (sam, False), (alex, True)),  # Sam: 2 of Alex's
+        sample("train", "chat", (jo, False), (alex, True), (kim, False)),  # Jo, Kim: 1 each
+        sample("train", "chat", (jo, True), (sam, False)),  # Jo trained (not a persona here)
+        sample("train", "chat", (kim, False), (alex, False)),  # no trained turn of Alex
+        sample("eval", "chat", (kim, False), (alex, True), (alex, True), (alex, True)),  # eval: not trained
+        sample("train", "assistant", ("user", False), ("assistant", True)),
+    ]
+    info = {
+        "trained_by_speaker": {alex: {"turns": 4, "tokens": 40}, "assistant": {"turns": 1, "tokens": 9}},
+        "trained_by_source": {"whatsapp": {"turns": 4, "tokens": 40}},
+    }
+    run = make_run(tmp_path, base, adapter(base).save_pretrained, info=info)
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "samples.jsonl").write_bytes(b"\n".join(orjson.dumps(x) for x in samples) + b"\n\n")
+    shutil.copy(run / "build.json", data / "build.json")
+    record = orjson.loads((run / "config.json").read_bytes())
+    (run / "config.json").write_bytes(orjson.dumps(record | {"dataset": str(data)}))
+    merged = read_provenance(merge_run(run, tmp_path / "a"))
+    assert set(merged["personas"]) == {alex, "assistant"}
+    assert merged["others"] == {alex: [sam, jo, kim]}
+
+    (data / "build.json").write_bytes(b"{}")  # rebuilt since: not the samples the run trained on
+    assert read_provenance(merge_run(run, tmp_path / "b"))["others"] == {alex: []}
 
 
 def test_reading_a_missing_or_broken_provenance_is_one_line(tmp_path: Path) -> None:

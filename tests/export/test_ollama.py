@@ -368,6 +368,28 @@ def test_partner_defaults(model_dir: Callable[..., Path]) -> None:
         load_persona(folder, user="Max")
 
 
+def test_system_prompt_is_filled_for_the_partner(model_dir: Callable[..., Path], tmp_path: Path) -> None:
+    """With persona_settings recorded (as merge writes them), SYSTEM names the partner a plain user
+    message is, as training filled the prompt for a chat with that person, dated the export day."""
+    settings = {
+        "system_prompt": "You are {name}, chatting with {others} on {platform}. Today is {date}.",
+        "group_prompt": "A chat between {names} on {platform}. Today is {date}.",
+        "targets": "auto",
+        "platform": "whatsapp",
+    }
+    exported = {"Max": "You are Max, chatting with someone on WhatsApp. Today is 2026-01-02."}
+    extra = {"persona_settings": settings, "created": "2026-01-02T23:30:00+00:00", "template_style": "named"}
+    folder = model_dir("chatml", exported, **extra)  # others: Max talked with Alice most
+    system = "You are Max, chatting with Alice on WhatsApp. Today is 2026-01-02."
+    assert load_persona(folder)[1].system == system
+    text = modelfile_text(folder, tmp_path / "m.gguf", tmp_path / "Modelfile")
+    assert modelfile_values(text)["system"] == [system]
+    assert load_persona(folder, user="Sam")[1].system == system.replace("Alice", "Sam")
+    # Nobody known to name: the exported prompt as it is.
+    folder = model_dir("chatml", exported, others={"Max": []}, **extra | {"me": "Max"})
+    assert load_persona(folder)[1].system == exported["Max"]
+
+
 def test_missing_export_info_and_unwritable_text(model_dir: Callable[..., Path], tmp_path: Path) -> None:
     with pytest.raises(TwinError, match=r"twinlm-export\.json: missing; not a folder `twinlm merge` wrote"):
         modelfile_text(tmp_path, tmp_path / "m.gguf", tmp_path / "Modelfile")

@@ -7,7 +7,9 @@ num_ctx from the training length, temperature, and every stop string.
 
 Who a plain user message is, for a chat between people: the first name in twinlm-export.json's
 "others"[persona] (the persona's partners, most frequent first); without it `me` when the persona is
-someone else; else "someone", whom the persona prompt (filled for a chat with "someone") names. A
+someone else; else "someone", whom the persona prompt (filled for a chat with "someone") names. The
+SYSTEM prompt is the persona's, filled again for a chat with that person where twinlm-export.json has
+the persona_settings to do so (provenance.persona_system), as training filled it. A
 user message starting "Name: " for a partner in "others" is that partner's turn (group chats); see
 twinlm.export.ollama_chat. Ollama merges consecutive user messages (with a blank line) before the
 template sees them, so several partners speaking in a row are one turn of the first one: on Mistral /
@@ -29,7 +31,7 @@ import orjson
 from twinlm.errors import TwinError
 from twinlm.export.gotemplate import OllamaTemplate, ollama_template
 from twinlm.export.ollama_chat import Speakers, collate, conversation, prompt_ids, prompt_text
-from twinlm.export.provenance import PROVENANCE, read_provenance
+from twinlm.export.provenance import PROVENANCE, persona_system, read_provenance
 from twinlm.files import write_atomic
 from twinlm.prepare.render import TemplateError
 
@@ -95,6 +97,8 @@ def load_persona(
         user = user or default
         if user == persona:
             raise TwinError(f"--user {user}: that is the persona itself; name someone it chats with")
+        # As training wrote it for a chat with that person ("chatting with Sam"), not with "someone".
+        system = persona_system(info, persona, user)
         speakers = Speakers(persona, "chat", user, others, system)
     from transformers import AutoTokenizer  # heavy: only when a Modelfile is made
 

@@ -4,11 +4,19 @@ Written by `twinlm.export.merge` into the merged folder. Keys: twinlm_export (fo
 number, or "final"), base_model (as the run names it), base_path (the folder merged into), method, dtype,
 created (UTC, ISO 8601), twinlm_version, max_length (the run's build.max_length), template_style, me,
 personas ({name: system prompt, or None where the persona had none}), persona_settings (the prompt
-templates, targets and platform, for filling a prompt with other participants at chat time).
+templates, targets and platform, for filling a prompt with other participants at chat time), others.
+
+"others" ({persona: [names]}, added after format 1's first keys; readers treat it as optional): the
+people each chat persona talked with in its training samples, most trained first (ranked by the
+persona's trained turns in samples where they speak, ties by name; at most MAX_PARTNERS). Chat and
+the Modelfile take the first as the other side of a plain user message instead of "someone". Read
+from the run's dataset (samples.jsonl, where its build.json is still the run's); a persona with no
+partner found, or a run whose dataset has changed or gone, gets [] (the "assistant" persona none).
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -19,6 +27,8 @@ from twinlm import __version__
 from twinlm.errors import TwinError
 
 PROVENANCE = "twinlm-export.json"
+MAX_PARTNERS = 50  # a persona's partners kept in "others" (a large group chat has hundreds)
+ASSISTANT = "assistant"  # the persona of assistant-style training
 
 
 def read_provenance(folder: Path) -> dict[str, Any]:
@@ -70,6 +80,7 @@ def provenance(
             "targets": build_settings.get("targets"),
             "platform": platform,
         },
+        "others": partners(run_dir, record, list(named)),
     }
 
 
@@ -105,7 +116,7 @@ def personas(
     ]
     targets = settings.targets
     if targets == "assistant":
-        return {"assistant": None}, platform
+        return {ASSISTANT: None}, platform
     if targets in ("auto", "me"):
         # Under "auto" the only other trained turns are assistant-style samples' assistant replies.
         names = [me] if me in speakers or not speakers else []
@@ -120,5 +131,82 @@ def personas(
         for name in names
     }
     if assistant:
-        personas["assistant"] = None
+        personas[ASSISTANT] = None
     return personas, platform
+
+
+def persona_system(info: dict[str, Any], persona: str, partner: str) -> str | None:
+    """The persona's system prompt filled for a chat with `partner`, as build fills it, dated the export
+    day like "personas"; the recorded prompt where it cannot be refilled (the assistant, no prompt, no
+    persona_settings, a partner who is nobody in particular)."""
+    recorded = (info.get("personas") or {}).get(persona)
+    settings = info.get("persona_settings")
+    if persona == ASSISTANT or not recorded or not isinstance(settings, dict) or partner in ("", "someone"):
+        return str(recorded) if recorded else None
+    from pydantic import ValidationError
+
+    from twinlm.config import BuildConfig
+    from twinlm.prepare.persona import persona_prompt
+
+    wanted = {k: settings[k] for k in ("system_prompt", "group_prompt", "targets") if settings.get(k)}
+    try:
+        build = BuildConfig.model_validate(wanted)
+        when = int(datetime.fromisoformat(str(info.get("created"))).timestamp() * 1000)
+    except (ValidationError, ValueError):
+        return str(recorded)
+    return persona_prompt(
+        build,
+        str(info.get("template_style") or "named"),
+        speaker=persona,
+        participants=[persona, partner],
+        platform=str(settings.get("platform") or "jsonl"),
+        timestamp_ms=when,
+    )
+
+
+def partners(run_dir: Path, record: dict[str, Any], names: list[str]) -> dict[str, list[str]]:
+    """{chat persona: the people it talked with in its training samples, most trained first}.
+
+    Each trained turn of a persona counts once for every other speaker of its sample (train split,
+    chats only). The samples are the run's dataset's samples.jsonl, used only while that dataset's
+    build.json is byte for byte the one the run copied (a rebuilt dataset is not what was trained)."""
+    counts: dict[str, Counter[str]] = {name: Counter() for name in names if name != ASSISTANT}
+    samples = _trained_samples(run_dir, record)
+    if counts and samples is not None:
+        try:
+            with samples.open("rb") as f:
+                for line in f:
+                    _count_partners(line, counts)
+        except OSError as err:
+            raise TwinError(f"{samples}: unreadable ({err.strerror or err})") from None
+    return {
+        name: [other for other, _ in sorted(c.items(), key=lambda kv: (-kv[1], kv[0]))[:MAX_PARTNERS]]
+        for name, c in counts.items()
+    }
+
+
+def _trained_samples(run_dir: Path, record: dict[str, Any]) -> Path | None:
+    dataset = record.get("dataset")
+    if not isinstance(dataset, str) or not dataset:
+        return None
+    samples, build = Path(dataset) / "samples.jsonl", Path(dataset) / "build.json"
+    try:
+        same = build.read_bytes() == (run_dir / "build.json").read_bytes()
+    except OSError:
+        return None
+    return samples if same and samples.is_file() else None
+
+
+def _count_partners(line: bytes, counts: dict[str, Counter[str]]) -> None:
+    try:
+        sample = orjson.loads(line)
+    except orjson.JSONDecodeError:
+        return  # a blank or hand-broken line: the build's validation reports it, not the export
+    if not isinstance(sample, dict) or sample.get("kind") != "chat" or sample.get("split") == "eval":
+        return
+    turns = [t for t in sample.get("turns") or () if isinstance(t, dict)]
+    speakers = {str(t.get("speaker") or "") for t in turns} - {""}
+    for turn in turns:
+        who = str(turn.get("speaker") or "")
+        if turn.get("trained") and who in counts:
+            counts[who].update(speakers - {who})
