@@ -179,12 +179,12 @@ FROM messages AS m WHERE m.conversation + 0 = ? ORDER BY m.id
 class Viewer:
     """Views of conversations for one config; the speakers and the persona are resolved once."""
 
-    def __init__(self, config: TwinConfig, corpus: Corpus) -> None:
+    def __init__(self, config: TwinConfig, corpus: Corpus, identities: Identities | None = None) -> None:
         prepare(corpus)
         self.corpus = corpus
         self.config = config
         self.settings = settings = config.build
-        self.identities = Identities(config, owners(corpus), account_names(corpus))
+        self.identities = identities or Identities(config, owners(corpus), account_names(corpus))
         self.me_name = config.me[0] if config.me else "me"
         if isinstance(settings.targets, list):  # as the build: any alias or name used means that speaker
             meant = sorted(set().union(*map(self.identities.targets, settings.targets)))
