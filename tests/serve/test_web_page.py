@@ -1,0 +1,145 @@
+"""The web chat page in headless Chromium (Debian's chromium + chromium-driver, through Selenium): it loads
+with no console errors, sends a message, shows the reply streaming in piece by piece, never turns model
+text into markup, switches persona and starts over.
+
+A screenshot is kept: web-page.png in $TWINLM_TEST_ARTIFACTS where set (CI collects that folder), else
+in tests/artifacts/ (git-ignored).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import serve_fakes as kit
+from serving import serving, wait_until
+from tools_required import require
+
+from twinlm.config import ServeConfig
+from twinlm.serve.backends import Sampling
+from twinlm.serve.server import create_app
+
+# Markup, an attribute-borne script and an emoji: shown as text, exactly.
+REPLY = 'sure <b>sunday</b> & "evening" <img src=x onerror="document.title=1"> works 🍝'
+ARTIFACTS = Path(os.environ.get("TWINLM_TEST_ARTIFACTS") or Path(__file__).parents[1] / "artifacts")
+
+
+@pytest.fixture
+def driver(tmp_path: Path) -> Iterator[Any]:
+    require("chromium")
+    require("chromedriver")
+    from selenium import webdriver
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = shutil.which("chromium") or "/usr/bin/chromium"
+    for arg in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        f"--user-data-dir={tmp_path / 'profile'}",
+        "--window-size=900,700",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+    ):
+        options.add_argument(arg)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    service = webdriver.ChromeService(executable_path=shutil.which("chromedriver"))
+    browser = webdriver.Chrome(options=options, service=service)
+    try:
+        yield browser
+    finally:
+        browser.quit()
+
+
+def test_web_page_streams_replies_switches_persona_and_starts_over(driver: Any, tiny_tokenizer: Any) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+    from selenium.webdriver.support.ui import Select
+
+    backend = kit.FakeBackend(tiny_tokenizer, REPLY, delay=0.15)
+    twin = kit.make_fake_twin(backend)
+    personas: list[str] = []
+    render = twin.prompt_from_messages
+
+    def prompt_from_messages(persona: str, messages: Any, **kwargs: Any) -> list[int]:
+        personas.append(persona)
+        return render(persona, messages, **kwargs)
+
+    twin.prompt_from_messages = prompt_from_messages  # type: ignore[method-assign]
+    app = create_app(twin, ServeConfig(), sampling=Sampling())
+
+    def messages() -> list[tuple[str, str, str]]:
+        return [
+            (
+                box.get_attribute("class"),
+                box.find_element(By.CLASS_NAME, "who").text,
+                box.find_element(By.CLASS_NAME, "text").get_attribute("textContent"),
+            )
+            for box in driver.find_elements(By.CSS_SELECTOR, "#log .message")
+        ]
+
+    def send(text: str) -> list[str]:
+        """Type and press Enter; the reply's texts as seen while it streamed."""
+        box = driver.find_element(By.ID, "input")
+        box.send_keys(text)
+        box.send_keys(Keys.ENTER)
+        seen: list[str] = []
+
+        def finished() -> bool:
+            shown = messages()
+            if shown and "assistant" in shown[-1][0]:
+                seen.append(shown[-1][2])
+                return "streaming" not in shown[-1][0]
+            return False
+
+        wait_until(finished, "the reply is complete", 60)
+        return seen
+
+    with serving(app) as url:
+        driver.get(f"{url}/")
+        persona = Select(driver.find_element(By.ID, "persona"))
+        wait_until(lambda: len(persona.options) == 2, "the personas are listed")
+        assert [o.text for o in persona.options] == ["Alex Rivera", "Sam"]
+        assert [o.get_attribute("value") for o in persona.options] == ["alex-rivera", "sam"]
+
+        seen = send("are you free on sunday?")
+        assert messages() == [
+            ("message user", "You", "are you free on sunday?"),
+            ("message assistant", "Alex Rivera", REPLY),
+        ]
+        # It streamed: parts of the reply were on the page before all of it.
+        partial = [text for text in seen if text and text != REPLY]
+        assert partial and all(REPLY.startswith(text) for text in partial)
+        # Model text is text: no element made from it, nothing run from it.
+        assert driver.find_elements(By.CSS_SELECTOR, "#log b, #log img") == []
+        assert driver.title == "twinlm"
+
+        seen = send("and on monday?")
+        assert [m[1:] for m in messages()][2:] == [("You", "and on monday?"), ("Alex Rivera", REPLY)]
+        # The second request carried the whole chat.
+        assert personas == ["Alex Rivera", "Alex Rivera"]
+
+        persona.select_by_visible_text("Sam")
+        assert messages() == []
+        assert driver.find_element(By.ID, "status").text == "Chatting with Sam."
+        send("hi Sam")
+        assert messages() == [("message user", "You", "hi Sam"), ("message assistant", "Sam", REPLY)]
+        assert personas[-1] == "Sam"
+
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        shot = ARTIFACTS / "web-page.png"
+        assert driver.save_screenshot(str(shot))
+        assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+        driver.find_element(By.ID, "reset").click()
+        assert messages() == []
+
+        logs = driver.get_log("browser")
+        assert [entry for entry in logs if entry["level"] in ("SEVERE", "WARNING")] == [], logs
