@@ -53,6 +53,7 @@ bench: $(VENV)/.installed
 	$(BIN)/python benchmarks/run.py
 	$(BIN)/python benchmarks/export_gguf.py
 	$(BIN)/python benchmarks/export_merge.py
+	$(BIN)/python benchmarks/curate.py
 
 # On a CUDA machine: Mistral-7B architecture LoRA / QLoRA at 2,048 tokens against the naive recipe.
 bench-gpu: $(VENV)/.installed

@@ -176,3 +176,19 @@ def test_a_change_while_an_ingest_writes_is_one_clear_error(
     assert user_columns(workspace) == before
     assert rows(workspace, "PRAGMA integrity_check") == [("ok",)]
     assert ME  # the fixture's owner is still "me": nothing above changed the corpus
+
+
+def test_a_page_of_sessions_is_the_same_as_in_the_whole_view(workspace: Path) -> None:
+    ws = open_workspace(workspace)
+    from twinlm.curate.view import Viewer
+
+    with Corpus(ws.corpus_path) as corpus:
+        row = int(corpus.db.execute("SELECT id FROM conversations WHERE native_id = '42'").fetchone()[0])
+        viewer = Viewer(ws.config, corpus)
+        whole = viewer.conversation(row)
+        second = viewer.conversation(row, 1, 1)
+        beyond = viewer.conversation(row, 5, 3)
+    assert whole.total_parts == second.total_parts == 2 and len(whole.parts) == 2
+    assert [p.index for p in second.parts] == [1]
+    assert second.to_json()["sessions"] == [whole.to_json()["sessions"][1]]  # sample ids included
+    assert beyond.parts == [] and beyond.total_parts == 2

@@ -27,7 +27,7 @@ from twinlm.corpus.browse import (
     select_messages,
 )
 from twinlm.corpus.db import Corpus
-from twinlm.curate.view import ConversationView, PartView, Viewer, last_build
+from twinlm.curate.view import ConversationView, Viewer, last_build
 from twinlm.errors import TwinError
 from twinlm.files import write_atomic
 from twinlm.workspace import open_workspace
@@ -159,30 +159,29 @@ def show(
     ws = open_workspace(workspace)
     with Corpus(ws.corpus_path) as corpus:
         row = conversation_row(corpus, conversation)
-        view = Viewer(ws.config, corpus).conversation(row)
-    parts = view.parts
-    if session is not None:
-        if not 0 <= session < len(parts):
-            raise TwinError(f"--session {session}: conversation {row} has sessions 0 to {len(parts) - 1}")
-        parts = [parts[session]]
+        if session is not None and session < 0:
+            raise TwinError(f"--session {session}: sessions are numbered from 0")
+        view = Viewer(ws.config, corpus).conversation(row, session or 0, None if session is None else 1)
+    if session is not None and not view.parts:
+        raise TwinError(f"--session {session}: conversation {row} has sessions 0 to {view.total_parts - 1}")
     if as_json:
-        _dump(view.to_json(parts=parts))
+        _dump(view.to_json())
         return
-    _print_view(view, parts)
+    _print_view(view)
 
 
-def _print_view(view: ConversationView, parts: list[PartView]) -> None:
+def _print_view(view: ConversationView) -> None:
     state = " [red](excluded)[/]" if view.excluded else ""
     out.print(f"[bold]{safe_text(view.title)}[/] [dim]{safe_text(view.key)} · id {view.id}[/]{state}")
     if view.note:
         out.print(f"note: {safe_text(view.note)}")
     samples = view.samples()
     out.print(
-        f"{len(view.parts):,} sessions, {len(samples):,} samples, "
+        f"{view.total_parts:,} sessions, {len(samples):,} samples, "
         f"{sum(t.trained for s in samples for t in s.turns):,} trained turns "
         "([green]▶ trained[/], [dim]context[/], [red]✗ excluded[/], [yellow]dropped by a rule[/])"
     )
-    for part in parts:
+    for part in view.parts:
         out.print(f"\n[bold]── session {part.index}[/]" + (" [red](excluded)[/]" if part.excluded else ""))
         for m in part.messages:
             head = f"{m.id:>7} {_time(m.ts)} {safe_text(m.speaker)}:"

@@ -6,6 +6,8 @@ ingest: `curate_messages_by_conversation`, an index on the expression `conversat
 queries here (which spell it that way) use it and no plan of the build or the ingest changes; and
 `message_search`, an FTS5 index of each message's text as trained (the user's edit, else the export's),
 brought up to date before each search from the highest message id it holds (new imports only append).
+A correlated subquery spells the conversation `c.id + 0` too: compared with the column `c.id`, the
+expression would take the column's integer affinity and SQLite would scan instead of using the index.
 """
 
 from __future__ import annotations
@@ -242,7 +244,7 @@ def _where(
             clauses.append("m.id IN (SELECT rowid FROM message_search WHERE message_search MATCH ?)")
             params.append(match)
     else:
-        inner = "SELECT 1 FROM messages AS m WHERE m.conversation + 0 = c.id"
+        inner = "SELECT 1 FROM messages AS m WHERE m.conversation + 0 = c.id + 0"
         if accounts:
             clauses.append(f"EXISTS ({inner} AND ({who}))")
             params.extend(x for account in accounts for x in account)
@@ -319,13 +321,13 @@ def list_conversations(
     total = corpus.db.execute(f"SELECT count(*) FROM conversations AS c WHERE {where}", params).fetchone()[0]
     rows = corpus.db.execute(
         f"""SELECT c.id, c.source, c.native_id, c.kind, c.title, c.excluded, c.user_note,
-                   (SELECT count(*) FROM messages AS m WHERE m.conversation + 0 = c.id),
-                   (SELECT count(*) FROM messages AS m WHERE m.conversation + 0 = c.id
+                   (SELECT count(*) FROM messages AS m WHERE m.conversation + 0 = c.id + 0),
+                   (SELECT count(*) FROM messages AS m WHERE m.conversation + 0 = c.id + 0
                         AND (m.excluded OR m.user_text IS NOT NULL) AND m.excluded),
-                   (SELECT count(*) FROM messages AS m WHERE m.conversation + 0 = c.id
+                   (SELECT count(*) FROM messages AS m WHERE m.conversation + 0 = c.id + 0
                         AND (m.excluded OR m.user_text IS NOT NULL) AND m.user_text IS NOT NULL),
-                   (SELECT min(ts) FROM messages AS m WHERE m.conversation + 0 = c.id),
-                   (SELECT max(ts) FROM messages AS m WHERE m.conversation + 0 = c.id)
+                   (SELECT min(ts) FROM messages AS m WHERE m.conversation + 0 = c.id + 0),
+                   (SELECT max(ts) FROM messages AS m WHERE m.conversation + 0 = c.id + 0)
             FROM conversations AS c WHERE {where}
             ORDER BY c.source, twinlm_fold(c.title), c.id LIMIT ? OFFSET ?""",
         [*params, limit, offset],

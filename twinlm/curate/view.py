@@ -102,7 +102,8 @@ class ConversationView:
     title: str
     excluded: bool
     note: str | None
-    parts: list[PartView]
+    parts: list[PartView]  # the sessions asked for
+    total_parts: int = 0  # every session of the conversation
 
     @property
     def key(self) -> str:
@@ -111,8 +112,8 @@ class ConversationView:
     def samples(self) -> list[SampleView]:
         return [s for p in self.parts for s in p.samples if s.kept]
 
-    def to_json(self, *, parts: list[PartView] | None = None) -> dict[str, Any]:
-        shown = self.parts if parts is None else parts
+    def to_json(self) -> dict[str, Any]:
+        """The sessions asked for; samples and trained turns are theirs (every session's for `show`)."""
         return {
             "id": self.id,
             "key": self.key,
@@ -121,11 +122,12 @@ class ConversationView:
             "title": self.title,
             "excluded": self.excluded,
             "note": self.note,
-            "parts": len(self.parts),
+            "parts": self.total_parts,
+            "first": self.parts[0].index if self.parts else 0,
             "samples": len(self.samples()),
             "trained_turns": sum(t.trained for s in self.samples() for t in s.turns),
             "trained_chars": sum(s.trained_chars for s in self.samples()),
-            "sessions": [part_json(p) for p in shown],
+            "sessions": [part_json(p) for p in self.parts],
         }
 
 
@@ -169,11 +171,25 @@ def part_json(part: PartView) -> dict[str, Any]:
     }
 
 
-_MESSAGES = """
-SELECT m.id, m.native_id, m.author_id, m.author_name, m.ts, m.kind, m.role, m.text, m.user_text,
-       m.excluded, m.superseded_by_import IS NOT NULL
-FROM messages AS m WHERE m.conversation + 0 = ? ORDER BY m.id
+# Every message's id and time, in the build's row order (the curation index holds both).
+_KEYS = """
+SELECT id, ts, excluded OR superseded_by_import IS NOT NULL
+FROM messages WHERE conversation + 0 = ? ORDER BY id
 """
+_MESSAGES = """
+SELECT id, native_id, author_id, author_name, ts, kind, role, text, user_text, excluded,
+       superseded_by_import IS NOT NULL
+FROM messages WHERE id IN ({marks})
+"""
+
+
+@dataclass(slots=True)
+class _Stamp:
+    """A message as sessions are cut: its id, its time, whether the build leaves it out."""
+
+    id: int
+    timestamp_ms: int | None
+    out: bool
 
 
 class Viewer:
@@ -191,7 +207,14 @@ class Viewer:
             self.settings = settings.model_copy(update={"targets": meant})
         self.redactor = Redactor(settings.redact, config.people)
 
-    def conversation(self, row_id: int) -> ConversationView:
+    def conversation(self, row_id: int, first: int = 0, count: int | None = None) -> ConversationView:
+        """The conversation's sessions `first` to `first + count` (all of them when `count` is None).
+
+        Sessions are cut from every message's time alone (one indexed read), so a page of a huge chat
+        reads and cleans only its own messages. Sample ids are numbered as the build numbers them; on a
+        page after the first, the earlier sessions are counted by their time gaps without cleaning them,
+        which differs from the build only where a cleaning rule dropped a message that bridged a pause.
+        """
         head = self.corpus.db.execute(
             "SELECT source, native_id, kind, title, excluded, user_note FROM conversations WHERE id = ?",
             (row_id,),
@@ -199,41 +222,54 @@ class Viewer:
         if head is None:
             raise KeyError(row_id)
         source, native_id, kind, title, excluded, note = head
-        messages = []
-        lines = []
-        for r in self.corpus.db.execute(_MESSAGES, (row_id,)):
-            mid, nid, author_id, author_name, ts, mkind, role, text, user_text, m_excluded, superseded = r
-            speaker = self.identities.speaker(source, author_id, author_name)
-            view = MessageView(
-                mid,
-                nid,
-                author_name,
-                self.me_name if speaker == ME else speaker,
-                ts,
-                mkind,
-                user_text if user_text is not None else text,
-                text,
-                user_text is not None,
-                bool(excluded or m_excluded),
-                bool(superseded),
-            )
-            messages.append(view)
-            lines.append(Line(speaker, author_name, view.text, mkind, role, ts))
-        order = _in_time_order(lines)
-        by_line = {id(line): i for i, line in enumerate(lines)}
-        ordered = [(line, messages[by_line[id(line)]]) for line in order]
-        conversation = ConversationView(row_id, source, native_id, kind, title, bool(excluded), note, [])
-        key = f"{source}:{native_id}"
+        stamps = [_Stamp(*row) for row in self.corpus.db.execute(_KEYS, (row_id,))]
+        stamps = _in_time_order(stamps)  # type: ignore[arg-type]  # only reads .timestamp_ms
         gap = self.settings.session_gap_minutes
-        if kind == "chat":
-            parts = split_by_gap([_Timed(line, m) for line, m in ordered], gap)
-        else:
-            parts = [[_Timed(line, m) for line, m in ordered]] if ordered else []
+        # An assistant chat or a document is one session whatever the pauses, as in the build.
+        parts = split_by_gap(stamps, gap) if kind == "chat" else [stamps] if stamps else []
+        chosen = (
+            range(len(parts))
+            if count is None
+            else range(min(first, len(parts)), min(first + count, len(parts)))
+        )
+        conversation = ConversationView(
+            row_id, source, native_id, kind, title, bool(excluded), note, [], len(parts)
+        )
         index = 0  # the build numbers its sessions across the whole conversation
-        for n, part in enumerate(parts):
-            samples, index = self._samples(kind, key, part, index)
-            conversation.parts.append(PartView(n, [t.message for t in part], samples))
+        if kind == "chat" and not excluded:
+            for part in parts[: chosen.start]:
+                kept = [s for s in part if not s.out]
+                index += len(split_by_gap(kept, gap)) if kept else 0
+        wanted = [s.id for n in chosen for s in parts[n]]
+        rows = {}
+        for start in range(0, len(wanted), 500):
+            chunk = wanted[start : start + 500]
+            for r in self.corpus.db.execute(_MESSAGES.format(marks=",".join("?" * len(chunk))), chunk):
+                rows[r[0]] = r
+        key = f"{source}:{native_id}"
+        for n in chosen:
+            timed = [self._timed(source, bool(excluded), rows[s.id]) for s in parts[n]]
+            samples, index = self._samples(kind, key, timed, index)
+            conversation.parts.append(PartView(n, [t.message for t in timed], samples))
         return conversation
+
+    def _timed(self, source: str, conversation_excluded: bool, row: tuple[Any, ...]) -> _Timed:
+        mid, nid, author_id, author_name, ts, mkind, role, text, user_text, m_excluded, superseded = row
+        speaker = self.identities.speaker(source, author_id, author_name)
+        view = MessageView(
+            mid,
+            nid,
+            author_name,
+            self.me_name if speaker == ME else speaker,
+            ts,
+            mkind,
+            user_text if user_text is not None else text,
+            text,
+            user_text is not None,
+            bool(conversation_excluded or m_excluded),
+            bool(superseded),
+        )
+        return _Timed(Line(speaker, author_name, view.text, mkind, role, ts), view)
 
     def _samples(self, kind: str, key: str, part: list[_Timed], index: int) -> tuple[list[SampleView], int]:
         settings = self.settings

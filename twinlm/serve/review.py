@@ -48,6 +48,7 @@ _HEADERS = {
 _LOCAL_HOSTS = {"127.0.0.1", "localhost", "[::1]"}
 MAX_PAGE = 200
 SMALL_CORPUS = 200_000  # messages: without a build, the live count is computed over the whole corpus
+LIVE_LIMIT = 20_000  # messages: a longer conversation changed since the build keeps its last build's count
 
 
 def _local_only(request: Request) -> None:
@@ -176,10 +177,10 @@ def review_router(workspace: Path) -> APIRouter:
         ws, corpus = state.open()
         with corpus:
             try:
-                view = state.viewer(ws, corpus).conversation(row_id)
+                view = state.viewer(ws, corpus).conversation(row_id, offset, limit)
             except KeyError:
                 raise HTTPException(404, f"no conversation {row_id}") from None
-        body = view.to_json(parts=view.parts[offset : offset + limit])
+        body = view.to_json()
         body["offset"] = offset
         return body
 
@@ -188,12 +189,12 @@ def review_router(workspace: Path) -> APIRouter:
         ws, corpus = state.open()
         with corpus:
             try:
-                view = state.viewer(ws, corpus).conversation(row_id)
+                view = state.viewer(ws, corpus).conversation(row_id, index, 1)
             except KeyError:
                 raise HTTPException(404, f"no conversation {row_id}") from None
-        if not 0 <= index < len(view.parts):
+        if not view.parts:
             raise HTTPException(404, f"conversation {row_id} has no session {index}")
-        return part_json(view.parts[index])
+        return part_json(view.parts[0])
 
     @router.post("/review/api/exclude")
     def exclude(body: dict[str, Any]) -> Any:
@@ -222,12 +223,12 @@ def review_router(workspace: Path) -> APIRouter:
             else:
                 index = _int(body, "session")
                 try:
-                    view = state.viewer(ws, corpus).conversation(row_id)
+                    view = state.viewer(ws, corpus).conversation(row_id, index, 1) if index >= 0 else None
                 except KeyError:
                     raise HTTPException(404, f"no conversation {row_id}") from None
-                if not 0 <= index < len(view.parts):
+                if view is None or not view.parts:
                     raise HTTPException(404, f"conversation {row_id} has no session {index}")
-                ids = [m.id for m in view.parts[index].messages]
+                ids = [m.id for m in view.parts[0].messages]
                 change = _user(
                     lambda: log.apply(
                         corpus,
@@ -346,14 +347,25 @@ def _totals(state: _State, ws: Any, corpus: Corpus) -> dict[str, Any]:
     samples = sum(v["samples"] for k, v in per.items() if k not in changed_keys)
     chars = sum(v["trained_chars"] for k, v in per.items() if k not in changed_keys)
     for row_id in ids:
-        view = viewer.conversation(row_id)
-        if view.excluded:
+        source, native_id, excluded = corpus.db.execute(
+            "SELECT source, native_id, excluded FROM conversations WHERE id = ?", (row_id,)
+        ).fetchone()
+        if excluded:
             continue
-        made = view.samples()
+        size = corpus.db.execute(
+            "SELECT count(*) FROM messages WHERE conversation + 0 = ?", (row_id,)
+        ).fetchone()[0]
+        if size > LIVE_LIMIT:  # too long to clean on every change: counted as at the last build
+            old = per.get(f"{source}:{native_id}", {"samples": 0, "trained_chars": 0})
+            samples += old["samples"]
+            chars += old["trained_chars"]
+            continue
+        made = viewer.conversation(row_id).samples()
         samples += len(made)
         chars += sum(s.trained_chars for s in made)
     label = (
-        "estimate: the last build, with the conversations changed since recomputed"
+        "estimate: the last build, with the conversations changed since recomputed (up to "
+        f"{LIVE_LIMIT:,} messages each)"
         if built
         else "estimate: no build yet (tokens ≈ characters / 4)"
     )

@@ -130,8 +130,9 @@ function renderConversation() {
   detail.replaceChildren();
   const head = el("div", "conv-head");
   head.append(el("h2", null, c.title || "(untitled)"), el("span", "meta", `${c.key} · ${c.kind}`));
+  const these = c.sessions.length < c.parts ? " (sessions shown)" : "";
   head.append(el("span", "meta",
-    `${c.parts} sessions · ${c.samples} samples · ${c.trained_turns} trained turns`));
+    `${c.parts} sessions · ${c.samples} samples · ${c.trained_turns} trained turns${these}`));
   head.append(button(c.excluded ? "Include chat" : "Exclude chat", "The whole conversation",
     () => change("exclude", { conversation: c.id, include: c.excluded })));
   if (c.excluded) head.append(el("strong", "excluded-flag", "excluded"));
