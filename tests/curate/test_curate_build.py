@@ -192,3 +192,19 @@ def test_a_page_of_sessions_is_the_same_as_in_the_whole_view(workspace: Path) ->
     assert [p.index for p in second.parts] == [1]
     assert second.to_json()["sessions"] == [whole.to_json()["sessions"][1]]  # sample ids included
     assert beyond.parts == [] and beyond.total_parts == 2
+
+
+def test_the_data_version_moves_with_every_change_undo_and_import(twinlm: Run, workspace: Path) -> None:
+    def version() -> str:
+        with Corpus(workspace / "corpus.db") as corpus:
+            return changes.data_version(corpus)
+
+    seen = [version()]
+    ok(twinlm("exclude", "telegram:42"))
+    seen.append(version())
+    ok(twinlm("undo"))
+    seen.append(version())
+    reingest(workspace, CHAT + NEWER)
+    seen.append(version())
+    assert len(set(seen)) == 4
+    assert version() == seen[-1]  # reading changes nothing

@@ -221,6 +221,16 @@ def undo(corpus: Corpus, change_id: int | None = None) -> Undone:
     return Undone(change, restored, kept, missing)
 
 
+def data_version(corpus: Corpus) -> str:
+    """Changes whenever what a build reads can have changed: an import, a change, an undo. For `twinlm run`
+    (or anything that keeps a build) to tell that the dataset must be rebuilt; cheap (three lookups)."""
+    imports, last, undone = corpus.db.execute(
+        "SELECT (SELECT coalesce(max(id), 0) FROM imports), (SELECT coalesce(max(id), 0) FROM changes), "
+        "(SELECT count(*) FROM changes WHERE undone_at IS NOT NULL)"
+    ).fetchone()
+    return f"{imports}.{last}.{undone}"
+
+
 def log(corpus: Corpus, *, undone: bool = True) -> list[Change]:
     """Every recorded change, oldest first (without the undone ones when `undone` is False)."""
     where = "" if undone else "WHERE undone_at IS NULL"
