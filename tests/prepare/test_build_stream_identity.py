@@ -152,3 +152,19 @@ def test_the_build_output_is_unchanged(
     build(config, corpora[corpus], tmp_path / "data")
     got = fingerprint(tmp_path / "data")
     assert got == EXPECTED[case]
+
+
+def test_long_chats_read_as_a_stream_give_the_same_output(
+    corpora: dict[str, Corpus],
+    tokenizer_dir: Callable[[str], Path],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Every chat of more than 5 messages read row by row (sessions made while reading), as a chat of
+    # millions of messages is.
+    monkeypatch.setattr("twinlm.prepare.build.STREAM_OVER", 5)
+    config = TwinConfig(
+        name="alex", me=["Alex Rivera", "Alex"], build=BuildConfig(model=str(tokenizer_dir("chatml")))
+    )
+    build(config, corpora["varied"], tmp_path / "data")
+    assert fingerprint(tmp_path / "data") == EXPECTED["chatml-defaults"]

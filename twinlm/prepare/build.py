@@ -12,9 +12,9 @@ from __future__ import annotations
 import shutil
 from array import array
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -34,8 +34,8 @@ from twinlm.prepare.persona import persona_for, persona_prompt
 from twinlm.prepare.redact import Redactor, redacted_kinds
 from twinlm.prepare.render import SystemFor, detect_style, render_many
 from twinlm.prepare.sample import IGNORE_INDEX, Sample, Turn
-from twinlm.prepare.select import Chat, chats
-from twinlm.prepare.sessions import merge_turns, split_by_gap
+from twinlm.prepare.select import Chat, Line, chats
+from twinlm.prepare.sessions import iter_by_gap, merge_turns
 from twinlm.prepare.stream import Spill, SplitStats
 from twinlm.prepare.teacher import ConfirmSend, generate_qa
 from twinlm.prepare.whose import Tally, warnings
@@ -64,6 +64,9 @@ class BuildResult:
     # which stays the same for the same corpus and config).
     removed_leftovers: list[str] = field(default_factory=list)
 
+
+# A chat longer than this many messages is read as it is used, not held whole (select.chats).
+STREAM_OVER = 20_000
 
 BUILD_LOCK = ".build.lock"  # held while a build writes the folder: one build at a time
 
@@ -138,14 +141,22 @@ def _build(
 
     def all_samples() -> Iterator[Sample]:
         nonlocal chat_speakers, qa
-        for chat in chats(corpus, identities.speaker, counts, settings.sources or None):
-            # The chat's samples are rendered (and their prompts read) before the next chat starts.
+        found = chats(corpus, identities.speaker, counts, settings.sources or None, stream_over=STREAM_OVER)
+        for chat in found:
+            # The chat's samples are rendered (and their prompts read) before the next chat starts,
+            # and its lines are read once, as its sessions are made (a long chat is never held whole).
             started.clear()
-            speakers.update(line.speaker for line in chat.lines)
+            seen: set[str] = set()
+            lines = _noting_speakers(chat.lines, seen)
+            yield from _samples_of(
+                replace(chat, lines=lines), settings, me_name, counts, style, started, redactor
+            )
+            for _ in lines:  # what the samples did not read (documents left out) still has speakers
+                pass
+            speakers.update(seen)
             if chat.kind == "chat":
                 chat_speakers = set() if chat_speakers is None else chat_speakers
-                chat_speakers.update(line.speaker for line in chat.lines)
-            yield from _samples_of(chat, settings, me_name, counts, style, started, redactor)
+                chat_speakers.update(seen)
         if not speakers:
             raise TwinError(_empty_corpus(corpus, settings.sources))
         if isinstance(asked, list):
@@ -314,19 +325,9 @@ def _samples_of(
                 yield from document_samples(chat.key, chat.title, text, settings.documents)
         return
     persona = persona_for(chat.kind, settings.targets)
-    lines = []
-    assistant_style = chat.kind in ("assistant", "dataset")
-    for line in chat.lines:
-        # Chat rules (non-replies, enders, length caps) are for group chats; assistant answers are
-        # long by nature and a short prompt like "ok" is still a prompt.
-        text = clean_message(line.text, line.kind, settings.clean, counts, assistant=assistant_style)
-        if text is None:
-            continue
-        if settings.redact.enabled and not (settings.redact.except_me and line.speaker == ME):
-            text = redactor(text, counts)
-        lines.append(Msg(line.speaker, text, line.kind, line.timestamp_ms, line.role))
+    lines = _cleaned(chat, settings, counts, redactor)
     # Assistant-style conversations are one sample whatever the pauses: the context carries over.
-    sessions = split_by_gap(lines, settings.session_gap_minutes) if chat.kind == "chat" else [lines]
+    sessions = iter_by_gap(lines, settings.session_gap_minutes) if chat.kind == "chat" else [list(lines)]
     for index, session in enumerate(sessions):
         kept = clean_session(session, settings.clean, counts) if chat.kind == "chat" else session
         if not kept:
@@ -352,6 +353,28 @@ def _samples_of(
             turns=tuple(turns),
             system=_system(chat, first, turns, settings, style),
         )
+
+
+def _noting_speakers(lines: Iterable[Line], seen: set[str]) -> Iterator[Line]:
+    for line in lines:
+        seen.add(line.speaker)
+        yield line
+
+
+def _cleaned(chat: Chat, settings: BuildConfig, counts: Counter[str], redactor: Redactor) -> Iterator[Msg]:
+    """The chat's messages through the message rules and redaction, read as they are used."""
+    assistant_style = chat.kind in ("assistant", "dataset")
+    redact = settings.redact.enabled
+    except_me = settings.redact.except_me
+    for line in chat.lines:
+        # Chat rules (non-replies, enders, length caps) are for group chats; assistant answers are
+        # long by nature and a short prompt like "ok" is still a prompt.
+        text = clean_message(line.text, line.kind, settings.clean, counts, assistant=assistant_style)
+        if text is None:
+            continue
+        if redact and not (except_me and line.speaker == ME):
+            text = redactor(text, counts)
+        yield Msg(line.speaker, text, line.kind, line.timestamp_ms, line.role)
 
 
 def _speaker_prompts(settings: BuildConfig, style: str, started: dict[str, int | None]) -> SystemFor:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import itertools
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 import orjson
@@ -39,7 +39,9 @@ class Chat:
     platform_detail: str
     participants: tuple[str, ...]
     system_prompt: str | None
-    lines: tuple[Line, ...]
+    # A tuple; from `chats(..., stream_over=N)`, for a conversation of more than N messages already in
+    # time order, a one-pass iterator read from the database as it is used (before the next chat).
+    lines: tuple[Line, ...] | Iterable[Line]
 
 
 _QUERY = """
@@ -48,6 +50,17 @@ SELECT c.id, c.source, c.native_id, c.kind, c.title, c.platform_detail, c.partic
 FROM messages AS m JOIN conversations AS c ON c.id = m.conversation
 WHERE NOT c.excluded AND NOT m.excluded AND m.superseded_by_import IS NULL {where}
 ORDER BY c.source, c.native_id, m.id
+"""
+
+# Conversations whose rows (in id order) are not in time order: a message older than one before it.
+_UNORDERED = """
+SELECT DISTINCT conversation FROM (
+    SELECT m.conversation, m.ts, max(m.ts) OVER (
+        PARTITION BY m.conversation ORDER BY m.id ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING
+    ) AS before
+    FROM messages AS m JOIN conversations AS c ON c.id = m.conversation
+    WHERE NOT c.excluded AND NOT m.excluded AND m.superseded_by_import IS NULL
+) WHERE ts < before
 """
 
 _SUPERSEDED = "SELECT count(*) FROM messages WHERE superseded_by_import IS NOT NULL"
@@ -79,9 +92,19 @@ def _in_time_order(lines: list[Line]) -> list[Line]:
 
 
 def chats(
-    corpus: Corpus, resolve: Resolver, counts: Counter[str], sources: list[str] | None = None
+    corpus: Corpus,
+    resolve: Resolver,
+    counts: Counter[str],
+    sources: list[str] | None = None,
+    *,
+    stream_over: int | None = None,
 ) -> Iterator[Chat]:
-    """Every conversation with its messages in time order (see `_in_time_order` for ties and gaps)."""
+    """Every conversation with its messages in time order (see `_in_time_order` for ties and gaps).
+
+    With `stream_over`, a conversation of more messages than that comes with its lines as an iterator
+    when its rows are already in time order (one export: the usual case), so a chat of millions of
+    messages is never held whole; read it before asking for the next chat. One out of order is sorted
+    whole as always."""
     where, params = "", ()
     if sources:
         where = f"AND c.source IN ({','.join('?' * len(sources))})"
@@ -96,18 +119,28 @@ def chats(
     # One speaker per account (source, author id), whatever name each message shows: `resolve` sees
     # the account's first message, so give it one that knows every name (Identities.speaker).
     names: dict[tuple[str, str], str] = {}
-    for _, group in itertools.groupby(rows, key=lambda row: row[0]):
-        first = next(group)
+    unordered: set[int] | None = None  # read once, at the first conversation long enough to stream
+
+    def line(row: tuple) -> Line:
+        author_id, author_name, text, mkind, role, ts = row[8:]
+        key = (row[1], author_id)
+        speaker = names.get(key)
+        if speaker is None:
+            speaker = names[key] = resolve(row[1], author_id, author_name) or author_name
+        return Line(speaker, author_name, text, mkind, role, ts)
+
+    for conversation, group in itertools.groupby(rows, key=lambda row: row[0]):
+        chat_rows = iter(group)
+        first = next(chat_rows)
         _, source, native_id, kind, title, detail, participants, system_prompt = first[:8]
-        lines = []
-        for row in itertools.chain((first,), group):
-            author_id, author_name, text, mkind, role, ts = row[8:]
-            key = (source, author_id)
-            speaker = names.get(key)
-            if speaker is None:
-                speaker = names[key] = resolve(source, author_id, author_name) or author_name
-            lines.append(Line(speaker, author_name, text, mkind, role, ts))
-        lines = _in_time_order(lines)
+        rest = map(line, chat_rows)
+        lines: tuple[Line, ...] | Iterable[Line] = [line(first), *itertools.islice(rest, stream_over)]
+        if stream_over is not None and len(lines) > stream_over:
+            if unordered is None:
+                unordered = {row[0] for row in corpus.db.execute(_UNORDERED)}
+            lines = [*lines, *rest] if conversation in unordered else itertools.chain(lines, rest)
+        if isinstance(lines, list):
+            lines = tuple(_in_time_order(lines))
         yield Chat(
             key=f"{source}:{native_id}",
             source=source,
@@ -116,5 +149,5 @@ def chats(
             platform_detail=detail,
             participants=tuple(orjson.loads(participants)),
             system_prompt=system_prompt,
-            lines=tuple(lines),
+            lines=lines,
         )

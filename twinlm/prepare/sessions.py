@@ -3,7 +3,7 @@ becomes one turn, so the model learns the several-messages-in-a-row flow."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Protocol, TypeVar
 
 
@@ -20,21 +20,24 @@ def split_by_gap(lines: Sequence[T], gap_minutes: float) -> list[list[T]]:
 
     A line without a timestamp stays in the session it appears in.
     """
+    return list(iter_by_gap(lines, gap_minutes))
+
+
+def iter_by_gap(lines: Iterable[T], gap_minutes: float) -> Iterator[list[T]]:
+    """`split_by_gap` one session at a time, reading `lines` as it goes (a chat of any length)."""
     gap_ms = gap_minutes * 60_000
-    sessions: list[list[T]] = []
     current: list[T] = []
     last: int | None = None
     for line in lines:
         ts = line.timestamp_ms
         if current and ts is not None and last is not None and ts - last > gap_ms:
-            sessions.append(current)
+            yield current
             current = []
         current.append(line)
         if ts is not None:
             last = ts
     if current:
-        sessions.append(current)
-    return sessions
+        yield current
 
 
 def merge_turns(lines: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:

@@ -1,0 +1,73 @@
+"""The streaming build's parts (issue 18): long chats read row by row, the split from metadata only,
+the temporary files gone after a build or a failed one."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from twinlm.config import BuildConfig, TwinConfig
+from twinlm.corpus.db import Corpus
+from twinlm.errors import TwinError
+from twinlm.identities import resolver
+from twinlm.model import Conversation, Message
+from twinlm.prepare.build import build
+from twinlm.prepare.select import chats
+from twinlm.prepare.sessions import iter_by_gap, split_by_gap
+
+
+def message(mid: str, minute: int | None, author: str = "Sam") -> Message:
+    when = None if minute is None else datetime(2024, 6, 1, 12, minute, tzinfo=UTC)
+    return Message(id=mid, author_id=author, author_name=author, timestamp=when, text=mid)
+
+
+def add(corpus: Corpus, chat: str, *messages: Message) -> None:
+    with corpus.importing(["test"]) as import_id, corpus.file_savepoint():
+        corpus.add(Conversation("telegram", chat, chat, "chat", tuple(messages)), import_id)
+
+
+def test_a_long_chat_in_time_order_is_streamed_and_one_out_of_order_is_sorted(tmp_path: Path) -> None:
+    with Corpus(tmp_path / "corpus.db") as corpus:
+        add(corpus, "a-short", *(message(f"s{i}", i) for i in range(3)))
+        add(corpus, "b-ordered", *(message(f"o{i}", i) for i in range(10)))
+        add(corpus, "c-late", *(message(f"l{i}", i + 1) for i in range(8)))
+        add(corpus, "c-late", message("l-first", 0))  # an older message ingested last: rows out of order
+        whole = {c.key: list(c.lines) for c in chats(corpus, resolver(TwinConfig()), Counter())}
+        streamed = {}
+        for chat in chats(corpus, resolver(TwinConfig()), Counter(), stream_over=4):
+            streamed[chat.key] = (isinstance(chat.lines, tuple), list(chat.lines))
+    assert {key: lines for key, (_, lines) in streamed.items()} == whole
+    assert [line.text for line in whole["telegram:c-late"]][:2] == ["l-first", "l0"]
+    assert streamed["telegram:a-short"][0]  # short: held as before
+    assert not streamed["telegram:b-ordered"][0]  # long and in order: read as used
+    assert streamed["telegram:c-late"][0]  # long but out of order: sorted whole
+
+
+def test_sessions_made_while_reading_are_the_sessions_of_the_whole_chat() -> None:
+    class Timed:
+        def __init__(self, ts: int | None) -> None:
+            self.timestamp_ms = ts
+
+    lines = [Timed(t) for t in (0, 1000, None, 10_000_000, 10_000_001, None, 50_000_000)]
+    assert list(iter_by_gap(iter(lines), 30)) == split_by_gap(lines, 30)
+    assert [len(s) for s in split_by_gap(lines, 30)] == [3, 3, 1]
+
+
+def test_a_failed_build_leaves_no_temporary_file_and_keeps_the_old_dataset(
+    tokenizer_dir: Callable[[str], Path], tmp_path: Path
+) -> None:
+    with Corpus(tmp_path / "corpus.db") as corpus:
+        add(corpus, "chat", message("hello there", 1), message("climbing " * 200, 2, "Me"))
+        out = tmp_path / "data"
+        out.mkdir()
+        (out / "train.parquet").write_bytes(b"the old one")
+        # The one trained turn is longer than max_length: no training samples, an error.
+        config = TwinConfig(me=["Me"], build=BuildConfig(model=str(tokenizer_dir("chatml")), max_length=64))
+        with pytest.raises(TwinError, match="no training samples"):
+            build(config, corpus, out)
+    assert (out / "train.parquet").read_bytes() == b"the old one"
+    assert sorted(p.name for p in out.iterdir() if p.name != ".build.lock") == ["train.parquet"]
