@@ -258,3 +258,54 @@ def test_markup_and_control_characters_in_text_are_shown_literally(twinlm: Run, 
     data = as_json(twinlm("show", "telegram:42", "--json"))
     texts = [m["text"] for s in data["sessions"] for m in s["messages"]]
     assert hostile in texts  # JSON is data: kept as it is
+
+
+def test_import_before_the_export_is_ingested_then_again_after(
+    twinlm: Run, workspace: Path, tmp_path: Path
+) -> None:
+    from typer.testing import CliRunner
+
+    from twinlm.cli import app
+
+    mid = message_id(workspace, "yes, I will be there at seven")
+    ok(twinlm("edit", mid, "yes, at 7"))
+    ok(twinlm("exclude", "--chat", "climbing", "-y"))
+    exported = tmp_path / "changes.json"
+    ok(twinlm("changes", "export", str(exported)))
+
+    other = tmp_path / "other"
+    init_workspace(other, TwinConfig(name="alex", me=[ME]))
+
+    def there(*args: str) -> Any:
+        return CliRunner().invoke(app, [*args, "-w", str(other)], catch_exceptions=False)
+
+    with Corpus(other / "corpus.db") as corpus:  # only the examples so far: our Telegram chat is not there
+        assert not ingest([EXAMPLES], corpus, ParseOptions(timezone="UTC")).failed
+    first = as_json(there("changes", "import", str(exported), "--json"))
+    assert first == {"changes": 2, "new": 2, "applied": 1, "missing": 1}
+    ok(there("include", "--chat", "climbing", "-y"))  # a later choice on this machine
+    export = next((workspace.parent / "exports").rglob("result.json"))
+    with Corpus(other / "corpus.db") as corpus:
+        assert not ingest([export], corpus, ParseOptions(timezone="UTC")).failed
+    second = as_json(there("changes", "import", str(exported), "--json"))
+    assert second == {"changes": 2, "new": 0, "applied": 1, "missing": 0}
+    edited = "SELECT user_text FROM messages WHERE source = 'telegram' AND native_id = '42:2'"
+    assert rows(other, edited) == [("yes, at 7",)]
+    # The include made here after the first import stands: importing again did not exclude the chat again.
+    assert rows(other, "SELECT excluded FROM conversations WHERE source = 'discord'") == [(0,)]
+    ok(there("undo", "1"))  # the imported edit's undo covers the row it reached on the second import
+    assert rows(other, edited) == [(None,)]
+
+
+def test_search_follows_edits_and_their_undo(twinlm: Run, workspace: Path) -> None:
+    def found(words: str) -> list[str]:
+        return [
+            c["key"] for c in as_json(twinlm("conversations", "--search", words, "--json"))["conversations"]
+        ]
+
+    assert found("rope") != [] and found("zeppelin") == []  # the search table is made here
+    ok(twinlm("edit", message_id(workspace, "great, bring the rope please"), "bring the zeppelin"))
+    assert found("zeppelin") == ["telegram:42"]
+    assert "telegram:42" not in found("great rope")
+    ok(twinlm("undo"))
+    assert found("zeppelin") == [] and found("great rope") == ["telegram:42"]

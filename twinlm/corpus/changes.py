@@ -266,19 +266,28 @@ class Imported:
 def import_changes(corpus: Corpus, document: Any, *, where: str = "the changes file") -> Imported:
     """Apply an exported change log: each row by its (source, native id) key gets the change's value.
 
-    Importing the same file again changes nothing; a change undone here is not re-applied. Rows the
-    corpus does not hold yet are counted, so importing again after ingesting their export applies them.
+    Importing the same file again changes nothing (a row the user changed since keeps its value); a
+    change undone here is not re-applied. Rows the corpus does not hold yet are counted, so importing
+    again after ingesting their export applies the change to them (and undo then covers them too).
     """
     changes = _parse(document, where)
     new = applied = missing = 0
     with writing(corpus) as db:
         retexted = []
         for raw in changes:
-            known = db.execute("SELECT undone_at FROM changes WHERE uid = ?", (raw["uid"],)).fetchone()
-            if known is not None and known[0] is not None:
-                continue
+            known = db.execute(
+                "SELECT id, undone_at, items FROM changes WHERE uid = ?", (raw["uid"],)
+            ).fetchone()
+            if known is not None and known[1] is not None:
+                continue  # undone here: the user's later choice wins
+            # Rows a first import of this change already set are left alone (the user may have changed
+            # them since); only rows new to this corpus (ingested since) get the change now.
+            stored = orjson.loads(known[2]) if known is not None else []
+            done = {(item[0], item[1], item[2]) for item in stored}
             found = []
             for target, source, native_id, _, after in raw["items"]:
+                if (target, source, native_id) in done:
+                    continue
                 table = _TABLE[target]
                 row = db.execute(
                     f"SELECT id, {', '.join(after)} FROM {table} WHERE source = ? AND native_id = ?",
@@ -302,6 +311,11 @@ def import_changes(corpus: Corpus, document: Any, *, where: str = "the changes f
                 who = {"user": raw["user"], "uid": raw["uid"], "at": raw["at"]}
                 _log(db, raw["action"], raw["selector"], found, **who)
                 new += 1
+            elif found:
+                db.execute(
+                    "UPDATE changes SET items = ? WHERE id = ?",
+                    (orjson.dumps(stored + found).decode(), known[0]),
+                )
         reindex(db, retexted)
     return Imported(len(changes), new, applied, missing)
 
