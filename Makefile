@@ -53,6 +53,9 @@ bench: $(VENV)/.installed
 	$(BIN)/python benchmarks/run.py
 	$(BIN)/python benchmarks/export_gguf.py
 	$(BIN)/python benchmarks/export_merge.py
+	# the server against the llama.cpp backend, on the demo's GGUF (made first where missing)
+	test -f $(DEMO)/twin.yaml || $(MAKE) demo
+	$(BIN)/python benchmarks/serve.py -w $(DEMO)
 	$(BIN)/python benchmarks/curate.py
 
 # On a CUDA machine: Mistral-7B architecture LoRA / QLoRA at 2,048 tokens against the naive recipe.
