@@ -1,0 +1,151 @@
+"""`twinlm eval [RUN]`: score the base model, each checkpoint and the tuned weights of a run; write the
+report (reports/eval-RUN.html and .json); `--pick METRIC` marks the best checkpoint for `twinlm export`.
+
+Thin: the work is twinlm.evaluate.evaluate.evaluate. Progress bars and a line per checkpoint go to
+stderr; the summary (or --json) to stdout.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any
+
+import orjson
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from twinlm.cli import AsJson, Workspace, _user_errors, app, err, out
+from twinlm.cli.display import safe_text
+
+Run = Annotated[
+    str | None,
+    typer.Argument(
+        help="The run to evaluate (a folder under runs/). Default: the latest run.", show_default=False
+    ),
+]
+Pick = Annotated[
+    str | None,
+    typer.Option(
+        "--pick",
+        help="Mark the best checkpoint by this metric in runs/RUN/picked.json, which `twinlm export` then "
+        "takes by default: eval_loss, style, doc_f1 or judge.",
+        show_default=False,
+    ),
+]
+Yes = Annotated[
+    bool,
+    typer.Option(
+        "--yes",
+        help="Send the document answers to the judge endpoint (eval.judge) without asking. Without it eval "
+        "says where and how much, and asks; with no terminal to ask, it sends nothing.",
+    ),
+]
+
+
+class _Bars:
+    """One transient rich bar per piece of work (only on a terminal; a log gets the lines only)."""
+
+    def __init__(self, quiet: bool) -> None:
+        self.quiet = quiet
+        self.progress: Progress | None = None
+        if not quiet and err.is_terminal:
+            self.progress = Progress(
+                TextColumn("{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeRemainingColumn(),
+                console=err,
+                transient=True,
+            )
+            self.progress.start()
+        self.task: Any = None
+
+    def __call__(self, what: str, total: int) -> Callable[[], None]:
+        if self.progress is None:
+            return lambda: None
+        if self.task is not None:
+            self.progress.remove_task(self.task)
+        task = self.task = self.progress.add_task(safe_text(what), total=total or None)
+        progress = self.progress
+        return lambda: progress.advance(task)
+
+    def note(self, line: str) -> None:
+        if not self.quiet:
+            err.print(safe_text(line), highlight=False, soft_wrap=True)
+
+    def close(self) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+
+
+def _number(value: Any, digits: int) -> str:
+    return f"{value:.{digits}f}" if isinstance(value, (int, float)) else "-"
+
+
+@app.command("eval")
+@_user_errors
+def eval_command(
+    run: Run = None,
+    workspace: Workspace = Path("."),
+    pick: Pick = None,
+    yes: Yes = False,
+    as_json: AsJson = False,
+) -> None:
+    """Evaluate a run: perplexity, style fidelity, probes and documents for base, checkpoints and tuned."""
+    from twinlm.evaluate.evaluate import evaluate
+
+    bars = _Bars(quiet=as_json)
+    try:
+        result = evaluate(workspace, run, pick=pick, yes=yes, progress=bars, note=bars.note)
+    finally:
+        bars.close()
+    data = result.data
+    if as_json:
+        summary = {
+            "run": result.run,
+            "report": str(result.html),
+            "json": str(result.json),
+            "points": [
+                {k: v for k, v in p.items() if k not in ("replies", "style", "probes", "documents")}
+                for p in data["points"]
+            ],
+            "best": data["best"],
+            "picked": result.picked,
+            "warnings": data["warnings"],
+        }
+        typer.echo(orjson.dumps(summary, option=orjson.OPT_INDENT_2).decode())
+        return
+    table = Table(title=f"run {safe_text(result.run)}")
+    for column in ("weights", "step", "eval loss", "perplexity", "style", "classifier", "doc F1", "judge"):
+        table.add_column(column, overflow="fold")
+    for p in data["points"]:
+        table.add_row(
+            safe_text(p["label"]),
+            str(p["step"]),
+            _number(p.get("eval_loss"), 4),
+            _number(p.get("perplexity"), 2),
+            _number(p.get("style_score"), 3),
+            _number(p.get("indistinguishability"), 3),
+            _number(p.get("doc_f1"), 3),
+            _number(p.get("judge"), 3),
+        )
+    out.print(table)
+    for warning in data["warnings"]:
+        err.print(f"warning: {safe_text(warning)}", highlight=False, soft_wrap=True)
+    best = ", ".join(f"{k} {v}" for k, v in data["best"].items() if v)
+    if best:
+        out.print(f"Best: {safe_text(best)}", highlight=False, soft_wrap=True)
+    if result.picked:
+        chosen = result.picked["checkpoint"] or "final"
+        out.print(
+            f"Picked {safe_text(chosen)} by {result.picked['metric']}: `twinlm export` takes it by default.",
+            highlight=False,
+            soft_wrap=True,
+        )
+    out.print(
+        f"Report: {safe_text(result.html)} (numbers: {safe_text(result.json)})",
+        highlight=False,
+        soft_wrap=True,
+    )

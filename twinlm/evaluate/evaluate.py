@@ -1,0 +1,377 @@
+"""`twinlm eval`: the base model against the tuned one, and across the run's checkpoints.
+
+At every point (base, each checkpoint, final): perplexity on the eval split's target tokens. At the
+points `eval.checkpoints` names (all, or base and final): replies in held-out contexts for each trained
+person (style fidelity against what they really wrote) and the held-out document questions; at base and
+the tuned weights only: the probe conversations. The judge, when enabled, grades every point's document
+answers at the end (one confirmation for all of them). Results: reports/eval-RUN.json and .html;
+`pick` writes runs/RUN/picked.json, the checkpoint `twinlm export` takes by default.
+"""
+
+from __future__ import annotations
+
+import gc
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from twinlm.errors import TwinError
+from twinlm.evaluate import documents, style
+from twinlm.evaluate.replies import ASSISTANT, Generate, contexts, eval_samples, in_context, probe
+from twinlm.evaluate.weights import BASE, FINAL, base_folder, device, load, points
+from twinlm.files import write_atomic
+
+PICK_FILE = "picked.json"
+# --pick METRIC: (key in a point's results, True where higher is better)
+PICK_METRICS = {
+    "eval_loss": ("eval_loss", False),
+    "style": ("style_score", True),
+    "doc_f1": ("doc_f1", True),
+    "judge": ("judge", True),
+}
+Progress = Callable[[str, int], Callable[[], None]]  # (what, total) -> tick
+MakeGenerate = Callable[[Any, Any], Generate]  # (model, twin info) -> generate
+
+
+@dataclass
+class EvalResult:
+    run: str
+    html: Path
+    json: Path
+    data: dict[str, Any]
+    picked: dict[str, Any] | None = None
+
+
+def _quiet(_: str, __: int) -> Callable[[], None]:
+    return lambda: None
+
+
+def find_run(root: Path, name: str | None) -> Path:
+    runs = root / "runs"
+    found = sorted(
+        (p.parent for p in runs.glob("*/config.json") if not p.parent.name.startswith(".")),
+        key=lambda p: (p / "config.json").stat().st_mtime,
+    )
+    if name is None:
+        if not found:
+            raise TwinError(f"{runs}: no trained run to evaluate; train one first with `twinlm train`")
+        return found[-1]
+    if "/" in name or name in (".", "..") or not (runs / name / "config.json").is_file():
+        raise TwinError(f"{runs / name}: no such run (runs: {', '.join(p.name for p in found) or 'none'})")
+    return runs / name
+
+
+def _eval_rows(data_dir: Path) -> list[Any]:
+    from twinlm.train.data import load_split
+
+    rows = load_split(data_dir, "eval")
+    if not rows or not any(r.trained_tokens for r in rows):
+        raise TwinError(
+            f"{data_dir / 'eval.parquet'}: the eval split is empty, so there is nothing held out to "
+            "evaluate on; set build.eval_fraction (e.g. 0.1) in twin.yaml, then build and train again"
+        )
+    return rows
+
+
+def _data_warning(run_dir: Path, data_dir: Path) -> str | None:
+    from twinlm.train.run import check_data
+
+    try:
+        check_data(run_dir, data_dir)
+    except TwinError as err:
+        return f"the dataset changed after this run started: its eval split may hold training data ({err})"
+    return None
+
+
+def _run_info(run_dir: Path, base: Path) -> dict[str, Any]:
+    from datetime import UTC, datetime
+
+    from twinlm.export.provenance import provenance
+    from twinlm.train.run import read_record
+
+    record = read_record(run_dir)
+    info = provenance(run_dir, record, FINAL, base, "run", "float32")
+    info["created"] = datetime.now(UTC).isoformat(timespec="seconds")
+    return info
+
+
+def _friends(samples: list[Any], me: str, wanted: list[str], limit: int) -> list[str]:
+    if wanted:
+        return list(wanted)
+    counts: Counter[str] = Counter()
+    for sample in samples:
+        if sample.kind == "chat":
+            counts.update(t.speaker for t in sample.turns if t.speaker not in (me, ASSISTANT, "user"))
+    return [name for name, _ in counts.most_common(limit)]
+
+
+def _starters(probes: dict[str, list[str]], real: list[str]) -> tuple[str, list[str]]:
+    languages = style.profile(real).languages
+    known = [lang for lang, _ in languages.most_common() if lang != "?" and lang in probes]
+    lang = known[0] if known else ("en" if "en" in probes else next(iter(probes)))
+    return lang, [s for s in probes[lang] if s.strip()]
+
+
+def default_make_generate(
+    info: dict[str, Any], tokenizer: Any, max_new_tokens: int, sampling: Any, extra: list[str]
+) -> MakeGenerate:
+    """Generation through the Use layer: a Twin around the loaded model (the training rendering)."""
+    from twinlm.evaluate.replies import twin_generate
+    from twinlm.serve.backends import TransformersBackend
+    from twinlm.serve.twin import Twin
+
+    personas = {str(k): v for k, v in (info.get("personas") or {}).items()}
+    for name in extra:  # friends the run did not train still get a prompt to speak in
+        personas.setdefault(name, None)
+
+    def make(model: Any, _: Any) -> Generate:
+        twin = Twin(
+            backend=TransformersBackend(model, tokenizer),
+            source=Path("."),
+            personas=personas,
+            me=str(info.get("me") or ""),
+            provenance=info,
+        )
+        return twin_generate(twin, max_new_tokens, sampling)
+
+    return make
+
+
+def evaluate(
+    workspace: Path,
+    run: str | None = None,
+    *,
+    pick: str | None = None,
+    yes: bool = False,
+    progress: Progress | None = None,
+    make_generate: MakeGenerate | None = None,
+    note: Callable[[str], None] | None = None,
+) -> EvalResult:
+    """Evaluate run `run` (default: the latest) of `workspace`; see the module docstring."""
+    from twinlm.evaluate.perplexity import perplexity
+    from twinlm.workspace import open_workspace
+
+    if pick is not None and pick not in PICK_METRICS:
+        raise TwinError(f"--pick {pick}: expected one of {', '.join(PICK_METRICS)}")
+    ws = open_workspace(Path(workspace))
+    settings = ws.config.eval
+    progress = progress or _quiet
+    say = note or (lambda _: None)
+    run_dir = find_run(ws.root, run)
+    data_dir = ws.root / "data"
+    rows = _eval_rows(data_dir)
+    pts = points(run_dir)
+    warnings = [w for w in [_data_warning(run_dir, data_dir)] if w]
+    base = base_folder(run_dir)
+    info = _run_info(run_dir, base)
+    me = str(info.get("me") or "me")
+    samples = eval_samples(data_dir)
+    personas = [p for p in (info.get("personas") or {}) if isinstance(p, str)]
+    places = {p: contexts(samples, p, settings.max_replies) for p in personas}
+    places = {p: found for p, found in places.items() if found}
+    friends = _friends(samples, me, settings.friends, settings.max_friends)
+    questions = documents.load_questions(data_dir)
+    if questions and ASSISTANT not in personas:
+        warnings.append(
+            f"{len(questions)} held-out questions, but the run trained no assistant persona to ask"
+        )
+        questions = []
+    probe_plan = []
+    if me in personas or not personas:
+        lang, starters = _starters(settings.probes, [x["real"] for x in places.get(me, [])])
+        probe_plan.append(
+            {
+                "persona": me,
+                "partner": friends[0] if friends else "someone",
+                "language": lang,
+                "starters": starters,
+            }
+        )
+    for friend in friends:
+        real = [t.text for s in samples for t in s.turns if t.speaker == friend]
+        lang, starters = _starters(settings.probes, real)
+        probe_plan.append({"persona": friend, "partner": me, "language": lang, "starters": starters})
+
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(run_dir / "tokenizer")
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    sampling = getattr(getattr(ws.config, "chat", None), "sampling", None)
+    extra = [p["persona"] for p in probe_plan]
+    make = make_generate or default_make_generate(info, tokenizer, settings.max_new_tokens, sampling, extra)
+    tuned = pts[-1].same_as or pts[-1].label  # final weights equal to a checkpoint: that one
+    where = device()
+    results: dict[str, dict[str, Any]] = {}
+    for point in pts:
+        if point.same_as is not None and point.same_as in results:
+            results[point.label] = {**results[point.same_as], "label": point.label, "same_as": point.same_as}
+            say(f"{point.label}: the same weights as {point.same_as}")
+            continue
+        started = time.monotonic()
+        model = load(base, point, where)
+        ppl = perplexity(model, rows, int(pad_id), progress=progress(f"{point.label}: perplexity", len(rows)))
+        result: dict[str, Any] = {"label": point.label, "step": point.step, **(ppl.to_json() if ppl else {})}
+        generated = settings.checkpoints == "all" or point.label in (BASE, tuned)
+        if generated:
+            generate = make(model, point)
+            result["replies"], result["style"] = {}, {}
+            tick = progress(f"{point.label}: replies", sum(len(v) for v in places.values()))
+            for persona, found in places.items():
+                replies = in_context(generate, found, persona, tick)
+                result["replies"][persona] = replies
+                result["style"][persona] = style.compare([x["real"] for x in found], replies)
+            scores = [s["score"] for s in result["style"].values() if s["score"] is not None]
+            result["style_score"] = round(sum(scores) / len(scores), 4) if scores else None
+            accuracies = [
+                s["indistinguishability"]
+                for s in result["style"].values()
+                if s["indistinguishability"] is not None
+            ]
+            result["indistinguishability"] = (
+                round(sum(accuracies) / len(accuracies), 4) if accuracies else None
+            )
+            if questions:
+                tick = progress(f"{point.label}: documents", len(questions))
+                answers = []
+                for q in questions:
+                    answers.append(generate(ASSISTANT, [("user", q["question"])], None))
+                    tick()
+                scored = documents.score(questions, answers)
+                result["documents"] = scored
+                result["doc_f1"], result["doc_exact_match"] = scored["f1"], scored["exact_match"]
+            if point.label in (BASE, tuned):
+                tick = progress(f"{point.label}: probes", sum(len(p["starters"]) for p in probe_plan))
+                result["probes"] = [
+                    {
+                        **plan,
+                        "transcript": probe(
+                            generate, plan["persona"], plan["partner"], plan["starters"], tick
+                        ),
+                    }
+                    for plan in probe_plan
+                ]
+        result["seconds"] = round(time.monotonic() - started, 1)
+        results[point.label] = result
+        del model
+        gc.collect()
+        say(f"{point.label}: " + _headline(result))
+
+    if settings.judge.enabled and questions:
+        _judge(ws.root, settings.judge, results, yes, progress)
+
+    data = {
+        "twinlm_eval": 1,
+        "run": run_dir.name,
+        "created": info["created"],
+        "base_model": info.get("base_model"),
+        "me": me,
+        "tuned": tuned,
+        "points": [results[p.label] for p in pts],
+        "real": {p: found for p, found in places.items()},
+        "questions": len(questions),
+        "best": best_points(list(results.values())),
+        "warnings": warnings,
+    }
+    from twinlm.train.metrics import read_metrics
+
+    data["train_metrics"] = [
+        {"step": e["step"], "split": e.get("split"), "loss": e.get("loss")} for e in read_metrics(run_dir)
+    ]
+    picked = None
+    if pick is not None:
+        picked = write_pick(run_dir, data, pick)
+        data["picked"] = picked
+    from twinlm.evaluate.report import write_report
+
+    html, json_path = write_report(ws.root / "reports", data)
+    return EvalResult(run_dir.name, html, json_path, data, picked)
+
+
+def _headline(result: dict[str, Any]) -> str:
+    parts = []
+    if "eval_loss" in result:
+        parts.append(f"eval loss {result['eval_loss']:.4f} (perplexity {result['perplexity']:.2f})")
+    if result.get("style_score") is not None:
+        parts.append(f"style {result['style_score']:.3f}")
+    if result.get("doc_f1") is not None:
+        parts.append(f"doc F1 {result['doc_f1']:.3f}")
+    return ", ".join(parts) or "no score"
+
+
+def _judge(
+    root: Path, config: Any, results: dict[str, dict[str, Any]], yes: bool, progress: Progress
+) -> None:
+    from twinlm.privacy import check_endpoint_url, confirm_remote_send
+
+    assert config.base_url
+    check_endpoint_url(config.base_url, config.allow_insecure_http, setting="eval.judge")
+    cache = root / "reports" / documents.JUDGE_CACHE
+    scored = [r for r in results.values() if "documents" in r and "same_as" not in r]
+    todo = [i for r in scored for i in documents.pending(config, r["documents"]["items"], cache)]
+    if todo:
+        chars = sum(len(i["question"]) + len(i["answer"]) + len(i["prediction"]) for i in todo)
+        confirm_remote_send(config.base_url, len(todo), chars, yes=yes, what="answers to grade", to="judge")
+    for r in scored:
+        tick = progress(f"{r['label']}: judge", len(r["documents"]["items"]))
+        r["judge"] = documents.judge(config, r["documents"]["items"], cache, tick=tick)
+    for r in results.values():
+        if "same_as" in r and r["same_as"] in results:
+            r["judge"] = results[r["same_as"]].get("judge")
+
+
+def best_points(points_: list[dict[str, Any]]) -> dict[str, str | None]:
+    """Per metric, the label of the best trained point (the base model is the yardstick, not a choice)."""
+    best: dict[str, str | None] = {}
+    trained = [p for p in points_ if p["label"] != BASE and "same_as" not in p]
+    for metric, (key, higher) in PICK_METRICS.items():
+        scored = [p for p in trained if isinstance(p.get(key), (int, float))]
+        if not scored:
+            best[metric] = None
+            continue
+        # Ties go to the later point (more training at the same score).
+        chosen = max(scored, key=lambda p: (p[key] if higher else -p[key], p["step"]))
+        best[metric] = chosen["label"]
+    return best
+
+
+def write_pick(run_dir: Path, data: dict[str, Any], metric: str) -> dict[str, Any]:
+    """runs/RUN/picked.json: the best point by `metric`, in the form `twinlm export` reads."""
+    key, _ = PICK_METRICS[metric]
+    label = data["best"].get(metric)
+    if label is None:
+        raise TwinError(
+            f"--pick {metric}: no checkpoint of run {run_dir.name} has a {metric} score "
+            + (
+                "(enable eval.judge)"
+                if metric == "judge"
+                else "(no held-out data for it)"
+                if metric != "eval_loss"
+                else ""
+            )
+        )
+    point = next(p for p in data["points"] if p["label"] == label)
+    picked = {
+        "twinlm_pick": 1,
+        "checkpoint": None if label == FINAL else label,
+        "step": point["step"],
+        "metric": metric,
+        "value": point[key],
+        "picked": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    write_atomic(run_dir / PICK_FILE, orjson.dumps(picked, option=orjson.OPT_INDENT_2).decode() + "\n")
+    return picked
+
+
+def read_pick(run_dir: Path) -> str | None:
+    """The checkpoint `twinlm eval --pick` chose ("step-N"), None for the final weights or no pick."""
+    try:
+        data = orjson.loads((run_dir / PICK_FILE).read_bytes())
+    except (OSError, orjson.JSONDecodeError):
+        return None
+    value = data.get("checkpoint") if isinstance(data, dict) else None
+    return value if isinstance(value, str) else None
