@@ -140,7 +140,8 @@ def eval_command(
     if result.picked:
         chosen = result.picked["checkpoint"] or "final"
         out.print(
-            f"Picked {safe_text(chosen)} by {result.picked['metric']}: `twinlm export` takes it by default.",
+            f"Picked {safe_text(chosen)} by {result.picked['metric']} "
+            f"({safe_text(result.html.parent.parent / 'runs' / result.run / 'picked.json')}).",
             highlight=False,
             soft_wrap=True,
         )
