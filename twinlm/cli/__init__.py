@@ -88,7 +88,7 @@ def main(
 
 
 # Registers the commands on `app` (imported last: they use the helpers above).
-from twinlm.cli import chat, corpus, curate, data, export, reexports, serve, train  # noqa: E402, F401
+from twinlm.cli import chat, corpus, curate, data, discord_bot, export, reexports, serve, train  # noqa: E402, F401
 from twinlm.cli import evaluate  # noqa: E402, F401
 
 if _LOADING:

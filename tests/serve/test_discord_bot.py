@@ -1,0 +1,708 @@
+"""`twinlm discord-bot`: the handling of messages, through discord.py's own objects, with no network.
+
+The messages are Discord API payloads (the gateway's MESSAGE_CREATE shape) that discord.py itself turns
+into Message, Member and User objects: a real discord.Client whose ConnectionState holds a guild with
+its channels, and whose HTTP client is replaced by `FakeHTTP`, which records what the bot sends, its
+typing indicators and reactions, and answers history requests from the messages posted so far.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import threading
+from collections.abc import Iterator
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import discord
+import pytest
+from serve_fakes import FAKE_REPLY, FRIEND, ME, FakeBackend, make_fake_twin
+from typer.testing import CliRunner
+
+from twinlm.config import TwinConfig
+from twinlm.identities import Identities
+from twinlm.serve.backends import Sampling
+from twinlm.serve.discord_bot import RATE_LIMITED, TwinBot
+from twinlm.serve.discord_client import TwinClient, intents
+from twinlm.serve.discord_text import (
+    Ask,
+    Help,
+    ListPersonas,
+    RateLimits,
+    SetPersona,
+    match_persona,
+    parse_command,
+    split_message,
+)
+
+BOT_ID = 999
+GUILD = 1
+GENERAL, CLOSED, THREAD = 10, 11, 12  # the allowed channel, one that is not, a thread of the allowed one
+T0 = datetime(2024, 3, 1, 18, 0, tzinfo=UTC)
+
+# Server members: (id, username, global display name, server nickname)
+ALEX = (21, "alexr", "Alex", None)  # me, by the username alias in twin.yaml
+SAM = (22, "sam_l", "Sammy", "Sam the man")  # the friend "Sam", by an alias
+PRIYA = (23, "priya", "Priya P", None)  # nobody in twin.yaml: shown by her display name
+OTHER_BOT = (30, "otherbot", None, None)
+
+CONFIG = {
+    "me": [ME, "alexr"],
+    "people": {FRIEND: ["sam_l"]},
+    "discord": {"channels": [GENERAL], "user_burst": 3, "user_per_minute": 6},
+    "chat": {"sampling": {"max_tokens": 64, "temperature": 0}},
+}
+
+
+def utf16(text: str) -> int:
+    return len(text.encode("utf-16-le")) // 2
+
+
+# ------------------------------------------------------------------------------- a server without network
+
+
+def user_json(member: tuple[int, str, str | None, str | None], *, bot: bool = False) -> dict[str, Any]:
+    uid, username, global_name, _ = member
+    data: dict[str, Any] = {"id": str(uid), "username": username, "discriminator": "0", "avatar": None}
+    data["global_name"] = global_name
+    if bot:
+        data["bot"] = True
+    return data
+
+
+def member_json(member: tuple[int, str, str | None, str | None]) -> dict[str, Any]:
+    return {
+        "nick": member[3],
+        "roles": [],
+        "joined_at": "2024-01-01T00:00:00+00:00",
+        "deaf": False,
+        "mute": False,
+        "flags": 0,
+    }
+
+
+class FakeHTTP:
+    """Discord's REST API as the bot uses it, in memory: messages per channel (history), and the
+    messages, typing indicators and reactions the bot sent."""
+
+    def __init__(self, server: Server) -> None:
+        self.server = server
+        self.sent: list[dict[str, Any]] = []  # payloads of the messages the bot sent
+        self.events: list[tuple[str, Any]] = []  # ("typing", channel) / ("send", content) / ("react", emoji)
+        self.reactions: list[tuple[int, str]] = []
+
+    async def send_message(self, channel_id: int, *, params: Any) -> dict[str, Any]:
+        payload = dict(params.payload)
+        self.sent.append(payload)
+        self.events.append(("send", payload["content"]))
+        bot = (BOT_ID, "twin", None, None)
+        return self.server.payload(bot, payload["content"], channel=int(channel_id), bot=True, seconds=1)
+
+    async def send_typing(self, channel_id: int) -> None:
+        self.events.append(("typing", int(channel_id)))
+
+    async def add_reaction(self, channel_id: int, message_id: int, emoji: str) -> None:
+        self.events.append(("react", emoji))
+        self.reactions.append((int(message_id), emoji))
+
+    async def logs_from(
+        self, channel_id: int, limit: int, before: int | None = None, after: Any = None, around: Any = None
+    ) -> list[dict[str, Any]]:
+        found = [
+            m for m in self.server.posted[int(channel_id)] if before is None or int(m["id"]) < int(before)
+        ]
+        # Fresh copies, as from the network: discord.py takes parts out of the payloads it reads.
+        return copy.deepcopy(sorted(found, key=lambda m: int(m["id"]), reverse=True)[:limit])
+
+
+class Server:
+    """A guild with three channels in a discord.py client's state, the clock of the conversation, and
+    the messages posted in each channel (which the history requests read)."""
+
+    def __init__(self, client: discord.Client) -> None:
+        self.client = client
+        self.state = client._connection
+        self.http = FakeHTTP(self)
+        self.state.http = self.http  # type: ignore[assignment]
+        self.state.user = discord.ClientUser(
+            state=self.state, data=user_json((BOT_ID, "twin", None, None), bot=True)
+        )
+        channel = {"type": 0, "position": 0, "permission_overwrites": [], "guild_id": str(GUILD)}
+        thread = {
+            "id": str(THREAD),
+            "type": 11,
+            "name": "a thread",
+            "parent_id": str(GENERAL),
+            "guild_id": str(GUILD),
+            "owner_id": str(SAM[0]),
+            "message_count": 0,
+            "member_count": 1,
+            "thread_metadata": {
+                "archived": False,
+                "auto_archive_duration": 1440,
+                "archive_timestamp": T0.isoformat(),
+            },
+        }
+        self.guild = self.state._add_guild_from_data(
+            {
+                "id": str(GUILD),
+                "name": "friends",
+                "channels": [
+                    {**channel, "id": str(GENERAL), "name": "general"},
+                    {**channel, "id": str(CLOSED), "name": "closed"},
+                ],
+                "threads": [thread],
+                "roles": [],
+                "members": [],
+            }
+        )
+        self.posted: dict[int, list[dict[str, Any]]] = {GENERAL: [], CLOSED: [], THREAD: []}
+        self.now = T0
+        self.serial = 0
+
+    def payload(
+        self,
+        author: tuple[int, str, str | None, str | None],
+        content: str,
+        *,
+        channel: int = GENERAL,
+        minutes: float = 0,
+        seconds: float = 0,
+        bot: bool = False,
+        mentions: tuple[tuple[int, str, str | None, str | None], ...] = (),
+        kind: int = 0,
+        webhook: bool = False,
+    ) -> dict[str, Any]:
+        """A MESSAGE_CREATE payload posted `minutes` after the previous one (kept for history)."""
+        self.now += timedelta(minutes=minutes, seconds=seconds)
+        self.serial += 1
+        data: dict[str, Any] = {
+            "id": str(discord.utils.time_snowflake(self.now) + self.serial),  # a snowflake holds its time
+            "channel_id": str(channel),
+            "guild_id": str(GUILD),
+            "author": user_json(author, bot=bot),
+            "member": member_json(author),
+            "content": content,
+            "timestamp": self.now.isoformat(),
+            "edited_timestamp": None,
+            "tts": False,
+            "mention_everyone": False,
+            "mentions": [{**user_json(m, bot=m[0] == BOT_ID), "member": member_json(m)} for m in mentions],
+            "mention_roles": [],
+            "attachments": [],
+            "embeds": [],
+            "pinned": False,
+            "type": kind,
+        }
+        if webhook:
+            data["webhook_id"] = "4242"
+        self.posted[channel].append(data)
+        return copy.deepcopy(data)
+
+    def post(
+        self, author: tuple[int, str, str | None, str | None], content: str, **kw: Any
+    ) -> discord.Message:
+        """A message as discord.py makes it from the gateway's payload."""
+        if f"<@{BOT_ID}>" in content or f"<@!{BOT_ID}>" in content:
+            kw.setdefault("mentions", ((BOT_ID, "twin", None, None),))
+        data = self.payload(author, content, **kw)
+        channel, _ = self.state._get_guild_channel(data)
+        return self.state.create_message(channel=channel, data=data)  # type: ignore[arg-type]
+
+    @property
+    def replies(self) -> list[str]:
+        return [p["content"] for p in self.http.sent]
+
+
+def make_bot(twin: Any, config: dict[str, Any] | None = None, **kw: Any) -> TwinBot:
+    return TwinBot(twin, TwinConfig.model_validate(config or CONFIG), **kw)
+
+
+def run(coro: Any) -> Any:
+    return asyncio.run(coro)
+
+
+async def _server(bot: TwinBot) -> tuple[TwinClient, Server]:
+    client = TwinClient(bot)
+    await client._async_setup_hook()  # binds the client to this loop, as login does
+    return client, Server(client)
+
+
+def converse(bot: TwinBot, script: Iterator[Any] | Any) -> Server:
+    """Run `script(server)`, an async function posting messages and awaiting the bot, on a fresh server."""
+
+    async def main() -> Server:
+        client, server = await _server(bot)
+        await script(server, client)
+        return server
+
+    return run(main())
+
+
+async def ask(
+    server: Server, client: discord.Client, author: Any, content: str, **kw: Any
+) -> discord.Message:
+    message = server.post(author, content, **kw)
+    assert client.user is not None
+    await client.bot.on_message(message, client.user)  # type: ignore[attr-defined]
+    return message
+
+
+@pytest.fixture
+def twin(fake_backend: FakeBackend) -> Any:
+    return make_fake_twin(fake_backend)
+
+
+# ------------------------------------------------------------------------------- commands
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        (f"<@{BOT_ID}> as Sam: are we on for sunday?", Ask("Sam", "are we on for sunday?")),
+        (f"<@!{BOT_ID}> as alex rivera:hi\nsecond line", Ask("alex rivera", "hi\nsecond line")),
+        (f"  <@{BOT_ID}>  AS Sam :  x: y", Ask("Sam", "x: y")),
+        (f"<@{BOT_ID}> as Sam:", Ask("Sam", "")),  # Sam speaks next, with nothing new said
+        (f"<@{BOT_ID}> persona Sam", SetPersona("Sam")),
+        (f"<@{BOT_ID}> persona  sam l ", SetPersona("sam l")),
+        (f"<@{BOT_ID}> persona off", SetPersona(None)),
+        (f"<@{BOT_ID}> Persona", ListPersonas()),
+        (f"<@{BOT_ID}> personas", ListPersonas()),
+        (f"<@{BOT_ID}> help", Help()),
+        (f"<@{BOT_ID}>", Help()),
+        (f"<@{BOT_ID}> what do you think?", Ask(None, "what do you think?")),
+        (f"<@{BOT_ID}> help me pick a film", Ask(None, "help me pick a film")),
+        (f"so <@{BOT_ID}> what do you think?", Ask(None, "so what do you think?")),
+        (f"<@{BOT_ID}> as Sam: ask <@{BOT_ID}> later", Ask("Sam", "ask later")),
+        ("<@123> as Sam: hi", None),  # someone else
+        (f"<@{BOT_ID}0> as Sam: hi", None),  # another id that starts with the bot's
+        ("as Sam: hi", None),
+        ("hello everyone", None),
+    ],
+)
+def test_parse_command(content: str, expected: Any) -> None:
+    assert parse_command(content, BOT_ID) == expected
+
+
+def test_a_reply_to_the_bot_is_a_message_to_the_channel_persona() -> None:
+    # A reply pings the bot without writing its mention: discord.py lists it in message.mentions only.
+    assert parse_command("and then?", BOT_ID, mentioned=True) == Ask(None, "and then?")
+    assert parse_command("and then?", BOT_ID) is None
+
+
+def test_persona_names_case_aliases_and_first_names() -> None:
+    personas = [ME, FRIEND, "Sam Lee", "Priya Patel"]
+    ids = Identities(TwinConfig(me=[ME, "alexr"], people={"Priya Patel": ["pp", "priya_p"]}))
+
+    def person_of(alias: str) -> str | None:
+        found = ids.person_of(alias)
+        return ME if found == "me" else found
+
+    assert match_persona("SAM", personas, person_of) == (FRIEND, [])  # an exact name wins over "Sam Lee"
+    assert match_persona("sam lee", personas, person_of) == ("Sam Lee", [])
+    assert match_persona("AlexR", personas, person_of) == (ME, [])  # an alias of me
+    assert match_persona("PRIYA_P", personas, person_of) == ("Priya Patel", [])  # an alias of a person
+    assert match_persona("priya", personas, person_of) == ("Priya Patel", [])  # the one whose name starts so
+    assert match_persona("alex", personas, person_of) == (ME, [])
+    assert match_persona("nobody", personas, person_of) == (None, [])
+    assert match_persona("s", personas, person_of) == (None, [])  # a word must end where the name's does
+    two = ["Sam Lee", "Sam Ortiz"]
+    assert match_persona("sam", two, person_of) == (None, two)
+
+
+# ------------------------------------------------------------------------------- splitting
+
+
+def test_split_exact_limit() -> None:
+    assert split_message("a" * 2000) == ["a" * 2000]
+    assert split_message("a" * 2001) == ["a" * 2000, "a"]
+    assert split_message("") == []
+    assert split_message("  \n ") == []
+    assert split_message("short reply") == ["short reply"]
+
+
+def test_split_prefers_line_breaks_then_spaces() -> None:
+    text = "\n".join(f"line {i} " + "x" * 50 for i in range(100))  # ~5,800 characters
+    chunks = split_message(text)
+    assert len(chunks) == 3
+    assert all(utf16(c) <= 2000 for c in chunks)
+    assert "\n".join(chunks) == text  # cut only at line breaks, each dropped once
+    early = "hi\n" + " ".join(["word"] * 600)  # a line break too early to cut at: spaces are used
+    chunks = split_message(early)
+    assert len(chunks) == 2 and chunks[0].startswith("hi\nword") and utf16(chunks[0]) > 1990
+    words = " ".join(["word"] * 1000)  # 4,999 characters, no line break
+    chunks = split_message(words)
+    assert all(utf16(c) <= 2000 for c in chunks)
+    assert all(set(c.split(" ")) == {"word"} for c in chunks)  # never inside a word
+    assert " ".join(chunks) == words
+
+
+def test_split_long_words_and_small_limits() -> None:
+    assert split_message("y" * 5000) == ["y" * 2000, "y" * 2000, "y" * 1000]
+    assert split_message("ab cd " + "e" * 10, limit=6) == ["ab cd", "eeeeee", "eeee"]
+    assert split_message("ab cd" + "e" * 10, limit=6) == ["ab", "cdeeee", "eeeeee"]
+    # A separator right after a full chunk is a clean cut.
+    assert split_message("a" * 2000 + " " + "b" * 5) == ["a" * 2000, "b" * 5]
+
+
+def test_split_counts_what_discord_counts_and_keeps_characters_whole() -> None:
+    assert split_message("😀" * 1000) == ["😀" * 1000]  # 2,000 UTF-16 units
+    assert split_message("😀" * 1001) == ["😀" * 1000, "😀"]
+    accented = "e\u0301" * 1500  # é as e + a combining accent: 3,000 code points
+    chunks = split_message(accented)
+    assert "".join(chunks) == accented
+    assert all(utf16(c) <= 2000 and not c.startswith("\u0301") for c in chunks)
+    family = "ab" + "👨\u200d👩\u200d👧" * 400  # emoji joined by zero-width joiners (8 units each)
+    chunks = split_message(family)
+    assert "".join(chunks) == family
+    assert all(utf16(c) <= 2000 and c.endswith("👧") for c in chunks)
+    assert all(c.startswith("👨") for c in chunks[1:])
+    flags = "🇫🇷" * 600  # a flag is two regional indicators
+    chunks = split_message(flags)
+    assert "".join(chunks) == flags and all(len(c) % 2 == 0 for c in chunks)
+
+
+def test_split_closes_and_reopens_a_code_block() -> None:
+    code = "\n".join(f"print({i})  # " + "z" * 40 for i in range(80))
+    text = f"Here it is:\n```python\n{code}\n```\nThat's all."
+    chunks = split_message(text)
+    assert len(chunks) >= 2
+    assert all(utf16(c) <= 2000 for c in chunks)
+    for chunk in chunks:
+        assert sum(line.startswith("```") for line in chunk.split("\n")) % 2 == 0  # each block closed
+    assert all(c.startswith("```python\n") for c in chunks[1:])
+    kept = [line for c in chunks for line in c.split("\n") if line.startswith("print(")]
+    assert kept == code.split("\n")  # every line of code once, in order
+    assert chunks[-1].endswith("```\nThat's all.")
+
+
+# ------------------------------------------------------------------------------- rate limits
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_token_buckets_per_user_and_per_channel() -> None:
+    clock = Clock()
+    limits = RateLimits(user=(2, 6), channel=(3, 60), clock=clock)  # 2 in a row, then one per 10 s
+    assert limits.take(1, 10) == 0
+    assert limits.take(1, 10) == 0
+    assert limits.take(1, 10) == pytest.approx(10)  # user 1 must wait
+    assert limits.take(2, 10) == 0  # another user may still talk: the channel has room for one more
+    assert limits.take(3, 10) == pytest.approx(1)  # the channel's 3 are used up (one a second back)
+    clock.now += 1
+    assert limits.take(3, 10) == 0
+    assert limits.take(3, 11) == 0  # another channel is not limited by this one
+    clock.now += 8
+    assert limits.take(1, 10) == pytest.approx(1)  # 9 s: not yet
+    clock.now += 1
+    assert limits.take(1, 10) == 0
+    clock.now += 3600
+    assert [limits.take(1, 12) for _ in range(3)] == [0, 0, pytest.approx(10)]  # refills to its burst only
+
+
+def test_a_refused_message_uses_up_nothing() -> None:
+    clock = Clock()
+    limits = RateLimits(user=(1, 60), channel=(1, 6), clock=clock)
+    assert limits.take(1, 10) == 0
+    clock.now += 1  # the user's bucket is full again, the channel's is not
+    assert limits.take(1, 10) > 0
+    assert limits.take(1, 11) == 0  # the refusal in channel 10 took nothing from user 1
+
+
+def test_rate_limited_messages_get_a_reaction_and_no_reply(twin: Any) -> None:
+    clock = Clock()
+    bot = make_bot(twin, clock=clock)
+
+    async def script(server: Server, client: TwinClient) -> None:
+        for _ in range(4):  # a burst of 3, then the fourth is refused
+            await ask(server, client, SAM, f"<@{BOT_ID}> as Alex: hey")
+        clock.now += 10  # one reply per 10 s (6 a minute)
+        await ask(server, client, SAM, f"<@{BOT_ID}> as Alex: hey again")
+
+    server = converse(bot, script)
+    assert server.replies == [FAKE_REPLY] * 4
+    assert [e for e in server.http.events if e[0] == "react"] == [("react", RATE_LIMITED)]
+
+
+# ------------------------------------------------------------------------------- who is answered
+
+
+def test_bots_itself_webhooks_system_messages_and_other_channels_are_ignored(
+    twin: Any, fake_backend: Any
+) -> None:
+    bot = make_bot(twin)
+
+    async def script(server: Server, client: TwinClient) -> None:
+        await ask(server, client, OTHER_BOT, f"<@{BOT_ID}> as Sam: hi", bot=True)
+        await ask(server, client, (BOT_ID, "twin", None, None), f"<@{BOT_ID}> as Sam: hi")  # itself
+        await ask(server, client, SAM, f"<@{BOT_ID}> as Sam: hi", webhook=True)
+        await ask(server, client, SAM, f"<@{BOT_ID}> as Sam: hi", kind=7)  # a "member joined" notice
+        await ask(server, client, SAM, f"<@{BOT_ID}> as Sam: hi", channel=CLOSED)
+        await ask(server, client, SAM, "as Sam: hi")  # not addressed to the bot
+
+    server = converse(bot, script)
+    assert server.http.events == []
+    assert fake_backend.prompts == []
+
+
+def test_allowed_channels_and_their_threads(twin: Any) -> None:
+    bot = make_bot(twin, extra_channels=[CLOSED])
+
+    async def script(server: Server, client: TwinClient) -> None:
+        await ask(server, client, SAM, f"<@{BOT_ID}> as Alex: in the thread", channel=THREAD)
+        await ask(server, client, SAM, f"<@{BOT_ID}> as Alex: in the closed one", channel=CLOSED)
+
+    server = converse(bot, script)
+    assert server.replies == [FAKE_REPLY, FAKE_REPLY]
+    assert [e for e in server.http.events if e[0] == "typing"] == [("typing", THREAD), ("typing", CLOSED)]
+
+
+def test_the_discord_objects_are_read_as_the_bot_expects(twin: Any) -> None:
+    async def main() -> None:
+        client, server = await _server(make_bot(twin))
+        message = server.post(
+            SAM, f"<@!{BOT_ID}> as Alex: hi <@{PRIYA[0]}>", mentions=((BOT_ID, "twin", None, None), PRIYA)
+        )
+        assert isinstance(message.author, discord.Member) and isinstance(message.channel, discord.TextChannel)
+        assert message.author.display_name == "Sam the man"  # the server nickname
+        assert [u.id for u in message.mentions] == [BOT_ID, PRIYA[0]]
+        assert client.bot.command_of(message, BOT_ID) == Ask("Alex", f"hi <@{PRIYA[0]}>")
+        thread = server.post(SAM, "x", channel=THREAD).channel
+        assert isinstance(thread, discord.Thread) and client.bot.allowed(thread)
+
+    run(main())
+
+
+# ------------------------------------------------------------------------------- personas
+
+
+def test_channel_persona_commands(twin: Any, fake_backend: FakeBackend) -> None:
+    roomy = {"channels": [GENERAL], "user_burst": 10, "channel_burst": 10}
+    bot = make_bot(twin, {**CONFIG, "discord": roomy})
+
+    async def script(server: Server, client: TwinClient) -> None:
+        await ask(server, client, ALEX, f"<@{BOT_ID}> what's up?")  # no persona yet
+        await ask(server, client, ALEX, f"<@{BOT_ID}> persona SAM")
+        await ask(server, client, ALEX, f"<@{BOT_ID}> personas")
+        await ask(server, client, ALEX, f"<@{BOT_ID}> what's up?")  # answered as Sam
+        await ask(server, client, ALEX, f"<@{BOT_ID}> persona nobody")
+        await ask(server, client, ALEX, f"<@{BOT_ID}> persona off")
+        await ask(server, client, ALEX, f"<@{BOT_ID}> what's up?")
+        await ask(server, client, ALEX, f"<@{BOT_ID}> help")
+
+    server = converse(bot, script)
+    replies = server.replies
+    assert replies[0].startswith("Who should answer?") and f"{ME}, {FRIEND}" in replies[0]
+    assert replies[1] == f"In this channel I now answer as the AI version of {FRIEND}."
+    assert replies[2] == f"I can be: {ME}, {FRIEND}. In this channel I am {FRIEND}."
+    assert replies[3] == FAKE_REPLY
+    assert replies[4] == f"I cannot be 'nobody'. I can be: {ME}, {FRIEND}."
+    assert replies[5].startswith("No persona in this channel now")
+    assert replies[6].startswith("Who should answer?")
+    assert "@twin as NAME: message" in replies[7]
+    assert len(fake_backend.prompts) == 1  # only the one question was given to the model
+    assert bot.sent == {int(p["id"]): FRIEND for p in server.posted[GENERAL] if p["content"] == FAKE_REPLY}
+
+
+def test_a_single_persona_needs_no_choice(fake_backend: FakeBackend) -> None:
+    twin = make_fake_twin(fake_backend)
+    twin.personas = {ME: twin.personas[ME]}
+    bot = make_bot(twin)
+
+    async def script(server: Server, client: TwinClient) -> None:
+        await ask(server, client, SAM, f"<@{BOT_ID}> hi")
+
+    assert converse(bot, script).replies == [FAKE_REPLY]
+
+
+# ------------------------------------------------------------------------------- context
+
+
+def test_context_is_the_last_session_named_cleaned_and_merged_as_in_training(
+    twin: Any, fake_backend: FakeBackend
+) -> None:
+    # An account the corpus knows is named as the build named it: Priya's Discord id was "Priya" there.
+    ids = Identities(
+        TwinConfig.model_validate(CONFIG), names={("discord", str(PRIYA[0])): ("Priya from the export",)}
+    )
+    bot = make_bot(twin, identities=ids)
+
+    async def script(server: Server, client: TwinClient) -> None:
+        server.post(SAM, "an old session, long ago")
+        server.post(PRIYA, "who's coming tonight?", minutes=60)  # a pause over 10 minutes: a new session
+        server.post(PRIYA, "lol")  # a non-reply, dropped by build.clean
+        server.post(PRIYA, f"<@{SAM[0]}> you?", mentions=(SAM,))  # the mention as the name, as exported
+        server.post(OTHER_BOT, "I am a bot", bot=True)  # bots were never in training
+        server.post(ALEX, f"<@{BOT_ID}> persona Sam")  # a command is not conversation
+        server.post(ALEX, "me for sure", minutes=2)
+        server.post(ALEX, "bringing snacks")
+        await ask(server, client, PRIYA, f"<@{BOT_ID}> as Sam: and you, Sam?")
+        await ask(server, client, ALEX, f"<@{BOT_ID}> as Sam: so?")
+
+    server = converse(bot, script)
+    assert server.replies == [FAKE_REPLY, FAKE_REPLY]
+    first = [
+        ("Priya from the export", "who's coming tonight?\nSam the man you?"),
+        (ME, "me for sure\nbringing snacks"),
+        ("Priya from the export", "and you, Sam?"),
+    ]
+    second = [*first, (FRIEND, FAKE_REPLY), (ME, "so?")]  # the bot's reply is Sam's turn
+    max_tokens = bot.settings.sampling.max_tokens
+    assert fake_backend.prompts == [
+        twin.prompt(FRIEND, first, max_new_tokens=max_tokens),
+        twin.prompt(FRIEND, second, max_new_tokens=max_tokens),
+    ]
+    text = fake_backend.tokenizer.decode(fake_backend.prompts[1])
+    assert "an old session" not in text and "I am a bot" not in text and "persona" not in text
+    assert text.index("who's coming") < text.index("me for sure") < text.index("so?")
+
+
+def test_context_limit_and_unknown_bot_messages(twin: Any, fake_backend: FakeBackend) -> None:
+    config = {**CONFIG, "discord": {"channels": [GENERAL], "context_messages": 3}}
+    bot = make_bot(twin, config)
+
+    async def script(server: Server, client: TwinClient) -> None:
+        for i in range(6):
+            server.post(SAM if i % 2 else PRIYA, f"message {i}")
+        server.post((BOT_ID, "twin", None, None), "a reply from before a restart", bot=True)
+        message = server.post(ALEX, f"<@{BOT_ID}> as Sam: well?")
+        history = await bot.history(message)
+        assert [m.content for m in history] == ["message 4", "message 5", "a reply from before a restart"]
+        assert bot.turns(history, message, Ask("Sam", "well?"), BOT_ID) == [
+            ("Priya P", "message 4"),
+            (FRIEND, "message 5"),
+            (ME, "well?"),
+        ]
+
+    converse(bot, script)
+
+
+# ------------------------------------------------------------------------------- the whole path
+
+
+def test_gateway_message_to_reply(twin: Any, fake_backend: FakeBackend) -> None:
+    """A MESSAGE_CREATE from the gateway, dispatched by discord.py to the client's on_message, generates
+    in a worker thread under a typing indicator and replies (first part as a reply, no pings)."""
+    threads: list[threading.Thread] = []
+    real_generate = fake_backend.generate
+
+    def generate(*args: Any, **kw: Any) -> Any:
+        threads.append(threading.current_thread())
+        return real_generate(*args, **kw)
+
+    fake_backend.generate = generate  # type: ignore[method-assign]
+    fake_backend.reply = ("word " * 450).strip() + " @everyone"  # ~2,260 characters: two messages
+    fake_backend.context_length = 4096
+    bot = make_bot(twin, {**CONFIG, "chat": {"sampling": {"max_tokens": 2048}}})
+
+    async def main() -> Server:
+        _, server = await _server(bot)
+        data = server.payload(
+            SAM, f"<@{BOT_ID}> as Alex: tell me everything", mentions=((BOT_ID, "twin", None, None),)
+        )
+        server.state.parse_message_create(data)  # the gateway's event, as discord.py handles it
+        for task in [t for t in asyncio.all_tasks() if t.get_name() == "discord.py: on_message"]:
+            await task
+        return server
+
+    server = run(main())
+    kinds = [kind for kind, _ in server.http.events]
+    assert kinds[0] == "typing" and kinds.count("send") == 2 and kinds.index("send") > 0
+    first, second = server.http.sent
+    assert (first["content"] + " " + second["content"]).split() == fake_backend.reply.split()
+    assert all(utf16(p["content"]) <= 2000 for p in server.http.sent)
+    assert first["message_reference"]["message_id"] == int(server.posted[GENERAL][0]["id"])
+    assert "message_reference" not in second
+    assert all(p["allowed_mentions"] == {"parse": [], "replied_user": False} for p in server.http.sent)
+    assert threads and threading.main_thread() not in threads  # generation left the event loop's thread
+    assert sorted(bot.sent.values()) == [ME, ME]  # both parts are Alex's turn in later context
+
+
+def test_generation_errors_are_one_line_replies(twin: Any) -> None:
+    twin.backend.context_length = 512
+    config = {**CONFIG, "chat": {"sampling": {"max_tokens": 600}}}  # more than the whole context
+    bot = make_bot(twin, config)
+
+    async def script(server: Server, client: TwinClient) -> None:
+        await ask(server, client, SAM, f"<@{BOT_ID}> as Alex: hi")
+
+    (reply,) = converse(bot, script).replies
+    assert reply.startswith("(no reply: max_tokens 600 leaves no room") and "\n" not in reply
+
+
+def test_client_wiring() -> None:
+    wanted = intents()
+    assert wanted.message_content and wanted.guild_messages and wanted.guilds
+    assert not wanted.members and not wanted.presences  # privileged intents the bot does not need
+
+
+# ------------------------------------------------------------------------------- the command line
+
+
+def test_cli_token_only_from_the_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, twin: Any
+) -> None:
+    from twinlm.cli import app
+    from twinlm.workspace import init_workspace
+
+    init_workspace(tmp_path, TwinConfig.model_validate({"me": [ME], "discord": {"channels": [GENERAL]}}))
+    runner = CliRunner()
+    monkeypatch.delenv("DISCORD_BOT_TOKEN", raising=False)
+    result = runner.invoke(app, ["discord-bot", "-w", str(tmp_path)])
+    assert result.exit_code == 1
+    assert "DISCORD_BOT_TOKEN is not set" in result.output and "Traceback" not in result.output
+
+    started: list[tuple[TwinBot, str]] = []
+    monkeypatch.setattr("twinlm.serve.twin.open_twin", lambda *a, **kw: twin)
+    monkeypatch.setattr(
+        "twinlm.serve.discord_client.run_bot", lambda bot, token: started.append((bot, token))
+    )
+    monkeypatch.setenv("DISCORD_BOT_TOKEN", "  secret-token\n")
+    result = runner.invoke(app, ["discord-bot", "-w", str(tmp_path), "--channel", str(CLOSED)])
+    assert result.exit_code == 0, result.output
+    ((bot, token),) = started
+    assert token == "secret-token"
+    assert bot.settings.channels == {GENERAL, CLOSED}
+    assert "secret-token" not in result.output
+
+    init_workspace(tmp_path / "none", TwinConfig())
+    result = runner.invoke(app, ["discord-bot", "-w", str(tmp_path / "none")])
+    assert result.exit_code == 1 and "no channel to answer in" in result.output
+
+
+# ------------------------------------------------------------------------------- a real tiny twin
+
+
+def test_real_tiny_twin_replies_in_discord(served_workspace: Path) -> None:
+    from twinlm.cli.discord_bot import make_bot as make_real_bot
+
+    bot = make_real_bot(served_workspace, None, "transformers", [GENERAL])
+    bot.settings = replace(bot.settings, sampling=Sampling(max_tokens=12, temperature=0))
+    prompts: list[list[int]] = []
+    real_generate = bot.twin.backend.generate
+
+    def generate(ids: list[int], *args: Any, **kw: Any) -> Any:
+        prompts.append(list(ids))
+        return real_generate(ids, *args, **kw)
+
+    bot.twin.backend.generate = generate  # type: ignore[method-assign]
+
+    sam = (24, "samsam", None, "Sam")  # shown as "Sam", the name the corpus has (a WhatsApp contact)
+
+    async def script(server: Server, client: TwinClient) -> None:
+        server.post(sam, "Did you eat dinner today?")
+        await ask(server, client, sam, f"<@{BOT_ID}> as alex: and?")  # "Alex Rivera", by its first word
+
+    server = converse(bot, script)
+    turns = [(FRIEND, "Did you eat dinner today?\nand?")]  # one speaker's messages merged into one turn
+    assert prompts == [bot.twin.prompt(ME, turns, max_new_tokens=12)]
+    assert len(server.replies) + len(server.http.reactions) == 1  # a reply, or the empty-reply reaction
