@@ -181,6 +181,20 @@ def _print_view(view: ConversationView) -> None:
         f"{sum(t.trained for s in samples for t in s.turns):,} trained turns "
         "([green]▶ trained[/], [dim]context[/], [red]✗ excluded[/], [yellow]dropped by a rule[/])"
     )
+    rules: dict[str, int] = {}
+    for part in view.parts:
+        for m in part.messages:
+            for rule, n in m.rules.items():
+                rules[rule] = rules.get(rule, 0) + n
+        for sample in part.samples:
+            for rule, n in sample.rules.items():
+                if rule.startswith("session"):
+                    rules[rule] = rules.get(rule, 0) + n
+    if rules:
+        what = ", ".join(
+            f"{safe_text(rule)} ×{n:,}" for rule, n in sorted(rules.items(), key=lambda kv: -kv[1])
+        )
+        out.print(f"What the rules did: {what}", highlight=False, soft_wrap=True)
     for part in view.parts:
         out.print(f"\n[bold]── session {part.index}[/]" + (" [red](excluded)[/]" if part.excluded else ""))
         for m in part.messages:

@@ -159,6 +159,12 @@ function renderSession(s) {
     el("span", "meta", `${s.messages.length} messages · ${kept.length} samples · ${trained} trained turns`));
   bar.append(button(s.excluded ? "Include session" : "Exclude session", "x",
     () => change("exclude", { conversation: state.conv.id, session: s.index, include: s.excluded })));
+  for (const sample of s.samples) {
+    if (!sample.kept) {
+      const why = Object.keys(sample.rules).filter((r) => r.startsWith("session")).join(", ");
+      bar.append(el("span", "rules", "no sample: " + (why || "no trained turn after the first")));
+    }
+  }
   bar.addEventListener("click", () => { state.current = s.index; markCurrent(true); });
   box.append(bar);
   for (const m of s.messages) box.append(renderMessage(m));
