@@ -40,12 +40,17 @@ def discord_bot_command(
         list[int] | None,
         typer.Option(
             "--channel",
+            metavar="ID",
             help="A channel id the bot answers in (repeat for more; added to discord.channels of twin.yaml).",
             show_default=False,
         ),
     ] = None,
     backend: Annotated[
-        str, typer.Option(help="Run the model with transformers, llama.cpp (a GGUF), or auto.")
+        str,
+        typer.Option(
+            help="auto (a GGUF through llama.cpp where there is one, else transformers), transformers or "
+            "llama.cpp."
+        ),
     ] = "auto",
 ) -> None:
     """Answer in Discord as the AI versions of the people the twin learnt: `@bot as NAME: message`, or
