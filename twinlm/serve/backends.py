@@ -17,10 +17,13 @@ several backend objects or queue.
 from __future__ import annotations
 
 import inspect
+import logging
 import os
 import random
 import threading
+import warnings
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol
@@ -209,11 +212,15 @@ class Backend(Protocol):
 
 def end_of_turn_ids(tokenizer: Any) -> frozenset[int]:
     """The ids that end a reply: the token the template closes a trained turn with (found from the
-    rendering's labels, as training learned it), and the tokenizer's EOS."""
-    from twinlm.prepare.render import IGNORE_INDEX, render
+    rendering's labels, as training learned it), the tokenizer's EOS, and every other special token.
+
+    A reply's text never holds a special token (the rendering makes special-token text in messages
+    plain), so one in the output is the template's own: "<|im_start|>" or "<|start_header_id|>" begin
+    the next turn (the model going on as someone else); decoding would drop it silently anyway."""
+    from twinlm.prepare.render import IGNORE_INDEX, inspect_template, render
     from twinlm.prepare.sample import Sample, Turn
 
-    ids: set[int] = set()
+    ids = set(inspect_template(tokenizer).special_ids)  # control tokens (not <unk>: text can become it)
     if tokenizer.eos_token_id is not None:
         ids.add(int(tokenizer.eos_token_id))
     for kind, speakers in (("assistant", ("user", "assistant")), ("chat", ("Sam", "Alex"))):
@@ -223,19 +230,12 @@ def end_of_turn_ids(tokenizer: Any) -> frozenset[int]:
         try:
             rendered = render(sample, tokenizer, 1 << 16)
         except Exception:
-            continue
+            continue  # a template that cannot render this kind: the other one says it
         for r in rendered:
             labels = [x for x in r.labels if x != IGNORE_INDEX]
-            if labels and labels[-1] in _special_ids(tokenizer):
+            if labels:
                 ids.add(int(labels[-1]))
     return frozenset(ids)
-
-
-def _special_ids(tokenizer: Any) -> set[int]:
-    special = set(tokenizer.all_special_ids)
-    added = getattr(tokenizer, "added_tokens_decoder", {}) or {}
-    special.update(int(i) for i, tok in added.items() if getattr(tok, "special", False))
-    return special
 
 
 def _load_tokenizer(folder: Path) -> Any:
@@ -353,6 +353,23 @@ def _torch_device(device: str | None) -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+@contextmanager
+def _quiet_peft() -> Iterator[None]:
+    """peft imports bitsandbytes, which looks for hub kernels (offline: two warning lines) and
+    transformers warns about a deprecated name on the way; none of it concerns a chat."""
+    loggers = [logging.getLogger(name) for name in ("kernels", "bitsandbytes")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            yield
+    finally:
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.setLevel(level)
+
+
 def open_transformers(
     path: Path,
     *,
@@ -364,9 +381,9 @@ def open_transformers(
     """A merged model folder (or a base model folder with `adapter`, a run's final/ or checkpoint)."""
     import torch
     from transformers import AutoModelForCausalLM
-    from transformers.utils import logging
+    from transformers.utils import logging as hf_logging
 
-    logging.disable_progress_bar()
+    hf_logging.disable_progress_bar()
     where = _torch_device(device)
     dtype = torch.float32 if where == "cpu" else "auto"  # CPU: f32 (bf16 matmuls are slow there)
     try:
@@ -374,12 +391,13 @@ def open_transformers(
     except (OSError, ValueError) as err:
         raise TwinError(f"{path}: cannot load the model ({err})") from None
     if adapter is not None:
-        from peft import PeftModel
+        with _quiet_peft():
+            from peft import PeftModel
 
-        try:
-            model = PeftModel.from_pretrained(model, adapter).merge_and_unload()
-        except (OSError, ValueError) as err:
-            raise TwinError(f"{adapter}: cannot load the adapter ({err})") from None
+            try:
+                model = PeftModel.from_pretrained(model, adapter).merge_and_unload()
+            except (OSError, ValueError) as err:
+                raise TwinError(f"{adapter}: cannot load the adapter ({err})") from None
     model.to(where)
     model.eval()
     tokenizer = _load_tokenizer(tokenizer_dir or path)
