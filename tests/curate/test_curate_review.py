@@ -207,3 +207,32 @@ def test_review_api_guards(workspace: Path) -> None:
     assert rows(workspace, "SELECT count(*) FROM changes") == [(0,)]
     page = client.get("/review")
     assert "script-src 'self'" in page.headers["content-security-policy"]
+
+
+def test_live_count_follows_changes_before_and_after_a_build(workspace: Path) -> None:
+    import json
+
+    from twinlm.prepare.build import build
+    from twinlm.workspace import open_workspace
+
+    client = TestClient(review_app(workspace), base_url="http://127.0.0.1")
+    conv = conversation(workspace)
+    before = client.get("/review/api/totals").json()
+    assert before["samples"] > 2 and "no build yet" in before["label"]
+    client.post("/review/api/exclude", json={"conversation": conv, "session": 1})
+    assert client.get("/review/api/totals").json()["samples"] == before["samples"] - 1
+    client.post("/review/api/undo", json={})
+    assert client.get("/review/api/totals").json() == before
+
+    ws = open_workspace(workspace)
+    with Corpus(ws.corpus_path) as corpus:
+        build(ws.config, corpus, workspace / "data")
+    report = json.loads((workspace / "data" / "build.json").read_text())
+    built = client.get("/review/api/totals").json()
+    assert built["samples"] == sum(report["samples"].values())
+    assert built["trained_tokens"] == sum(report["trained_tokens"].values())
+    client.post("/review/api/exclude", json={"conversation": conv})
+    after = client.get("/review/api/totals").json()
+    assert after["samples"] == built["samples"] - 2 and after["trained_tokens"] < built["trained_tokens"]
+    client.post("/review/api/undo", json={})
+    assert client.get("/review/api/totals").json()["samples"] == built["samples"]

@@ -14,6 +14,7 @@ corpus text into the page only as text (textContent), never as markup.
 
 from __future__ import annotations
 
+import hashlib
 import threading
 from dataclasses import dataclass, field
 from importlib import resources
@@ -47,7 +48,7 @@ _HEADERS = {
 }
 _LOCAL_HOSTS = {"127.0.0.1", "localhost", "[::1]"}
 MAX_PAGE = 200
-SMALL_CORPUS = 200_000  # messages: without a build, the live count is computed over the whole corpus
+SMALL_CORPUS = 20_000  # messages: without a build, the live count is computed over the whole corpus
 LIVE_LIMIT = 20_000  # messages: a longer conversation changed since the build keeps its last build's count
 
 
@@ -69,9 +70,9 @@ class _State:
     root: Path
     lock: threading.Lock = field(default_factory=threading.Lock)
     identities: tuple[Any, Identities] | None = None
-    built: tuple[float, dict[str, dict[str, int]], float] | None = (
-        None  # mtime, per conversation, tokens/char
-    )
+    built: tuple[float, dict[str, dict[str, int]], float] | None = None  # mtime, per chat, tokens/char
+    counted: dict[int, tuple[str, int, int]] = field(default_factory=dict)  # row -> stamp, samples, chars
+    touched: dict[str, tuple[int, set[str]]] = field(default_factory=dict)  # change uid -> its chats
 
     def open(self) -> tuple[Any, Corpus]:
         ws = open_workspace(self.root)
@@ -325,20 +326,19 @@ def _changed(change: log.Change | None) -> Any:
 
 def _totals(state: _State, ws: Any, corpus: Corpus) -> dict[str, Any]:
     """The last build's samples and trained tokens per conversation, with each conversation changed since
-    recomputed through the build's steps (tokens estimated from characters at the last build's ratio)."""
+    recomputed through the build's steps (tokens estimated from characters at the last build's ratio).
+    A conversation is recomputed only when its own state changed since it was last counted."""
     built = state.last_build()
-    viewer = state.viewer(ws, corpus)
     if built is None:
         messages = corpus.db.execute("SELECT max(id) FROM messages").fetchone()[0] or 0
         if messages > SMALL_CORPUS:
             return {"samples": None, "trained_tokens": None, "label": "run `twinlm build` for the counts"}
-        ids = [r[0] for r in corpus.db.execute("SELECT id FROM conversations WHERE NOT excluded")]
+        ids = [r[0] for r in corpus.db.execute("SELECT id FROM conversations")]
         per: dict[str, dict[str, int]] = {}
         ratio, changed_keys = 0.25, set()
     else:
         mtime, per, ratio = built
-        since = _iso(mtime)
-        changed_keys = _changed_since(corpus, since)
+        changed_keys = _changed_since(state, corpus, _iso(mtime))
         ids = [
             r[0]
             for r in corpus.db.execute("SELECT id, source, native_id FROM conversations")
@@ -346,23 +346,22 @@ def _totals(state: _State, ws: Any, corpus: Corpus) -> dict[str, Any]:
         ]
     samples = sum(v["samples"] for k, v in per.items() if k not in changed_keys)
     chars = sum(v["trained_chars"] for k, v in per.items() if k not in changed_keys)
+    viewers: list[Viewer] = []  # made on first need
+
+    def viewer() -> Viewer:
+        if not viewers:
+            viewers.append(state.viewer(ws, corpus))
+        return viewers[0]
+
+    settings = hashlib.sha256(ws.config.model_dump_json().encode()).hexdigest()
     for row_id in ids:
-        source, native_id, excluded = corpus.db.execute(
-            "SELECT source, native_id, excluded FROM conversations WHERE id = ?", (row_id,)
-        ).fetchone()
-        if excluded:
-            continue
-        size = corpus.db.execute(
-            "SELECT count(*) FROM messages WHERE conversation + 0 = ?", (row_id,)
-        ).fetchone()[0]
-        if size > LIVE_LIMIT:  # too long to clean on every change: counted as at the last build
-            old = per.get(f"{source}:{native_id}", {"samples": 0, "trained_chars": 0})
-            samples += old["samples"]
-            chars += old["trained_chars"]
-            continue
-        made = viewer.conversation(row_id).samples()
-        samples += len(made)
-        chars += sum(s.trained_chars for s in made)
+        stamp = _stamp(corpus, row_id, settings)
+        cached = state.counted.get(row_id)
+        if cached is None or cached[0] != stamp:
+            counted = _count(corpus, row_id, per, viewer)
+            state.counted[row_id] = cached = (stamp, *counted)
+        samples += cached[1]
+        chars += cached[2]
     label = (
         "estimate: the last build, with the conversations changed since recomputed (up to "
         f"{LIVE_LIMIT:,} messages each)"
@@ -372,23 +371,64 @@ def _totals(state: _State, ws: Any, corpus: Corpus) -> dict[str, Any]:
     return {"samples": samples, "trained_tokens": round(chars * ratio), "label": label}
 
 
-def _changed_since(corpus: Corpus, since: str) -> set[str]:
-    """Conversations (source:native id) that a change made or undone after `since` touched."""
+def _stamp(corpus: Corpus, row_id: int, settings: str) -> str:
+    """What a conversation's count depends on: its exclusion, its messages, the user's choices in it
+    (read through the curation indexes: cheap), and the settings."""
+    head = corpus.db.execute(
+        "SELECT excluded, (SELECT count(*) FROM messages WHERE conversation + 0 = ?), "
+        "(SELECT max(id) FROM messages WHERE conversation + 0 = ?) FROM conversations WHERE id = ?",
+        (row_id, row_id, row_id),
+    ).fetchone()
+    choices = hashlib.sha256()
+    for mid, excluded, user_text in corpus.db.execute(
+        "SELECT id, excluded, user_text FROM messages WHERE conversation + 0 = ? "
+        "AND (excluded OR user_text IS NOT NULL)",
+        (row_id,),
+    ):
+        choices.update(orjson.dumps([mid, excluded, user_text]))
+    return f"{head}|{choices.hexdigest()}|{settings}"
+
+
+def _count(corpus: Corpus, row_id: int, per: dict[str, dict[str, int]], viewer: Any) -> tuple[int, int]:
+    """(samples, trained characters) the next build makes of one conversation."""
+    source, native_id, excluded = corpus.db.execute(
+        "SELECT source, native_id, excluded FROM conversations WHERE id = ?", (row_id,)
+    ).fetchone()
+    if excluded:
+        return 0, 0
+    size = corpus.db.execute(
+        "SELECT count(*) FROM messages WHERE conversation + 0 = ?", (row_id,)
+    ).fetchone()[0]
+    if size > LIVE_LIMIT:  # too long to clean on every change: counted as at the last build
+        old = per.get(f"{source}:{native_id}", {"samples": 0, "trained_chars": 0})
+        return old["samples"], old["trained_chars"]
+    made = viewer().conversation(row_id).samples()
+    return len(made), sum(s.trained_chars for s in made)
+
+
+def _changed_since(state: _State, corpus: Corpus, since: str) -> set[str]:
+    """Conversations (source:native id) that a change made or undone after `since` touched (the keys each
+    change touched are looked up once)."""
     keys: set[str] = set()
     for change in log.log(corpus):
         if change.at < since and (change.undone_at is None or change.undone_at < since):
             continue
-        for target, source, native_id, _, _ in change.items:
-            if target == "conversation":
-                keys.add(f"{source}:{native_id}")
-            else:
+        touched = state.touched.get(change.uid)
+        if touched is None or len(change.items) != touched[0]:
+            found = set()
+            for target, source, native_id, _, _ in change.items:
+                if target == "conversation":
+                    found.add(f"{source}:{native_id}")
+                    continue
                 row = corpus.db.execute(
                     "SELECT c.native_id FROM messages AS m JOIN conversations AS c ON c.id = m.conversation "
                     "WHERE m.source = ? AND m.native_id = ?",
                     (source, native_id),
                 ).fetchone()
                 if row:
-                    keys.add(f"{source}:{row[0]}")
+                    found.add(f"{source}:{row[0]}")
+            touched = state.touched[change.uid] = (len(change.items), found)
+        keys |= touched[1]
     return keys
 
 
