@@ -58,6 +58,11 @@ def test_pick_marks_the_best_checkpoint_for_export(trained_ws: Path, evaluated: 
     code, _, stderr = invoke("eval", "-w", str(trained_ws), "--pick", "loss")
     assert code == 1
     assert error_lines(stderr) == ["error: --pick loss: expected one of eval_loss, style, doc_f1, judge"]
+    code, _, stderr = invoke("eval", "-w", str(trained_ws), "--pick", "judge")
+    assert code == 1
+    assert error_lines(stderr) == [
+        "error: --pick judge: eval.judge is not enabled, so no checkpoint gets a judge score"
+    ]
 
 
 def test_eval_without_an_eval_split_is_one_line(copy_ws: Path) -> None:
@@ -135,14 +140,15 @@ def test_a_judge_failing_mid_way_keeps_its_grades_and_the_rerun_resumes(
     (copy_ws / "twin.yaml").write_text(render_config(config.model_copy(update={"eval": settings})))
     total = 2 * len(QUESTIONS)  # base and tuned answer every question
 
-    # No terminal and no --yes: nothing is sent.
+    # No terminal and no --yes: nothing is sent, and nothing is generated first.
     code, _, stderr = invoke("eval", "-w", str(copy_ws))
     assert code == 1 and judge_server.requests == 0
     host = judge_server.url.split("/")[2]
     assert error_lines(stderr) == [
-        f"error: not sending {total} answers to grade to the judge at {host} without a confirmation: run "
-        "again with --yes to send them"
+        f"error: eval.judge is enabled: grading sends up to {total} answers to the judge at {host}, and "
+        "nobody is here to confirm: run again with --yes to send them, or set eval.judge.enabled: false"
     ]
+    assert not (copy_ws / "reports" / "eval-r.json").exists()
 
     judge_server.fail_after = 2
     code, _, stderr = invoke("eval", "-w", str(copy_ws), "--yes")

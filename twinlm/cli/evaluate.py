@@ -119,7 +119,7 @@ def eval_command(
         return
     table = Table(title=f"run {safe_text(result.run)}")
     for column in ("weights", "step", "eval loss", "perplexity", "style", "classifier", "doc F1", "judge"):
-        table.add_column(column, overflow="fold")
+        table.add_column(column, overflow="fold", no_wrap=column != "weights")
     for p in data["points"]:
         table.add_row(
             safe_text(p["label"]),

@@ -11,6 +11,7 @@ answers at the end (one confirmation for all of them). Results: reports/eval-RUN
 from __future__ import annotations
 
 import gc
+import sys
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -170,39 +171,14 @@ def evaluate(
     base = base_folder(run_dir)
     info = _run_info(run_dir, base)
     me = str(info.get("me") or "me")
-    samples = eval_samples(data_dir)
-    personas = [p for p in (info.get("personas") or {}) if isinstance(p, str)]
-    places = {p: contexts(samples, p, settings.max_replies) for p in personas}
-    places = {p: found for p, found in places.items() if found}
-    friends = _friends(samples, me, settings.friends, settings.max_friends)
-    questions = documents.load_questions(data_dir)
-    if questions and ASSISTANT not in personas:
-        warnings.append(
-            f"{len(questions)} held-out questions, but the run trained no assistant persona to ask"
-        )
-        questions = []
-    probe_plan = []
-    if me in personas or not personas:
-        lang, starters = _starters(settings.probes, [x["real"] for x in places.get(me, [])])
-        probe_plan.append(
-            {
-                "persona": me,
-                "partner": friends[0] if friends else "someone",
-                "language": lang,
-                "starters": starters,
-            }
-        )
-    for friend in friends:
-        real = [t.text for s in samples for t in s.turns if t.speaker == friend]
-        lang, starters = _starters(settings.probes, real)
-        probe_plan.append({"persona": friend, "partner": me, "language": lang, "starters": starters})
-
+    plan = _plan(data_dir, settings, info, me, warnings)
+    _check_before_work(settings, plan, pts, pick, yes)
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(run_dir / "tokenizer")
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     sampling = getattr(getattr(ws.config, "chat", None), "sampling", None)
-    extra = [p["persona"] for p in probe_plan]
+    extra = [p["persona"] for p in plan.probes]
     make = make_generate or default_make_generate(info, tokenizer, settings.max_new_tokens, sampling, extra)
     tuned = pts[-1].same_as or pts[-1].label  # final weights equal to a checkpoint: that one
     where = device()
@@ -216,52 +192,16 @@ def evaluate(
         model = load(base, point, where)
         ppl = perplexity(model, rows, int(pad_id), progress=progress(f"{point.label}: perplexity", len(rows)))
         result: dict[str, Any] = {"label": point.label, "step": point.step, **(ppl.to_json() if ppl else {})}
-        generated = settings.checkpoints == "all" or point.label in (BASE, tuned)
-        if generated:
-            generate = make(model, point)
-            result["replies"], result["style"] = {}, {}
-            tick = progress(f"{point.label}: replies", sum(len(v) for v in places.values()))
-            for persona, found in places.items():
-                replies = in_context(generate, found, persona, tick)
-                result["replies"][persona] = replies
-                result["style"][persona] = style.compare([x["real"] for x in found], replies)
-            scores = [s["score"] for s in result["style"].values() if s["score"] is not None]
-            result["style_score"] = round(sum(scores) / len(scores), 4) if scores else None
-            accuracies = [
-                s["indistinguishability"]
-                for s in result["style"].values()
-                if s["indistinguishability"] is not None
-            ]
-            result["indistinguishability"] = (
-                round(sum(accuracies) / len(accuracies), 4) if accuracies else None
-            )
-            if questions:
-                tick = progress(f"{point.label}: documents", len(questions))
-                answers = []
-                for q in questions:
-                    answers.append(generate(ASSISTANT, [("user", q["question"])], None))
-                    tick()
-                scored = documents.score(questions, answers)
-                result["documents"] = scored
-                result["doc_f1"], result["doc_exact_match"] = scored["f1"], scored["exact_match"]
-            if point.label in (BASE, tuned):
-                tick = progress(f"{point.label}: probes", sum(len(p["starters"]) for p in probe_plan))
-                result["probes"] = [
-                    {
-                        **plan,
-                        "transcript": probe(
-                            generate, plan["persona"], plan["partner"], plan["starters"], tick
-                        ),
-                    }
-                    for plan in probe_plan
-                ]
+        if settings.checkpoints == "all" or point.label in (BASE, tuned):
+            with_probes = point.label in (BASE, tuned)
+            result.update(_generated(make(model, point), plan, point.label, with_probes, progress))
         result["seconds"] = round(time.monotonic() - started, 1)
         results[point.label] = result
         del model
-        gc.collect()
+        _free_memory()
         say(f"{point.label}: " + _headline(result))
 
-    if settings.judge.enabled and questions:
+    if settings.judge.enabled and plan.questions:
         _judge(ws.root, settings.judge, results, yes, progress)
 
     data = {
@@ -272,8 +212,8 @@ def evaluate(
         "me": me,
         "tuned": tuned,
         "points": [results[p.label] for p in pts],
-        "real": {p: found for p, found in places.items()},
-        "questions": len(questions),
+        "real": plan.places,
+        "questions": len(plan.questions),
         "best": best_points(list(results.values())),
         "warnings": warnings,
     }
@@ -290,6 +230,111 @@ def evaluate(
 
     html, json_path = write_report(ws.root / "reports", data)
     return EvalResult(run_dir.name, html, json_path, data, picked)
+
+
+@dataclass
+class _Plan:
+    """What each point is asked: held-out places per persona, document questions, probe conversations."""
+
+    places: dict[str, list[dict[str, Any]]]
+    questions: list[dict[str, str]]
+    probes: list[dict[str, Any]]
+
+
+def _plan(data_dir: Path, settings: Any, info: dict[str, Any], me: str, warnings: list[str]) -> _Plan:
+    samples = eval_samples(data_dir)
+    personas = [p for p in (info.get("personas") or {}) if isinstance(p, str)]
+    places = {p: contexts(samples, p, settings.max_replies) for p in personas}
+    places = {p: found for p, found in places.items() if found}
+    friends = _friends(samples, me, settings.friends, settings.max_friends)
+    questions = documents.load_questions(data_dir)
+    if questions and ASSISTANT not in personas:
+        warnings.append(
+            f"{len(questions)} held-out questions, but the run trained no assistant persona to ask"
+        )
+        questions = []
+
+    def plan(persona: str, partner: str, real: list[str]) -> dict[str, Any]:
+        lang, starters = _starters(settings.probes, real)
+        return {"persona": persona, "partner": partner, "language": lang, "starters": starters}
+
+    probes = []
+    if me in personas or not personas:
+        probes.append(plan(me, friends[0] if friends else "someone", [x["real"] for x in places.get(me, [])]))
+    if ASSISTANT in personas and me not in personas:  # an assistant twin (a ChatGPT export): asked by a user
+        probes.append(plan(ASSISTANT, "user", [x["real"] for x in places.get(ASSISTANT, [])]))
+    for friend in friends:
+        probes.append(plan(friend, me, [t.text for s in samples for t in s.turns if t.speaker == friend]))
+    return _Plan(places, questions, probes)
+
+
+def _check_before_work(settings: Any, plan: _Plan, pts: list[Any], pick: str | None, yes: bool) -> None:
+    """What would fail only at the end, said before the models run."""
+    if pick == "judge" and not (settings.judge.enabled and plan.questions):
+        why = "eval.judge is not enabled" if not settings.judge.enabled else "there are no held-out questions"
+        raise TwinError(f"--pick judge: {why}, so no checkpoint gets a judge score")
+    if pick in ("doc_f1",) and not plan.questions:
+        raise TwinError(
+            "--pick doc_f1: no held-out document questions (data/heldout_questions.jsonl, made by the "
+            "build's teacher step with build.teacher.heldout_fraction)"
+        )
+    if (
+        settings.judge.enabled
+        and plan.questions
+        and not yes
+        and not (sys.stdin.isatty() and sys.stderr.isatty())
+    ):
+        from twinlm.privacy import endpoint_host
+
+        most = (len(pts) if settings.checkpoints == "all" else 2) * len(plan.questions)
+        host = endpoint_host(settings.judge.base_url)
+        raise TwinError(
+            f"eval.judge is enabled: grading sends up to {most} answers to the judge at {host}, and nobody "
+            "is here to confirm: run again with --yes to send them, or set eval.judge.enabled: false"
+        )
+
+
+def _mean(values: list[Any]) -> float | None:
+    known = [v for v in values if v is not None]
+    return round(sum(known) / len(known), 4) if known else None
+
+
+def _generated(
+    generate: Generate, plan: _Plan, label: str, with_probes: bool, progress: Progress
+) -> dict[str, Any]:
+    """One point's generated metrics: replies in context and their style, documents, probes."""
+    out: dict[str, Any] = {"replies": {}, "style": {}}
+    tick = progress(f"{label}: replies", sum(len(v) for v in plan.places.values()))
+    for persona, found in plan.places.items():
+        replies = in_context(generate, found, persona, tick)
+        out["replies"][persona] = replies
+        out["style"][persona] = style.compare([x["real"] for x in found], replies)
+    out["style_score"] = _mean([s["score"] for s in out["style"].values()])
+    out["indistinguishability"] = _mean([s["indistinguishability"] for s in out["style"].values()])
+    if plan.questions:
+        tick = progress(f"{label}: documents", len(plan.questions))
+        answers = []
+        for q in plan.questions:
+            answers.append(generate(ASSISTANT, [("user", q["question"])], None))
+            tick()
+        scored = documents.score(plan.questions, answers)
+        out["documents"] = scored
+        out["doc_f1"], out["doc_exact_match"] = scored["f1"], scored["exact_match"]
+    if with_probes:
+        tick = progress(f"{label}: probes", sum(len(p["starters"]) for p in plan.probes))
+        out["probes"] = [
+            {**p, "transcript": probe(generate, p["persona"], p["partner"], p["starters"], tick)}
+            for p in plan.probes
+        ]
+    return out
+
+
+def _free_memory() -> None:
+    gc.collect()
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 def _headline(result: dict[str, Any]) -> str:

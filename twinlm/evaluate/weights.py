@@ -5,6 +5,7 @@ with transformers (the base model as training read it, with the adapter of that 
 from __future__ import annotations
 
 import hashlib
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -104,7 +105,9 @@ def load(base: Path, point: Point, where: str) -> Any:
         from peft import PeftModel
 
         try:
-            model = PeftModel.from_pretrained(model, point.folder).merge_and_unload()
+            with warnings.catch_warnings():  # transformers' deprecation notes, not the user's business
+                warnings.simplefilter("ignore", FutureWarning)
+                model = PeftModel.from_pretrained(model, point.folder).merge_and_unload()
         except (OSError, ValueError) as err:
             raise TwinError(f"{point.folder}: cannot load the adapter ({str(err).splitlines()[0]})") from None
     model.to(where)
