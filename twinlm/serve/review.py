@@ -391,15 +391,17 @@ def _stamp(corpus: Corpus, row_id: int, settings: str) -> str:
 
 def _count(corpus: Corpus, row_id: int, per: dict[str, dict[str, int]], viewer: Any) -> tuple[int, int]:
     """(samples, trained characters) the next build makes of one conversation."""
-    source, native_id, excluded = corpus.db.execute(
-        "SELECT source, native_id, excluded FROM conversations WHERE id = ?", (row_id,)
+    source, native_id, kind, excluded = corpus.db.execute(
+        "SELECT source, native_id, kind, excluded FROM conversations WHERE id = ?", (row_id,)
     ).fetchone()
     if excluded:
         return 0, 0
     size = corpus.db.execute(
         "SELECT count(*) FROM messages WHERE conversation + 0 = ?", (row_id,)
     ).fetchone()[0]
-    if size > LIVE_LIMIT:  # too long to clean on every change: counted as at the last build
+    # Too long to clean on every change, or a document (chunked by the build, not cut into sessions):
+    # counted as at the last build.
+    if size > LIVE_LIMIT or kind == "document":
         old = per.get(f"{source}:{native_id}", {"samples": 0, "trained_chars": 0})
         return old["samples"], old["trained_chars"]
     made = viewer().conversation(row_id).samples()
