@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import discord
@@ -175,6 +176,7 @@ class Server:
         mentions: tuple[tuple[int, str, str | None, str | None], ...] = (),
         kind: int = 0,
         webhook: bool = False,
+        reply_to: int | None = None,
     ) -> dict[str, Any]:
         """A MESSAGE_CREATE payload posted `minutes` after the previous one (kept for history)."""
         self.now += timedelta(minutes=minutes, seconds=seconds)
@@ -199,6 +201,13 @@ class Server:
         }
         if webhook:
             data["webhook_id"] = "4242"
+        if reply_to is not None:  # a reply (type 19) to an earlier message of the channel
+            data["type"] = 19
+            data["message_reference"] = {
+                "message_id": str(reply_to),
+                "channel_id": str(channel),
+                "guild_id": str(GUILD),
+            }
         self.posted[channel].append(data)
         return copy.deepcopy(data)
 
@@ -511,6 +520,57 @@ def test_channel_persona_commands(twin: Any, fake_backend: FakeBackend) -> None:
     assert "@twin as NAME: message" in replies[7]
     assert len(fake_backend.prompts) == 1  # only the one question was given to the model
     assert bot.sent == {int(p["id"]): FRIEND for p in server.posted[GENERAL] if p["content"] == FAKE_REPLY}
+
+
+def test_a_reply_to_a_persona_goes_on_with_it(twin: Any, fake_backend: FakeBackend) -> None:
+    bot = make_bot(twin)
+
+    async def script(server: Server, client: TwinClient) -> None:
+        await ask(server, client, SAM, f"<@{BOT_ID}> as Alex: dinner?")
+        (reply_id,) = bot.sent
+        # Discord lists the replied-to author in `mentions` (the reply pings them) but not in the text.
+        await ask(server, client, SAM, "really?", reply_to=reply_id, mentions=((BOT_ID, "twin", None, None),))
+        human = int(server.posted[GENERAL][0]["id"])
+        await ask(server, client, PRIYA, "who?", reply_to=human, mentions=((BOT_ID, "twin", None, None),))
+
+    server = converse(bot, script)
+    assert server.replies[:2] == [FAKE_REPLY, FAKE_REPLY]
+    assert server.replies[2].startswith("Who should answer?")  # a reply to a person: no persona to go on with
+    turns = [(FRIEND, "dinner?"), (ME, FAKE_REPLY), (FRIEND, "really?")]
+    assert fake_backend.prompts[-1] == twin.prompt(ME, turns, max_new_tokens=bot.settings.sampling.max_tokens)
+
+
+def test_build_clean_bots_are_neither_answered_nor_read(twin: Any, fake_backend: FakeBackend) -> None:
+    config = {**CONFIG, "build": {"clean": {"bots": ["priya p"]}}}  # a bot the exports did not mark
+    bot = make_bot(twin, config)
+
+    async def script(server: Server, client: TwinClient) -> None:
+        await ask(server, client, PRIYA, f"<@{BOT_ID}> as Alex: I am a bot in disguise")
+        await ask(server, client, SAM, f"<@{BOT_ID}> as Alex: hi")
+
+    server = converse(bot, script)
+    assert server.replies == [FAKE_REPLY]
+    text = fake_backend.tokenizer.decode(fake_backend.prompts[0])
+    assert "disguise" not in text and "hi<|im_end|>" in text
+
+
+def test_without_history_access_the_message_alone_is_the_context(
+    twin: Any, fake_backend: FakeBackend
+) -> None:
+    bot = make_bot(twin)
+
+    async def forbidden(*args: Any, **kw: Any) -> None:
+        raise discord.Forbidden(SimpleNamespace(status=403, reason="Forbidden"), "Missing Access")
+
+    async def script(server: Server, client: TwinClient) -> None:
+        server.post(PRIYA, "something the bot may not read")
+        server.http.logs_from = forbidden  # type: ignore[method-assign]
+        await ask(server, client, SAM, f"<@{BOT_ID}> as Alex: hi")
+
+    assert converse(bot, script).replies == [FAKE_REPLY]
+    assert fake_backend.prompts == [
+        twin.prompt(ME, [(FRIEND, "hi")], max_new_tokens=bot.settings.sampling.max_tokens)
+    ]
 
 
 def test_a_single_persona_needs_no_choice(fake_backend: FakeBackend) -> None:

@@ -225,7 +225,10 @@ class TwinBot:
         if ask.persona is not None:
             persona, why = self.persona_named(ask.persona)
         else:
-            persona = self.channel_personas.get(message.channel.id)
+            # A reply to one of the persona's messages goes on with that persona, else the channel's.
+            replied = message.reference.message_id if message.reference is not None else None
+            persona = self.sent.get(replied) if replied is not None else None
+            persona = persona or self.channel_personas.get(message.channel.id)
             if persona is None and len(self.twin.personas) == 1:
                 persona = next(iter(self.twin.personas))
             why = (
