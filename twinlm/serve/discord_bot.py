@@ -34,7 +34,7 @@ import discord
 from twinlm.config import TwinConfig
 from twinlm.errors import TwinError
 from twinlm.identities import ME, Identities
-from twinlm.prepare.clean import clean_message
+from twinlm.prepare.clean import CleanConfig, clean_message
 from twinlm.prepare.sessions import merge_turns, split_by_gap
 from twinlm.serve.backends import Sampling
 from twinlm.serve.discord_text import (
@@ -104,7 +104,7 @@ class BotSettings:
     channels: frozenset[int]
     context_messages: int
     session_gap_minutes: float
-    clean: Any  # build.clean (twinlm.prepare.clean.CleanConfig)
+    clean: CleanConfig  # build.clean: the rules the training messages went through
     sampling: Sampling
 
     @classmethod
@@ -171,6 +171,7 @@ class TwinBot:
         found, candidates = match_persona(name, self.twin.personas, self._person_of)
         if found is not None:
             return found, ""
+        name = name if len(name) <= 100 else name[:99] + "…"  # echoed back: not a wall of text
         if candidates:
             return None, f"{name!r} could be {', '.join(candidates)}: say which."
         return None, f"I cannot be {name!r}. I can be: {', '.join(self.twin.personas)}."
