@@ -395,7 +395,9 @@ class _Renderer:
         i = bisect_right(tokens.ends, a)
         while i > 0 and tokens.ids[i - 1] not in self.profile.special_ids:
             start, end = tokens.offsets[i - 1]
-            if end <= start or text[start:end].strip(" "):
+            # Not `end <= start`: a tokenizer that trims offsets (ByteLevel trim_offsets=true) gives a
+            # space-only token empty offsets; it is still the space before the word.
+            if text[start:end].strip(" "):
                 break
             i -= 1
         return i
