@@ -468,6 +468,9 @@ class _Renderer:
             while e < len(keep) and total + cost[keep[e]] <= self.max_length:
                 total += cost[keep[e]]
                 e += 1
+            # A turn's cost counts the next turn's header too, which a window's last turn does not
+            # have: a context turn and the turn after it may fit although the estimate says no.
+            e = max(e, x + 2)
             piece = None
             while e - x >= 2:  # the estimate can be a few tokens off: check the real rendering
                 piece = self.window(sample, assistant, [layout.turns[keep[y]] for y in range(x, e)])
