@@ -42,14 +42,15 @@ def browser() -> Iterator[Any]:
     driver.quit()
 
 
-def _kept(name: str, tmp_path: Path) -> Path:
-    """Where a screenshot is kept: $TWINLM_TEST_ARTIFACTS (CI collects it), else the test's tmp folder."""
-    folder = Path(os.environ.get("TWINLM_TEST_ARTIFACTS") or tmp_path)
+def _kept(name: str) -> Path:
+    """Where a screenshot is kept: $TWINLM_TEST_ARTIFACTS, else tests/artifacts/ (git-ignored), as the web
+    page's test keeps its own."""
+    folder = Path(os.environ.get("TWINLM_TEST_ARTIFACTS") or Path(__file__).parents[1] / "artifacts")
     folder.mkdir(parents=True, exist_ok=True)
     return folder / name
 
 
-def test_report_in_headless_chromium(browser: Any, evaluated: dict, tmp_path: Path) -> None:  # type: ignore[type-arg]
+def test_report_in_headless_chromium(browser: Any, evaluated: dict) -> None:  # type: ignore[type-arg]
     report = Path(evaluated["report"])
     browser.set_window_size(1000, 900)
     browser.get(report.as_uri())
@@ -72,7 +73,7 @@ def test_report_in_headless_chromium(browser: Any, evaluated: dict, tmp_path: Pa
 
     height = browser.execute_script("return document.body.scrollHeight")
     browser.set_window_size(1000, min(height + 100, 8000))
-    shot = _kept("eval-report.png", tmp_path)
+    shot = _kept("eval-report.png")
     assert browser.save_screenshot(str(shot))
     assert shot.stat().st_size > 10_000
 
@@ -80,7 +81,7 @@ def test_report_in_headless_chromium(browser: Any, evaluated: dict, tmp_path: Pa
     browser.refresh()
     overflow = browser.execute_script("return document.documentElement.scrollWidth - window.innerWidth")
     assert overflow <= 0
-    assert browser.save_screenshot(str(_kept("eval-report-phone.png", tmp_path)))
+    assert browser.save_screenshot(str(_kept("eval-report-phone.png")))
 
 
 def test_plots_missing_data_are_said_in_words() -> None:

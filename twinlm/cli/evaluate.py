@@ -29,8 +29,8 @@ Pick = Annotated[
     str | None,
     typer.Option(
         "--pick",
-        help="Mark the best checkpoint by this metric in runs/RUN/picked.json, which `twinlm export` then "
-        "takes by default: eval_loss, style, doc_f1 or judge.",
+        help="Mark the best checkpoint by this metric in runs/RUN/picked.json, for `twinlm export`: "
+        "eval_loss, style, doc_f1 or judge.",
         show_default=False,
     ),
 ]
