@@ -18,16 +18,18 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+import aiohttp
 import discord
 import pytest
 from serve_fakes import FAKE_REPLY, FRIEND, ME, FakeBackend, make_fake_twin
 from typer.testing import CliRunner
 
 from twinlm.config import TwinConfig
+from twinlm.errors import TwinError
 from twinlm.identities import Identities
 from twinlm.serve.backends import Sampling
 from twinlm.serve.discord_bot import RATE_LIMITED, TwinBot
-from twinlm.serve.discord_client import TwinClient, intents
+from twinlm.serve.discord_client import TwinClient, intents, run_bot
 from twinlm.serve.discord_text import (
     Ask,
     Help,
@@ -703,6 +705,29 @@ def test_client_wiring() -> None:
     wanted = intents()
     assert wanted.message_content and wanted.guild_messages and wanted.guilds
     assert not wanted.members and not wanted.presences  # privileged intents the bot does not need
+
+
+@pytest.mark.parametrize(
+    ("error", "says"),
+    [
+        (
+            discord.LoginFailure("Improper token has been passed."),
+            "DISCORD_BOT_TOKEN: Discord refused the token",
+        ),
+        (discord.PrivilegedIntentsRequired(None), "switch on Message Content Intent"),
+        (aiohttp.ClientConnectionError("Name or service not known"), "cannot reach Discord"),
+    ],
+)
+def test_connection_failures_are_one_line_errors(
+    twin: Any, monkeypatch: pytest.MonkeyPatch, error: Exception, says: str
+) -> None:
+    def refuse(self: TwinClient, token: str, **kw: Any) -> None:
+        raise error
+
+    monkeypatch.setattr(TwinClient, "run", refuse)
+    with pytest.raises(TwinError, match=says) as caught:
+        run_bot(make_bot(twin), "token")
+    assert "\n" not in str(caught.value)
 
 
 # ------------------------------------------------------------------------------- the command line

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 
+import aiohttp
 import discord
 
 from twinlm.errors import TwinError
@@ -68,6 +69,8 @@ def run_bot(bot: TwinBot, token: str) -> None:
             f"{TOKEN_ENV}: Discord refused the token; copy it again from the developer portal "
             "(your application > Bot > Reset Token)"
         ) from None
+    except (aiohttp.ClientError, OSError) as err:  # no network, DNS, a proxy: before any reply was made
+        raise TwinError(f"cannot reach Discord ({err}); check the network connection") from None
     except discord.PrivilegedIntentsRequired:
         raise TwinError(
             "Discord refused the message content intent: switch on Message Content Intent in the developer "
