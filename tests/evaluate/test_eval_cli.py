@@ -172,3 +172,26 @@ def test_a_judge_failing_mid_way_keeps_its_grades_and_the_rerun_resumes(
     assert points["base"]["judge"] == points["step-4"]["judge"] == pytest.approx(0.7)
     assert "judge" not in points["step-2"]  # eval.checkpoints: final
     assert json.loads(stdout)["best"]["judge"] == "step-4"
+
+
+def test_a_twin_that_replies_exactly_like_the_person_has_a_perfect_style_score(copy_ws: Path) -> None:
+    """evaluate() with a fake generation (the one function all generation goes through) that answers
+    each held-out place with what the person really wrote: every style distance 0, the score 1."""
+    from twinlm.evaluate.evaluate import evaluate
+    from twinlm.evaluate.replies import contexts, eval_samples
+
+    real = {
+        repr(place["context"]): place["real"]
+        for place in contexts(eval_samples(copy_ws / "data"), "Alex Rivera", 100)
+    }
+
+    def make(model: object, point: object):  # type: ignore[no-untyped-def]
+        return lambda persona, turns, system: real.get(repr(list(turns)), "the landlord")
+
+    result = evaluate(copy_ws, make_generate=make)
+    for point in result.data["points"]:
+        style = point["style"]["Alex Rivera"]
+        assert set(style["distances"].values()) == {0.0}, point["label"]
+        assert point["style_score"] == 1.0
+        assert point["documents"]["items"][1]["f1"] == 1.0  # "the landlord" is the second reference answer
+    assert result.html.is_file() and result.json.is_file()

@@ -27,7 +27,13 @@ METRIC_TITLES = {
     "doc_f1": "document answers: token F1",
     "judge": "document answers: judge grade",
 }
-BEST_KEY = {"eval_loss": "eval_loss", "style_score": "style", "doc_f1": "doc_f1", "judge": "judge"}
+BEST_KEY = {
+    "eval_loss": "eval_loss",
+    "perplexity": "eval_loss",
+    "style_score": "style",
+    "doc_f1": "doc_f1",
+    "judge": "judge",
+}
 UNITS = {
     "length": "characters per message",
     "burst": "messages per reply",
