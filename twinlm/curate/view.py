@@ -14,7 +14,7 @@ gaps), and excluding a part excludes each of its messages.
 
 from __future__ import annotations
 
-from collections import Counter
+from collections import Counter, OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -183,6 +183,10 @@ FROM messages WHERE id IN ({marks})
 """
 
 
+# The sessions of the last conversations viewed (Viewer._parts): the review page asks for one page at a time.
+_PARTS: OrderedDict[tuple[Any, ...], list[list[_Stamp]]] = OrderedDict()
+
+
 @dataclass(slots=True)
 class _Stamp:
     """A message as sessions are cut: its id, its time, whether the build leaves it out."""
@@ -222,11 +226,8 @@ class Viewer:
         if head is None:
             raise KeyError(row_id)
         source, native_id, kind, title, excluded, note = head
-        stamps = [_Stamp(*row) for row in self.corpus.db.execute(_KEYS, (row_id,))]
-        stamps = _in_time_order(stamps)  # type: ignore[arg-type]  # only reads .timestamp_ms
         gap = self.settings.session_gap_minutes
-        # An assistant chat or a document is one session whatever the pauses, as in the build.
-        parts = split_by_gap(stamps, gap) if kind == "chat" else [stamps] if stamps else []
+        parts = self._parts(row_id, kind, gap)
         chosen = (
             range(len(parts))
             if count is None
@@ -252,6 +253,33 @@ class Viewer:
             samples, index = self._samples(kind, key, timed, index)
             conversation.parts.append(PartView(n, [t.message for t in timed], samples))
         return conversation
+
+    def _parts(self, row_id: int, kind: str, gap: float) -> list[list[_Stamp]]:
+        """The conversation cut into sessions by time, kept for the next page or change while its messages,
+        the user's exclusions in it and the imports stay the same (a long chat costs a second to cut)."""
+        db = self.corpus.db
+        size, top = db.execute(
+            "SELECT count(*), max(id) FROM messages WHERE conversation + 0 = ?", (row_id,)
+        ).fetchone()
+        out = db.execute(
+            "SELECT group_concat(id) FROM messages WHERE conversation + 0 = ? "
+            "AND (excluded OR user_text IS NOT NULL) AND excluded",
+            (row_id,),
+        ).fetchone()[0]
+        imports = db.execute("SELECT max(id) FROM imports").fetchone()[0]
+        key = (str(self.corpus.path), row_id, size, top, out, imports, kind, gap)
+        parts = _PARTS.get(key)
+        if parts is not None:
+            _PARTS.move_to_end(key)
+            return parts
+        stamps = [_Stamp(*row) for row in db.execute(_KEYS, (row_id,))]
+        stamps = _in_time_order(stamps)  # type: ignore[arg-type]  # only reads .timestamp_ms
+        # An assistant chat or a document is one session whatever the pauses, as in the build.
+        parts = split_by_gap(stamps, gap) if kind == "chat" else [stamps] if stamps else []
+        _PARTS[key] = parts
+        while len(_PARTS) > 8:
+            _PARTS.popitem(last=False)
+        return parts
 
     def _timed(self, source: str, conversation_excluded: bool, row: tuple[Any, ...]) -> _Timed:
         mid, nid, author_id, author_name, ts, mkind, role, text, user_text, m_excluded, superseded = row
