@@ -42,7 +42,10 @@ async function api(path, body) {
   const response = await fetch("/review/api/" + path, options);
   const data = await response.json().catch(() => ({}));
   if (!response.ok) {
-    const detail = typeof data.detail === "string" ? data.detail : "request failed (" + response.status + ")";
+    // {"detail": "..."} from the review app; {"error": {"message": "..."}} inside the `twinlm serve` app.
+    const detail = typeof data.detail === "string" ? data.detail
+      : data.error && typeof data.error.message === "string" ? data.error.message
+      : "request failed (" + response.status + ")";
     throw new Error(detail);
   }
   return data;
