@@ -4,7 +4,6 @@ with transformers (the base model as training read it, with the adapter of that 
 
 from __future__ import annotations
 
-import hashlib
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,11 +25,11 @@ class Point:
     same_as: str | None = None  # final weights equal to this checkpoint's: evaluated once
 
 
-def _digest(folder: Path) -> str:
-    h = hashlib.sha256()
-    for path in sorted(folder.glob("*.safetensors")):
-        h.update(path.read_bytes())
-    return h.hexdigest()
+def _digest(folder: Path) -> dict[str, str]:
+    """The weights' fingerprint (export's: adapters hashed, files over 256 MiB by size and time)."""
+    from twinlm.export.pipeline import folder_fingerprint
+
+    return {k: v for k, v in folder_fingerprint(folder).items() if k.endswith(".safetensors")}
 
 
 def _loadable(folder: Path) -> bool:
