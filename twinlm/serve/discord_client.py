@@ -34,6 +34,8 @@ class TwinClient(discord.Client):
     """A discord.Client whose messages go to a TwinBot."""
 
     def __init__(self, bot: TwinBot, **options: object) -> None:
+        # The bot never joins voice: no warning that voice's optional libraries are missing.
+        discord.VoiceClient.warn_nacl = discord.VoiceClient.warn_dave = False
         super().__init__(intents=intents(), allowed_mentions=NO_PINGS, **options)  # type: ignore[arg-type]
         self.bot = bot
 
