@@ -683,6 +683,7 @@ def test_gateway_message_to_reply(twin: Any, fake_backend: FakeBackend) -> None:
     assert (first["content"] + " " + second["content"]).split() == fake_backend.reply.split()
     assert all(utf16(p["content"]) <= 2000 for p in server.http.sent)
     assert first["message_reference"]["message_id"] == int(server.posted[GENERAL][0]["id"])
+    assert first["message_reference"]["fail_if_not_exists"] is False  # sent even if the question is deleted
     assert "message_reference" not in second
     assert all(p["allowed_mentions"] == {"parse": [], "replied_user": False} for p in server.http.sent)
     assert threads and threading.main_thread() not in threads  # generation left the event loop's thread

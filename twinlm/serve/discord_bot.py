@@ -312,10 +312,12 @@ class TwinBot:
     async def _send(self, message: discord.Message, text: str, persona: str | None = None) -> None:
         """`text` in the channel, in messages Discord accepts, the first one replying to `message`; the
         persona's are remembered as its turns."""
+        # A reply to a message deleted meanwhile is still sent, as a plain message.
+        reference = message.to_reference(fail_if_not_exists=False)
         for i, chunk in enumerate(split_message(text)):
             sent = await message.channel.send(
                 chunk,
-                reference=message if i == 0 else None,
+                reference=reference if i == 0 else None,
                 mention_author=False,
                 allowed_mentions=NO_PINGS,
             )
