@@ -167,6 +167,30 @@ def test_max_tokens_ends_with_length(server: str) -> None:
     assert reply["usage"]["completion_tokens"] == 2
 
 
+def test_a_failing_generation_is_an_error_and_the_worker_goes_on(tokenizer: Any) -> None:
+    app, backends = _app(tokenizer)
+    real = backends[0].generate
+    calls: list[int] = []
+
+    def generate(prompt_ids: list[int], sampling: Sampling, cancel: Any = None) -> Any:
+        calls.append(1)
+        if len(calls) <= 2:
+            raise RuntimeError("the model broke")
+        return real(prompt_ids, sampling, cancel)
+
+    backends[0].generate = generate
+    with serving(app) as url:
+        plain = httpx.post(f"{url}/v1/chat/completions", json=_chat(), timeout=30)
+        assert plain.status_code == 500
+        assert plain.json()["error"]["type"] == "server_error"
+        assert "the model broke" not in plain.text  # no internals to clients
+        with httpx.stream("POST", f"{url}/v1/chat/completions", json=_chat(stream=True), timeout=30) as r:
+            events = sse_events(r.iter_lines())
+        assert json.loads(events[0])["choices"][0]["delta"]["role"] == "assistant"
+        assert json.loads(events[-1])["error"]["type"] == "server_error"
+        assert httpx.post(f"{url}/v1/chat/completions", json=_chat(), timeout=30).status_code == 200
+
+
 # --- errors ----------------------------------------------------------------------------------------------
 
 JSON = {"content-type": "application/json"}
@@ -300,6 +324,21 @@ def test_api_key_is_required_where_set(tokenizer: Any) -> None:
         # The page and the health check need no key (the page asks for it).
         assert httpx.get(f"{url}/", timeout=30).status_code == 200
         assert httpx.get(f"{url}/health", timeout=30).status_code == 200
+
+
+def test_on_loopback_only_loopback_host_names_are_served(server: str, tokenizer: Any) -> None:
+    """A page on another site reaching 127.0.0.1 by DNS rebinding sends its own name as Host: refused."""
+    port = server.rsplit(":", 1)[1]
+    for host in ("evil.example", f"evil.example:{port}", "192.168.1.5", f"[fe80::1]:{port}"):
+        refused = httpx.get(f"{server}/v1/models", headers={"Host": host}, timeout=30)
+        assert refused.status_code == 400 and refused.json()["error"]["code"] == "invalid_host", host
+        assert httpx.get(f"{server}/", headers={"Host": host}, timeout=30).status_code == 400
+    for host in (f"localhost:{port}", f"127.0.0.1:{port}", f"[::1]:{port}", "127.0.0.2"):
+        assert httpx.get(f"{server}/v1/models", headers={"Host": host}, timeout=30).status_code == 200, host
+    # Listening beyond loopback, any name is served (an API key is the guard there).
+    app, _ = _app(tokenizer, host="0.0.0.0")
+    with serving(app) as url:
+        assert httpx.get(f"{url}/v1/models", headers={"Host": "twin.lan:8000"}, timeout=30).status_code == 200
 
 
 # --- random JSON -----------------------------------------------------------------------------------------
@@ -450,7 +489,8 @@ def test_a_full_queue_is_429_and_the_request_is_not_lost_later(tokenizer: Any) -
         serving(app) as url,
         httpx.stream("POST", f"{url}/v1/chat/completions", json=_chat(stream=True), timeout=30) as first,
     ):
-        next(first.iter_lines())
+        lines = first.iter_lines()  # kept: a dropped line iterator closes the response (the client leaves)
+        assert next(lines).startswith("data: ")
         wait_until(lambda: _stats(url)["busy"] == 1, "the first request runs")
         busy = httpx.post(f"{url}/v1/chat/completions", json=_chat(), timeout=30)
         assert busy.status_code == 429

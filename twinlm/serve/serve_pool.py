@@ -26,7 +26,7 @@ class QueueFull(Exception):
     pass
 
 
-@dataclass
+@dataclass(eq=False)  # compared and hashed by identity (the pool keeps a set of running jobs)
 class Job:
     prompt_ids: list[int]
     sampling: Sampling
@@ -54,6 +54,7 @@ class WorkerPool:
         self._lock = threading.Lock()
         self._busy = 0
         self._served = 0
+        self._running: set[Job] = set()
         self._threads: list[threading.Thread] = []
 
     def start(self) -> None:
@@ -67,7 +68,10 @@ class WorkerPool:
             self._threads.append(thread)
 
     def stop(self, timeout: float = 10.0) -> None:
-        """Cancel what waits, end the threads (each after its current token)."""
+        """Cancel what runs and what waits, end the threads (each after its current token)."""
+        with self._lock:
+            for job in self._running:
+                job.cancel.set()
         while True:
             try:
                 job = self._jobs.get_nowait()
@@ -106,6 +110,7 @@ class WorkerPool:
                 return
             with self._lock:
                 self._busy += 1
+                self._running.add(job)
             try:
                 if job.cancel.is_set():  # its client left while it waited
                     job.emit("done", None)
@@ -122,3 +127,4 @@ class WorkerPool:
                 with self._lock:
                     self._busy -= 1
                     self._served += 1
+                    self._running.discard(job)

@@ -8,7 +8,8 @@ Order of checks on a request, as OpenAI's: the API key (401), the body size (413
 parsed: Content-Length, then the bytes as they arrive), JSON (400), the parameters (400), the model
 (404), then the prompt (400 where the twin cannot render the messages). Only then is the request queued
 (twinlm.serve.serve_pool); a full queue is 429. POST bodies must be `application/json`: a web page on
-another site cannot then make a browser post to this server without a CORS preflight, which it refuses.
+another site cannot then make a browser post to this server without a CORS preflight, which it refuses;
+and on loopback the Host header must be a loopback name (no DNS rebinding).
 """
 
 from __future__ import annotations
@@ -73,6 +74,36 @@ _PAGE_HEADERS = {
 
 def error_response(error: ApiError, headers: dict[str, str] | None = None) -> JSONResponse:
     return JSONResponse(error.body(), status_code=error.status, headers=headers)
+
+
+_LOCAL_NAMES = ("localhost", "::1")
+
+
+def _is_local(name: str) -> bool:
+    return name in _LOCAL_NAMES or name.startswith("127.")
+
+
+class _LocalHostsOnly:
+    """Where the server listens on loopback only, requests must name it by a loopback name: a web page
+    elsewhere cannot then reach it through DNS rebinding (its Host header would be its own name)."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            host = dict(scope["headers"]).get(b"host", b"").decode("latin-1")
+            name = host[1 : host.find("]")] if host.startswith("[") else host.rsplit(":", 1)[0]
+            if host and not _is_local(name):
+                error = ApiError(
+                    400,
+                    f"Host {host!r} is not this server's name: it listens on loopback only; use "
+                    "http://127.0.0.1:PORT or http://localhost:PORT",
+                    code="invalid_host",
+                )
+                await error_response(error)(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
 
 
 class _EventStream(StreamingResponse):
@@ -230,6 +261,8 @@ def create_app(
 
     app = FastAPI(title="twinlm", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
     app.state.service = service
+    if _is_local(settings.host):
+        app.add_middleware(_LocalHostsOnly)
     pages = {name: _page(name) for name in _PAGES}
 
     @app.exception_handler(ApiError)
@@ -313,12 +346,18 @@ async def _stream(job: Job, chunks: Chunks) -> AsyncGenerator[bytes, None]:
     as one chunk), the finish reason, usage where asked, [DONE]."""
     try:
         yield chunks.role()
+        waiting: tuple[str, Any] | None = None
         while True:
-            kind, value = await job.events.get()
+            kind, value = waiting or await job.events.get()
+            waiting = None
             if kind == "piece":
                 text = [value]
-                while not job.events.empty() and _peek_kind(job) == "piece":
-                    text.append(job.events.get_nowait()[1])
+                while not job.events.empty():
+                    waiting = job.events.get_nowait()
+                    if waiting[0] != "piece":
+                        break
+                    text.append(waiting[1])
+                    waiting = None
                 if joined := "".join(text):
                     yield chunks.content(joined)
             elif kind == "done":
@@ -331,10 +370,6 @@ async def _stream(job: Job, chunks: Chunks) -> AsyncGenerator[bytes, None]:
                 return
     finally:
         job.cancel.set()  # a no-op after the end; stops the worker where the stream ended early
-
-
-def _peek_kind(job: Job) -> str:
-    return job.events._queue[0][0]  # type: ignore[attr-defined]  asyncio.Queue keeps a deque
 
 
 def _generation_error(error: BaseException) -> ApiError:
