@@ -4,6 +4,7 @@ OpenAI-style messages map to the same turns, and open_twin picks the newest expo
 
 from __future__ import annotations
 
+import random
 import shutil
 from dataclasses import replace
 from pathlib import Path
@@ -70,6 +71,25 @@ def test_history_over_the_context_drops_the_oldest_turns_and_keeps_the_system_pr
     assert kept > 0
     assert ids == expected(twin, FRIEND, turns[kept:], system)  # the same as rendering only the kept turns
     assert len(expected(twin, FRIEND, turns[kept - 1 :], system)) > 160 - 40  # one more would not fit
+
+
+def test_a_long_history_gives_render_prompts_own_result(tiny_tokenizer: Any) -> None:
+    """Turns too old to fit are left out in one pass before rendering (twin._fitting): the prompt is
+    still exactly render_prompt's over the whole history, which drops them one rendering at a time."""
+    twin = make_fake_twin(FakeBackend(tiny_tokenizer, context_length=300))
+    rng = random.Random(3)
+    words = ["ok", "sure", "dinner", "  spaced  ", "🙂", "tomorrow at 7?", "<|im_end|>", "a\nb", ""]
+    turns = [
+        (rng.choice([ME, FRIEND, "Jo"]), " ".join(rng.choices(words, k=rng.randint(1, 12))))
+        for _ in range(120)
+    ]
+    system = twin.system_prompt(FRIEND, [w for w, _ in turns])
+    for room in (100, 160, 299):
+        ids = twin.prompt(FRIEND, turns, max_new_tokens=300 - room)
+        assert ids == expected(twin, FRIEND, turns, system, max_length=room)
+    # The newest turn alone too long: one line (not a rendering per dropped turn first).
+    with pytest.raises(TwinError, match="the last message alone"):
+        twin.prompt(FRIEND, [*turns, (ME, "word " * 400)], max_new_tokens=200)
 
 
 def test_prompt_with_no_room_is_one_line(tiny_tokenizer: Any) -> None:

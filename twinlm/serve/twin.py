@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -168,7 +168,12 @@ class Twin:
                 f"{self.backend.context_length} tokens; ask for fewer"
             )
         try:
-            ids = render_prompt(sample, self.backend.tokenizer, persona, max_length=room)
+            ids = render_prompt(
+                _fitting(sample, self.backend.tokenizer, room),
+                self.backend.tokenizer,
+                persona,
+                max_length=room,
+            )
         except TemplateError as err:
             raise TwinError(f"cannot render this chat: {err}") from None
         if len(ids) > room:
@@ -193,6 +198,26 @@ class Twin:
         return self.backend.generate(ids, _with_turn_stops(sampling, self, persona, turns), cancel)
 
 
+def _fitting(sample: Sample, tokenizer: Any, room: int) -> Sample:
+    """The sample without turns so old that render_prompt would drop them anyway, found in one pass.
+
+    render_prompt drops the oldest turn and renders again until the prompt fits: one rendering per
+    dropped turn, slow for a long history (a server request with hundreds of messages). A suffix
+    of turns whose texts alone, stripped, are more than `room` tokens (less 2 a turn: a text may
+    tokenize a little shorter inside the chat) cannot fit, nor can any longer one; so the turns
+    before the longest suffix that might fit go at once, and render_prompt's result is unchanged."""
+    texts = [t.text.strip() for t in sample.turns]
+    if len(texts) < 8:
+        return sample
+    counts = [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
+    total = 0
+    for i in range(len(counts) - 1, 0, -1):
+        total += max(counts[i] - 2, 0)
+        if total > room:
+            return replace(sample, turns=sample.turns[min(i + 1, len(texts) - 1) :])  # at least the last
+    return sample
+
+
 def _with_turn_stops(
     sampling: Sampling, twin: Twin, persona: str, turns: Sequence[tuple[str, str]]
 ) -> Sampling:
@@ -201,8 +226,6 @@ def _with_turn_stops(
     if twin.provenance.get("template_style") != "plain":
         return sampling
     names = {who for who, _ in turns if who != persona} | {twin.partner(persona)}
-    from dataclasses import replace
-
     return replace(sampling, stop=(*sampling.stop, *(f"\n{n}:" for n in sorted(names))))
 
 
