@@ -145,7 +145,10 @@ def test_review_page_in_headless_chromium(
     edited = message(workspace, "sure thing, I have the long one")
     wait(lambda: find(By.CSS_SELECTOR, f'.msg[data-id="{edited}"] .actions button').click() or True, "Edit")
     area = find(By.CSS_SELECTOR, f'.msg[data-id="{edited}"] textarea')
-    area.clear()
+    area.clear()  # an empty text is refused with one line (the browser logs the 400 response itself)
+    find(By.CSS_SELECTOR, f'.msg[data-id="{edited}"] button.save').click()
+    wait(lambda: "the new text is empty" in find(By.ID, "status").text, "the error line")
+    assert find(By.ID, "status").get_attribute("class") == "error"
     area.send_keys("sure, the 70 m rope")
     find(By.CSS_SELECTOR, f'.msg[data-id="{edited}"] button.save').click()
     user_text = "SELECT user_text FROM messages WHERE id = ?"
@@ -176,7 +179,11 @@ def test_review_page_in_headless_chromium(
     if artifacts:
         Path(artifacts).mkdir(parents=True, exist_ok=True)
         shutil.copy(shot, Path(artifacts) / "review.png")
-    errors = [e for e in driver.get_log("browser") if e["level"] == "SEVERE"]  # type: ignore[attr-defined]
+    errors = [
+        e
+        for e in driver.get_log("browser")  # type: ignore[attr-defined]
+        if e["level"] == "SEVERE" and not ("/review/api/edit" in e["message"] and "400" in e["message"])
+    ]
     assert errors == []
 
 
