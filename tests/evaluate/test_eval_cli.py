@@ -89,6 +89,17 @@ def test_a_run_without_checkpoints_is_one_line(copy_ws: Path) -> None:
     assert error_lines(stderr) == [f"error: {copy_ws / 'runs' / 'nope'}: no such run (runs: {RUN}, empty)"]
 
 
+def test_a_dataset_built_with_another_tokenizer_is_one_line(copy_ws: Path) -> None:
+    config = copy_ws / "data" / "tokenizer" / "tokenizer_config.json"
+    config.write_text(config.read_text().replace("{", '{"model_max_length": 7, ', 1))
+    code, _, stderr = invoke("eval", "-w", str(copy_ws))
+    assert code == 1
+    assert error_lines(stderr) == [
+        f"error: {config}: the dataset was built with another tokenizer than run {RUN} trained with (another "
+        "build.model?); build again with the run's model, or evaluate a run trained on this dataset"
+    ]
+
+
 class _Judge:
     """A loopback OpenAI-compatible endpoint that grades 7, failing (HTTP 500) after `fail_after` requests."""
 

@@ -79,6 +79,19 @@ def _eval_rows(data_dir: Path) -> list[Any]:
     return rows
 
 
+def _check_tokenizer(run_dir: Path, data_dir: Path) -> None:
+    """The eval split's token ids mean something only to the tokenizer the run trained with."""
+    ours, theirs = data_dir / "tokenizer", run_dir / "tokenizer"
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        a, b = ours / name, theirs / name
+        if a.is_file() and b.is_file() and a.read_bytes() != b.read_bytes():
+            raise TwinError(
+                f"{a}: the dataset was built with another tokenizer than run {run_dir.name} trained with "
+                "(another build.model?); build again with the run's model, or evaluate a run trained on this "
+                "dataset"
+            )
+
+
 def _data_warning(run_dir: Path, data_dir: Path) -> str | None:
     from twinlm.train.run import check_data
 
@@ -167,6 +180,7 @@ def evaluate(
     data_dir = ws.root / "data"
     rows = _eval_rows(data_dir)
     pts = points(run_dir)
+    _check_tokenizer(run_dir, data_dir)
     warnings = [w for w in [_data_warning(run_dir, data_dir)] if w]
     base = base_folder(run_dir)
     info = _run_info(run_dir, base)
