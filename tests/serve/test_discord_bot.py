@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import threading
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -242,8 +242,8 @@ async def _server(bot: TwinBot) -> tuple[TwinClient, Server]:
     return client, Server(client)
 
 
-def converse(bot: TwinBot, script: Iterator[Any] | Any) -> Server:
-    """Run `script(server)`, an async function posting messages and awaiting the bot, on a fresh server."""
+def converse(bot: TwinBot, script: Callable[[Server, TwinClient], Awaitable[None]]) -> Server:
+    """Run `script(server, client)`, posting messages and awaiting the bot, on a fresh server."""
 
     async def main() -> Server:
         client, server = await _server(bot)
@@ -263,8 +263,8 @@ async def ask(
 
 
 @pytest.fixture
-def twin(fake_backend: FakeBackend) -> Any:
-    return make_fake_twin(fake_backend)
+def twin(fake_twin: Any) -> Any:
+    return fake_twin
 
 
 # ------------------------------------------------------------------------------- commands
