@@ -5,6 +5,7 @@ run with no checkpoints, a judge endpoint failing mid-way, with its grades kept 
 from __future__ import annotations
 
 import json
+import shutil
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -87,6 +88,11 @@ def test_a_run_without_checkpoints_is_one_line(copy_ws: Path) -> None:
     ]
     code, _, stderr = invoke("eval", "nope", "-w", str(copy_ws))
     assert error_lines(stderr) == [f"error: {copy_ws / 'runs' / 'nope'}: no such run (runs: {RUN}, empty)"]
+    shutil.rmtree(copy_ws / "runs")
+    code, _, stderr = invoke("eval", "-w", str(copy_ws))
+    assert error_lines(stderr) == [
+        f"error: {copy_ws / 'runs'}: no trained run to evaluate; train one first with `twinlm train`"
+    ]
 
 
 def test_a_dataset_built_with_another_tokenizer_is_one_line(copy_ws: Path) -> None:

@@ -5,7 +5,7 @@ points `eval.checkpoints` names (all, or base and final): replies in held-out co
 person (style fidelity against what they really wrote) and the held-out document questions; at base and
 the tuned weights only: the probe conversations. The judge, when enabled, grades every point's document
 answers at the end (one confirmation for all of them). Results: reports/eval-RUN.json and .html;
-`pick` writes runs/RUN/picked.json, the checkpoint `twinlm export` takes by default.
+`pick` writes runs/RUN/picked.json: the checkpoint for `twinlm export` to take by default.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ PICK_METRICS = {
     "judge": ("judge", True),
 }
 Progress = Callable[[str, int], Callable[[], None]]  # (what, total) -> tick
-MakeGenerate = Callable[[Any, Any], Generate]  # (model, twin info) -> generate
+MakeGenerate = Callable[[Any, Any], Generate]  # (loaded model, weights.Point) -> generate
 
 
 @dataclass
@@ -53,18 +53,13 @@ def _quiet(_: str, __: int) -> Callable[[], None]:
 
 
 def find_run(root: Path, name: str | None) -> Path:
+    """runs/<name>, or the latest run: export's rule, with eval's words where there is no run at all."""
+    from twinlm.export.pipeline import find_run as find
+
     runs = root / "runs"
-    found = sorted(
-        (p.parent for p in runs.glob("*/config.json") if not p.parent.name.startswith(".")),
-        key=lambda p: (p / "config.json").stat().st_mtime,
-    )
-    if name is None:
-        if not found:
-            raise TwinError(f"{runs}: no trained run to evaluate; train one first with `twinlm train`")
-        return found[-1]
-    if "/" in name or name in (".", "..") or not (runs / name / "config.json").is_file():
-        raise TwinError(f"{runs / name}: no such run (runs: {', '.join(p.name for p in found) or 'none'})")
-    return runs / name
+    if name is None and not [p for p in runs.glob("*/config.json") if not p.parent.name.startswith(".")]:
+        raise TwinError(f"{runs}: no trained run to evaluate; train one first with `twinlm train`")
+    return find(root, name)
 
 
 def _eval_rows(data_dir: Path) -> list[Any]:
