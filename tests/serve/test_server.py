@@ -323,7 +323,7 @@ def test_api_key_is_required_where_set(tokenizer: Any) -> None:
             openai.OpenAI(base_url=f"{url}/v1", api_key="nope", max_retries=0).models.list()
         # The page and the health check need no key (the page asks for it).
         assert httpx.get(f"{url}/", timeout=30).status_code == 200
-        assert httpx.get(f"{url}/health", timeout=30).status_code == 200
+        assert httpx.get(f"{url}/health", timeout=30).json()["api_key"] is True
 
 
 def test_on_loopback_only_loopback_host_names_are_served(server: str, tokenizer: Any) -> None:
@@ -443,7 +443,14 @@ def test_fifty_concurrent_streams_all_complete(tokenizer: Any, workers: int) -> 
     ] * 50
     assert sum(len(b.prompts) for b in backends) == 50
     assert all(b.prompts for b in backends)  # every worker took part
-    assert health == {"status": "ok", "workers": workers, "busy": 0, "queued": 0, "served": 50}
+    assert health == {
+        "status": "ok",
+        "workers": workers,
+        "busy": 0,
+        "queued": 0,
+        "served": 50,
+        "api_key": False,
+    }
 
 
 def test_requests_wait_in_line_first_come_first_served(tokenizer: Any) -> None:
@@ -543,4 +550,11 @@ def test_clients_that_leave_free_their_worker_at_once(tokenizer: Any) -> None:
         wait_until(lambda: _stats(url)["busy"] == 0, "the non-streamed leaver is gone")
         reply = httpx.post(f"{url}/v1/chat/completions", json=_chat(max_tokens=3), timeout=30).json()
         assert reply["choices"][0]["finish_reason"] == "length"
-        assert _stats(url) == {"status": "ok", "workers": 1, "busy": 0, "queued": 0, "served": 4}
+        assert _stats(url) == {
+            "status": "ok",
+            "workers": 1,
+            "busy": 0,
+            "queued": 0,
+            "served": 4,
+            "api_key": False,
+        }

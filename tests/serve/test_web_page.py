@@ -143,3 +143,37 @@ def test_web_page_streams_replies_switches_persona_and_starts_over(driver: Any, 
 
         logs = driver.get_log("browser")
         assert [entry for entry in logs if entry["level"] in ("SEVERE", "WARNING")] == [], logs
+
+
+def test_web_page_asks_for_the_key_and_stops_a_reply(driver: Any, tiny_tokenizer: Any) -> None:
+    """A server with TWINLM_API_KEY: the page asks for the key before its first call (no 401 in the
+    console); the Stop button ends a reply mid-way, keeps what came, and frees the server's worker."""
+    import httpx
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select
+
+    backend = kit.FakeBackend(tiny_tokenizer, "word " * 2000, delay=0.1)
+    app = create_app(kit.make_fake_twin(backend), ServeConfig(), sampling=Sampling(), api_key="k-123")
+    with serving(app) as url:
+        driver.get(f"{url}/")
+        form = driver.find_element(By.ID, "key-form")
+        wait_until(form.is_displayed, "the key is asked for")
+        driver.find_element(By.ID, "key").send_keys("k-123")
+        form.find_element(By.TAG_NAME, "button").click()
+        persona = Select(driver.find_element(By.ID, "persona"))
+        wait_until(lambda: len(persona.options) == 2, "the personas are listed")
+        assert not form.is_displayed()
+
+        driver.find_element(By.ID, "input").send_keys("tell me a long story\n")
+        text = lambda: driver.find_element(By.CSS_SELECTOR, "#log .message.assistant .text")  # noqa: E731
+        wait_until(lambda: len(text().get_attribute("textContent").split()) >= 3, "the reply streams")
+        assert driver.find_element(By.ID, "send").text == "Stop"
+        driver.find_element(By.ID, "send").click()
+        wait_until(lambda: driver.find_element(By.ID, "status").text == "Stopped.", "the reply stops")
+        kept = text().get_attribute("textContent")
+        assert kept.startswith("word word word") and len(kept.split()) < 2000
+        assert driver.find_element(By.ID, "send").text == "Send"
+        wait_until(lambda: httpx.get(f"{url}/health", timeout=30).json()["busy"] == 0, "the worker is freed")
+
+        logs = driver.get_log("browser")
+        assert [entry for entry in logs if entry["level"] in ("SEVERE", "WARNING")] == [], logs

@@ -303,7 +303,8 @@ def create_app(
 
     @app.get("/health")
     async def health() -> dict[str, Any]:
-        return {"status": "ok", **service.pool.stats()}
+        # api_key: whether /v1 wants one (the page asks for it before its first call, not after a 401)
+        return {"status": "ok", **service.pool.stats(), "api_key": service.api_key is not None}
 
     @app.get("/v1/models")
     async def list_models(request: Request) -> dict[str, Any]:

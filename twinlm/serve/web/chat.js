@@ -47,7 +47,17 @@ async function errorText(response) {
 }
 
 async function loadModels() {
-  // Where the server wants a key the first answer is 401: the page then asks for the key.
+  // Where the server wants a key and the page has none, it asks first (a 401 would be a console error);
+  // a wrong key is answered 401 and asked again.
+  if (!state.key) {
+    const health = await (await fetch("/health")).json();
+    if (health.api_key) {
+      $("key-form").hidden = false;
+      setStatus("This server needs its API key (TWINLM_API_KEY).");
+      $("key").focus();
+      return;
+    }
+  }
   const response = await fetch("/v1/models", { headers: headers() });
   if (response.status === 401) {
     $("key-form").hidden = false;
