@@ -1,7 +1,7 @@
 """`twinlm serve` on the tiny trained model's f32 GGUF through llama.cpp: the official openai client, the
 README's curl examples and Python snippet run as written (the address swapped for the test server's),
-50 concurrent streaming clients, the server's greedy reply equal to the backend's own, and the
-`twinlm serve` command itself."""
+50 concurrent streaming clients, the server's greedy reply equal to the backend's own (also through
+transformers, on the merged folder), and the `twinlm serve` command itself."""
 
 from __future__ import annotations
 
@@ -99,6 +99,21 @@ def test_fifty_concurrent_streams_on_the_tiny_gguf(server: str) -> None:
     assert [(text, events[-1]) for text, events in results] == [(expected, "[DONE]")] * 50
     health = httpx.get(f"{server}/health", timeout=30).json()
     assert (health["busy"], health["queued"]) == (0, 0)
+
+
+def test_the_transformers_backend_serves_the_same_way(served_workspace: Path) -> None:
+    """The merged folder through transformers: streamed and plain replies agree with the backend's own."""
+    twin = open_twin(served_workspace, backend="transformers")
+    assert twin.backend.name == "transformers"
+    with serving(create_app(twin, ServeConfig(), sampling=Sampling())) as url:
+        client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0)
+        reply = client.chat.completions.create(model="alex-rivera", messages=HI, **GREEDY)
+        stream = client.chat.completions.create(model="alex-rivera", messages=HI, stream=True, **GREEDY)
+        streamed = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
+    prompt = twin.prompt_from_messages("Alex Rivera", HI, max_new_tokens=GREEDY["max_tokens"])
+    with twin.backend.generate(prompt, Sampling(**GREEDY)) as generation:
+        direct = "".join(generation)
+    assert reply.choices[0].message.content == streamed == direct
 
 
 # --- the README, run as written ----------------------------------------------------------------------------
