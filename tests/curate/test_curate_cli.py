@@ -212,9 +212,14 @@ def test_bad_changes_files_are_one_line(twinlm: Run, tmp_path: Path) -> None:
         ("{", "not valid JSON"),
         ('{"changes": []}', "not a twinlm changes file"),
         (
-            '{"twinlm_changes": 1, "changes": [{"uid": "u", "at": "t", "user": "me", "action": "x", '
+            '{"twinlm_changes": 1, "changes": [{"uid": "u", "at": "t", "user": "me", "action": "edit", '
             '"selector": {}, "items": [["message", "telegram", "42:1", {}, {"text": "evil"}]]}]}',
             "items[0]",
+        ),
+        (
+            '{"twinlm_changes": 1, "changes": [{"uid": "u", "at": "t", "user": "me", "action": "rm -rf", '
+            '"selector": {}, "items": []}]}',
+            "unknown action 'rm -rf'",
         ),
     ]:
         bad.write_text(content)
@@ -309,3 +314,27 @@ def test_search_follows_edits_and_their_undo(twinlm: Run, workspace: Path) -> No
     assert "telegram:42" not in found("great rope")
     ok(twinlm("undo"))
     assert found("zeppelin") == [] and found("great rope") == ["telegram:42"]
+
+
+def test_the_change_log_shows_imported_text_literally(twinlm: Run, workspace: Path, tmp_path: Path) -> None:
+    hostile = "[bold red]x[/] \x1b]0;pwned\x07"
+    document = {
+        "twinlm_changes": 1,
+        "changes": [
+            {
+                "uid": "u1",
+                "at": hostile,
+                "user": hostile,
+                "action": "note",
+                "selector": {"chat": hostile},
+                "items": [["conversation", "telegram", "42", {"user_note": None}, {"user_note": hostile}]],
+            }
+        ],
+    }
+    path = tmp_path / "changes.json"
+    path.write_text(json.dumps(document))
+    ok(twinlm("changes", "import", str(path)))
+    for args in (["changes", "list"], ["conversations", "--source", "telegram"], ["show", "telegram:42"]):
+        shown = ok(twinlm(*args)).stdout
+        assert "\x1b" not in shown and "\x07" not in shown, args
+    assert "[bold" in ok(twinlm("changes", "list")).stdout  # markup shown, not applied

@@ -77,12 +77,12 @@ def changes_list(
         what = ", ".join(f"{k}={v}" for k, v in c.selector.items())
         table.add_row(
             str(c.id),
-            c.at,
+            safe_text(c.at),
             safe_text(c.user),
-            c.action,
+            safe_text(c.action),
             safe_text(what),
             f"{len(c.items):,}",
-            c.undone_at or "",
+            safe_text(c.undone_at or ""),
         )
     out.print(table)
 

@@ -33,6 +33,7 @@ from twinlm.errors import TwinError
 CHANGES_FORMAT = 1  # "twinlm_changes" in an exported file
 BUSY_TIMEOUT_MS = 5000  # how long a change waits for a build or an ingest to release the corpus
 
+ACTIONS = ("exclude", "include", "edit", "drop", "keep", "restore", "note")
 # What each target's user columns are; nothing else is ever written by a change.
 COLUMNS = {"conversation": ("excluded", "user_note"), "message": ("excluded", "user_text")}
 _TABLE = {"conversation": "conversations", "message": "messages"}
@@ -333,6 +334,8 @@ def _parse(document: Any, where: str) -> list[dict[str, Any]]:
             isinstance(c.get(k), str) for k in ("uid", "at", "user", "action")
         ):
             raise TwinError(f"{place}: needs the strings uid, at, user and action")
+        if c["action"] not in ACTIONS:
+            raise TwinError(f"{place}: unknown action {c['action']!r} (one of: {', '.join(ACTIONS)})")
         if not isinstance(c.get("selector", {}), dict) or not isinstance(c.get("items"), list):
             raise TwinError(f"{place}: needs a selector object and a list of items")
         c.setdefault("selector", {})
