@@ -33,16 +33,18 @@ from twinlm.serve.discord_bot import RATE_LIMITED, TwinBot
 from twinlm.serve.discord_client import TwinClient, intents, run_bot
 from twinlm.serve.discord_text import Ask
 
-BOT_ID = 999
-GUILD = 1
-GENERAL, CLOSED, THREAD = 10, 11, 12  # the allowed channel, one that is not, a thread of the allowed one
+# Snowflake ids as Discord's (15 to 20 digits: discord.py only finds channel and role mentions that long).
+BOT_ID = 1_000_000_000_000_000_999
+GUILD = 1_000_000_000_000_000_001
+GENERAL, CLOSED, THREAD = 1_000_000_000_000_000_010, 1_000_000_000_000_000_011, 1_000_000_000_000_000_012
+ROLE = 1_000_000_000_000_000_500  # a role, "climbers"
 T0 = datetime(2024, 3, 1, 18, 0, tzinfo=UTC)
 
 # Server members: (id, username, global display name, server nickname)
-ALEX = (21, "alexr", "Alex", None)  # me, by the username alias in twin.yaml
-SAM = (22, "sam_l", "Sammy", "Sam the man")  # the friend "Sam", by an alias
-PRIYA = (23, "priya", "Priya P", None)  # nobody in twin.yaml: shown by her display name
-OTHER_BOT = (30, "otherbot", None, None)
+ALEX = (1_000_000_000_000_000_021, "alexr", "Alex", None)  # me, by the username alias in twin.yaml
+SAM = (1_000_000_000_000_000_022, "sam_l", "Sammy", "Sam the man")  # the friend "Sam", by an alias
+PRIYA = (1_000_000_000_000_000_023, "priya", "Priya P", None)  # not in twin.yaml: her display name
+OTHER_BOT = (1_000_000_000_000_000_030, "otherbot", None, None)
 
 CONFIG = {
     "me": [ME, "alexr"],
@@ -150,7 +152,9 @@ class Server:
                     {**channel, "id": str(CLOSED), "name": "closed"},
                 ],
                 "threads": [thread],
-                "roles": [],
+                "roles": [
+                    {"id": str(ROLE), "name": "climbers", "permissions": "0", "position": 1, "color": 0}
+                ],
                 "members": [],
             }
         )
@@ -171,6 +175,7 @@ class Server:
         kind: int = 0,
         webhook: bool = False,
         reply_to: int | None = None,
+        roles: tuple[int, ...] = (),
     ) -> dict[str, Any]:
         """A MESSAGE_CREATE payload posted `minutes` after the previous one (kept for history)."""
         self.now += timedelta(minutes=minutes, seconds=seconds)
@@ -187,14 +192,14 @@ class Server:
             "tts": False,
             "mention_everyone": False,
             "mentions": [{**user_json(m, bot=m[0] == BOT_ID), "member": member_json(m)} for m in mentions],
-            "mention_roles": [],
+            "mention_roles": [str(r) for r in roles],
             "attachments": [],
             "embeds": [],
             "pinned": False,
             "type": kind,
         }
         if webhook:
-            data["webhook_id"] = "4242"
+            data["webhook_id"] = "1000000000000004242"
         if reply_to is not None:  # a reply (type 19) to an earlier message of the channel
             data["type"] = 19
             data["message_reference"] = {
@@ -458,6 +463,23 @@ def test_context_is_the_last_session_named_cleaned_and_merged_as_in_training(
     assert text.index("who's coming") < text.index("me for sure") < text.index("so?")
 
 
+def test_mentions_are_named_as_the_exports_wrote_them(twin: Any) -> None:
+    bot = make_bot(twin)
+
+    async def main() -> None:
+        _, server = await _server(bot)
+        unknown = "<#1000000000000424242> <@1000000000000000777>"  # a channel and a member not in the guild
+        said = f"<@{SAM[0]}> <@&{ROLE}> see <#{CLOSED}> {unknown} <:pog:123>"
+        earlier = server.post(PRIYA, said, mentions=(SAM,), roles=(ROLE,))
+        message = server.post(ALEX, f"<@{BOT_ID}> as Sam: <@!{PRIYA[0]}> ok", mentions=(PRIYA,))
+        turns = bot.turns([earlier], message, Ask("Sam", f"<@!{PRIYA[0]}> ok"), BOT_ID)
+        # DiscordChatExporter's "@Name", "@Role" and "#channel", made "Name", "Role" by build.clean's pings
+        # rule; an unknown channel or member (not resolvable) is removed as a raw ping; custom emoji stay.
+        assert turns == [("Priya P", "Sam the man climbers see #closed <:pog:123>"), (ME, "Priya P ok")]
+
+    run(main())
+
+
 def test_context_limit_and_unknown_bot_messages(twin: Any, fake_backend: FakeBackend) -> None:
     config = {**CONFIG, "discord": {"channels": [GENERAL], "context_messages": 3}}
     bot = make_bot(twin, config)
@@ -612,7 +634,7 @@ def test_real_tiny_twin_replies_in_discord(served_workspace: Path) -> None:
 
     bot.twin.backend.generate = generate  # type: ignore[method-assign]
 
-    sam = (24, "samsam", None, "Sam")  # shown as "Sam", the name the corpus has (a WhatsApp contact)
+    sam = (1_000_000_000_000_000_024, "samsam", None, "Sam")  # "Sam", as the corpus (WhatsApp) names him
 
     async def script(server: Server, client: TwinClient) -> None:
         server.post(sam, "Did you eat dinner today?")

@@ -59,7 +59,7 @@ RATE_LIMITED = "\N{HOURGLASS WITH FLOWING SAND}"  # the reaction on a message re
 _SENT_REMEMBERED = 5000  # bot messages whose persona is remembered (their text is context later)
 # Message types that are a person talking, as the Discord source keeps them (twinlm.sources.discord).
 _TALK = frozenset({discord.MessageType.default, discord.MessageType.reply})
-_USER_MENTION = re.compile(r"<@!?(\d+)>")
+_MENTION = re.compile(r"<(@!?\d+|@&\d+|#\d+)>")  # a member, a role, a channel
 # No reply may ping anyone: the model writes what it learnt, "@everyone" included.
 NO_PINGS = discord.AllowedMentions.none()
 
@@ -328,12 +328,17 @@ class TwinBot:
 
 
 def _named_mentions(text: str, message: discord.Message) -> str:
-    """<@id> as "@Name" (the member's display name), as DiscordChatExporter writes mentions in the exports
-    the model learnt from; the build's cleaning then makes it "Name"."""
-    names = {user.id: user.display_name for user in message.mentions}
-    return _USER_MENTION.sub(
-        lambda m: f"@{names[int(m.group(1))]}" if int(m.group(1)) in names else m.group(0), text
-    )
+    """Mentions as DiscordChatExporter writes them in the exports the model learnt from: <@id> as "@Name"
+    (the member's display name), <@&id> as "@Role", <#id> as "#channel" (the build's cleaning then makes
+    "@Name" "Name"). One it cannot name stays raw, and the cleaning removes it, as in training."""
+    names = {f"@{user.id}": f"@{user.display_name}" for user in message.mentions}
+    names.update({f"@&{role.id}": f"@{role.name}" for role in message.role_mentions})
+    guild = message.guild
+    for channel_id in message.raw_channel_mentions:
+        channel = guild.get_channel_or_thread(channel_id) if guild is not None else None
+        if channel is not None:
+            names[f"#{channel_id}"] = f"#{channel.name}"
+    return _MENTION.sub(lambda m: names.get(m.group(1).replace("!", ""), m.group(0)), text)
 
 
 def _ms(message: discord.Message) -> int:
