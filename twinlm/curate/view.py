@@ -14,6 +14,7 @@ gaps), and excluding a part excludes each of its messages.
 
 from __future__ import annotations
 
+import threading
 from collections import Counter, OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
@@ -185,6 +186,7 @@ FROM messages WHERE id IN ({marks})
 
 # The sessions of the last conversations viewed (Viewer._parts): the review page asks for one page at a time.
 _PARTS: OrderedDict[tuple[Any, ...], list[list[_Stamp]]] = OrderedDict()
+_PARTS_LOCK = threading.Lock()
 
 
 @dataclass(slots=True)
@@ -268,17 +270,19 @@ class Viewer:
         ).fetchone()[0]
         imports = db.execute("SELECT max(id) FROM imports").fetchone()[0]
         key = (str(self.corpus.path), row_id, size, top, out, imports, kind, gap)
-        parts = _PARTS.get(key)
-        if parts is not None:
-            _PARTS.move_to_end(key)
-            return parts
+        with _PARTS_LOCK:  # the review page's requests run in threads
+            parts = _PARTS.get(key)
+            if parts is not None:
+                _PARTS.move_to_end(key)
+                return parts
         stamps = [_Stamp(*row) for row in db.execute(_KEYS, (row_id,))]
         stamps = _in_time_order(stamps)  # type: ignore[arg-type]  # only reads .timestamp_ms
         # An assistant chat or a document is one session whatever the pauses, as in the build.
         parts = split_by_gap(stamps, gap) if kind == "chat" else [stamps] if stamps else []
-        _PARTS[key] = parts
-        while len(_PARTS) > 8:
-            _PARTS.popitem(last=False)
+        with _PARTS_LOCK:
+            _PARTS[key] = parts
+            while len(_PARTS) > 8:
+                _PARTS.popitem(last=False)
         return parts
 
     def _timed(self, source: str, conversation_excluded: bool, row: tuple[Any, ...]) -> _Timed:
