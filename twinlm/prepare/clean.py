@@ -97,7 +97,8 @@ _LAUGH: dict[str, str] = {
 _GENERIC_LAUGH = re.compile(_LAUGH_COMMON)  # for the words around a farewell ("lol ok gtg")
 
 _APOSTROPHES = str.maketrans("", "", "'’‘`´ʼ")
-_NON_WORD = re.compile(r"[\W_]+")
+_APOSTROPHE = re.compile("['’‘`´ʼ]")
+_WORD = re.compile(r"[^\W_]+")
 _REPEAT = re.compile(r"(.)\1+")
 # A clause is a run of words, spaces, apostrophes and hyphens; punctuation and emoji end it.
 _CLAUSE = re.compile(r"([\w\s'’‘`´ʼ-]+)([^\w\s'’‘`´ʼ-]*)")
@@ -117,7 +118,17 @@ _MEDIA_KINDS = frozenset({"media", "sticker"})
 
 def words(text: str) -> list[str]:
     """The words of `text` for matching: casefolded, apostrophes deleted, emoji/punctuation as breaks."""
-    return _NON_WORD.sub(" ", text.casefold().translate(_APOSTROPHES)).split()
+    folded = text.casefold()
+    if _APOSTROPHE.search(folded):  # translate() is slow on text that has nothing to delete
+        folded = folded.translate(_APOSTROPHES)
+    return _WORD.findall(folded)
+
+
+# A message's words are needed twice (non-replies, then farewells once its session is complete) and
+# short texts repeat ("ok", "yes"): the recent ones are kept.
+@lru_cache(maxsize=1 << 14)
+def _words(text: str) -> tuple[str, ...]:
+    return tuple(words(text))
 
 
 @lru_cache(maxsize=1 << 16)  # chat vocabulary repeats: a dict lookup beats the regex 5x
@@ -245,6 +256,14 @@ class _Rules:
         enders = [e for lang in config.languages for e in _ENDERS[lang].split("|")]
         enders += config.conversation_enders_extra
         self.enders = _phrase_keys(enders)
+        # A prefilter: a clause is a farewell only when it holds every word of one, so each farewell is
+        # indexed by its word found in the fewest farewells (a text without any skips the clause scan).
+        phrases = [frozenset(key.split()) for key in self.enders]
+        seen = Counter(word for phrase in phrases for word in phrase)
+        self.ender_index: dict[str, list[frozenset[str]]] = {}
+        for phrase in phrases:
+            rare = min(phrase, key=lambda word: (seen[word], -len(word), word))
+            self.ender_index.setdefault(rare, []).append(phrase)
         self.laugh = re.compile(
             "|".join([_LAUGH_COMMON, *(_LAUGH[lang] for lang in config.languages if _LAUGH[lang])])
         )
@@ -338,7 +357,7 @@ def clean_message(
 
 def _non_reply(text: str, config: CleanConfig) -> str | None:
     """The drop reason when `text` is only a reaction or has no words, else None."""
-    found = words(text)
+    found = _words(text)
     if not found:
         if config.drop_symbol_only:
             return "message dropped: emoji or punctuation only"
@@ -375,7 +394,12 @@ def is_conversation_ender(text: str, config: CleanConfig) -> bool:
     """
     if len(text) > config.enders_max_chars:
         return False
-    enders = _rules(config).enders
+    rules = _rules(config)
+    present = set(map(_squeeze, _words(text)))  # the clauses' words are the text's words
+    index = rules.ender_index
+    if not any(phrase <= present for word in present for phrase in index.get(word, ())):
+        return False
+    enders = rules.enders
     for clause, end in _CLAUSE.findall(text):
         if "?" in end:
             continue

@@ -123,7 +123,25 @@ _PASSWORD_HINTS = _hints("passw|pwd|pw|mdp|contraseña|mot de passe")
 _KEYWORD_HINTS = _hints("token|key|secret|auth|bearer")
 
 
+_LONG_RUN = re.compile(r"\S{16}")  # every token shape and keyword value is this long without a space
+
+
 def _secrets(text: str, counts: Counter[str]) -> str:
+    # Most messages hold no candidate at all: say so before building the replacement functions.
+    lowered = text.lower()
+    long_run = _LONG_RUN.search(text) is not None
+    if not (
+        long_run
+        or "-----BEGIN" in text
+        or _PASSWORD_HINTS.search(lowered)
+        or ("://" in text and "@" in text)
+        or ("=" in text and ("?" in text or "#" in text))
+    ):
+        return text
+    return _secrets_in(text, lowered, long_run, counts)
+
+
+def _secrets_in(text: str, lowered: str, long_run: bool, counts: Counter[str]) -> str:
     def whole(m: re.Match[str]) -> str:
         value = m.group(0)
         # "sk-learn-is-a-nice-library" is words, not a key: real keys are random and have digits.
@@ -149,9 +167,9 @@ def _secrets(text: str, counts: Counter[str]) -> str:
 
     if "-----BEGIN" in text:
         text = _PRIVATE_KEY.sub(whole, text)
-    lowered = text.lower()
-    # Every token shape and every keyword value is at least 16 characters without a space.
-    if max(map(len, text.split()), default=0) >= 16:
+        lowered = text.lower()
+        long_run = _LONG_RUN.search(text) is not None
+    if long_run:
         text = _TOKEN.sub(whole, text)
         if _KEYWORD_HINTS.search(lowered):
             text = _KEYWORD_VALUE.sub(value_only, text)
