@@ -9,7 +9,6 @@ import asyncio
 import json
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -128,8 +127,7 @@ def _readme_blocks(language: str) -> list[str]:
 
 
 def test_readme_curl_examples_run_as_written(server: str) -> None:
-    if shutil.which("curl") is None:
-        pytest.skip("needs curl")
+    require("curl")
     blocks = [b for b in _readme_blocks("sh") if b.startswith("curl ")]
     assert len(blocks) == 3, blocks  # models, a reply, a streamed reply
     outputs = []
