@@ -469,13 +469,14 @@ def test_mentions_are_named_as_the_exports_wrote_them(twin: Any) -> None:
     async def main() -> None:
         _, server = await _server(bot)
         unknown = "<#1000000000000424242> <@1000000000000000777>"  # a channel and a member not in the guild
-        said = f"<@{SAM[0]}> <@&{ROLE}> see <#{CLOSED}> {unknown} <:pog:123>"
+        said = f"<@{SAM[0]}> <@&{ROLE}> see <#{CLOSED}> {unknown} <:pog:123><a:party_blob:456>"
         earlier = server.post(PRIYA, said, mentions=(SAM,), roles=(ROLE,))
         message = server.post(ALEX, f"<@{BOT_ID}> as Sam: <@!{PRIYA[0]}> ok", mentions=(PRIYA,))
         turns = bot.turns([earlier], message, Ask("Sam", f"<@!{PRIYA[0]}> ok"), BOT_ID)
-        # DiscordChatExporter's "@Name", "@Role" and "#channel", made "Name", "Role" by build.clean's pings
-        # rule; an unknown channel or member (not resolvable) is removed as a raw ping; custom emoji stay.
-        assert turns == [("Priya P", "Sam the man climbers see #closed <:pog:123>"), (ME, "Priya P ok")]
+        # DiscordChatExporter's "@Name", "@Role", "#channel" and ":emoji:", made "Name", "Role" by
+        # build.clean's pings rule; a channel or member it cannot name is removed as a raw ping.
+        said = "Sam the man climbers see #closed :pog::party_blob:"
+        assert turns == [("Priya P", said), (ME, "Priya P ok")]
 
     run(main())
 

@@ -59,7 +59,8 @@ RATE_LIMITED = "\N{HOURGLASS WITH FLOWING SAND}"  # the reaction on a message re
 _SENT_REMEMBERED = 5000  # bot messages whose persona is remembered (their text is context later)
 # Message types that are a person talking, as the Discord source keeps them (twinlm.sources.discord).
 _TALK = frozenset({discord.MessageType.default, discord.MessageType.reply})
-_MENTION = re.compile(r"<(@!?\d+|@&\d+|#\d+)>")  # a member, a role, a channel
+# A member, a role, a channel; or a custom emoji (group 2: its name), animated or not.
+_MENTION = re.compile(r"<(@!?\d+|@&\d+|#\d+|a?:(\w+):\d+)>")
 # No reply may ping anyone: the model writes what it learnt, "@everyone" included.
 NO_PINGS = discord.AllowedMentions.none()
 
@@ -328,9 +329,10 @@ class TwinBot:
 
 
 def _named_mentions(text: str, message: discord.Message) -> str:
-    """Mentions as DiscordChatExporter writes them in the exports the model learnt from: <@id> as "@Name"
-    (the member's display name), <@&id> as "@Role", <#id> as "#channel" (the build's cleaning then makes
-    "@Name" "Name"). One it cannot name stays raw, and the cleaning removes it, as in training."""
+    """Mentions and custom emoji as DiscordChatExporter writes them in the exports the model learnt from
+    (its plain-text Markdown formatting): <@id> as "@Name" (the member's display name), <@&id> as
+    "@Role", <#id> as "#channel", <:name:id> as ":name:"; the build's cleaning then makes "@Name"
+    "Name". A mention it cannot name stays raw, and the cleaning removes it."""
     names = {f"@{user.id}": f"@{user.display_name}" for user in message.mentions}
     names.update({f"@&{role.id}": f"@{role.name}" for role in message.role_mentions})
     guild = message.guild
@@ -338,7 +340,13 @@ def _named_mentions(text: str, message: discord.Message) -> str:
         channel = guild.get_channel_or_thread(channel_id) if guild is not None else None
         if channel is not None:
             names[f"#{channel_id}"] = f"#{channel.name}"
-    return _MENTION.sub(lambda m: names.get(m.group(1).replace("!", ""), m.group(0)), text)
+
+    def named(m: re.Match[str]) -> str:
+        if m.group(2) is not None:  # a custom emoji
+            return f":{m.group(2)}:"
+        return names.get(m.group(1).replace("!", ""), m.group(0))
+
+    return _MENTION.sub(named, text)
 
 
 def _ms(message: discord.Message) -> int:
