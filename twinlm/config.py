@@ -321,7 +321,9 @@ class SamplingConfig(BaseModel):
         description="Leave out tokens less likely than this fraction of the likeliest one (0: off).",
     )
     repetition_penalty: float = Field(
-        1.1, gt=0, description="Above 1 makes tokens already in the chat less likely (1: off)."
+        1.1,
+        gt=0,
+        description="Above 1 makes tokens the reply already wrote (among its last 64) less likely (1: off).",
     )
     max_tokens: int = Field(512, ge=1, description="Longest reply, in tokens.")
     seed: int | None = Field(

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,7 @@ from tools_required import require
 
 from twinlm.config import SamplingConfig
 from twinlm.errors import TwinError
-from twinlm.serve.backends import Generation, Sampling, end_of_turn_ids, open_backend
+from twinlm.serve.backends import Generation, Sampling, end_of_turn_ids, open_backend, sample_token
 
 GREEDY = Sampling(temperature=0.0, repetition_penalty=1.0, max_tokens=24)
 
@@ -109,6 +110,33 @@ def test_sampling_from_config_with_overrides() -> None:
     assert Sampling.from_config() == Sampling()
 
 
+def test_sample_token_follows_llama_cpps_chain() -> None:
+    import torch
+
+    def pick(logits: list[float], reply: list[int], **kw: Any) -> set[int]:
+        sampling = Sampling(
+            **{"temperature": 1.0, "top_p": 1.0, "min_p": 0.0, "repetition_penalty": 1.0, **kw}
+        )
+        gen = torch.Generator().manual_seed(0)
+        return {sample_token(torch.tensor(logits), reply, sampling, gen) for _ in range(200)}
+
+    assert pick([1.0, 3.0, 2.0], [], temperature=0) == {1}
+    # The penalty divides a positive logit, multiplies a negative one, only for tokens the reply wrote.
+    assert pick([1.0, 3.0, 2.9], [1], temperature=0, repetition_penalty=1.1) == {2}
+    assert pick([-1.0, -1.05, -9.0], [0], temperature=0, repetition_penalty=1.1) == {1}
+    assert pick([1.0, 3.0, 2.9], [0] * 63 + [1], temperature=0, repetition_penalty=1.1) == {2}
+    out_of_window = [1] + [0] * 64
+    assert pick([1.0, 3.0, 2.9], out_of_window, temperature=0, repetition_penalty=1.1) == {1}
+    # probabilities ~ 0.665, 0.245, 0.090: top_p keeps the token that crosses it; min_p: relative to the top.
+    logits = [2.0, 1.0, 0.0]
+    assert pick(logits, [], top_p=0.6) == {0}
+    assert pick(logits, [], top_p=0.7) == {0, 1}
+    assert pick(logits, [], min_p=0.3) == {0, 1}
+    assert pick(logits, [], min_p=0.1) == {0, 1, 2}
+    # Both before temperature: a high temperature does not bring back what they left out.
+    assert pick(logits, [], top_p=0.7, temperature=5.0) == {0, 1}
+
+
 # --- the real backends on the tiny model ---------------------------------------------------------------
 
 
@@ -139,6 +167,23 @@ def test_both_backends_give_the_same_greedy_reply(served_workspace: Path, prompt
         assert len(pieces) > 1
     assert replies["transformers"] == replies["llama.cpp"]
     assert replies["transformers"][1] > 1
+
+
+def test_both_backends_penalize_repetition_alike(served_workspace: Path, prompt: list[int]) -> None:
+    """Greedy with the default repetition penalty: the same reply, so the penalty means the same in both
+    (llama.cpp's: the reply's last 64 tokens, not the prompt)."""
+    require("llama_cpp")
+    export = served_workspace / "export" / "r"
+    penalized = replace(GREEDY, repetition_penalty=1.3, max_tokens=40)
+    replies = {}
+    for kind, path in (("transformers", export / "merged"), ("llama.cpp", export / "r-f32.gguf")):
+        backend = open_backend(kind, path, context_length=512)  # type: ignore[arg-type]
+        replies[kind] = (
+            "".join(backend.generate(prompt, penalized)),
+            "".join(backend.generate(prompt, GREEDY)),
+        )
+    assert replies["transformers"] == replies["llama.cpp"]
+    assert replies["transformers"][0] != replies["transformers"][1]  # the penalty changed the reply
 
 
 def test_llama_cpp_stops_at_end_of_turn_and_reuses_the_context(

@@ -298,40 +298,46 @@ class TransformersBackend:
 
         generator = torch.Generator(device=self.device)
         generator.manual_seed(sampling.seed if sampling.seed is not None else random.getrandbits(63))
-        seen = torch.tensor(prompt_ids, device=self.device)
         cache = DynamicCache()
-        step = seen.unsqueeze(0)
+        step = torch.tensor([prompt_ids], device=self.device)
+        reply: list[int] = []
         while True:
             with torch.inference_mode():
                 out = self.model(input_ids=step, use_cache=True, **{self._cache_arg: cache})
-                token = _sample(out.logits[0, -1].float().clone(), seen, sampling, generator)
+                token = sample_token(out.logits[0, -1].float().clone(), reply, sampling, generator)
             yield token
-            seen = torch.cat([seen, torch.tensor([token], device=self.device)])
-            step = seen[-1:].unsqueeze(0)
+            reply.append(token)
+            step = torch.tensor([[token]], device=self.device)
 
 
-def _sample(logits: Any, seen: Any, sampling: Sampling, generator: Any) -> int:
-    """The next token: repetition penalty (over the prompt and the reply, as transformers does), then
-    greedy at temperature 0, else temperature, min_p, top_p and a draw."""
+PENALTY_WINDOW = 64  # the reply's last tokens the repetition penalty looks at (llama-cpp-python's default)
+
+
+def sample_token(logits: Any, reply: list[int], sampling: Sampling, generator: Any = None) -> int:
+    """The next token, the way llama.cpp's sampler chain picks it (so both backends mean the same by
+    each setting): the repetition penalty on the tokens among the reply's last PENALTY_WINDOW
+    (a positive logit divided by it, a negative one multiplied); temperature 0: the likeliest token;
+    else top_p, then min_p on the probabilities before temperature, then temperature and a draw."""
     import torch
 
-    if sampling.repetition_penalty != 1.0:
-        previous = torch.unique(seen)
+    if sampling.repetition_penalty != 1.0 and reply:
+        previous = torch.tensor(sorted(set(reply[-PENALTY_WINDOW:])), device=logits.device)
         scores = logits[previous]
         logits[previous] = torch.where(
-            scores < 0, scores * sampling.repetition_penalty, scores / sampling.repetition_penalty
+            scores <= 0, scores * sampling.repetition_penalty, scores / sampling.repetition_penalty
         )
     if sampling.temperature <= 0:
         return int(torch.argmax(logits))
-    probs = torch.softmax(logits / sampling.temperature, dim=-1)
-    if sampling.min_p > 0:
-        probs = torch.where(probs < sampling.min_p * probs.max(), 0.0, probs)
+    probs = torch.softmax(logits, dim=-1)
+    keep = torch.ones_like(probs, dtype=torch.bool)
     if sampling.top_p < 1.0:
         ordered, order = torch.sort(probs, descending=True)
-        before = torch.cumsum(ordered, 0) - ordered  # mass of the more likely tokens
-        ordered = torch.where(before > sampling.top_p * ordered.sum(), 0.0, ordered)
-        probs = torch.zeros_like(probs).scatter(0, order, ordered)
-    return int(torch.multinomial(probs / probs.sum(), 1, generator=generator))
+        before = torch.cumsum(ordered, 0) - ordered  # the mass of the likelier tokens
+        keep[order[before >= sampling.top_p]] = False  # the token that crosses top_p stays
+    if sampling.min_p > 0:
+        keep &= probs >= sampling.min_p * probs.max()
+    scaled = torch.where(keep, logits / sampling.temperature, float("-inf"))
+    return int(torch.multinomial(torch.softmax(scaled, dim=-1), 1, generator=generator))
 
 
 def _check_prompt(prompt_ids: list[int], sampling: Sampling, context_length: int) -> None:
