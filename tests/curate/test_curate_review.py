@@ -243,3 +243,41 @@ def test_live_count_follows_changes_before_and_after_a_build(workspace: Path) ->
     assert after["samples"] == built["samples"] - 2 and after["trained_tokens"] < built["trained_tokens"]
     client.post("/review/api/undo", json={})
     assert client.get("/review/api/totals").json()["samples"] == built["samples"]
+
+
+def test_twinlm_review_serves_the_page_on_loopback(workspace: Path) -> None:
+    import subprocess
+    import sys
+    import urllib.request
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    command = [
+        sys.executable,
+        "-m",
+        "twinlm",
+        "review",
+        "--no-browser",
+        "--port",
+        str(port),
+        "-w",
+        str(workspace),
+    ]
+    server = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    direct = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # never through a proxy
+    try:
+        page = b""
+        for _ in range(300):
+            try:
+                with direct.open(f"http://127.0.0.1:{port}/review", timeout=2) as response:
+                    page = response.read()
+                break
+            except OSError:
+                if server.poll() is not None:
+                    break
+                time.sleep(0.1)
+        assert b"twinlm review" in page, server.stdout.read() if server.poll() is not None else "no answer"
+    finally:
+        server.terminate()
+        server.wait(10)
