@@ -15,7 +15,9 @@ import torch
 from twinlm.config import TwinConfig
 from twinlm.errors import TwinError
 from twinlm.train import loop
-from twinlm.train.checkpoint import list_checkpoints
+from twinlm.train.checkpoint import list_checkpoints, read_train_state
+from twinlm.train.data import load_split, pack
+from twinlm.train.distributed import Strategy
 from twinlm.train.loop import train
 
 from test_loop import make_workspace, metric_events, settings
@@ -106,3 +108,59 @@ def test_a_train_split_with_no_trained_token_is_one_error_not_an_endless_loop(tm
     cfg = settings("lora", steps=5, eval_every=1000, save_every=1000)
     with pytest.raises(TwinError, match="no sample of the train split has a trained token"):
         train(config.model_copy(update={"train": cfg}), tmp_path, "all-masked")
+
+
+# --- issue 17: what only several processes do, in one process told it is one of two ---------------
+# Strategy.world (and rank) is what the loop asks; with one real process every sum and broadcast is
+# the value itself, so the loop runs as process `rank` of two would, minus the other process's share.
+
+
+def _as_process_of_two(monkeypatch: pytest.MonkeyPatch, rank: int) -> None:
+    monkeypatch.setattr(Strategy, "world", property(lambda self: 2))
+    monkeypatch.setattr(Strategy, "rank", property(lambda self: rank))
+
+
+def test_two_processes_drop_an_epochs_last_incomplete_window(
+    workspace: tuple[Path, TwinConfig], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An odd number of micro-batches over two processes (grad_accum 1): the last window would have a
+    share for one process only, so each epoch is floor(n / 2) steps, and two epochs end at the end
+    of the second epoch's last full window."""
+    root, config = workspace
+    train_set = load_split(root / "data", "train")
+    base = settings("lora", steps=0, epochs=2, eval_every=1000, save_every=1000)
+    batch_tokens = next(b for b in (768, 512, 1024, 384) if len(pack(train_set, b, base.seed, 0)) % 2)
+    n = len(pack(train_set, batch_tokens, base.seed, 0))
+    assert n >= 3 and n % 2 == 1
+    _as_process_of_two(monkeypatch, rank=0)
+    cfg = base.model_copy(update={"batch_tokens": batch_tokens})
+    result = train(config.model_copy(update={"train": cfg}), root, "two-odd")
+    assert result.steps == 2 * (n // 2)
+    ((step, path),) = list_checkpoints(result.run_dir)
+    state = read_train_state(path)
+    assert (step, state.epoch, state.batch_in_epoch, state.world_size) == (2 * (n // 2), 1, n // 2, 2)
+
+
+def test_a_process_left_without_an_eval_bin_runs_one_masked_forward(
+    workspace: tuple[Path, TwinConfig], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One eval bin, two processes: the second has no bin of its own; it still runs one forward (so
+    that sharded weight gathers stay paired) on a bin that exists, with every label masked: it adds
+    no token, so alone it has no eval loss."""
+    root, config = workspace
+    base = settings("lora", steps=1, batch_tokens=2048, eval_every=1, save_every=1000)
+    assert len(pack(load_split(root / "data", "eval"), 2048, base.seed, 0)) == 1
+    _as_process_of_two(monkeypatch, rank=1)
+    real, counted = loop._loss_sum, []
+
+    def counting(model: Any, batch: Any, labels: torch.Tensor, fused: bool) -> tuple[torch.Tensor, int]:
+        part, n = real(model, batch, labels, fused)
+        if not torch.is_grad_enabled():
+            counted.append(n)
+        return part, n
+
+    monkeypatch.setattr(loop, "_loss_sum", counting)
+    result = train(config.model_copy(update={"train": base}), root, "two-one-eval-bin")
+    assert result.steps == 1
+    assert counted == [0, 0]  # step 0 and step 1: one forward each, no token counted
+    assert result.first_eval_loss is None and result.last_eval_loss is None
