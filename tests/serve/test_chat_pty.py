@@ -19,6 +19,7 @@ from twinlm.config import TwinConfig
 from twinlm.workspace import init_workspace
 
 pexpect = pytest.importorskip("pexpect")
+pytestmark = pytest.mark.slow  # each test starts twinlm in a terminal (seconds of imports)
 
 HERE = Path(__file__).parent
 TWINLM = Path(sys.executable).parent / "twinlm"
