@@ -63,7 +63,7 @@ def test_web_page_streams_replies_switches_persona_and_starts_over(driver: Any, 
     from selenium.webdriver.common.keys import Keys
     from selenium.webdriver.support.ui import Select
 
-    backend = kit.FakeBackend(tiny_tokenizer, REPLY, delay=0.15)
+    backend = kit.FakeBackend(tiny_tokenizer, REPLY, delay=0.05)
     twin = kit.make_fake_twin(backend)
     personas: list[str] = []
     render = twin.prompt_from_messages
