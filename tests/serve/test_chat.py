@@ -183,3 +183,27 @@ def test_once_with_the_tiny_model(served_workspace: Path) -> None:
         FRIEND, [(ME, "hey")], sampling=Sampling(temperature=0, max_tokens=6, repetition_penalty=1.1)
     )
     assert done.stdout == "".join(expected) + "\n"
+
+
+def test_the_interactive_loop_shows_names_and_replies_harmlessly(
+    workspace: Path, tiny_tokenizer: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Names and model text come from chats anyone wrote: escape sequences and rich markup in them are
+    shown as plain characters (stdin here is not a terminal; the pty test covers the terminal)."""
+    from twinlm.cli import app
+
+    hostile = "Mal\x1b]0;pwned\x07lory [/]"
+    twin = make_fake_twin(FakeBackend(tiny_tokenizer, "clear\x1b[2J the [bold]screen"))
+    twin.personas[hostile] = None
+    monkeypatch.setattr("twinlm.serve.twin.open_twin", lambda *a, **k: twin)
+    lines = "first line\\\nsecond\n/as Sam\n/nope\nhi\n/exit\n"
+    result = CliRunner().invoke(app, ["chat", "-w", str(workspace), "--as", hostile, "--me", ME], input=lines)
+    assert result.exit_code == 0, result.output
+    assert "\x1b" not in result.stdout + result.stderr and "\x07" not in result.stdout + result.stderr
+    assert "Mal\ufffd]0;pwned\ufffdlory [/]" in result.stderr  # the name, its control characters made visible
+    assert result.stdout.count("clear\ufffd[2J the [bold]screen") == 2  # two replies, markup left as text
+    assert "unknown command" in result.stderr and f"The model now speaks as {FRIEND}." in result.stderr
+    backend = twin.backend
+    assert isinstance(backend, FakeBackend)
+    # The two-line message reached the model as one turn with its line break.
+    assert "first line\nsecond" in tiny_tokenizer.decode(backend.prompts[0])
