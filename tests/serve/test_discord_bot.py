@@ -543,6 +543,45 @@ def test_gateway_message_to_reply(twin: Any, fake_backend: FakeBackend) -> None:
     assert sorted(bot.sent.values()) == [ME, ME]  # both parts are Alex's turn in later context
 
 
+def test_the_event_loop_runs_while_generating_and_replies_queue(twin: Any) -> None:
+    """While a reply is generated the event loop goes on (discord.py's heartbeat runs on it), and several
+    questions at once are generated one at a time (a backend is not thread-safe), all answered."""
+    bot = make_bot(twin)
+    loop_ran = threading.Event()
+    running = {"now": 0, "most": 0}
+    lock = threading.Lock()
+
+    def generate(persona: str, turns: list[tuple[str, str]]) -> str:
+        with lock:
+            running["now"] += 1
+            running["most"] = max(running["most"], running["now"])
+        try:
+            # Set by a coroutine on the loop: it can only run if generation left the loop's thread.
+            assert loop_ran.wait(timeout=30), "the event loop was blocked while generating"
+            return f"{persona} answers {turns[-1][1]}"
+        finally:
+            with lock:
+                running["now"] -= 1
+
+    bot.generate = generate  # type: ignore[method-assign]
+
+    async def main() -> Server:
+        client, server = await _server(bot)
+        people = (SAM, PRIYA, SAM)
+        asks = [ask(server, client, who, f"<@{BOT_ID}> as Alex: q{i}") for i, who in enumerate(people)]
+
+        async def heartbeat() -> None:
+            await asyncio.sleep(0)
+            loop_ran.set()
+
+        await asyncio.gather(*asks, heartbeat())
+        return server
+
+    server = run(main())
+    assert sorted(server.replies) == [f"{ME} answers q0", f"{ME} answers q1", f"{ME} answers q2"]
+    assert running == {"now": 0, "most": 1}  # one generation at a time
+
+
 def test_generation_errors_are_one_line_replies(twin: Any) -> None:
     twin.backend.context_length = 512
     config = {**CONFIG, "chat": {"sampling": {"max_tokens": 600}}}  # more than the whole context
