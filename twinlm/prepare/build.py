@@ -218,7 +218,7 @@ def _build(
                 if pending[first][0] >= position:
                     break
                 del pending[first]
-            weights[position] += sum(1 for label in r.labels if label != IGNORE_INDEX)
+            weights[position] += len(r.labels) - r.labels.count(IGNORE_INDEX)
             whose.add_row(sample, r.labels)
             spill.rendered.add(r.sample_id, r.input_ids, r.labels)
         pending.clear()

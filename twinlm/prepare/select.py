@@ -63,6 +63,8 @@ SELECT DISTINCT conversation FROM (
 ) WHERE ts < before
 """
 
+READ_CACHE_SIZE = -8192  # KiB (negative: a size, not pages), while the build reads the corpus
+
 _SUPERSEDED = "SELECT count(*) FROM messages WHERE superseded_by_import IS NOT NULL"
 # The user's own choices in the corpus, counted in the build report.
 _USER_CHOICES = {
@@ -115,6 +117,20 @@ def chats(
     superseded = int(corpus.db.execute(_SUPERSEDED).fetchone()[0])
     if superseded:
         counts["messages superseded by a newer export"] += superseded
+    # The query sorts every message (no index by conversation, on purpose: corpus/db.py), and SQLite's
+    # sorter and page cache each take up to the cache size: read with a small one, so that a build's
+    # memory does not grow with the corpus (the sort spills to temporary files instead).
+    (cache_size,) = corpus.db.execute("PRAGMA cache_size").fetchone()
+    corpus.db.execute(f"PRAGMA cache_size = {READ_CACHE_SIZE}")
+    try:
+        yield from _chats(corpus, resolve, where, params, stream_over)
+    finally:
+        corpus.db.execute(f"PRAGMA cache_size = {int(cache_size)}")
+
+
+def _chats(
+    corpus: Corpus, resolve: Resolver, where: str, params: tuple[str, ...], stream_over: int | None
+) -> Iterator[Chat]:
     rows = corpus.db.execute(_QUERY.format(where=where), params)
     # One speaker per account (source, author id), whatever name each message shows: `resolve` sees
     # the account's first message, so give it one that knows every name (Identities.speaker).

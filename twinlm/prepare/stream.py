@@ -28,7 +28,7 @@ from twinlm.prepare.outputs import HISTOGRAM_EDGES, ROW_SCHEMA, length_histogram
 from twinlm.prepare.sample import IGNORE_INDEX, Sample
 
 SPILL_TOKENS = 1 << 18  # tokens per spilled record batch: a few MB of arrays
-ROW_GROUP_BYTES = 64 << 20  # Arrow bytes per row group of the final Parquet files
+ROW_GROUP_BYTES = 8 << 20  # Arrow bytes per row group of the final Parquet files (held until written)
 
 
 def _temp(folder: Path, name: str) -> Path:
