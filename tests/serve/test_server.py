@@ -500,7 +500,7 @@ def test_a_full_queue_is_429_and_the_request_is_not_lost_later(tokenizer: Any) -
         assert next(lines).startswith("data: ")
         wait_until(lambda: _stats(url)["busy"] == 1, "the first request runs")
         busy = httpx.post(f"{url}/v1/chat/completions", json=_chat(), timeout=30)
-        assert busy.status_code == 429
+        assert busy.status_code == 429 and busy.headers["retry-after"] == "1"
         assert busy.json()["error"] == {
             "message": busy.json()["error"]["message"],
             "type": "requests",

@@ -267,8 +267,12 @@ def create_app(
 
     @app.exception_handler(ApiError)
     async def _api_error(_: Request, error: ApiError) -> JSONResponse:
-        # A body refused unread: close the connection, or the server would go on reading it to the end.
-        return error_response(error, {"Connection": "close"} if error.status == 413 else None)
+        headers = {
+            # A body refused unread: close the connection, or the server would go on reading it to the end.
+            413: {"Connection": "close"},
+            429: {"Retry-After": "1"},  # OpenAI's clients retry a 429 after this many seconds
+        }.get(error.status)
+        return error_response(error, headers)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, error: StarletteHTTPException) -> JSONResponse:
