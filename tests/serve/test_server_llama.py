@@ -135,7 +135,7 @@ def test_readme_curl_examples_run_as_written(server: str) -> None:
         assert README_URL in block
         command = block.strip().replace(README_URL, server)
         done = subprocess.run(
-            ["bash", "-c", "set -o pipefail; " + command + " --fail-with-body -sS"],
+            ["bash", "-c", command],  # as written; the output is checked below
             capture_output=True,
             text=True,
             timeout=120,
