@@ -164,3 +164,18 @@ def test_a_process_left_without_an_eval_bin_runs_one_masked_forward(
     assert result.steps == 1
     assert counted == [0, 0]  # step 0 and step 1: one forward each, no token counted
     assert result.first_eval_loss is None and result.last_eval_loss is None
+
+
+def test_one_process_trains_an_epochs_last_incomplete_window(workspace: tuple[Path, TwinConfig]) -> None:
+    """One process, grad_accum 2, an odd number n of micro-batches: the last window holds one
+    micro-batch and is still a step, so one epoch is ceil(n / 2) steps (nothing of the data is left
+    out; the mutant `world > 1` -> `>= 1` made it floor(n / 2))."""
+    root, config = workspace
+    train_set = load_split(root / "data", "train")
+    base = settings("lora", steps=0, epochs=1, grad_accum=2, eval_every=1000, save_every=1000)
+    batch_tokens = next(b for b in (768, 512, 1024, 384) if len(pack(train_set, b, base.seed, 0)) % 2)
+    n = len(pack(train_set, batch_tokens, base.seed, 0))
+    assert n >= 3 and n % 2 == 1
+    cfg = base.model_copy(update={"batch_tokens": batch_tokens})
+    result = train(config.model_copy(update={"train": cfg}), root, "one-odd")
+    assert result.steps == (n + 1) // 2
