@@ -374,7 +374,8 @@ def test_a_reply_to_a_persona_goes_on_with_it(twin: Any, fake_backend: FakeBacke
     assert server.replies[:2] == [FAKE_REPLY, FAKE_REPLY]
     assert server.replies[2].startswith("Who should answer?")  # a reply to a person: no persona to go on with
     turns = [(FRIEND, "dinner?"), (ME, FAKE_REPLY), (FRIEND, "really?")]
-    assert fake_backend.prompts[-1] == twin.prompt(ME, turns, max_new_tokens=bot.settings.sampling.max_tokens)
+    expected = bot.twin.prompt(ME, turns, max_new_tokens=bot.settings.sampling.max_tokens)
+    assert fake_backend.prompts[-1] == expected
 
 
 def test_build_clean_bots_are_neither_answered_nor_read(twin: Any, fake_backend: FakeBackend) -> None:
@@ -406,7 +407,7 @@ def test_without_history_access_the_message_alone_is_the_context(
 
     assert converse(bot, script).replies == [FAKE_REPLY]
     assert fake_backend.prompts == [
-        twin.prompt(ME, [(FRIEND, "hi")], max_new_tokens=bot.settings.sampling.max_tokens)
+        bot.twin.prompt(ME, [(FRIEND, "hi")], max_new_tokens=bot.settings.sampling.max_tokens)
     ]
 
 
@@ -455,12 +456,15 @@ def test_context_is_the_last_session_named_cleaned_and_merged_as_in_training(
     second = [*first, (FRIEND, FAKE_REPLY), (ME, "so?")]  # the bot's reply is Sam's turn
     max_tokens = bot.settings.sampling.max_tokens
     assert fake_backend.prompts == [
-        twin.prompt(FRIEND, first, max_new_tokens=max_tokens),
-        twin.prompt(FRIEND, second, max_new_tokens=max_tokens),
+        bot.twin.prompt(FRIEND, first, max_new_tokens=max_tokens),
+        bot.twin.prompt(FRIEND, second, max_new_tokens=max_tokens),
     ]
     text = fake_backend.tokenizer.decode(fake_backend.prompts[1])
     assert "an old session" not in text and "I am a bot" not in text and "persona" not in text
     assert text.index("who's coming") < text.index("me for sure") < text.index("so?")
+    # The persona prompt as build wrote it for a Discord session (the fake export learnt from WhatsApp).
+    assert "A chat between Alex Rivera, Priya from the export and Sam on Discord." in text
+    assert twin.provenance["persona_settings"]["platform"] == "whatsapp"  # the twin given is left as it was
 
 
 def test_mentions_are_named_as_the_exports_wrote_them(twin: Any) -> None:

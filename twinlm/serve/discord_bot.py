@@ -26,7 +26,7 @@ import threading
 import time
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 import discord
@@ -131,7 +131,7 @@ class TwinBot:
         extra_channels: Iterable[int] = (),
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self.twin = twin
+        self.twin = on_discord(twin)
         self.settings = BotSettings.from_config(config, extra_channels)
         self.identities = identities or Identities(config)
         self.speakers = Speakers(self.identities, twin.me or (config.me[0] if config.me else ME))
@@ -326,6 +326,15 @@ class TwinBot:
                 self.sent[sent.id] = persona
                 while len(self.sent) > _SENT_REMEMBERED:
                     self.sent.popitem(last=False)
+
+
+def on_discord(twin: Twin) -> Twin:
+    """The twin with its persona prompts filled for a chat on Discord ("... on Discord"), as build filled
+    them for each Discord session, rather than for the platform it learnt most from (the export's)."""
+    settings = twin.provenance.get("persona_settings")
+    if not isinstance(settings, dict):
+        return twin
+    return replace(twin, provenance={**twin.provenance, "persona_settings": {**settings, "platform": SOURCE}})
 
 
 def _named_mentions(text: str, message: discord.Message) -> str:
