@@ -74,6 +74,14 @@ def test_held_back_text_that_is_no_stop_is_released(tiny_tokenizer: Any) -> None
     assert g.finish_reason == "length"
 
 
+def test_characters_split_across_tokens_come_out_whole(tiny_tokenizer: Any) -> None:
+    text = "see you 🙂🎉 naïve 日本語 ❤️"
+    ids = ids_of(tiny_tokenizer, text)
+    assert any("\ufffd" in tiny_tokenizer.decode([i]) for i in ids)  # some tokens hold part of a character
+    pieces = list(generation(tiny_tokenizer, ids, Sampling(max_tokens=100)))
+    assert "".join(pieces) == text and not any("\ufffd" in p for p in pieces)
+
+
 def test_max_tokens_and_cancel(tiny_tokenizer: Any) -> None:
     ids = ids_of(tiny_tokenizer, "one two three four five six seven eight")
     g = generation(tiny_tokenizer, ids, Sampling(max_tokens=2))
