@@ -558,3 +558,35 @@ def test_clients_that_leave_free_their_worker_at_once(tokenizer: Any) -> None:
             "served": 4,
             "api_key": False,
         }
+
+
+# --- the review page in the same app (issue 13) ------------------------------------------------------------
+
+
+def test_the_server_serves_the_workspaces_review_page_too(tokenizer: Any, tmp_path: Any) -> None:
+    """`twinlm serve` passes its workspace: /review and its API answer from the chat server's own app
+    (no second server), and the chat API still works beside it."""
+    from twinlm.config import TwinConfig
+    from twinlm.corpus.db import Corpus
+    from twinlm.ingest import ingest
+    from twinlm.model import ParseOptions
+    from twinlm.workspace import init_workspace
+
+    from testdata import EXAMPLES
+
+    root = tmp_path / "twin"
+    init_workspace(root, TwinConfig(name="alex", me=["Alex Rivera"]))
+    with Corpus(root / "corpus.db") as corpus:
+        assert not ingest([EXAMPLES], corpus, ParseOptions(timezone="UTC")).failed
+    backend = kit.FakeBackend(tokenizer, kit.FAKE_REPLY)
+    app = create_app(kit.make_fake_twin(backend), ServeConfig(), backends=[backend], workspace=root)
+    with serving(app) as url:
+        page = httpx.get(f"{url}/review")
+        assert page.status_code == 200 and "text/html" in page.headers["content-type"]
+        listed = httpx.get(f"{url}/review/api/conversations").json()
+        assert listed  # the examples' conversations, as the review page lists them
+        reply = httpx.post(f"{url}/v1/chat/completions", json=_chat())
+        assert reply.status_code == 200 and reply.json()["choices"][0]["message"]["content"]
+    without = create_app(kit.make_fake_twin(backend), ServeConfig(), backends=[backend])
+    with serving(without) as url:
+        assert httpx.get(f"{url}/review").status_code == 404

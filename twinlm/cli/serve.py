@@ -102,6 +102,7 @@ def serve_command(
             sampling=Sampling.from_config(chat.sampling),
             backends=[twin.backend, *extra],
             api_key=api_key,
+            workspace=ws.root,
         )
         bound = sock.getsockname()
         url = _url(settings.host, int(bound[1]))
@@ -118,6 +119,11 @@ def serve_command(
                 soft_wrap=True,
             )
         out.print(f"Web chat:   {url}/", highlight=False, soft_wrap=True)
+        out.print(
+            f"Review:     {url}/review (the data the twin learns from; this machine only)",
+            highlight=False,
+            soft_wrap=True,
+        )
         out.print(
             f"OpenAI API: {url}/v1 ({'API key required' if api_key else 'no API key'}); Ctrl-C stops",
             highlight=False,

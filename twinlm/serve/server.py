@@ -23,6 +23,7 @@ import threading
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from importlib import resources
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -245,10 +246,13 @@ def create_app(
     sampling: Sampling | None = None,
     backends: Sequence[Backend] | None = None,
     api_key: str | None = None,
+    workspace: Path | None = None,
 ) -> FastAPI:
     """The app serving `twin`. `sampling`: the defaults a request's parameters override (the config's
     chat.sampling); `backends`: one per worker (default: the twin's own, one worker); `api_key`: required
-    as a Bearer token on /v1/ where given (the CLI takes it from TWINLM_API_KEY)."""
+    as a Bearer token on /v1/ where given (the CLI takes it from TWINLM_API_KEY); `workspace`: where
+    given, the same app serves that workspace's review page at /review (twinlm.serve.review: answered to
+    this machine only, whatever the host the server listens on)."""
     service = _Service(twin, settings, sampling or Sampling(), backends or [twin.backend], api_key)
 
     @contextlib.asynccontextmanager
@@ -263,6 +267,10 @@ def create_app(
     app.state.service = service
     if _is_local(settings.host):
         app.add_middleware(_LocalHostsOnly)
+    if workspace is not None:
+        from twinlm.serve.review import review_router
+
+        app.include_router(review_router(workspace))
     pages = {name: _page(name) for name in _PAGES}
 
     @app.exception_handler(ApiError)
