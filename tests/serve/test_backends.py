@@ -263,3 +263,13 @@ def test_a_prompt_over_the_context_is_one_line(served_workspace: Path) -> None:
         backend.generate([1] * 64, GREEDY)
     with pytest.raises(TwinError, match="empty prompt"):
         backend.generate([], GREEDY)
+
+
+def test_a_bad_device_is_one_line(served_workspace: Path) -> None:
+    import torch
+
+    with pytest.raises(TwinError, match="--device gpu0: expected cpu, cuda or cuda:N"):
+        open_backend("transformers", served_workspace / "export/r/merged", device="gpu0")
+    if not torch.cuda.is_available():
+        with pytest.raises(TwinError, match="no CUDA GPU here"):
+            open_backend("transformers", served_workspace / "export/r/merged", device="cuda")

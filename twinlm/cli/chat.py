@@ -76,6 +76,14 @@ def chat(
             "llama.cpp."
         ),
     ] = "auto",
+    device: Annotated[
+        str | None,
+        typer.Option(
+            help="Where the transformers backend runs: cpu, cuda, cuda:1 ... (default: a GPU where there is "
+            "one).",
+            show_default=False,
+        ),
+    ] = None,
     system: Annotated[
         str | None, typer.Option(help="A system prompt instead of the persona's own.", show_default=False)
     ] = None,
@@ -125,7 +133,13 @@ def chat(
     except ValidationError as e:
         first = e.errors()[0]
         raise TwinError(f"--{str(first['loc'][-1]).replace('_', '-')}: {first['msg']}") from None
-    twin = open_twin(ws.root, source, backend=backend, context_length=chat_settings.context_length)  # type: ignore[arg-type]
+    twin = open_twin(
+        ws.root,
+        source,
+        backend=backend,  # type: ignore[arg-type]
+        context_length=chat_settings.context_length,
+        device=device,
+    )
     err.print(f"Using {safe_text(twin.description)}.", highlight=False, soft_wrap=True)
     session = ChatSession.start(twin, Sampling.from_config(settings), persona, me)
     if system is not None:

@@ -203,9 +203,15 @@ def _check_prompt(prompt_ids: list[int], sampling: Sampling, context_length: int
 def _torch_device(device: str | None) -> str:
     import torch
 
-    if device:
-        return device
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    if not device:
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        kind = torch.device(device).type
+    except (RuntimeError, ValueError):
+        raise TwinError(f"--device {device}: expected cpu, cuda or cuda:N") from None
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise TwinError(f"--device {device}: no CUDA GPU here; use cpu")
+    return device
 
 
 @contextmanager
