@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationIn
 
 from twinlm.errors import ConfigError
 from twinlm.evaluate.settings import EvalConfig
+from twinlm.hosted.settings import HostedConfig
 from twinlm.model import ParseOptions
 from twinlm.prepare.clean import CleanConfig
 from twinlm.prepare.documents import DocumentsConfig
@@ -428,6 +429,7 @@ class TwinConfig(BaseModel):
     chat: ChatConfig = Field(default_factory=ChatConfig, description=ChatConfig.__doc__ or "")
     serve: ServeConfig = Field(default_factory=ServeConfig, description=ServeConfig.__doc__ or "")
     discord: DiscordConfig = Field(default_factory=DiscordConfig, description=DiscordConfig.__doc__ or "")
+    hosted: HostedConfig = Field(default_factory=HostedConfig, description=HostedConfig.__doc__ or "")
 
     @field_validator("me")
     @classmethod

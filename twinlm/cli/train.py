@@ -51,10 +51,29 @@ def train_command(
             "launch`; the same as running that yourself (see `twinlm launch-config`)."
         ),
     ] = 1,
+    backend: Annotated[
+        str,
+        typer.Option(
+            help="local (this machine), or mistral-api: upload the dataset to Mistral and fine-tune "
+            "hosted.model there (asks first; key from MISTRAL_API_KEY; see the hosted: settings)."
+        ),
+    ] = "local",
+    yes: Annotated[
+        bool, typer.Option("--yes", help="mistral-api: upload without asking (the files are still listed).")
+    ] = False,
+    cancel: Annotated[
+        bool, typer.Option("--cancel", help="mistral-api: cancel the run's job (the latest if no --name).")
+    ] = False,
     as_json: AsJson = False,
 ) -> None:
     """Fine-tune the base model on the built dataset (data/) into runs/NAME: checkpoints, metrics.jsonl,
-    loss.png and the final weights (the adapter for LoRA methods)."""
+    loss.png and the final weights (the adapter for LoRA methods); or, with --backend mistral-api,
+    through the Mistral fine-tuning API (the dataset leaves this machine, after a confirmation)."""
+    if backend != "local":
+        from twinlm.cli.train_hosted import train_hosted_command
+
+        train_hosted_command(workspace, name, backend, resume, yes, cancel, as_json)
+        return
     _quiet_libraries()
     if name is not None:
         run_record.check_run_name(name)
