@@ -37,7 +37,8 @@ Run = Annotated[
 Checkpoint = Annotated[
     str | None,
     typer.Option(
-        help="A checkpoint of the run, step-N (see runs/RUN/checkpoints/). Default: its final weights."
+        help="A checkpoint of the run, step-N (see runs/RUN/checkpoints/), or final. Default: the one "
+        "`twinlm eval --pick` chose (runs/RUN/picked.json), else the final weights."
     ),
 ]
 QType = Annotated[str | None, typer.Option("--type", help=_help(ExportConfig, "type"), show_default=False)]
@@ -164,7 +165,8 @@ def _summary(result: object, unchecked: bool) -> None:
     from twinlm.export.pipeline import ExportResult
 
     assert isinstance(result, ExportResult)
-    what = f"run {result.run}" + (f" as {result.qtype}" if result.qtype else "")
+    what = f"run {result.run}" + (f" ({result.checkpoint})" if result.checkpoint else "")
+    what += f" as {result.qtype}" if result.qtype else ""
     if result.persona:
         what += f", persona {result.persona}"
     if result.done:

@@ -34,6 +34,7 @@ from twinlm.export.space import check_free
 from twinlm.files import write_atomic
 
 SUMMARY = "export.json"
+PICKED = "picked.json"  # twinlm eval --pick
 MODELFILE = "Modelfile"
 MERGED = "merged"
 K_QUANTS = ("q4_k_m", "q5_k_m", "q6_k")
@@ -92,11 +93,13 @@ class ExportResult:
     commands: list[str] = field(default_factory=list)
     personas: list[str] = field(default_factory=list)
     ollama_name: str | None = None
+    checkpoint: str | None = None  # "step-N", None: the final weights
 
     def to_json(self) -> dict[str, Any]:
         return {
             "folder": str(self.folder),
             "run": self.run,
+            "checkpoint": self.checkpoint or "final",
             "type": self.qtype,
             "persona": self.persona,
             "status": self.status,
@@ -127,6 +130,17 @@ def find_run(root: Path, name: str | None) -> Path:
         have = ", ".join(p.name for p in found) or "none"
         raise TwinError(f"{runs / name}: no such run (runs: {have})")
     return runs / name
+
+
+def picked_checkpoint(run: Path) -> str | None:
+    """runs/RUN/picked.json's checkpoint ("step-N", written by `twinlm eval --pick`); None for the final
+    weights, or where nothing was picked. Read here, not through twinlm.evaluate (which sits above)."""
+    try:
+        data = orjson.loads((run / PICKED).read_bytes())
+    except (OSError, orjson.JSONDecodeError):
+        return None
+    value = data.get("checkpoint") if isinstance(data, dict) and data.get("twinlm_pick") == 1 else None
+    return value if isinstance(value, str) and value.strip() else None
 
 
 def weights_dir(run: Path, checkpoint: str | None) -> Path | None:
@@ -269,6 +283,9 @@ def export_run(
         raise TwinError(f"--type {qtype}: expected one of {', '.join(QTYPES)}")
     events = events or _Quiet()
     run_dir = find_run(root, run)
+    # No --checkpoint: the one `twinlm eval --pick` chose, else the final weights ("final" says so).
+    checkpoint = picked_checkpoint(run_dir) if checkpoint is None else checkpoint
+    checkpoint = None if checkpoint is not None and checkpoint.strip() == "final" else checkpoint
     name = run_dir.name
     folder = root / "export" / name
     folder.mkdir(parents=True, exist_ok=True)
@@ -277,6 +294,7 @@ def export_run(
     steps: dict[str, Any] = summary.setdefault("steps", {})
     summary.update({"twinlm_export": 1, "run": name, "run_folder": str(run_dir)})
     result = ExportResult(folder=folder, run=name, qtype=None, persona=None, status="unchecked")
+    result.checkpoint = _checkpoint_label(checkpoint) if checkpoint else None
     params = _parameters(run_dir)
 
     # 1. merge
@@ -393,6 +411,7 @@ def _finish(result: ExportResult, summary: dict[str, Any], folder: Path) -> Expo
     summary.update(
         {
             "type": result.qtype,
+            "checkpoint": result.checkpoint or "final",
             "persona": result.persona,
             "status": result.status,
             "problems": result.problems,
