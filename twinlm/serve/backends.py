@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import inspect
 import logging
-import os
 import random
 import threading
 import warnings
@@ -346,7 +345,6 @@ def open_llama_cpp(
                 n_ctx=n_ctx,
                 n_batch=min(n_ctx, 512),
                 n_gpu_layers=-1 if gpu_layers is None else gpu_layers,
-                n_threads=int(os.environ.get("TWINLM_THREADS", "0")) or None,
                 verbose=False,
             )
         except (ValueError, RuntimeError) as err:
