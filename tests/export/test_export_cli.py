@@ -257,16 +257,16 @@ def test_unsupported_architecture(trained: Path, tmp_path: Path) -> None:
 
 def _fail_mid_write(monkeypatch: pytest.MonkeyPatch, error: BaseException) -> None:
     """The GGUF writer stops after its first block of tensor data (a Ctrl-C, a full disk)."""
-    from twinlm.export import gguf
+    from twinlm.export import gguf_tensors
 
-    real = gguf._tensor_blocks
+    real = gguf_tensors.tensor_blocks
 
     def blocks(*args: object, **kwargs: object):  # type: ignore[no-untyped-def]
         for block in real(*args, **kwargs):
             yield block
             raise error
 
-    monkeypatch.setattr(gguf, "_tensor_blocks", blocks)
+    monkeypatch.setattr(gguf_tensors, "tensor_blocks", blocks)
 
 
 def test_interrupted_export_leaves_nothing_under_a_final_name(

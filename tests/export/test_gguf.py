@@ -389,7 +389,7 @@ def test_quantized_gguf_mostly_predicts_like_hf(
 @pytest.mark.parametrize("source", ["F32", "F16", "BF16"])
 def test_torch_and_numpy_casts_give_the_same_bytes(source: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """The fast (torch) cast rounds exactly as numpy / gguf.quants (and llama.cpp's converter) do."""
-    from twinlm.export import gguf as convert
+    from twinlm.export import gguf_tensors as tensors
 
     rng = np.random.default_rng(0)
     values = np.concatenate(
@@ -404,7 +404,7 @@ def test_torch_and_numpy_casts_give_the_same_bytes(source: str, monkeypatch: pyt
         "BF16": (values.view(np.uint32) >> 16).astype(np.uint16),
     }
     fast = {
-        q: convert._cast(raw[source], source, q).tobytes()
+        q: tensors.cast(raw[source], source, q).tobytes()
         for q in (
             gguf.GGMLQuantizationType.F32,
             gguf.GGMLQuantizationType.F16,
@@ -413,7 +413,78 @@ def test_torch_and_numpy_casts_give_the_same_bytes(source: str, monkeypatch: pyt
     }
     monkeypatch.setitem(__import__("sys").modules, "torch", None)  # import torch now fails
     for qtype, data in fast.items():
-        assert convert._cast(raw[source], source, qtype).tobytes() == data, qtype.name
+        assert tensors.cast(raw[source], source, qtype).tobytes() == data, qtype.name
+
+
+@pytest.mark.parametrize("qtype", ["F32", "F16", "BF16"])
+def test_casts_of_a_permuted_view_equal_those_of_a_copy(qtype: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """q/k projections are cast from a strided (per-head permuted) view into a reused buffer."""
+    from twinlm.export import gguf_tensors as tensors
+
+    q = gguf.GGMLQuantizationType[qtype]
+    raw = (np.random.default_rng(1).standard_normal((64, 48), np.float32).view(np.uint32) >> 16).astype(
+        np.uint16
+    )
+    view = raw.reshape(4, 2, 8, 48).swapaxes(1, 2)  # 4 heads, as tensor_blocks reads them
+    expected = tensors.cast(np.ascontiguousarray(view), "BF16", q).tobytes()
+    out = np.full(view.shape, 7, dtype=tensors.NUMPY_TYPES[q])
+    assert tensors.cast(view, "BF16", q, out) is out and out.tobytes() == expected
+    monkeypatch.setitem(__import__("sys").modules, "torch", None)  # numpy's path
+    assert tensors.cast(view, "BF16", q, np.zeros_like(out)).tobytes() == expected
+
+
+@pytest.mark.parametrize("family", [*FAMILIES, "mistral-json"])
+def test_vocabulary_arrays_packed_in_one_go_are_ggufs_bytes(
+    family: str,
+    family_model: FamilyModel,
+    family_gguf: FamilyGguf,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The writer's fast array packing (tokens, scores, types, merges) gives the gguf package's bytes;
+    the vocabulary read from the files alone (the guess written first) is the exact one."""
+    from twinlm.export import gguf as convert
+    from twinlm.export.gguf_vocab import read_vocab
+    from twinlm.export.gguf_vocab_fast import FileTokenizer
+
+    model = family_model(family)
+    fast = convert_to_gguf(model, tmp_path / "fast.gguf").read_bytes()
+    monkeypatch.setattr(convert, "_Writer", gguf.GGUFWriter)
+    assert convert_to_gguf(model, tmp_path / "stock.gguf").read_bytes() == fast
+    assert read_vocab(model, hf=FileTokenizer(model)) == read_vocab(model)
+
+
+def test_a_wrong_guessed_vocabulary_is_written_again_with_the_exact_one(
+    family_model: FamilyModel, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Where the tokenizer read from the files differs from transformers' (or cannot be read), the file
+    is what transformers' tokenizer gives, byte for byte."""
+    from twinlm.export import gguf as convert
+    from twinlm.export import gguf_vocab_fast
+
+    model = family_model("llama")
+    expected = convert_to_gguf(model, tmp_path / "expected.gguf").read_bytes()
+    writes: list[int] = []
+    real_write = convert._write
+    monkeypatch.setattr(convert, "_write", lambda *a: writes.append(1) or real_write(*a))
+
+    class Wrong(gguf_vocab_fast.FileTokenizer):
+        @property
+        def eos_token_id(self) -> int | None:
+            return 5  # not the model's
+
+    monkeypatch.setattr(gguf_vocab_fast, "FileTokenizer", Wrong)
+    assert convert_to_gguf(model, tmp_path / "wrong.gguf").read_bytes() == expected
+    assert len(writes) == 2  # the guess, then the exact one
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+    def unreadable(model_dir: Path) -> None:
+        raise ValueError("a tokenizer.json this tokenizers version cannot read")
+
+    writes.clear()
+    monkeypatch.setattr(gguf_vocab_fast, "FileTokenizer", unreadable)
+    assert convert_to_gguf(model, tmp_path / "unreadable.gguf").read_bytes() == expected
+    assert len(writes) == 1  # no guess: the exact one at once
 
 
 def test_sharded_model_converts_like_one_file(

@@ -7,11 +7,13 @@ Llama and Mistral q/k projections permuted to llama.cpp's RoPE layout (Qwen2 and
 Gemma 2's norm weights stored as 1 + w, 1-D tensors and norms kept in f32, a tied output left out
 (llama.cpp reuses the embeddings). The tokenizer metadata comes from `gguf_vocab`.
 
-Memory stays near the largest tensor: each is read from its safetensors file on its own (no whole
-model in memory), converted in row blocks by a thread that runs ahead of the writer, and written before
-the next is read. Float casts go through torch where it is installed (the same bytes as numpy's
-round-to-nearest-even, about twice as fast). Outputs appear whole or not at all: a temporary file
-beside the target is renamed when complete.
+Memory stays near a few blocks (and the largest q/k projection): the tensor data is read from the
+safetensors files block by block, converted by a thread that runs ahead of the writer, and written
+(twinlm.export.gguf_tensors, which says where the time goes). The vocabulary is written from a guess
+read at once while transformers' exact reading runs beside the conversion; a wrong guess means the
+file is written again (twinlm.export.gguf_vocab_fast). Long metadata arrays are packed in one go
+(`_Writer`). The output is checked against the free space first, and appears whole or not at all: a
+temporary file beside the target is renamed when complete.
 """
 
 from __future__ import annotations
@@ -23,13 +25,10 @@ import json
 import logging
 import math
 import os
-import queue
 import struct
 import tempfile
-import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +36,9 @@ import gguf
 import numpy as np
 
 from twinlm.errors import TwinError
-from twinlm.export.gguf_vocab import CONVERTER_HINT, read_vocab
+from twinlm.export.gguf_tensors import Planned, Source, converted, index_safetensors
+from twinlm.export.gguf_vocab import CONVERTER_HINT, Vocab
+from twinlm.export.gguf_vocab_fast import VocabInBackground
 from twinlm.export.space import check_free
 
 Q = gguf.GGMLQuantizationType
@@ -64,38 +65,6 @@ K_QUANT_BYTES_PER_WEIGHT = {"q4_k_m": 0.61, "q5_k_m": 0.71, "q6_k": 0.82}
 QTYPES = (*PYTHON_TYPES, *K_QUANTS)
 DEFAULT_EXPORT_QTYPE = "q4_k_m"
 
-_SAFETENSORS_DTYPES = {"F32": np.float32, "F16": np.float16, "BF16": np.uint16}
-_BLOCK_ELEMENTS = 1 << 24  # rows converted at a time: ~64 MiB of f32, whatever the tensor's size
-
-
-@dataclass(frozen=True)
-class _Source:
-    """One tensor in a safetensors file: where its bytes are, without reading them."""
-
-    name: str
-    path: Path
-    dtype: str  # safetensors dtype: F32, F16, BF16
-    shape: tuple[int, ...]
-    offset: int
-    nbytes: int
-
-
-@dataclass
-class _Planned:
-    """One GGUF tensor: its name, type and shape, and how to produce its data."""
-
-    name: str
-    qtype: gguf.GGMLQuantizationType
-    shape: tuple[int, ...]
-    source: _Source | None
-    transform: str | None = None  # "permute_q", "permute_k", "plus_one"
-    data: np.ndarray | None = None  # a tensor computed here (llama 3's rope_freqs)
-
-    @property
-    def nbytes(self) -> int:
-        block, size = gguf.GGML_QUANT_SIZES[self.qtype]
-        return math.prod(self.shape) // block * size
-
 
 def convert_to_gguf(
     model_dir: Path,
@@ -114,40 +83,59 @@ def convert_to_gguf(
     config = _load_config(model_dir)
     arch = _architecture(model_dir, config)
     tensor_type, file_type = PYTHON_TYPES[qtype]
-    sources = _index(model_dir)
+    sources = index_safetensors(model_dir)
     plan = _plan(model_dir, config, arch, sources, tensor_type)
-    vocab = read_vocab(model_dir, n_vocab=_embedding_rows(plan))
     total = sum(p.nbytes for p in plan)
     check_free(out_path.parent, total, out_path.name)
 
+    vocabs = VocabInBackground(model_dir, _embedding_rows(plan))
     with _atomic_path(out_path) as tmp:
-        writer = gguf.GGUFWriter(tmp, gguf.MODEL_ARCH_NAMES[arch])
-        writer.add_type(gguf.GGUFType.MODEL)
-        writer.add_name(model_dir.name)
-        _hyperparameters(writer, model_dir, config, arch)
-        writer.add_file_type(file_type)
-        if tensor_type not in (Q.F32, Q.F16, Q.BF16):
-            writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
-        vocab.add_to(writer)
-        for p in plan:
-            # add_tensor_info takes the element shape when the dtype is not uint8.
-            writer.add_tensor_info(p.name, p.shape, np.dtype(np.float32), p.nbytes, raw_dtype=p.qtype)
-        writer.write_header_to_file()
-        writer.write_kv_data_to_file()
-        writer.write_ti_data_to_file()
-        assert writer.fout is not None
-        out = writer.fout[0]
-        done = 0
-        with contextlib.closing(writer), contextlib.closing(_converted(plan, config)) as tensors:
-            for p, blocks in zip(plan, tensors, strict=True):
-                _pad(out, writer.data_alignment)
-                for block in blocks:
-                    out.write(memoryview(block).cast("B"))
-                done += p.nbytes
-                if progress is not None:
-                    progress(done, total)
-            _pad(out, writer.data_alignment)
+        _write(tmp, model_dir, config, arch, file_type, tensor_type, plan, vocabs.guess, progress)
+        exact = vocabs.exact()
+        if exact != vocabs.guess:  # a tokenizer transformers completes or rebuilds: its vocabulary
+            _write(tmp, model_dir, config, arch, file_type, tensor_type, plan, exact, progress)
     return out_path
+
+
+def _write(
+    path: Path,
+    model_dir: Path,
+    config: dict[str, Any],
+    arch: gguf.MODEL_ARCH,
+    file_type: gguf.LlamaFileType,
+    tensor_type: Q,
+    plan: list[Planned],
+    vocab: Vocab,
+    progress: Callable[[int, int], None] | None,
+) -> None:
+    """The whole GGUF file at `path` (replaced if there): header, metadata, tensor infos, tensor data."""
+    total = sum(p.nbytes for p in plan)
+    writer = _Writer(path, gguf.MODEL_ARCH_NAMES[arch])
+    writer.add_type(gguf.GGUFType.MODEL)
+    writer.add_name(model_dir.name)
+    _hyperparameters(writer, model_dir, config, arch)
+    writer.add_file_type(file_type)
+    if tensor_type not in (Q.F32, Q.F16, Q.BF16):
+        writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
+    vocab.add_to(writer)
+    for p in plan:
+        # add_tensor_info takes the element shape when the dtype is not uint8.
+        writer.add_tensor_info(p.name, p.shape, np.dtype(np.float32), p.nbytes, raw_dtype=p.qtype)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_ti_data_to_file()
+    assert writer.fout is not None
+    out = writer.fout[0]
+    done = 0
+    with contextlib.closing(writer), contextlib.closing(converted(plan, config)) as tensors:
+        for p, blocks in zip(plan, tensors, strict=True):
+            _pad(out, writer.data_alignment)
+            for block in blocks:
+                out.write(memoryview(block).cast("B"))
+            done += p.nbytes
+            if progress is not None:
+                progress(done, total)
+        _pad(out, writer.data_alignment)
 
 
 def quantize_gguf(src: Path, out_path: Path, qtype: str) -> Path:
@@ -189,86 +177,17 @@ def quantize_gguf(src: Path, out_path: Path, qtype: str) -> Path:
     return out_path
 
 
-# --- reading safetensors ------------------------------------------------------------------------
-
-
-def _index(model_dir: Path) -> list[_Source]:
-    index = model_dir / "model.safetensors.index.json"
-    if index.is_file():
-        weight_map = json.loads(index.read_text(encoding="utf-8")).get("weight_map", {})
-        files = sorted({model_dir / name for name in weight_map.values()})
-    else:
-        files = sorted(model_dir.glob("*.safetensors"))
-    if not files:
-        bins = list(model_dir.glob("*.bin")) + list(model_dir.glob("*.pt"))
-        what = "only PyTorch pickles, which twinlm never loads" if bins else "no model weights"
-        raise TwinError(f"{model_dir}: {what}; save the model as safetensors (twinlm merge does)")
-    sources: list[_Source] = []
-    for path in files:
-        try:
-            with path.open("rb") as f:
-                (length,) = struct.unpack("<Q", f.read(8))
-                header = json.loads(f.read(length))
-        except (OSError, struct.error, ValueError) as err:
-            raise TwinError(f"{path}: not a readable safetensors file ({err})") from None
-        for name, info in header.items():
-            if name == "__metadata__":
-                continue
-            if info["dtype"] not in _SAFETENSORS_DTYPES:
-                raise TwinError(f"{path}: tensor {name} is {info['dtype']}; only F32, F16 and BF16 convert")
-            begin, end = info["data_offsets"]
-            offset = 8 + length + begin
-            sources.append(_Source(name, path, info["dtype"], tuple(info["shape"]), offset, end - begin))
-    return sorted(sources, key=lambda s: (s.path, s.offset))
-
-
-def _read(source: _Source, readers: dict[Path, Any]) -> np.ndarray:
-    f = readers.get(source.path)
-    if f is None:
-        f = readers[source.path] = source.path.open("rb", buffering=0)
-    data = np.empty(source.shape, dtype=_SAFETENSORS_DTYPES[source.dtype])
-    f.seek(source.offset)
-    view = memoryview(data).cast("B")
-    got = f.readinto(view)
-    if got != source.nbytes:
-        raise TwinError(f"{source.path}: truncated at tensor {source.name}")
-    return data
-
-
-def _as_f32(data: np.ndarray, dtype: str) -> np.ndarray:
-    if dtype == "BF16":
-        return (data.astype(np.uint32) << 16).view(np.float32)
-    return data.astype(np.float32, copy=False)
-
-
-def _cast(raw: np.ndarray, dtype: str, qtype: Q) -> np.ndarray:
-    """Source values (F32, F16, or BF16 as uint16) to f32, f16 or bf16 bytes, rounding to nearest even."""
-    try:
-        import torch
-    except ImportError:  # numpy alone: the same bytes, about half as fast
-        f32 = _as_f32(raw, dtype)
-        return f32 if qtype == Q.F32 else gguf.quants.quantize(f32, qtype)
-    t = (
-        torch.from_numpy(raw.view(np.int16)).view(torch.bfloat16)
-        if dtype == "BF16"
-        else torch.from_numpy(raw)
-    )
-    if qtype == Q.BF16:
-        return t.to(torch.bfloat16).view(torch.int16).numpy()
-    return t.to(torch.float32 if qtype == Q.F32 else torch.float16).numpy()
-
-
 # --- planning -----------------------------------------------------------------------------------
 
 
 def _plan(
-    model_dir: Path, config: dict[str, Any], arch: gguf.MODEL_ARCH, sources: list[_Source], qtype: Q
-) -> list[_Planned]:
+    model_dir: Path, config: dict[str, Any], arch: gguf.MODEL_ARCH, sources: list[Source], qtype: Q
+) -> list[Planned]:
     n_layers = int(config["num_hidden_layers"])
     names = gguf.get_tensor_name_map(arch, n_layers)
     default_tied = arch == ARCH.GEMMA2
     tied = bool(config.get("tie_word_embeddings", default_tied)) or arch == ARCH.GEMMA2
-    plan: list[_Planned] = []
+    plan: list[Planned] = []
     for source in sources:
         hf_name = source.name
         if hf_name.endswith(".rotary_emb.inv_freq") or (tied and hf_name == "lm_head.weight"):
@@ -286,7 +205,7 @@ def _plan(
             transform = "permute_k"
         elif arch == ARCH.GEMMA2 and hf_name.endswith("norm.weight"):
             transform = "plus_one"
-        plan.append(_Planned(name, _tensor_type(name, source.shape, qtype), source.shape, source, transform))
+        plan.append(Planned(name, _tensor_type(name, source.shape, qtype), source.shape, source, transform))
     if extra := _llama3_rope_freqs(config, arch):
         plan.insert(0, extra)
     return plan
@@ -302,12 +221,12 @@ def _tensor_type(name: str, shape: tuple[int, ...], qtype: Q) -> Q:
     return qtype if shape[-1] % block == 0 else Q.F16  # rows that do not split into blocks
 
 
-def _embedding_rows(plan: list[_Planned]) -> int:
+def _embedding_rows(plan: list[Planned]) -> int:
     embd = next(p for p in plan if p.name == "token_embd.weight")
     return embd.shape[0]
 
 
-def _llama3_rope_freqs(config: dict[str, Any], arch: gguf.MODEL_ARCH) -> _Planned | None:
+def _llama3_rope_freqs(config: dict[str, Any], arch: gguf.MODEL_ARCH) -> Planned | None:
     rope = _rope(config)
     if arch != ARCH.LLAMA or str(rope.get("rope_type", "")).lower() != "llama3":
         return None
@@ -329,88 +248,38 @@ def _llama3_rope_freqs(config: dict[str, Any], arch: gguf.MODEL_ARCH) -> _Planne
             smooth = (old / wavelen - low) / (high - low)
             factors.append(1 / ((1 - smooth) / factor + smooth))
     data = np.asarray(factors, dtype=np.float32)
-    return _Planned("rope_freqs.weight", Q.F32, data.shape, None, data=data)
+    return Planned("rope_freqs.weight", Q.F32, data.shape, None, data=data)
 
 
 # --- writing ------------------------------------------------------------------------------------
 
 
-def _converted(plan: list[_Planned], config: dict[str, Any]) -> Iterator[Iterator[np.ndarray]]:
-    """Each planned tensor's data as row blocks, read and converted by a thread ahead of the writer.
+class _Writer(gguf.GGUFWriter):
+    """gguf's writer, packing the long arrays of the vocabulary (tokens, scores, types, merges) in one go
+    instead of value by value (a 150,000-token vocabulary took seconds): the same bytes (tested)."""
 
-    Reading and converting the next blocks overlaps writing the last ones; a bounded queue keeps
-    memory near one tensor plus a few blocks. An error in the thread is raised here."""
-    blocks: queue.Queue[Any] = queue.Queue(maxsize=4)
-    stop = threading.Event()
-
-    def produce() -> None:
-        readers: dict[Path, Any] = {}
-        try:
-            for p in plan:
-                for block in _tensor_blocks(p, readers, config):
-                    if stop.is_set():
-                        return
-                    blocks.put(block)
-                blocks.put(_END)
-        except BaseException as err:  # handed to the writer, which raises it
-            blocks.put(err)
-        finally:
-            for f in readers.values():
-                f.close()
-
-    def tensor() -> Iterator[np.ndarray]:
-        while (item := blocks.get()) is not _END:
-            if isinstance(item, BaseException):
-                raise item
-            yield item
-
-    thread = threading.Thread(target=produce, name="gguf-convert", daemon=True)
-    thread.start()
-    try:
-        for _ in plan:
-            yield tensor()
-    finally:
-        stop.set()
-        while thread.is_alive():  # unblock a producer waiting on a full queue
-            with contextlib.suppress(queue.Empty):
-                blocks.get(timeout=0.05)
-
-
-_END = object()
-
-
-def _tensor_blocks(p: _Planned, readers: dict[Path, Any], config: dict[str, Any]) -> Iterator[np.ndarray]:
-    """The bytes of one GGUF tensor, in row blocks (a whole tensor is never converted at once)."""
-    if p.data is not None:
-        yield p.data
-        return
-    assert p.source is not None
-    data = _read(p.source, readers)
-    if p.transform in ("permute_q", "permute_k"):
-        heads = int(config["num_attention_heads"])
-        if p.transform == "permute_k":
-            heads = int(config.get("num_key_value_heads") or heads)
-        data = _permute(data, heads)
-    same = (p.source.dtype, p.qtype) in (("F32", Q.F32), ("F16", Q.F16), ("BF16", Q.BF16))
-    if same and p.transform != "plus_one":
-        yield data  # already in the target type: the bytes as they are
-        return
-    rows = data.reshape(-1, data.shape[-1]) if data.ndim > 1 else data.reshape(1, -1)
-    step = max(1, _BLOCK_ELEMENTS // rows.shape[1])
-    for start in range(0, rows.shape[0], step):
-        block = rows[start : start + step]
-        if p.transform == "plus_one":
-            # Gemma's RMSNorm scales by (1 + w), llama.cpp's by w: add 1 in f32, as HF computes it.
-            yield gguf.quants.quantize(_as_f32(block, p.source.dtype) + np.float32(1.0), p.qtype)
-        elif p.qtype in (Q.F32, Q.F16, Q.BF16):
-            yield _cast(block, p.source.dtype, p.qtype)
-        else:
-            yield gguf.quants.quantize(_as_f32(block, p.source.dtype), p.qtype)
-
-
-def _permute(w: np.ndarray, n_head: int) -> np.ndarray:
-    # HF stores each head's rotary halves one after the other; llama.cpp's RoPE wants them interleaved.
-    return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+    def _pack_val(
+        self, val: Any, vtype: gguf.GGUFValueType, add_vtype: bool, sub_type: gguf.GGUFValueType | None = None
+    ) -> bytes:
+        V = gguf.GGUFValueType
+        if (
+            vtype != V.ARRAY
+            or self.endianess != gguf.GGUFEndian.LITTLE
+            or not isinstance(val, list)
+            or not val
+        ):
+            return super()._pack_val(val, vtype, add_vtype, sub_type)
+        kind = sub_type if sub_type is not None else V.get_type(val[0])
+        if kind == V.STRING and all(isinstance(v, (str, bytes, bytearray)) for v in val):
+            encoded = [v.encode("utf-8") if isinstance(v, str) else bytes(v) for v in val]
+            body = b"".join([b for e in encoded for b in (struct.pack("<Q", len(e)), e)])
+        elif kind == V.INT32 and all(isinstance(v, int) and not isinstance(v, bool) for v in val):
+            body = struct.pack(f"<{len(val)}i", *val)
+        elif kind == V.FLOAT32 and all(isinstance(v, float) for v in val):
+            body = struct.pack(f"<{len(val)}f", *val)
+        else:  # anything else (nested, mixed: the stock writer's error) as gguf packs it
+            return super()._pack_val(val, vtype, add_vtype, sub_type)
+        return (struct.pack("<I", vtype) if add_vtype else b"") + struct.pack("<IQ", kind, len(val)) + body
 
 
 def _pad(out: Any, alignment: int) -> None:

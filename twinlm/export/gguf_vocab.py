@@ -84,11 +84,15 @@ class Vocab:
             writer.add_chat_template(self.chat_template)
 
 
-def read_vocab(model_dir: Path, n_vocab: int | None = None) -> Vocab:
-    """The tokenizer of the HF folder `model_dir` as GGUF metadata, padded to the model's `n_vocab` rows."""
+def read_vocab(model_dir: Path, n_vocab: int | None = None, *, hf: Any = None) -> Vocab:
+    """The tokenizer of the HF folder `model_dir` as GGUF metadata, padded to the model's `n_vocab` rows.
+
+    `hf`: the tokenizer to read (default: transformers' AutoTokenizer, as training loaded it;
+    gguf_vocab_fast passes a stand-in read from the files alone)."""
     if not (model_dir / "tokenizer.json").is_file() and not (model_dir / "tokenizer.model").is_file():
         raise TwinError(f"{model_dir}: no tokenizer.json or tokenizer.model; save the tokenizer there")
-    hf = _hf_tokenizer(model_dir)
+    if hf is None:
+        hf = _hf_tokenizer(model_dir)
     # The pipeline the HF tokenizer runs (transformers may rebuild it from tokenizer_config.json rather
     # than use tokenizer.json as written): training tokenized with this one, so the GGUF must match it.
     backend = getattr(hf, "backend_tokenizer", None)
