@@ -1,0 +1,105 @@
+"""The fine-tuned model as a chat backend (issue 14, item 2): the official client streams the reply from the
+fake Mistral API on loopback; the chat is sent as the messages training used."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from fake_mistral import FakeMistral
+from typer.testing import CliRunner
+
+from twinlm.cli import app
+from twinlm.config import BuildConfig, load_config
+from twinlm.errors import TwinError
+from twinlm.hosted.backend import conversation_messages, ignored, open_hosted_backend
+
+
+@dataclass(frozen=True)
+class Sampling:  # the fields of twinlm.serve.backends.Sampling
+    temperature: float = 0.7
+    top_p: float = 0.95
+    min_p: float = 0.05
+    repetition_penalty: float = 1.1
+    max_tokens: int = 64
+    seed: int | None = 7
+    stop: tuple[str, ...] = ("\nSam:",)
+
+
+def _trained(ws: Path) -> None:
+    result = CliRunner().invoke(
+        app, ["train", "--backend", "mistral-api", "-w", str(ws), "--name", "h", "--yes"]
+    )
+    assert result.exit_code == 0, result.stderr
+
+
+def test_chat_streams_the_fine_tuned_models_reply(fake: FakeMistral, workspace: Path, key: str) -> None:
+    _trained(workspace)
+    backend = open_hosted_backend(workspace, load_config(workspace / "twin.yaml").hosted)
+    assert backend.model == "ft:open-mistral-7b:x:abc123" and backend.name == "mistral-api"
+    messages = [
+        {"role": "system", "content": "You are Alex Rivera."},
+        {"role": "user", "content": "Sam: dinner?"},
+    ]
+    generation = backend.generate_messages(messages, Sampling())
+    pieces = list(generation)
+    assert pieces == ["sure,", " see", " you", " at", " eight"]
+    assert generation.text == fake.reply and generation.finish_reason == "stop"
+    assert (generation.prompt_tokens, generation.completion_tokens) == (11, 5)
+    (body,) = fake.chat_bodies
+    assert body["model"] == "ft:open-mistral-7b:x:abc123" and body["stream"] is True
+    assert body["messages"] == messages
+    assert (body["temperature"], body["top_p"], body["max_tokens"]) == (0.7, 0.95, 64)
+    assert body["random_seed"] == 7 and body["stop"] == ["\nSam:"]
+    assert ignored(Sampling()) == ["min_p 0.05", "repetition_penalty 1.1"]
+
+
+def test_a_cancelled_chat_stops(fake: FakeMistral, workspace: Path, key: str) -> None:
+    _trained(workspace)
+    backend = open_hosted_backend(workspace, load_config(workspace / "twin.yaml").hosted)
+    cancel = threading.Event()
+    generation = backend.generate_messages([{"role": "user", "content": "hi"}], Sampling(), cancel)
+    pieces = []
+    for piece in generation:
+        pieces.append(piece)
+        cancel.set()
+    assert pieces == ["sure,"] and generation.finish_reason == "cancelled"
+
+
+def test_token_ids_are_refused_in_one_line(fake: FakeMistral, workspace: Path, key: str) -> None:
+    _trained(workspace)
+    backend = open_hosted_backend(workspace, load_config(workspace / "twin.yaml").hosted)
+    with pytest.raises(TwinError, match="takes the chat as messages, not token ids"):
+        backend.generate([1, 2, 3], Sampling())
+
+
+def test_no_model_yet_is_one_line(fake: FakeMistral, workspace: Path, key: str) -> None:
+    fake.script = [("FAILED", [])]
+    CliRunner().invoke(
+        app, ["train", "--backend", "mistral-api", "-w", str(workspace), "--name", "f", "--yes"]
+    )
+    with pytest.raises(TwinError, match="has made no model yet"):
+        open_hosted_backend(workspace, load_config(workspace / "twin.yaml").hosted, "f")
+
+
+def test_conversation_messages_are_shaped_as_in_training() -> None:
+    build = BuildConfig()
+    turns = [
+        ("Sam", "dinner tonight?"),
+        ("Alex Rivera", "yes! where?"),
+        ("Sam", "the usual"),
+        ("Jo", "me too"),
+    ]
+    messages = conversation_messages(build, "Alex Rivera", turns, system="You are Alex Rivera.")
+    assert messages == [
+        {"role": "system", "content": "You are Alex Rivera."},
+        {"role": "user", "content": "Sam: dinner tonight?"},
+        {"role": "assistant", "content": "yes! where?"},
+        {"role": "user", "content": "Sam: the usual\nJo: me too"},
+    ]
+    prompt = conversation_messages(build, "Alex Rivera", turns[:1])[0]["content"]
+    assert prompt.startswith("You are Alex Rivera, chatting with Sam")  # the persona prompt of the build
+    with pytest.raises(TwinError, match="must end with someone else's message"):
+        conversation_messages(build, "Alex Rivera", turns[:2])
