@@ -89,7 +89,7 @@ def main(
 
 # Registers the commands on `app` (imported last: they use the helpers above).
 from twinlm.cli import chat, corpus, curate, data, discord_bot, export, reexports, serve, train  # noqa: E402, F401
-from twinlm.cli import evaluate, run  # noqa: E402, F401
+from twinlm.cli import evaluate, run, status  # noqa: E402, F401
 
 if _LOADING:
     signal.signal(signal.SIGINT, signal.default_int_handler)
