@@ -103,3 +103,20 @@ def test_conversation_messages_are_shaped_as_in_training() -> None:
     assert prompt.startswith("You are Alex Rivera, chatting with Sam")  # the persona prompt of the build
     with pytest.raises(TwinError, match="must end with someone else's message"):
         conversation_messages(build, "Alex Rivera", turns[:2])
+
+
+def test_twinlm_chat_with_the_hosted_model(fake: FakeMistral, workspace: Path, key: str) -> None:
+    _trained(workspace)
+    result = CliRunner().invoke(
+        app, ["chat", "-w", str(workspace), "--backend", "mistral-api", "--once", "dinner?", "--seed", "3"]
+    )
+    assert result.exit_code == 0, result.stderr
+    assert result.stdout.strip() == fake.reply
+    assert "ft:open-mistral-7b:x:abc123 at the Mistral API (run h)" in result.stderr
+    (body,) = fake.chat_bodies
+    system, user = body["messages"]
+    assert system["role"] == "system" and system["content"].startswith(
+        "You are Alex Rivera, chatting with Sam"
+    )
+    assert user == {"role": "user", "content": "Sam: dinner?"}  # the persona's usual partner, as trained
+    assert body["random_seed"] == 3 and body["stream"] is True

@@ -148,7 +148,7 @@ def test_once_with_a_fake_model(workspace: Path, fake_twin: Twin, monkeypatch: p
     ("args", "message"),
     [
         (["--temperature", "-1"], "--temperature: Input should be greater than or equal to 0"),
-        (["--backend", "vllm"], "--backend vllm: expected auto, transformers or llama.cpp"),
+        (["--backend", "vllm"], "--backend vllm: expected auto, transformers, llama.cpp or mistral-api"),
         (["--as", "Bob"], "no persona 'Bob'"),
     ],
 )

@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from pydantic import ValidationError
@@ -72,8 +72,9 @@ def chat(
     backend: Annotated[
         str,
         typer.Option(
-            help="auto (a GGUF through llama.cpp where there is one, else transformers), transformers or "
-            "llama.cpp."
+            help="auto (a GGUF through llama.cpp where there is one, else transformers), transformers, "
+            "llama.cpp, or mistral-api: the model of a hosted run (twinlm train --backend mistral-api; "
+            "SOURCE names the run), your messages sent to the Mistral API."
         ),
     ] = "auto",
     device: Annotated[
@@ -112,8 +113,8 @@ def chat(
     from twinlm.serve.chat import ChatSession
     from twinlm.serve.twin import open_twin
 
-    if backend not in ("auto", "transformers", "llama.cpp"):
-        raise TwinError(f"--backend {backend}: expected auto, transformers or llama.cpp")
+    if backend not in ("auto", "transformers", "llama.cpp", "mistral-api"):
+        raise TwinError(f"--backend {backend}: expected auto, transformers, llama.cpp or mistral-api")
     ws = open_workspace(workspace)
     wanted = {
         "temperature": temperature,
@@ -133,13 +134,18 @@ def chat(
     except ValidationError as e:
         first = e.errors()[0]
         raise TwinError(f"--{str(first['loc'][-1]).replace('_', '-')}: {first['msg']}") from None
-    twin = open_twin(
-        ws.root,
-        source,
-        backend=backend,  # type: ignore[arg-type]
-        context_length=chat_settings.context_length,
-        device=device,
-    )
+    if backend == "mistral-api":  # the hosted model takes messages: twinlm.hosted.twin adapts
+        from twinlm.hosted.twin import open_hosted_twin
+
+        twin: Any = open_hosted_twin(ws.root, ws.config, source)
+    else:
+        twin = open_twin(
+            ws.root,
+            source,
+            backend=backend,  # type: ignore[arg-type]
+            context_length=chat_settings.context_length,
+            device=device,
+        )
     err.print(f"Using {safe_text(twin.description)}.", highlight=False, soft_wrap=True)
     session = ChatSession.start(twin, Sampling.from_config(settings), persona, me)
     if system is not None:

@@ -27,6 +27,8 @@ from twinlm.hosted.settings import HostedConfig
 from twinlm.privacy import check_endpoint_url, confirm_remote_send
 from twinlm.train import run as run_record
 
+SHOWN_PARTNERS = 5  # the people a chat with the hosted model defaults to
+
 
 @dataclass
 class HostedResult:
@@ -165,6 +167,9 @@ def _start(
         "model": settings.model,
         "hyperparameters": job_hyperparameters(settings),
         "data_fingerprint": run_record.data_fingerprint(root / "data"),
+        # Whom the model learned to speak as (most replies first) and whom it heard most: chat's personas.
+        "personas": [name for name, _ in upload.trained.most_common() if name],
+        "partners": [name for name, _ in upload.context.most_common(SHOWN_PARTNERS) if name],
         "files": {},
         "job_id": None,
         "status": "uploading",
