@@ -3,8 +3,9 @@
 Each measurement runs in its own child process pinned to one core, so peak RSS is that run's own.
 The baseline is what a glue script does: load the whole file, loop over the messages, pull out
 author, time and text. twinlm's figure includes everything the baseline does not: detection,
-the full parser rules and the SQLite upsert. The build section times `twinlm build`; the train
-section (train_bench.py) times `twinlm train` against the naive HF Trainer recipe.
+the full parser rules and the SQLite upsert. The build section times `twinlm build` against the
+tokenizer alone on the same texts, and compares its peak RSS at a tenth of the corpus and on the
+single chat; the train section (train_bench.py) times `twinlm train` against the naive HF Trainer recipe.
 
     python benchmarks/run.py            # full sizes (1M-message Telegram, 5,000-conversation ChatGPT, 1 GB)
     python benchmarks/run.py --quick    # small sizes, a smoke run
@@ -107,12 +108,20 @@ def _child(kind: str, path: Path) -> None:
 
 
 def _child_build(kind: str, workspace: Path) -> None:
-    """Build the dataset of the benchmark workspace; batched tokenization or one sample per call."""
+    """Build the dataset of the benchmark workspace (`build-batched`; `build-per-sample` tokenizes one
+    sample per call), or time the tokenizer alone on its message texts (`build-tokenizer`)."""
     from twinlm.config import BuildConfig, TwinConfig
     from twinlm.corpus.db import Corpus
     from twinlm.prepare.build import build
 
-    config = TwinConfig(build=BuildConfig(model="tiny"))  # the Telegram exporter is `me`
+    if kind == "build-tokenizer":
+        _child_tokenizer(workspace)
+        return
+    import transformers  # noqa: F401  (imported before timing, as in the tokenizer-only pass)
+
+    # The full export's owner is `me`; a single chat's export does not say who exported it.
+    me = ["Me Myself"] if "single" in workspace.name else []
+    config = TwinConfig(me=me, build=BuildConfig(model="tiny"))
     with Corpus(workspace / "corpus.db") as corpus:
         messages = corpus.count("messages")
         start = time.perf_counter()
@@ -123,6 +132,26 @@ def _child_build(kind: str, workspace: Path) -> None:
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     samples = sum(result.samples.values())
     print(json.dumps({"messages": messages, "seconds": seconds, "peak_rss_mb": peak_mb, "samples": samples}))
+
+
+def _child_tokenizer(workspace: Path) -> None:
+    """The fast tokenizer alone on every message text of the corpus, 256 texts per call: the ceiling a
+    build's rate is compared with (issue 18). Reading the texts is not timed."""
+    from transformers import AutoTokenizer
+
+    from twinlm.corpus.db import Corpus
+    from twinlm.models import resolve_model
+
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model("tiny", workspace)).backend_tokenizer
+    with Corpus(workspace / "corpus.db") as corpus:
+        messages = corpus.count("messages")
+        texts = [row[0] for row in corpus.db.execute("SELECT coalesce(user_text, text) FROM messages")]
+    start = time.perf_counter()
+    for i in range(0, len(texts), 256):
+        tokenizer.encode_batch(texts[i : i + 256], add_special_tokens=False)
+    seconds = time.perf_counter() - start
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps({"messages": messages, "seconds": seconds, "peak_rss_mb": peak_mb, "samples": 0}))
 
 
 def _build_workspace(export: Path) -> Path:
@@ -144,26 +173,44 @@ def _build_workspace(export: Path) -> Path:
     return workspace
 
 
-def _build_section(export: Path, quick: bool) -> list[str]:
-    workspace = _build_workspace(export)
-    batched = _measure("build-batched", workspace)
-    single = _measure("build-per-sample", workspace)
+def _build_section(exports: dict[str, Path], quick: bool) -> list[str]:
+    """The build on the full export, against the tokenizer alone on the same texts; peak RSS against a
+    build of an export a tenth its size and of the single-chat export (memory flat: issue 18)."""
+    measured = {name: _measure("build-batched", _build_workspace(path)) for name, path in exports.items()}
+    tokenizer = _measure("build-tokenizer", _build_workspace(exports["full"]))
+    full = measured["full"]
     lines = [
         f"### Build, {datetime.now(UTC).date()} ({_cpu_name()}, Python {platform.python_version()}"
         f"{', QUICK' if quick else ''})",
         "",
-        f"Corpus: {batched['messages']:,} messages (the Telegram full export above); tiny tokenizer; "
-        f"{batched['samples']:,} samples out.",
+        "Tiny tokenizer, one core, 256 texts per tokenizer call. The tokenizer-only pass tokenizes every "
+        "message text of the full export's corpus (texts read before timing).",
         "",
-        "| tokenization | messages/s | samples/s | seconds | peak RSS |",
-        "| --- | --- | --- | --- | --- |",
+        "| corpus | messages | samples | messages/s | seconds | peak RSS |",
+        "| --- | --- | --- | --- | --- | --- |",
     ]
-    for label, r in (("batched (256 texts per call)", batched), ("per-sample loop (baseline)", single)):
+    titles = {
+        "full": "Telegram full export",
+        "tenth": "Telegram full export, a tenth",
+        "single": "Telegram single chat",
+    }
+    for name, r in measured.items():
         lines.append(
-            f"| {label} | {r['messages'] / r['seconds']:,.0f} | {r['samples'] / r['seconds']:,.0f} "
+            f"| {titles[name]} | {r['messages']:,} | {r['samples']:,} | {r['messages'] / r['seconds']:,.0f} "
             f"| {r['seconds']:,.1f} | {r['peak_rss_mb']:,.0f} MiB |"
         )
-    lines.append(f"\nBatched / per-sample: {single['seconds'] / batched['seconds']:.2f}x.")
+    t = tokenizer
+    lines.append(
+        f"| tokenizer only (full export's texts) | {t['messages']:,} | - | "
+        f"{t['messages'] / t['seconds']:,.0f} | {t['seconds']:,.1f} | {t['peak_rss_mb']:,.0f} MiB |"
+    )
+    rate, ceiling = full["messages"] / full["seconds"], t["messages"] / t["seconds"]
+    base = measured["tenth"]["peak_rss_mb"]
+    single = measured["single"]["peak_rss_mb"]
+    lines.append(
+        f"\nBuild / tokenizer only: {rate / ceiling:.2f}. Peak RSS minus the tenth's: full "
+        f"{full['peak_rss_mb'] - base:+,.0f} MiB, single chat {single - base:+,.0f} MiB."
+    )
     return lines
 
 
@@ -266,7 +313,9 @@ def main() -> None:
             print(lines[-1], flush=True)
         lines.append("")
     if args.only in (None, "build"):
-        lines += _build_section(cases[0][2], args.quick)
+        n_tenth = n_tg // 10
+        tenth = _dataset(f"telegram-{n_tenth}.json", lambda p: write_telegram_export(p, n_tenth, full=True))
+        lines += _build_section({"full": cases[0][2], "tenth": tenth, "single": cases[3][2]}, args.quick)
     if args.only in (None, "train"):
         lines += [""] if lines else []
         lines += _train_section(args.quick)

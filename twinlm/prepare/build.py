@@ -5,6 +5,11 @@ turns -> mark the persona's turns as trained -> documents into chunks -> render 
 model's own chat template and mask labels -> train/eval split (by trained tokens) -> write the folder.
 The folder describes itself (build.json: config, tokenizer, template style, persona prompt), so
 training needs only its path.
+
+It streams (issue 18): chats are read one at a time (a very long one row by row), each session goes
+on to rendering as soon as it is cut, rows and sample lines go to temporary files (stream.py) and the
+split, decided from a few numbers per sample, is applied while they are copied into the dataset. Memory
+holds one chat (of a very long one, the session being cut) and a render batch, not the dataset.
 """
 
 from __future__ import annotations
