@@ -7,8 +7,9 @@ names the file, the line, the field and the fix.
 
 from __future__ import annotations
 
+import difflib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_origin
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
@@ -469,10 +470,7 @@ def load_config(path: Path) -> TwinConfig:
         node = yaml.compose(text)
         data = yaml.safe_load(text)
     except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f":{mark.line + 1}" if mark else ""
-        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
-        raise ConfigError(f"{path}{where}: invalid YAML: {problem}") from None
+        raise ConfigError(_yaml_problem(path, e)) from None
     if data is None:
         data = {}
     if not isinstance(data, dict):
@@ -485,21 +483,119 @@ def load_config(path: Path) -> TwinConfig:
         raise ConfigError(_describe(path, node, e)) from None
 
 
+# What the YAML parser was in the middle of (its "context"), in a user's words: the problem is usually
+# where that began (an unclosed bracket or quote), lines before the parser noticed.
+_YAML_CONTEXTS = {
+    "while parsing a flow sequence": "a [ list opened here is not closed with ]",
+    "while parsing a flow mapping": "a { mapping opened here is not closed with }",
+    "while scanning a quoted scalar": "a quoted text opened here is not closed",
+    "while parsing a block mapping": "the settings from here on are not indented evenly",
+    "while parsing a block collection": "the list from here on is not indented evenly",
+}
+_YAML_PROBLEMS = {
+    "mapping values are not allowed here": "a setting is indented more than the one above it, or a value "
+    "holds ': ' (quote it)",
+    "found character '\\t' that cannot start any token": "a tab: YAML is indented with spaces only",
+}
+
+
+def _yaml_problem(path: Path, error: yaml.YAMLError) -> str:
+    """A YAML syntax error at the line where the mistake is: the start of what was left open (the parser's
+    context) where it says one, else where the parser stopped."""
+    problem_mark = getattr(error, "problem_mark", None)
+    context_mark = getattr(error, "context_mark", None)
+    problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+    context = getattr(error, "context", None) or ""
+    said = _YAML_PROBLEMS.get(problem, problem)
+    opened = _YAML_CONTEXTS.get(context)
+    earlier = context_mark is not None and (problem_mark is None or context_mark.line < problem_mark.line)
+    if opened and earlier:
+        noticed = f" (noticed at line {problem_mark.line + 1}: {said})" if problem_mark else ""
+        return f"{path}:{context_mark.line + 1}: invalid YAML: {opened}{noticed}"
+    where = f":{problem_mark.line + 1}" if problem_mark else ""
+    return f"{path}{where}: invalid YAML: {said}"
+
+
 def _describe(path: Path, node: yaml.Node | None, error: ValidationError) -> str:
-    """The first validation problem as `file:line: field: what is wrong; the fix`."""
-    first = error.errors()[0]
-    loc = tuple(first["loc"])
-    field = ".".join(str(part) for part in loc) or "(top level)"
-    line = _line_of(node, loc)
-    where = f"{path}:{line}" if line else str(path)
-    kind = first["type"]
-    if kind == "extra_forbidden":
+    """Every validation problem, one line each, in file order: `file:line: field: what is wrong; the fix`.
+    A setting that takes several forms (a choice or a list) gets one line saying all of them."""
+    problems: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
+    for item in error.errors():
+        problems.setdefault(_user_loc(tuple(item["loc"])), []).append(dict(item))
+    # A setting given in one of its forms (a list for build.targets) is judged in that form: the problem
+    # inside it, not that it is not one of the other forms.
+    problems = {
+        loc: items
+        for loc, items in problems.items()
+        if not any(len(other) > len(loc) and other[: len(loc)] == loc for other in problems)
+    }
+    lines = []
+    for loc, items in problems.items():
+        field = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc).lstrip(".") or "(top level)"
+        line = _line_of(node, loc)
+        where = f"{path}:{line}" if line else str(path)
+        lines.append((line or 0, f"{where}: {field}: {_message(loc, items)}"))
+    lines.sort(key=lambda pair: pair[0])
+    return "\n".join(text for _, text in lines)
+
+
+_KINDS = {
+    "int_parsing": "a whole number",
+    "int_type": "a whole number",
+    "int_from_float": "a whole number",
+    "float_parsing": "a number",
+    "float_type": "a number",
+    "bool_parsing": "true or false",
+    "bool_type": "true or false",
+    "dict_type": "a mapping of settings (name: value, one per line)",
+}
+
+
+def _message(loc: tuple[Any, ...], items: list[dict[str, Any]]) -> str:
+    first = items[0]
+    if first["type"] == "extra_forbidden":
         known = _known_fields(loc[:-1])
-        return f"{where}: {field}: unknown setting; valid settings here: {', '.join(known)}"
-    message = first["msg"].removeprefix("Value error, ")
-    if kind == "literal_error":
-        message = f"{message} (got {first.get('input')!r})"
-    return f"{where}: {field}: {message}"
+        close = difflib.get_close_matches(str(loc[-1]), known, n=1)
+        hint = f"did you mean {close[0]}? " if close else ""
+        return f"unknown setting; {hint}valid settings here: {', '.join(known)}"
+    said = []
+    for item in items:
+        text = str(item["msg"]).removeprefix("Value error, ").removeprefix("Input should be ")
+        if item["type"] == "list_type":
+            text = "a list, e.g. [a, b] or one '- item' per line"
+        elif item["type"] == "string_type":
+            text = "text (put it in quotes)"
+        elif item["type"] in _KINDS:
+            text = _KINDS[item["type"]]
+        if text not in said:
+            said.append(text)
+    message = ", or ".join(said)
+    if any(item["type"] not in ("value_error", "assertion_error") for item in items):
+        message = f"should be {message}"
+    value = first.get("input")
+    if not isinstance(value, dict | list) and first["type"] not in ("value_error", "missing"):
+        message += f" (got {value!r})"
+    return message
+
+
+def _user_loc(loc: tuple[Any, ...]) -> tuple[Any, ...]:
+    """The error's place as a twin.yaml path: without pydantic's tags for the forms a setting may take
+    (build.targets.literal['auto',...] is build.targets)."""
+    model: type[BaseModel] | None = TwinConfig
+    shown: list[Any] = []
+    keep_next = False
+    for part in loc:
+        if keep_next or isinstance(part, int):  # a dict's key (a person's name) or a list index
+            shown.append(part)
+            keep_next = False
+        elif model is not None:
+            shown.append(part)
+            info = model.model_fields.get(str(part))
+            annotation = info.annotation if info else None
+            model = annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
+            keep_next = get_origin(annotation) is dict
+        # else: the name of one form of a union setting: not part of the user's path
+    return tuple(shown)
 
 
 def _known_fields(parent: tuple[Any, ...]) -> list[str]:

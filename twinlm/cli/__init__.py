@@ -53,8 +53,11 @@ def _user_errors(command: F) -> F:
         try:
             return command(*args, **kwargs)
         except TwinError as e:
-            # Errors name files and quote their content: shown literally (twinlm.cli.display).
-            err.print(f"[bold red]error:[/] {safe_text(e)}", markup=True, highlight=False, soft_wrap=True)
+            # Errors name files and quote their content: shown literally (twinlm.cli.display). Several
+            # problems at once (every mistake in twin.yaml) come one per line, each its own error line.
+            for line in str(e).split("\n"):
+                shown = f"[bold red]error:[/] {safe_text(line)}"
+                err.print(shown, markup=True, highlight=False, soft_wrap=True)
             raise typer.Exit(1) from None
 
     return wrapper  # type: ignore[return-value]
