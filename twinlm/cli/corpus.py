@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import time
 from collections import Counter
 from datetime import datetime
@@ -24,7 +25,14 @@ from rich.table import Table
 
 from twinlm.cli import AsJson, Workspace, _help, _user_errors, app, err, out
 from twinlm.cli.display import safe_text
-from twinlm.config import IngestConfig, TwinConfig, reference_markdown, render_config
+from twinlm.config import (
+    CONFIG_NAME,
+    IngestConfig,
+    TwinConfig,
+    load_config,
+    reference_markdown,
+    render_config,
+)
 from twinlm.corpus.db import Corpus
 from twinlm.corpus.queries import account_names, owners, source_stats, speakers
 from twinlm.errors import TwinError
@@ -41,15 +49,43 @@ def init(
     directory: Annotated[Path, typer.Argument(help="Folder to create the workspace in.")],
     name: Annotated[str | None, typer.Option(help=_help(TwinConfig, "name"))] = None,
     me: Annotated[list[str] | None, typer.Option(help=_help(TwinConfig, "me") + " Repeat for each.")] = None,
-    force: Annotated[bool, typer.Option(help="Overwrite an existing twin.yaml.")] = False,
+    force: Annotated[
+        bool,
+        typer.Option(
+            help="Write twin.yaml again over an existing one: its settings are kept (with --name and --me "
+            "applied), the comments and missing folders are brought up to date. One that cannot be read "
+            "is kept as twin.yaml.bak."
+        ),
+    ] = False,
 ) -> None:
     """Create a workspace: a commented twin.yaml and the folders every stage writes to."""
+    existing, loaded = TwinConfig(), False
+    config_path = directory / CONFIG_NAME
+    if force and config_path.is_file():
+        try:
+            existing, loaded = load_config(config_path), True
+        except TwinError as e:  # unreadable: kept aside, never silently lost
+            backup = config_path.with_name(CONFIG_NAME + ".bak")
+            shutil.copy2(config_path, backup)
+            err.print(
+                f"warning: {safe_text(config_path)} could not be read ({safe_text(str(e).splitlines()[0])}); "
+                f"kept as {safe_text(backup)}, a new one written",
+                highlight=False,
+                soft_wrap=True,
+            )
+    update: dict[str, object] = {}
+    if name or not loaded:
+        update["name"] = name or directory.resolve().name
+    if me:
+        update["me"] = me
     try:
-        config = TwinConfig(name=name or directory.resolve().name, me=me or [])
+        config = TwinConfig.model_validate({**existing.model_dump(), **update})
     except ValidationError as e:
         first = e.errors()[0]
         raise TwinError(f"--{first['loc'][0]}: {first['msg']}") from None
     path = init_workspace(directory, config, force=force)
+    if loaded:
+        out.print("Kept the settings of the existing twin.yaml.", highlight=False)
     out.print(
         f"Created [bold]{safe_text(path)}[/]. Next: [cyan]twinlm ingest -w {safe_text(directory)} PATH...[/]"
     )
