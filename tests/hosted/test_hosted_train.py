@@ -220,6 +220,25 @@ def test_refused_confirmation_sends_nothing(
     assert fake.requests == [] and not any((workspace / "runs").iterdir())
 
 
+@pytest.mark.parametrize(
+    ("args", "said"),
+    [
+        (["--backend", "mistral"], "--backend 'mistral': use one of local, mistral-api"),
+        (
+            [*TRAIN[1:], "--gpus", "2"],
+            "--gpus are for local training; --backend mistral-api takes its settings",
+        ),
+        (["--cancel"], "--cancel: cancels a hosted job; use it with --backend mistral-api"),
+    ],
+)
+def test_options_that_do_not_fit_are_one_line(
+    fake: FakeMistral, workspace: Path, key: str, args: list[str], said: str
+) -> None:
+    result = CliRunner().invoke(app, ["train", "-w", str(workspace), "--yes", *args])
+    assert result.exit_code == 1 and said in " ".join(result.stderr.split())
+    assert fake.requests == []
+
+
 def test_plain_http_to_another_machine_is_refused(tmp_path: Path, key: str) -> None:
     ws = make_workspace(tmp_path, "http://api.example.com")
     result = _train(ws, "--yes")

@@ -72,8 +72,15 @@ def train_command(
     if backend != "local":
         from twinlm.cli.train_hosted import train_hosted_command
 
+        if method is not None or max_steps is not None or gpus != 1:
+            raise TwinError(
+                f"--method, --max-steps and --gpus are for local training; --backend {backend} takes its "
+                "settings from hosted: in twin.yaml"
+            )
         train_hosted_command(workspace, name, backend, resume, yes, cancel, as_json)
         return
+    if cancel:
+        raise TwinError("--cancel: cancels a hosted job; use it with --backend mistral-api")
     _quiet_libraries()
     if name is not None:
         run_record.check_run_name(name)
