@@ -223,6 +223,7 @@ def _build(
                 if pending[first][0] >= position:
                     break
                 del pending[first]
+                started.pop(first, None)  # its prompts are made (a long chat has many sessions)
             weights[position] += len(r.labels) - r.labels.count(IGNORE_INDEX)
             whose.add_row(sample, r.labels)
             spill.rendered.add(r.sample_id, r.input_ids, r.labels)
