@@ -96,7 +96,7 @@ def fetch_model(repo_id: str) -> str:
         )
     offline, constants.HF_HUB_OFFLINE = constants.HF_HUB_OFFLINE, False
     try:
-        size = _download_size(repo_id, patterns)
+        size = _reach(repo_id, patterns)
         print(
             f"Downloading {repo_id} from huggingface.co ({size}config, tokenizer and safetensors weights) "
             f"into {constants.HF_HUB_CACHE}; this happens once.",
@@ -119,16 +119,48 @@ def is_hub_id(name: str) -> bool:
     return bool(_HUB_ID.match(name)) and not Path(name).expanduser().exists()
 
 
-def _download_size(repo_id: str, patterns: list[str]) -> str:
-    """'14.5 GB: ' for the files `patterns` select, or '' when the hub does not say."""
+HUB_TIMEOUT_S = 8.0  # the one question asked before a download; the download's own retries take ~a minute
+
+
+def _reach(repo_id: str, patterns: list[str]) -> str:
+    """'14.5 GB: ' for the files `patterns` select ('' when the hub does not say), after one quick question
+    to the hub: a model that cannot be fetched (offline, gated, misnamed, a refused token) fails here in
+    seconds with the fix, not after the download's retries with a library's message."""
     from fnmatch import fnmatch
 
+    import httpx
     from huggingface_hub import HfApi
+    from huggingface_hub.errors import GatedRepoError, HfHubHTTPError, RepositoryNotFoundError
 
+    token = (
+        "HF_TOKEN is set: is it a token of the account that accepted?"
+        if os.environ.get("HF_TOKEN")
+        else "then set HF_TOKEN to a token of that account (huggingface.co/settings/tokens) or run "
+        "`hf auth login`"
+    )
     try:
-        info = HfApi().model_info(repo_id, files_metadata=True)
-    except Exception:  # the download itself reports what is wrong (gated, missing, offline)
-        return ""
+        info = HfApi().model_info(repo_id, files_metadata=True, timeout=HUB_TIMEOUT_S)
+    except GatedRepoError:
+        raise TwinError(
+            f"{repo_id}: a gated model: accept its licence at https://huggingface.co/{repo_id} while logged "
+            f"in; {token}"
+        ) from None
+    except RepositoryNotFoundError:
+        raise TwinError(
+            f"{repo_id}: no such model on huggingface.co; check the name (owner/name, as on its page), or "
+            "for a private model set HF_TOKEN"
+        ) from None
+    except HfHubHTTPError as e:  # (an OSError too: before the next clause)
+        status = e.response.status_code if e.response is not None else None
+        if status in (401, 403):
+            raise TwinError(f"{repo_id}: huggingface.co refused access ({status}); {token}") from None
+        return ""  # the hub answered oddly: the download says what is wrong
+    except (httpx.TransportError, OSError) as e:
+        raise TwinError(
+            f"{repo_id}: cannot reach huggingface.co ({type(e).__name__}); offline or behind a proxy? "
+            "Connect (HTTPS_PROXY names a proxy), or download the model on another machine and set "
+            "build.model to its folder"
+        ) from None
     total = sum((s.size or 0) for s in info.siblings or [] if any(fnmatch(s.rfilename, p) for p in patterns))
     return f"{total / 1e9:.1f} GB: " if total else ""
 
