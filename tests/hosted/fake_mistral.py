@@ -55,6 +55,7 @@ class FakeMistral:
     script: list[tuple[str, list[dict[str, Any]]]] = field(default_factory=lambda: list(SUCCESS_SCRIPT))
     failure_event: dict[str, Any] | None = None  # added to the events of a FAILED job
     reply: str = "sure, see you at eight"
+    unavailable_after: int | None = None  # job GETs answered before the API starts answering 503
     requests: list[Received] = field(default_factory=list)
     uploads: list[Upload] = field(default_factory=list)
     jobs: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -107,6 +108,8 @@ class FakeMistral:
         if parts[:3] == ["v1", "fine_tuning", "jobs"] and len(parts) >= 4 and parts[3] in self.jobs:
             job = self.jobs[parts[3]]
             if method == "GET" and len(parts) == 4:
+                if self.unavailable_after is not None and self.gets[job["id"]] >= self.unavailable_after:
+                    return self._send(h, 503, {"message": "Service unavailable"})
                 return self._send(h, 200, self._advance(job))
             if method == "POST" and parts[4:] == ["cancel"]:
                 job["status"] = "CANCELLATION_REQUESTED"

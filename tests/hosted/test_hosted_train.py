@@ -19,7 +19,7 @@ from twinlm.cli import app
 from twinlm.config import load_config
 from twinlm.errors import TwinError
 from twinlm.hosted.dataset import Upload, check_upload
-from twinlm.hosted.job import read_record
+from twinlm.hosted.job import LOOK_TRIES, read_record
 from twinlm.hosted.settings import HostedConfig
 from twinlm.hosted.train import train_hosted
 from twinlm.prepare import interop
@@ -138,6 +138,24 @@ def test_failed_validation_and_cancelled_elsewhere_are_reported(
     result = _train(workspace, "--name", "c", "--yes")
     assert result.exit_code == 1
     assert "error: Mistral job job-0002 was cancelled (run c; no model was made)" in result.stderr
+
+
+def test_an_api_failure_while_following_says_how_to_re_attach(
+    fake: FakeMistral, workspace: Path, key: str
+) -> None:
+    fake.unavailable_after = 1
+    result = _train(workspace, "--name", "u", "--yes")
+    assert result.exit_code == 1
+    said = " ".join(result.stderr.split())
+    assert (
+        "reading job job-0001 failed: HTTP 503 Service unavailable; job job-0001 may still be running" in said
+    )
+    assert "--name u --resume" in said and "Traceback" not in result.stderr
+    assert fake.gets["job-0001"] == 1  # answered once, then refused LOOK_TRIES times in a row
+    assert sum(r.method == "GET" for r in fake.requests) == 1 + LOOK_TRIES
+    fake.unavailable_after = None
+    assert _train(workspace, "--name", "u", "--resume").exit_code == 0
+    assert read_record(workspace / "runs" / "u")["status"] == "SUCCESS"
 
 
 def _interrupted_after(polls: int):  # a closed terminal, as the follower sees it

@@ -28,6 +28,7 @@ from twinlm.train.metrics import METRICS_FILE, plot_loss
 
 RECORD = "hosted.json"
 BACKEND = "mistral-api"
+LOOK_TRIES = 5  # failed looks at the job in a row before following gives up
 
 
 def write_record(run_dir: Path, record: dict[str, Any]) -> None:
@@ -117,8 +118,17 @@ def follow(
     started = time.monotonic()
     job_id = record["job_id"]
     with Live(console=console, transient=True, auto_refresh=False, redirect_stdout=False) as live:
+        failures = 0
         while True:
-            job = api.get_job(job_id)
+            try:
+                job = api.get_job(job_id)
+            except TwinError:
+                failures += 1  # a passing outage should not end an hour of following
+                if failures >= LOOK_TRIES:
+                    raise
+                sleep(poll_seconds)
+                continue
+            failures = 0
             events = record_metrics(run_dir, job)
             if job.get("status") != record.get("status") or job.get("fine_tuned_model"):
                 if job.get("status") != record.get("status") and not console.is_terminal:

@@ -96,6 +96,11 @@ def train_hosted(
             soft_wrap=True,
         )
         raise
+    except TwinError as e:  # the API or the connection failed while following: the job itself goes on
+        raise TwinError(
+            f"{e}; job {record['job_id']} may still be running at Mistral: re-attach with twinlm train "
+            f"--backend mistral-api --name {run_dir.name} --resume"
+        ) from None
     return _result(run_dir, final, cancelled_by_user=cancel)
 
 
