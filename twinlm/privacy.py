@@ -128,7 +128,6 @@ def _reach(repo_id: str, patterns: list[str]) -> str:
     seconds with the fix, not after the download's retries with a library's message."""
     from fnmatch import fnmatch
 
-    import httpx
     from huggingface_hub import HfApi
     from huggingface_hub.errors import GatedRepoError, HfHubHTTPError, RepositoryNotFoundError
 
@@ -155,9 +154,11 @@ def _reach(repo_id: str, patterns: list[str]) -> str:
         if status in (401, 403):
             raise TwinError(f"{repo_id}: huggingface.co refused access ({status}); {token}") from None
         return ""  # the hub answered oddly: the download says what is wrong
-    except (httpx.TransportError, OSError) as e:
+    except Exception as e:  # no answer: the client's transport errors (httpx or its fork), OSError
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
         raise TwinError(
-            f"{repo_id}: cannot reach huggingface.co ({type(e).__name__}); offline or behind a proxy? "
+            f"{repo_id}: cannot reach huggingface.co ({type(e).__name__}{': ' + first if first else ''}); "
+            "offline or behind a proxy? "
             "Connect (HTTPS_PROXY names a proxy), or download the model on another machine and set "
             "build.model to its folder"
         ) from None
