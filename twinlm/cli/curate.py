@@ -85,21 +85,12 @@ def conversations(
             {
                 "total": total,
                 "offset": offset,
+                # The review page's rows, with the first and last days as dates (YYYY-MM-DD).
                 "conversations": [
-                    {
-                        "id": r.id,
-                        "key": f"{r.source}:{r.native_id}",
-                        "source": r.source,
-                        "kind": r.kind,
-                        "title": r.title,
-                        "excluded": r.excluded,
-                        "note": r.note,
-                        "messages": r.messages,
-                        "excluded_messages": r.excluded_messages,
-                        "edited_messages": r.edited_messages,
+                    r.to_json(built)
+                    | {
                         "first": _day(r.first_ms) if r.first_ms is not None else None,
                         "last": _day(r.last_ms) if r.last_ms is not None else None,
-                        "last_build": built.get(f"{r.source}:{r.native_id}"),
                     }
                     for r in rows
                 ],
@@ -115,7 +106,7 @@ def conversations(
             column, justify="right" if column in ("id", "messages", "samples", "trained turns") else "left"
         )
     for r in rows:
-        b = built.get(f"{r.source}:{r.native_id}")
+        b = built.get(r.key)
         state = []
         if r.excluded:
             state.append("[red]excluded[/]")

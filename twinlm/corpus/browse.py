@@ -311,6 +311,29 @@ class Listed:
     first_ms: int | None
     last_ms: int | None
 
+    @property
+    def key(self) -> str:
+        return f"{self.source}:{self.native_id}"
+
+    def to_json(self, last_build: dict[str, dict[str, int]]) -> dict[str, Any]:
+        """The row as `twinlm conversations --json` and the review page's API give it (times in ms since
+        the epoch), with what the last build made of it (`last_build`: by source:native_id)."""
+        return {
+            "id": self.id,
+            "key": self.key,
+            "source": self.source,
+            "kind": self.kind,
+            "title": self.title,
+            "excluded": self.excluded,
+            "note": self.note,
+            "messages": self.messages,
+            "excluded_messages": self.excluded_messages,
+            "edited_messages": self.edited_messages,
+            "first": self.first_ms,
+            "last": self.last_ms,
+            "last_build": last_build.get(self.key),
+        }
+
 
 def list_conversations(
     corpus: Corpus, sel: Selector, config: TwinConfig, *, offset: int = 0, limit: int = 50

@@ -151,24 +151,7 @@ def review_router(workspace: Path) -> APIRouter:
         return {
             "total": total,
             "offset": offset,
-            "conversations": [
-                {
-                    "id": r.id,
-                    "key": f"{r.source}:{r.native_id}",
-                    "source": r.source,
-                    "kind": r.kind,
-                    "title": r.title,
-                    "excluded": r.excluded,
-                    "note": r.note,
-                    "messages": r.messages,
-                    "excluded_messages": r.excluded_messages,
-                    "edited_messages": r.edited_messages,
-                    "first": r.first_ms,
-                    "last": r.last_ms,
-                    "last_build": per.get(f"{r.source}:{r.native_id}"),
-                }
-                for r in rows
-            ],
+            "conversations": [r.to_json(per) for r in rows],
         }
 
     @router.get("/review/api/conversations/{row_id}")
