@@ -130,7 +130,7 @@ def _build(
     tokenizer = load_tokenizer(model, trust_remote_code=settings.trust_remote_code)
     style = detect_style(tokenizer)
 
-    stage("selecting conversations")
+    stage("selecting conversations, cleaning, rendering and tokenizing")
     identities = Identities(config, owners(corpus), account_names(corpus))
     me_name = config.me[0] if config.me else "me"
     asked = settings.targets
@@ -177,7 +177,6 @@ def _build(
             counts["teacher question/answer pairs"] += len(qa.samples)
             yield from qa.samples
 
-    stage("rendering and tokenizing")
     # Tokenized before the split: it holds out a share of the trained tokens, not of the samples. So the
     # first pass keeps per sample only its conversation, kind and trained tokens; rows go to disk.
     keys: list[tuple[str, bool]] = []  # per sample in order: (conversation, is a document)
@@ -244,6 +243,7 @@ def _build(
                 "".join(orjson.dumps(q, option=orjson.OPT_SORT_KEYS).decode() + "\n" for q in heldout),
             )
             counts["held-out questions"] += len(heldout)
+        stage("writing the dataset folder")
         stats = spill.write(out, evals, {ids[i] for i in evals}, _some_training)
     finally:
         spill.remove()
@@ -255,7 +255,6 @@ def _build(
         trained_tokens=stats.trained_tokens,
     )
 
-    stage("writing the dataset folder")
     tokenizer_dir = out / "tokenizer"
     shutil.rmtree(tokenizer_dir, ignore_errors=True)
     tokenizer.save_pretrained(tokenizer_dir)
