@@ -81,7 +81,10 @@ def build(ws: Path) -> list[str]:
         (gated, "a gated model: accept its licence at https://huggingface.co/acme/llm"),
         (missing, "no such model on huggingface.co; check the name"),
         (refused, "huggingface.co refused access (401); then set HF_TOKEN"),
-        (offline, "cannot reach huggingface.co (ConnectError); offline or behind a proxy?"),
+        (
+            offline,
+            "cannot reach huggingface.co (ConnectError: [Errno -3] Temporary failure in name resolution);",
+        ),
     ],
 )
 def test_an_unreachable_hub_model_fails_at_once_with_the_fix(
