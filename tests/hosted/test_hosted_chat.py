@@ -3,6 +3,7 @@ fake Mistral API on loopback; the chat is sent as the messages training used."""
 
 from __future__ import annotations
 
+import json
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -120,3 +121,47 @@ def test_twinlm_chat_with_the_hosted_model(fake: FakeMistral, workspace: Path, k
     )
     assert user == {"role": "user", "content": "Sam: dinner?"}  # the persona's usual partner, as trained
     assert body["random_seed"] == 3 and body["stream"] is True
+
+
+def test_twinlm_serve_with_the_hosted_model(fake: FakeMistral, workspace: Path, key: str) -> None:
+    from fastapi.testclient import TestClient
+
+    from twinlm.config import ServeConfig
+    from twinlm.hosted.twin import open_hosted_twin
+    from twinlm.serve.backends import Sampling as ServeSampling
+    from twinlm.serve.server import create_app
+
+    _trained(workspace)
+    twin = open_hosted_twin(workspace, load_config(workspace / "twin.yaml"))
+    app_ = create_app(
+        twin, ServeConfig(workers=2), sampling=ServeSampling(), backends=[twin.backend, twin.worker()]
+    )
+    request = {
+        "model": "alex-rivera",
+        "messages": [
+            {"role": "user", "content": "dinner?"},
+            {"role": "assistant", "content": "sure"},
+            {"role": "user", "content": "Jo: can I come?"},
+        ],
+    }
+    with TestClient(app_, base_url="http://127.0.0.1") as client:
+        models = [m["id"] for m in client.get("/v1/models").json()["data"]]
+        assert models == ["alex-rivera"]
+        plain = client.post("/v1/chat/completions", json=request)
+        assert plain.status_code == 200, plain.text
+        assert plain.json()["choices"][0]["message"]["content"] == fake.reply
+        with client.stream("POST", "/v1/chat/completions", json=request | {"stream": True}) as streamed:
+            data = [line[6:] for line in streamed.iter_lines() if line.startswith("data: ")]
+    assert data[-1] == "[DONE]"
+    assert "".join(json.loads(d)["choices"][0]["delta"].get("content") or "" for d in data[:-1]) == fake.reply
+    # Sent as training shaped the chat: who spoke is said as in the training files.
+    assert len(fake.chat_bodies) == 2
+    for body in fake.chat_bodies:
+        assert body["model"] == "ft:open-mistral-7b:x:abc123"
+        assert [m["role"] for m in body["messages"]] == ["system", "user", "assistant", "user"]
+        # (the client adds "prefix": false to assistant messages)
+        assert [{k: m[k] for k in ("role", "content")} for m in body["messages"][1:]] == [
+            {"role": "user", "content": "Sam: dinner?"},
+            {"role": "assistant", "content": "sure"},
+            {"role": "user", "content": "Jo: can I come?"},
+        ]

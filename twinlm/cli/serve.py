@@ -11,7 +11,7 @@ import logging
 import os
 import socket
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -66,7 +66,11 @@ def serve_command(
     host: Annotated[str | None, typer.Option(help=_help(ServeConfig, "host"), show_default=False)] = None,
     port: Annotated[int | None, typer.Option(help=_help(ServeConfig, "port"), show_default=False)] = None,
     backend: Annotated[
-        str, typer.Option(help="Run the model with transformers, llama.cpp (a GGUF), or auto.")
+        str,
+        typer.Option(
+            help="Run the model with transformers, llama.cpp (a GGUF), or auto; or mistral-api: the model "
+            "of a hosted run (SOURCE names the run), every chat sent to the Mistral API."
+        ),
     ] = "auto",
     workers: Annotated[
         int | None, typer.Option(min=1, help=_help(ServeConfig, "workers"), show_default=False)
@@ -81,8 +85,8 @@ def serve_command(
     from twinlm.serve.server import create_app
     from twinlm.serve.twin import open_twin
 
-    if backend not in ("auto", "transformers", "llama.cpp"):
-        raise TwinError(f"--backend {backend}: expected auto, transformers or llama.cpp")
+    if backend not in ("auto", "transformers", "llama.cpp", "mistral-api"):
+        raise TwinError(f"--backend {backend}: expected auto, transformers, llama.cpp or mistral-api")
     ws = open_workspace(workspace)
     updates = {"host": host, "port": port, "workers": workers}
     settings = ws.config.serve.model_copy(update={k: v for k, v in updates.items() if v is not None})
@@ -90,12 +94,18 @@ def serve_command(
     sock = _listen(settings.host, settings.port)  # before loading: a taken port fails at once
     try:
         chat = ws.config.chat
-        twin = open_twin(ws.root, source, backend=backend, context_length=chat.context_length)  # type: ignore[arg-type]
-        # Each further worker is its own model object (a backend does one generation at a time).
-        extra = [
-            open_twin(ws.root, source, backend=backend, context_length=chat.context_length).backend  # type: ignore[arg-type]
-            for _ in range(settings.workers - 1)
-        ]
+        if backend == "mistral-api":  # the hosted model: its prompts are messages (twinlm.hosted.twin)
+            from twinlm.hosted.twin import open_hosted_twin
+
+            twin: Any = open_hosted_twin(ws.root, ws.config, source)
+            extra: list[Any] = [twin.worker() for _ in range(settings.workers - 1)]
+        else:
+            twin = open_twin(ws.root, source, backend=backend, context_length=chat.context_length)  # type: ignore[arg-type]
+            # Each further worker is its own model object (a backend does one generation at a time).
+            extra = [
+                open_twin(ws.root, source, backend=backend, context_length=chat.context_length).backend  # type: ignore[arg-type]
+                for _ in range(settings.workers - 1)
+            ]
         application = create_app(
             twin,
             settings,

@@ -6,7 +6,9 @@ renders and tokenizes on its side, from messages. So this backend takes messages
 `conversation_messages` makes them the way the training files were made: the chat as a Sample, the
 persona's turns as its trained replies, shaped by export-data's own `to_messages` (the "Name: text"
 labels of group chats, merged consecutive turns, the persona's system prompt as built by
-twinlm.prepare.persona). `generate(prompt_ids)` refuses with one line rather than guess text from ids.
+twinlm.prepare.persona). Where the Backend protocol hands over a prompt (twinlm serve's workers), the
+hosted twin's prompt is those messages (twinlm.hosted.twin.HostedTwin.prompt), and `generate` takes
+them in place of token ids; real token ids are refused with one line rather than guessed into text.
 
 Sampling: temperature, top_p, max_tokens, seed (random_seed) and stop strings are sent; min_p and
 repetition_penalty have no equivalent in the Mistral API and are not applied (said in `ignored`).
@@ -154,8 +156,12 @@ class MistralAPIBackend:
         self.model = model
 
     def generate(
-        self, prompt_ids: list[int], sampling: SamplingLike, cancel: threading.Event | None = None
-    ) -> Any:
+        self, prompt_ids: list[Any], sampling: SamplingLike, cancel: threading.Event | None = None
+    ) -> HostedGeneration:
+        """The Backend protocol's call: `prompt_ids` must be the hosted twin's prompt, i.e. the chat as
+        messages (twinlm.hosted.twin.HostedTwin.prompt); token ids are refused."""
+        if prompt_ids and all(isinstance(m, Mapping) for m in prompt_ids):
+            return self.generate_messages(prompt_ids, sampling, cancel)
         raise TwinError(
             f"{self.model}: a hosted model takes the chat as messages, not token ids; use generate_messages "
             "(twinlm.hosted.backend.conversation_messages makes them)"

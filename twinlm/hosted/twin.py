@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -67,8 +67,28 @@ class HostedTwin:
             timestamp_ms=int(time.time() * 1000),
         )
 
-    def prompt(self, *args: object, **kwargs: object) -> list[int]:
-        raise TwinError("a hosted model has no local prompt token ids: Mistral renders the chat on its side")
+    def prompt(
+        self,
+        persona: str,
+        turns: Sequence[tuple[str, str]],
+        *,
+        system: str | None = None,
+        max_new_tokens: int = 0,
+    ) -> list[Any]:
+        """The hosted model's prompt is the chat as messages (Mistral renders and tokenizes it on its side):
+        what the server hands to MistralAPIBackend.generate in place of token ids. The API refuses a chat
+        longer than the model's window itself (no local trimming: the tokenizer is theirs)."""
+        return self.messages(persona, turns, system)
+
+    def prompt_from_messages(
+        self, persona: str, messages: Sequence[Mapping[str, Any]], *, max_new_tokens: int
+    ) -> list[Any]:
+        """OpenAI-style messages (twinlm serve's requests) -> the hosted prompt, read as
+        twinlm.serve.twin.Twin reads them (who a user message is, system messages, the assistant's
+        turns): Twin's own method, run on this twin (it uses only persona, partner, others and prompt)."""
+        from twinlm.serve.twin import Twin
+
+        return Twin.prompt_from_messages(self, persona, messages, max_new_tokens=max_new_tokens)  # type: ignore[arg-type]
 
     def messages(
         self, persona: str, turns: Sequence[tuple[str, str]], system: str | None = None
@@ -88,6 +108,10 @@ class HostedTwin:
         cancel: threading.Event | None = None,
     ) -> HostedGeneration:
         return self.backend.generate_messages(self.messages(persona, turns, system), sampling, cancel)
+
+    def worker(self) -> MistralAPIBackend:
+        """One more backend for a server worker (same model and connection: the client is thread-safe)."""
+        return MistralAPIBackend(self.backend.api, self.backend.model)
 
     def close(self) -> None:
         pass
