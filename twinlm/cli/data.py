@@ -136,6 +136,10 @@ def build_command(
         out.print(whose)
     histogram = result.report["length_histogram"]
     out.print("Sample lengths (tokens): " + ", ".join(f"{k}: {v:,}" for k, v in histogram.items() if v))
+    if preview:
+        from twinlm.prepare.preview import LEGEND
+
+        out.print(LEGEND, highlight=False)
     for sample_id, text in show_samples(folder, preview) if preview else []:
         out.rule(safe_text(sample_id))
         out.print(safe_rich_text(text))
