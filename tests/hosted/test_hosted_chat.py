@@ -165,3 +165,20 @@ def test_twinlm_serve_with_the_hosted_model(fake: FakeMistral, workspace: Path, 
             {"role": "assistant", "content": "sure"},
             {"role": "user", "content": "Jo: can I come?"},
         ]
+
+
+def test_eval_reply_generation_works_with_the_hosted_twin(
+    fake: FakeMistral, workspace: Path, key: str
+) -> None:
+    # eval's generated metrics (replies in context, style, probes) go through one Generate function made
+    # by twin_generate; it takes the hosted twin as it is (perplexity does not: no token probabilities).
+    from twinlm.evaluate.replies import twin_generate
+    from twinlm.hosted.twin import open_hosted_twin
+
+    _trained(workspace)
+    twin = open_hosted_twin(workspace, load_config(workspace / "twin.yaml"))
+    generate = twin_generate(twin, 16)
+    assert generate("Alex Rivera", [("Sam", "movie friday?")], None) == fake.reply
+    (body,) = fake.chat_bodies
+    assert (body["temperature"], body["max_tokens"], body["random_seed"]) == (0.0, 16, 0)
+    assert body["messages"][-1] == {"role": "user", "content": "Sam: movie friday?"}
