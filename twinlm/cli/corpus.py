@@ -329,8 +329,20 @@ def people(
         )
         return
     table = Table(title="Speakers", title_justify="left")
+    # The names and ids are what a user copies into me: and people:, so they are never cut or wrapped:
+    # the other columns give way on a narrow terminal.
+    whole = {
+        "name": max((len(safe_text(r.author_name)) for r in rows), default=4),
+        "author id": max((len(safe_text(r.author_id)) for r in rows), default=9),
+    }
     for column in ("person", "name", "also", "source", "author id", "messages", "first", "last"):
-        table.add_column(column, justify="right" if column == "messages" else "left")
+        table.add_column(
+            column,
+            justify="right" if column == "messages" else "left",
+            no_wrap=column in whole,
+            min_width=whole.get(column),
+            overflow="fold",
+        )
     for r in rows:
         person = (
             "[bold green]me[/]" if r.person == "me" else (safe_text(r.person) if r.person else "[dim]-[/]")
