@@ -24,6 +24,7 @@ from twinlm.hosted.settings import HostedConfig
 from twinlm.hosted.train import train_hosted
 from twinlm.prepare import interop
 from twinlm.prepare.interop import ExportReport, MistralLimits
+from twinlm.prepare.sample import Sample, Turn
 from twinlm.train.metrics import read_metrics
 
 from conftest import KEY, make_workspace
@@ -281,3 +282,20 @@ def test_limits_are_checked_before_sending(tmp_path: Path) -> None:
         check_upload(evals, HostedConfig())
     steps = Upload(folder=tmp_path, report=report, train_files=["t"], sizes={"t": 10}, characters=4000)
     assert check_upload(steps, HostedConfig(epochs=3)) == 3000
+
+
+def test_names_are_shown_as_written_never_as_markup_or_terminal_codes(
+    fake: FakeMistral, workspace: Path, key: str
+) -> None:
+    odd = Sample(
+        id="odd",
+        conversation="discord:odd",
+        source="discord",
+        kind="chat",
+        turns=(Turn("[bold]Eve\x1b[2J", "hi [red]", False), Turn("Alex Rivera", "hello", True)),
+    )
+    with (workspace / "data" / "samples.jsonl").open("ab") as f:
+        f.write(odd.to_json() + b"\n")
+    result = _train(workspace, "--name", "odd", "--yes")
+    assert result.exit_code == 0, result.stderr
+    assert "[bold]Eve" in result.stderr and "\x1b" not in result.stderr

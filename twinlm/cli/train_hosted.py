@@ -53,16 +53,18 @@ def train_hosted_command(
         typer.echo(orjson.dumps(summary, option=orjson.OPT_INDENT_2).decode())
         return
     if result.status == "CANCELLED":
-        out.print(f"Job {result.job_id} cancelled (run {result.run_dir}).", highlight=False)
+        out.print(
+            f"Job {safe_text(result.job_id)} cancelled (run {safe_text(result.run_dir)}).", highlight=False
+        )
         return
     out.print(
-        f"Job {result.job_id} done: model {safe_text(str(result.fine_tuned_model))} "
-        f"({result.steps} steps), recorded in {result.run_dir}.",
+        f"Job {safe_text(result.job_id)} done: model {safe_text(str(result.fine_tuned_model))} "
+        f"({result.steps} steps), recorded in {safe_text(result.run_dir)}.",
         highlight=False,
     )
     if result.first_eval_loss is not None and result.last_eval_loss is not None:
         out.print(
             f"Eval loss {result.first_eval_loss:.3f} -> {result.last_eval_loss:.3f}; curve: "
-            f"{result.run_dir / 'loss.png'}",
+            f"{safe_text(result.run_dir / 'loss.png')}",
             highlight=False,
         )

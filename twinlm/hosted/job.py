@@ -132,7 +132,7 @@ def follow(
             events = record_metrics(run_dir, job)
             if job.get("status") != record.get("status") or job.get("fine_tuned_model"):
                 if job.get("status") != record.get("status") and not console.is_terminal:
-                    console.print(f"job {job_id}: {job.get('status')}", highlight=False)  # for a log
+                    console.print(Text(f"job {job_id}: {job.get('status')}"))  # for a log
                 record.update(status=job.get("status"), fine_tuned_model=job.get("fine_tuned_model"))
                 write_record(run_dir, record)
             live.update(Group(status_view(job, events, started)), refresh=True)

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.text import Text
 
 from twinlm.errors import TwinError
 from twinlm.hosted import job as hosted_job
@@ -69,9 +70,9 @@ def train_hosted(
         api = MistralAPI(settings.model_copy(update={"base_url": record["base_url"]}), key)
         if cancel:
             api.cancel_job(record["job_id"])
-            console.print(f"Asked Mistral to cancel job {record['job_id']}.", highlight=False)
+            console.print(Text(f"Asked Mistral to cancel job {record['job_id']}."))
         else:
-            console.print(f"Re-attaching to job {record['job_id']} of run {run_dir.name}.", highlight=False)
+            console.print(Text(f"Re-attaching to job {record['job_id']} of run {run_dir.name}."))
     else:
         check_endpoint_url(settings.base_url, settings.allow_insecure_http, setting="hosted")
         run_dir = run_record.run_dir(root, name, resume=False)
@@ -89,12 +90,11 @@ def train_hosted(
             api, run_dir, record, poll_seconds=settings.poll_seconds, console=console, sleep=sleep
         )
     except KeyboardInterrupt:
-        console.print(
+        said = (  # Text: the job id comes from the API, the path from the user; neither is markup
             f"Stopped following; job {record['job_id']} goes on at Mistral. Re-attach with: "
-            f"twinlm train -w {root} --backend mistral-api --name {run_dir.name} --resume",
-            highlight=False,
-            soft_wrap=True,
+            f"twinlm train -w {root} --backend mistral-api --name {run_dir.name} --resume"
         )
+        console.print(Text(said), soft_wrap=True)
         raise
     except TwinError as e:  # the API or the connection failed while following: the job itself goes on
         raise TwinError(
@@ -201,13 +201,12 @@ def _start(
     job = api.create_job(body)
     record.update(job_id=job["id"], status=job.get("status"))
     hosted_job.write_record(run_dir, record)  # before following: a closed terminal can re-attach
-    console.print(
+    said = (
         f"Created job {job['id']} (run {run_dir.name}); following it. Ctrl-C or a closed terminal stops "
         f"following, not the job: re-attach with twinlm train --backend mistral-api --name {run_dir.name} "
-        "--resume",
-        highlight=False,
-        soft_wrap=True,
+        "--resume"
     )
+    console.print(Text(said), soft_wrap=True)
     return record
 
 
