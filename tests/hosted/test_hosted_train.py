@@ -299,3 +299,15 @@ def test_names_are_shown_as_written_never_as_markup_or_terminal_codes(
     result = _train(workspace, "--name", "odd", "--yes")
     assert result.exit_code == 0, result.stderr
     assert "[bold]Eve" in result.stderr and "\x1b" not in result.stderr
+
+
+def test_a_tampered_job_id_is_refused_before_any_request(
+    fake: FakeMistral, workspace: Path, key: str
+) -> None:
+    assert _train(workspace, "--name", "t", "--yes").exit_code == 0
+    record = workspace / "runs" / "t" / "hosted.json"
+    record.write_text(record.read_text().replace('"job-0001"', '"../../files"'))
+    before = len(fake.requests)
+    result = _train(workspace, "--name", "t", "--resume")
+    assert result.exit_code == 1 and "job id '../../files' is not one the Mistral API gives" in result.stderr
+    assert len(fake.requests) == before

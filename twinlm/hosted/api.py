@@ -13,6 +13,7 @@ else so that a missing key stops the command before any request.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,7 @@ JOBS_PATH = "/v1/fine_tuning/jobs"
 # A job in one of these states changes no more.
 FINAL_STATES = ("SUCCESS", "FAILED", "FAILED_VALIDATION", "CANCELLED")
 TIMEOUT_MS = 300_000  # an upload of a few hundred MB on a slow line
+_PLAIN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}")
 
 
 def api_key() -> str:
@@ -82,10 +84,11 @@ class MistralAPI:
         return self._json("POST", JOBS_PATH, body, doing="creating the fine-tuning job")
 
     def get_job(self, job_id: str) -> dict[str, Any]:
-        return self._json("GET", f"{JOBS_PATH}/{job_id}", None, doing=f"reading job {job_id}")
+        return self._json("GET", f"{JOBS_PATH}/{check_job_id(job_id)}", None, doing=f"reading job {job_id}")
 
     def cancel_job(self, job_id: str) -> dict[str, Any]:
-        return self._json("POST", f"{JOBS_PATH}/{job_id}/cancel", None, doing=f"cancelling job {job_id}")
+        path = f"{JOBS_PATH}/{check_job_id(job_id)}/cancel"
+        return self._json("POST", path, None, doing=f"cancelling job {job_id}")
 
     def _json(self, method: str, path: str, body: Mapping[str, Any] | None, *, doing: str) -> dict[str, Any]:
         headers = {
@@ -108,7 +111,11 @@ class MistralAPI:
             data = response.json()
         except ValueError:
             data = None
-        if not isinstance(data, dict) or not isinstance(data.get("id"), str):
+        if (
+            not isinstance(data, dict)
+            or not isinstance(data.get("id"), str)
+            or not _PLAIN_ID.fullmatch(data["id"])
+        ):
             raise TwinError(
                 f"Mistral API at {self.host}: {doing}: the answer is not a job ({response.text[:120]!r})"
             )
@@ -142,6 +149,13 @@ class MistralAPI:
         else:
             said = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         return TwinError(f"Mistral API at {self.host}: {doing} failed: {said}")
+
+
+def check_job_id(job_id: str) -> str:
+    """A job id as the API gives them (a UUID): it goes into a URL path, so nothing else is accepted."""
+    if not isinstance(job_id, str) or not _PLAIN_ID.fullmatch(job_id):
+        raise TwinError(f"job id {job_id!r} is not one the Mistral API gives; check the run's hosted.json")
+    return job_id
 
 
 def _detail(text: str) -> str:

@@ -22,7 +22,7 @@ from rich.text import Text
 
 from twinlm.errors import TwinError
 from twinlm.hosted import job as hosted_job
-from twinlm.hosted.api import MistralAPI, api_key
+from twinlm.hosted.api import MistralAPI, api_key, check_job_id
 from twinlm.hosted.dataset import Upload, check_upload, export_upload, names, read_samples, sha256
 from twinlm.hosted.settings import HostedConfig
 from twinlm.privacy import check_endpoint_url, confirm_remote_send
@@ -66,6 +66,7 @@ def train_hosted(
                 f"{run_dir / hosted_job.RECORD}: the job was never created (stopped during the upload); "
                 "start a new run with another --name"
             )
+        check_job_id(record["job_id"])  # (hosted.json is a file anyone with the folder can edit)
         # The job lives where it was created: follow it there, whatever twin.yaml says now.
         api = MistralAPI(settings.model_copy(update={"base_url": record["base_url"]}), key)
         if cancel:
