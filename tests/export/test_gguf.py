@@ -475,6 +475,17 @@ def test_a_wrong_guessed_vocabulary_is_written_again_with_the_exact_one(
 
     monkeypatch.setattr(gguf_vocab_fast, "FileTokenizer", Wrong)
     assert convert_to_gguf(model, tmp_path / "wrong.gguf").read_bytes() == expected
+    assert len(writes) == 1  # an id: the same room, the metadata rewritten in place
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+    class Longer(gguf_vocab_fast.FileTokenizer):
+        @property
+        def pad_token_id(self) -> int | None:
+            return 7  # a key more than the model has: the tensor data moves
+
+    writes.clear()
+    monkeypatch.setattr(gguf_vocab_fast, "FileTokenizer", Longer)
+    assert convert_to_gguf(model, tmp_path / "longer.gguf").read_bytes() == expected
     assert len(writes) == 2  # the guess, then the exact one
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
 

@@ -29,6 +29,7 @@ import struct
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -88,47 +89,60 @@ def convert_to_gguf(
     total = sum(p.nbytes for p in plan)
     check_free(out_path.parent, total, out_path.name)
 
+    model = _Model(model_dir, config, arch, file_type, tensor_type, plan)
     vocabs = VocabInBackground(model_dir, _embedding_rows(plan))
     with _atomic_path(out_path) as tmp:
-        _write(tmp, model_dir, config, arch, file_type, tensor_type, plan, vocabs.guess, progress)
+        offset = _write(tmp, model, vocabs.guess, progress)
         exact = vocabs.exact()
-        if exact != vocabs.guess:  # a tokenizer transformers completes or rebuilds: its vocabulary
-            _write(tmp, model_dir, config, arch, file_type, tensor_type, plan, exact, progress)
+        # A tokenizer transformers completes or rebuilds: its vocabulary. Usually a flag, an id or a
+        # pre-tokenizer name differs and the metadata takes the same room: rewritten in place.
+        if exact != vocabs.guess and not _rewrite_metadata(tmp, model, exact, offset):
+            _write(tmp, model, exact, progress)
     return out_path
 
 
-def _write(
-    path: Path,
-    model_dir: Path,
-    config: dict[str, Any],
-    arch: gguf.MODEL_ARCH,
-    file_type: gguf.LlamaFileType,
-    tensor_type: Q,
-    plan: list[Planned],
-    vocab: Vocab,
-    progress: Callable[[int, int], None] | None,
-) -> None:
-    """The whole GGUF file at `path` (replaced if there): header, metadata, tensor infos, tensor data."""
-    total = sum(p.nbytes for p in plan)
-    writer = _Writer(path, gguf.MODEL_ARCH_NAMES[arch])
+@dataclass(frozen=True)
+class _Model:
+    """What the GGUF says about the model, besides its vocabulary."""
+
+    folder: Path
+    config: dict[str, Any]
+    arch: gguf.MODEL_ARCH
+    file_type: gguf.LlamaFileType
+    tensor_type: Q
+    plan: list[Planned]
+
+
+def _metadata(path: Path, model: _Model, vocab: Vocab) -> _Writer:
+    """A writer of the file `path` (replaced if there), its header, metadata and tensor infos written."""
+    writer = _Writer(path, gguf.MODEL_ARCH_NAMES[model.arch])
     writer.add_type(gguf.GGUFType.MODEL)
-    writer.add_name(model_dir.name)
-    _hyperparameters(writer, model_dir, config, arch)
-    writer.add_file_type(file_type)
-    if tensor_type not in (Q.F32, Q.F16, Q.BF16):
+    writer.add_name(model.folder.name)
+    _hyperparameters(writer, model.folder, model.config, model.arch)
+    writer.add_file_type(model.file_type)
+    if model.tensor_type not in (Q.F32, Q.F16, Q.BF16):
         writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
     vocab.add_to(writer)
-    for p in plan:
+    for p in model.plan:
         # add_tensor_info takes the element shape when the dtype is not uint8.
         writer.add_tensor_info(p.name, p.shape, np.dtype(np.float32), p.nbytes, raw_dtype=p.qtype)
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_ti_data_to_file()
+    return writer
+
+
+def _write(path: Path, model: _Model, vocab: Vocab, progress: Callable[[int, int], None] | None) -> int:
+    """The whole GGUF file at `path` (replaced if there); returns where its tensor data starts."""
+    total = sum(p.nbytes for p in model.plan)
+    writer = _metadata(path, model, vocab)
     assert writer.fout is not None
     out = writer.fout[0]
+    _pad(out, writer.data_alignment)
+    offset = out.tell()
     done = 0
-    with contextlib.closing(writer), contextlib.closing(converted(plan, config)) as tensors:
-        for p, blocks in zip(plan, tensors, strict=True):
+    with contextlib.closing(writer), contextlib.closing(converted(model.plan, model.config)) as tensors:
+        for p, blocks in zip(model.plan, tensors, strict=True):
             _pad(out, writer.data_alignment)
             for block in blocks:
                 out.write(memoryview(block).cast("B"))
@@ -136,6 +150,26 @@ def _write(
             if progress is not None:
                 progress(done, total)
         _pad(out, writer.data_alignment)
+    return offset
+
+
+def _rewrite_metadata(path: Path, model: _Model, vocab: Vocab, offset: int) -> bool:
+    """Put `vocab`'s metadata over the start of the GGUF `path` where it ends at the same aligned
+    `offset` as what is there (the tensor data stays); False, nothing changed, where it does not."""
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".head", dir=path.parent)
+    os.close(fd)
+    try:
+        writer = _metadata(Path(name), model, vocab)
+        writer.close()
+        head = Path(name).read_bytes()
+    finally:
+        Path(name).unlink(missing_ok=True)
+    head += b"\0" * (-len(head) % writer.data_alignment)
+    if len(head) != offset:
+        return False
+    with path.open("r+b") as f:
+        f.write(head)
+    return True
 
 
 def quantize_gguf(src: Path, out_path: Path, qtype: str) -> Path:
