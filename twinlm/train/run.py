@@ -24,6 +24,7 @@ from twinlm.errors import TwinError
 from twinlm.files import write_atomic
 
 RECORD = "config.json"
+HOSTED_RECORD = "hosted.json"  # twinlm.hosted.job.RECORD (hosted sits above train)
 DATA_FILES = ("train.parquet", "eval.parquet", "build.json")  # what the fingerprint of data/ covers
 # Settings a checkpoint's weights and optimizer state are shaped by: resuming with others cannot work.
 SHAPE_FIELDS = ("method", "lora.r", "lora.target_modules")
@@ -44,15 +45,27 @@ def new_run_name() -> str:
     return datetime.now(UTC).strftime("run-%Y%m%d-%H%M%S")
 
 
+def _hosted(folder: Path) -> bool:
+    """A hosted run's folder (`twinlm train --backend mistral-api`): hosted.json and no local record."""
+    return (folder / HOSTED_RECORD).is_file() and not (folder / RECORD).is_file()
+
+
 def run_dir(workspace: Path, name: str | None, resume: bool) -> Path:
     """The run's folder: a new one (created), or with `resume` the named run's (the latest if no name)."""
     if name is not None:
         check_run_name(name)
     runs = workspace / "runs"
     if resume:
-        candidates = [runs / name] if name else sorted(runs.glob("*/"), key=lambda p: p.stat().st_mtime)
+        if name:
+            candidates = [runs / name]
+        else:  # the newest local run: a hosted run (hosted.json, no config.json) is resumed by its backend
+            local = [p for p in runs.glob("*/") if not _hosted(p)]
+            candidates = sorted(local, key=lambda p: p.stat().st_mtime)
         if not candidates or not (candidates[-1] / RECORD).is_file():
-            raise TwinError(f"nothing to resume in {runs}" + (f" named {name!r}" if name else ""))
+            where = f"{runs} named {name!r}" if name else str(runs)
+            hosted = name is not None and _hosted(runs / name)
+            also = " (a hosted run: twinlm train --backend mistral-api --resume)" if hosted else ""
+            raise TwinError(f"nothing to resume in {where}{also}")
         return candidates[-1]
     folder = runs / (name or new_run_name())
     if folder.exists() and any(folder.iterdir()):
