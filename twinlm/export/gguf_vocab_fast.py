@@ -13,7 +13,9 @@ data, and its size fixes where the data starts). So `VocabInBackground` reads it
 The conversion writes with the guess and, before its file gets its final name, compares: the same
 vocabulary (every token, score, type, merge, special id, flag and the chat template) means the same
 bytes as if it had waited; a different one (a tokenizer transformers rebuilds or completes) makes the
-caller write the file again with the exact one. Either way the output is `read_vocab`'s.
+caller put the exact metadata in place where it takes the same room, else write the file again.
+Either way the output is `read_vocab`'s. For the tests' tokenizers of every preset family, and for
+their copies saved by transformers (as a merge saves them), the guess is the exact one.
 
 A child process instead of the thread was measured too (benchmarks/export_gguf.py's model at 0.2B,
 side by side on a loaded machine): it repeats the torch and transformers imports in the child, ~40%
