@@ -8,7 +8,8 @@ import shutil
 from pathlib import Path
 
 import pytest
-from eval_helpers import invoke, make_workspace
+from eval_helpers import make_workspace
+from tiny_workspace import invoke
 
 
 @pytest.fixture(scope="session")

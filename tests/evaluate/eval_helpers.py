@@ -1,5 +1,5 @@
 """Helpers of the evaluate tests: a tiny workspace built and trained a few steps (chats with friends, a
-ChatGPT export for the assistant persona, held-out document questions), and the CLI run in-process."""
+ChatGPT export for the assistant persona, held-out document questions)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import json
 import shutil
 from pathlib import Path
 
-from typer.testing import CliRunner
+from tiny_workspace import CLEAN, write_chats
 
 from twinlm.config import BuildConfig, TrainConfig, TwinConfig
 from twinlm.corpus.db import Corpus
@@ -20,7 +20,6 @@ from twinlm.workspace import init_workspace
 
 from testdata import EXAMPLES
 
-CLEAN = {"low_quality_sessions": False, "conversation_enders": "off", "non_replies": False}
 RUN = "r"
 HOSTILE = "<script>console.error('x')</script><img src=x onerror=\"console.error('y')\">"
 QUESTIONS = [
@@ -35,18 +34,9 @@ def make_workspace(root: Path, *, eval_fraction: float = 0.25, train: bool = Tru
     from twinlm.train.loop import train as train_run
 
     exports = root / "exports"
-    exports.mkdir(parents=True)
-    for k, who in enumerate(("Mom", "Sam", "Priya", "Jo")):
-        lines = []
-        for day in range(1, 5):
-            t, m = f"{day:02d}/03/2024, {8 + k:02d}", 10 + 4 * k
-            lines.append(f"{t}:{m:02d} - {who}: {who} here. Did you eat dinner today?")
-            lines.append(f"{t}:{m + 1:02d} - Alex Rivera: yes, pasta with tomato sauce again 🍝")
-            lines.append(
-                f"{t}:{m + 2:02d} - {who}: Good, call me on sunday please {HOSTILE if day == 4 else ''}"
-            )
-            lines.append(f"{t}:{m + 3:02d} - Alex Rivera: sure, sunday evening works for me")
-        (exports / f"WhatsApp Chat with {who}.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    # Day 4's sunday line carries markup, which the report must show as text.
+    friends = ("Mom", "Sam", "Priya", "Jo")
+    write_chats(exports, friends, days=4, after_sunday=lambda day: " " + (HOSTILE if day == 4 else ""))
     (exports / "chatgpt").mkdir()
     shutil.copy(EXAMPLES / "chatgpt" / "conversations.json", exports / "chatgpt")  # the assistant persona
     ws = root / "ws"
@@ -78,17 +68,3 @@ def make_workspace(root: Path, *, eval_fraction: float = 0.25, train: bool = Tru
     if train:
         train_run(config, ws, RUN)
     return ws
-
-
-def invoke(*args: str) -> tuple[int, str, str]:
-    from twinlm.cli import app
-
-    result = CliRunner().invoke(app, list(args))
-    if result.exception is not None and not isinstance(result.exception, SystemExit):
-        raise result.exception
-    return result.exit_code, result.stdout, result.stderr
-
-
-def error_lines(stderr: str) -> list[str]:
-    assert "Traceback" not in stderr, stderr
-    return [line for line in stderr.splitlines() if line.startswith("error")]

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import orjson
 import pytest
-from eval_helpers import QUESTIONS, RUN, error_lines, invoke
+from eval_helpers import QUESTIONS, RUN
+from tiny_workspace import error_lines, invoke
 
 from twinlm.config import load_config, render_config
 from twinlm.evaluate.evaluate import PICK_FILE, read_pick

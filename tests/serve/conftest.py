@@ -16,11 +16,11 @@ from typing import Any
 
 import pytest
 from serve_fakes import FRIEND, ME, FakeBackend, make_fake_twin
+from tiny_workspace import CLEAN, write_chats
 
 from twinlm.serve.twin import Twin
 
 RUN = "r"
-_CLEAN = {"low_quality_sessions": False, "conversation_enders": "off", "non_replies": False}
 
 
 def make_served_workspace(root: Path) -> Path:
@@ -37,16 +37,7 @@ def make_served_workspace(root: Path) -> Path:
     from twinlm.workspace import init_workspace
 
     exports = root / "exports"
-    exports.mkdir(parents=True)
-    for k, who in enumerate((FRIEND, "Priya")):
-        lines = []
-        for day in range(1, 4):
-            t, m = f"{day:02d}/03/2024, {8 + k:02d}", 10 + 4 * k
-            lines.append(f"{t}:{m:02d} - {who}: {who} here. Did you eat dinner today?")
-            lines.append(f"{t}:{m + 1:02d} - {ME}: yes, pasta with tomato sauce again 🍝")
-            lines.append(f"{t}:{m + 2:02d} - {who}: Good, call me on sunday please")
-            lines.append(f"{t}:{m + 3:02d} - {ME}: sure, sunday evening works for me")
-        (exports / f"WhatsApp Chat with {who}.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    write_chats(exports, (FRIEND, "Priya"), me=ME)
     ws = root / "ws"
     model_dir = ws / "models" / "base"
     ensure_tiny(model_dir)
@@ -54,7 +45,7 @@ def make_served_workspace(root: Path) -> Path:
     config = TwinConfig(
         me=[ME],
         build=BuildConfig(
-            model=str(model_dir), eval_fraction=0.25, max_length=256, clean=_CLEAN, targets=[ME, FRIEND]
+            model=str(model_dir), eval_fraction=0.25, max_length=256, clean=CLEAN, targets=[ME, FRIEND]
         ),
         train=TrainConfig(
             method="lora",

@@ -14,6 +14,7 @@ import orjson
 import pytest
 import torch
 from safetensors.torch import load_file
+from tiny_workspace import CLEAN, write_chats
 
 from twinlm.config import BuildConfig, TrainConfig, TwinConfig
 from twinlm.corpus.db import Corpus
@@ -23,25 +24,11 @@ from twinlm.models.tiny import build_tiny_model, ensure_tiny
 from twinlm.prepare.build import build
 from twinlm.train.loop import train
 
-CLEAN = {"low_quality_sessions": False, "conversation_enders": "off", "non_replies": False}
-
 
 def make_workspace(root: Path, arch: str) -> TwinConfig:
     """A learnable chat set: 10 chats (the train/eval split is by chat) of 3 sessions of one pattern."""
     exports = root / "exports"
-    exports.mkdir()
-    for k, who in enumerate(("Mom", "Dad", "Sam", "Priya", "Jo", "Kim", "Lee", "Max", "Ana", "Ben")):
-        lines = []
-        for day in range(1, 4):
-            # Each chat at its own time (not a whole quarter-hour apart) with its own first words: ingest
-            # takes an export whose messages match a chat already there, shifted by a time-zone offset,
-            # for a re-export of that chat, whatever the file is called.
-            t, m = f"{day:02d}/03/2024, {8 + k:02d}", 10 + 4 * k
-            lines.append(f"{t}:{m:02d} - {who}: {who} here. Did you eat dinner today?")
-            lines.append(f"{t}:{m + 1:02d} - Alex Rivera: yes, pasta with tomato sauce again")
-            lines.append(f"{t}:{m + 2:02d} - {who}: Good, call me on sunday please")
-            lines.append(f"{t}:{m + 3:02d} - Alex Rivera: sure, sunday evening works for me")
-        (exports / f"WhatsApp Chat with {who}.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    write_chats(exports, ("Mom", "Dad", "Sam", "Priya", "Jo", "Kim", "Lee", "Max", "Ana", "Ben"), emoji=False)
     model_dir = root / "models" / f"tiny-{arch}"
     ensure_tiny(model_dir)  # tokenizer (+ mistral weights)
     if arch != "mistral":
