@@ -3,17 +3,26 @@
 Every verb runs as a user runs it, in a child process, with a local model (the tiny preset), under a guard
 that records and refuses any DNS lookup or connection beyond loopback, with HF_HUB_OFFLINE *not* set (so
 the test proves twinlm itself stays offline), a fresh Hugging Face cache, and umask 022 (so the modes
-checked are twinlm's doing, not the environment's).
+checked are twinlm's doing, not the environment's). The servers (serve, review) answer one request each
+over loopback and stop on Ctrl-C; discord-bot, which can only talk to Discord, is shown to try Discord's
+host only and to stop with one line.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import shutil
+import signal
+import socket
 import stat
 import subprocess
 import sys
 import textwrap
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -89,31 +98,183 @@ def twinlm(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
     return proc
 
 
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def serving(env: dict[str, str], out: Path, *args: str) -> subprocess.Popen[bytes]:
+    """`twinlm ARGS` started as a server (stdout and stderr to the file `out`)."""
+    with out.open("wb") as sink:
+        return subprocess.Popen(
+            [str(TWINLM), *args], stdout=sink, stderr=subprocess.STDOUT, env=env, umask=0o022
+        )
+
+
+def ask(
+    server: subprocess.Popen[bytes], out: Path, address: str | re.Pattern[str], path: str, body: Any = None
+) -> Any:
+    """One request over loopback to the server at `address` (a pattern finds it in the server's output, for
+    --port 0), waiting for it to listen: its JSON answer."""
+    direct = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # never through a proxy
+    for _ in range(1200):
+        said = out.read_text(encoding="utf-8", errors="replace")
+        assert server.poll() is None, f"the server stopped: {said[-3000:]}"
+        found = address.search(said) if isinstance(address, re.Pattern) else None
+        url = address if isinstance(address, str) else found.group(1) if found else None
+        if url is not None:
+            data = None if body is None else orjson.dumps(body)
+            request = urllib.request.Request(url + path, data, {"Content-Type": "application/json"})
+            try:
+                with direct.open(request, timeout=120) as response:
+                    return orjson.loads(response.read())
+            except urllib.error.URLError as e:
+                if not isinstance(e.reason, ConnectionRefusedError):
+                    raise
+        time.sleep(0.1)
+    raise AssertionError(f"no answer from the server: {out.read_text(encoding='utf-8')[-3000:]}")
+
+
+def stop(server: subprocess.Popen[bytes], out: Path) -> None:
+    """Ctrl-C, as a user stops it: the server ends by itself."""
+    server.send_signal(signal.SIGINT)
+    try:
+        server.wait(60)
+    except subprocess.TimeoutExpired:
+        server.kill()
+        server.wait()
+        said = out.read_text(encoding="utf-8")[-2000:]
+        raise AssertionError(f"the server did not stop on Ctrl-C: {said}") from None
+
+
+def set_in_config(ws: Path, *replacements: tuple[str, str]) -> None:
+    """Edit twin.yaml's text as a user does (each setting's line is unique in the commented file)."""
+    text = (ws / "twin.yaml").read_text(encoding="utf-8")
+    for old, new in replacements:
+        assert text.count(old) == 1, old
+        text = text.replace(old, new)
+    (ws / "twin.yaml").write_text(text, encoding="utf-8")
+
+
+@dataclass
+class Pipeline:
+    ws: Path
+    log: Path  # what the guard refused (nothing, it must stay empty)
+    verbs: list[str]  # the verbs run
+    answers: dict[str, Any]  # what the servers answered
+    discord: subprocess.CompletedProcess[str]  # discord-bot, which can only reach Discord
+    discord_log: str  # what the guard refused for it
+
+
 @pytest.fixture(scope="module")
-def pipeline(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    """Every verb on one workspace under the guard: (the workspace, the guard's log)."""
+def pipeline(tmp_path_factory: pytest.TempPathFactory) -> Pipeline:
+    """Every verb on one workspace under the guard."""
     tmp = tmp_path_factory.mktemp("privacy")
     env = guarded_env(tmp)
     ws = tmp / "twin"
-    twinlm(env, "init", str(ws), "--me", "Alex Rivera", "--me", "alex")
-    text = (ws / "twin.yaml").read_text(encoding="utf-8").replace("timezone: null", "timezone: UTC")
-    (ws / "twin.yaml").write_text(text, encoding="utf-8")
+    verbs: list[str] = []
+    answers: dict[str, Any] = {}
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        verbs.append(args[0])
+        return twinlm(env, *args)
+
+    run("init", str(ws), "--me", "Alex Rivera", "--me", "alex")
+    set_in_config(ws, ("timezone: null", "timezone: UTC"))
     # An export that arrives zipped is unpacked inside the workspace while it is read.
     shutil.make_archive(str(tmp / "whatsapp"), "zip", EXAMPLES / "whatsapp")
-    twinlm(env, "ingest", "-w", str(ws), str(EXAMPLES), str(tmp / "whatsapp.zip"))
-    twinlm(env, "people", "-w", str(ws))
-    twinlm(env, "stats", "-w", str(ws))
-    twinlm(env, "config", "-w", str(ws))
-    twinlm(env, "superseded", "-w", str(ws))
-    twinlm(env, "build", "-w", str(ws), "--model", "tiny")
-    twinlm(env, "validate", "-w", str(ws))
-    twinlm(env, "export-data", "-w", str(ws), "--format", "sharegpt")
+    run("ingest", "-w", str(ws), str(EXAMPLES), str(tmp / "whatsapp.zip"))
+    run("people", "-w", str(ws))
+    run("stats", "-w", str(ws))
+    run("config", "-w", str(ws))
+    run("superseded", "-w", str(ws))
+    # Curation: each change is logged in the corpus; the export is a file the user asked for (here inside
+    # the workspace, so the mode check covers it).
+    listed = orjson.loads(run("conversations", "-w", str(ws), "--json").stdout)["conversations"]
+    chatgpt = [c["key"] for c in listed if c["source"] == "chatgpt"]
+    run("join-chats", "-w", str(ws), chatgpt[0], chatgpt[1])
+    chat = str(next(c["id"] for c in listed if c["source"] == "telegram"))
+    shown = orjson.loads(run("show", "-w", str(ws), chat, "--json").stdout)
+    message = str(shown["sessions"][0]["messages"][0]["id"])
+    run("exclude", "-w", str(ws), chat, "--yes")
+    run("include", "-w", str(ws), chat)
+    run("edit", "-w", str(ws), message, "an edited message")
+    run("undo", "-w", str(ws))
+    run("note", "-w", str(ws), chat, "my sister's chat: check the addresses")
+    run("changes", "list", "-w", str(ws))
+    run("changes", "export", "-w", str(ws), str(ws / "changes.json"))
+    run("build", "-w", str(ws), "--model", "tiny")
+    run("validate", "-w", str(ws))
+    run("export-data", "-w", str(ws), "--format", "sharegpt")
     # peft (imported for LoRA) imports bitsandbytes, whose CPU backend looks for a kernel on the hub.
-    twinlm(env, "train", "-w", str(ws), "--method", "lora", "--max-steps", "2", "--name", "r")
-    twinlm(env, "launch-config", "-w", str(ws), "--gpus", "2")
-    twinlm(env, "export", "-w", str(ws), "--type", "q8_0")  # merge, GGUF, Modelfile, llama.cpp parity
-    log = tmp / "network.log"
-    return ws, log
+    run("train", "-w", str(ws), "--method", "lora", "--max-steps", "2", "--name", "r")
+    run("launch-config", "-w", str(ws), "--gpus", "2")
+    run("export", "-w", str(ws), "--type", "q8_0")  # merge, GGUF, Modelfile, llama.cpp parity
+    # A small evaluation: two held-out replies of four tokens, one friend probed, base and final weights.
+    set_in_config(
+        ws,
+        ("max_friends: 3", "max_friends: 1"),
+        ("max_replies: 40", "max_replies: 2"),
+        ("max_new_tokens: 96", "max_new_tokens: 4"),
+        ("checkpoints: all", "checkpoints: final"),
+    )
+    run("eval", "-w", str(ws), "r", "--pick", "eval_loss")
+    # A GGUF is there: auto chats through llama.cpp (where it is installed), then the merged weights.
+    run("chat", "-w", str(ws), "--once", "hey", "--max-tokens", "4")
+    run("chat", "-w", str(ws), "--once", "hey", "--max-tokens", "4", "--backend", "transformers")
+
+    # The servers: one request each over loopback, then Ctrl-C.
+    verbs.append("serve")
+    out = tmp / "serve.out"
+    server = serving(env, out, "serve", "-w", str(ws), "--port", "0")
+    try:
+        api = re.compile(r"OpenAI API: (http://127\.0\.0\.1:\d+)/v1 ")  # the address --port 0 got
+        models = ask(server, out, api, "/v1/models")
+        model = models["data"][0]["id"]
+        question = {"model": model, "messages": [{"role": "user", "content": "hey"}], "max_tokens": 4}
+        answers["serve"] = ask(server, out, api, "/v1/chat/completions", question)
+    finally:
+        stop(server, out)
+
+    verbs.append("review")
+    out, port = tmp / "review.out", free_port()
+    server = serving(env, out, "review", "-w", str(ws), "--port", str(port), "--no-browser")
+    try:
+        answers["review"] = ask(server, out, f"http://127.0.0.1:{port}", "/review/api/conversations")
+    finally:
+        stop(server, out)
+
+    run("status", "-w", str(ws))
+    # The whole way in one command: nothing ingested (ingest.paths is empty), the rest again in a new run.
+    set_in_config(
+        ws,
+        ("  model: ''", "  model: tiny"),
+        ("max_steps: 0", "max_steps: 2"),
+        ("\n  type: q4_k_m", "\n  type: q8_0"),
+    )
+    run("run", "-w", str(ws))
+
+    # discord-bot can only talk to Discord: offline it says so in one line, and Discord's host is the only
+    # place it tried (its own log: the one above must stay empty).
+    verbs.append("discord-bot")
+    bot_log = tmp / "discord-network.log"
+    discord = subprocess.run(
+        [str(TWINLM), "discord-bot", "-w", str(ws), "--channel", "1234"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env | {"TWINLM_TEST_NET_LOG": str(bot_log), "DISCORD_BOT_TOKEN": "not-a-real-token"},
+        umask=0o022,
+    )
+    return Pipeline(
+        ws,
+        tmp / "network.log",
+        verbs,
+        answers,
+        discord,
+        bot_log.read_text(encoding="utf-8") if bot_log.exists() else "",
+    )
 
 
 def test_the_guard_catches_a_lookup(tmp_path: Path) -> None:
@@ -124,16 +285,55 @@ def test_the_guard_catches_a_lookup(tmp_path: Path) -> None:
     assert "DNS lookup of 'example.org'" in (tmp_path / "network.log").read_text(encoding="utf-8")
 
 
-def test_no_verb_looks_up_or_connects_to_anything(pipeline: tuple[Path, Path]) -> None:
-    _, log = pipeline
-    reached = log.read_text(encoding="utf-8") if log.exists() else ""
+# Verbs the pipeline does not run by name, and why that is enough.
+NOT_RUN = {
+    "merge": "a step of export, which runs it",
+    "gguf": "a step of export, which runs it",
+    "ollama": "a step of export, which runs it",
+}
+
+
+def test_the_pipeline_runs_every_verb(pipeline: Pipeline) -> None:
+    """A verb added later fails here until it runs under the guard (or says why it need not)."""
+    import typer.main
+
+    from twinlm.cli import app
+
+    verbs = set(typer.main.get_command(app).commands)  # type: ignore[attr-defined]
+    assert verbs - set(pipeline.verbs) - set(NOT_RUN) == set()
+    assert set(NOT_RUN) <= verbs
+
+
+def test_no_verb_looks_up_or_connects_to_anything(pipeline: Pipeline) -> None:
+    reached = pipeline.log.read_text(encoding="utf-8") if pipeline.log.exists() else ""
     assert reached == "", f"a verb reached the network:\n{reached[:6000]}"
 
 
-def test_every_file_and_folder_of_the_workspace_is_its_owners_only(pipeline: tuple[Path, Path]) -> None:
-    ws, _ = pipeline
+def test_the_servers_answered_over_loopback(pipeline: Pipeline) -> None:
+    """serve and review did their work (a reply, the conversations) while the guard watched."""
+    reply = pipeline.answers["serve"]
+    assert reply["object"] == "chat.completion" and reply["choices"][0]["message"]["role"] == "assistant"
+    assert reply["usage"]["completion_tokens"] >= 1
+    assert pipeline.answers["review"]["total"] >= 5
+
+
+def test_the_discord_bot_tries_discord_only_and_says_so_in_one_line(pipeline: Pipeline) -> None:
+    bot = pipeline.discord
+    assert bot.returncode == 1, bot.stderr[-3000:]
+    assert "Traceback" not in bot.stderr
+    errors = [line for line in bot.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "cannot reach Discord" in errors[0], bot.stderr[-3000:]
+    tried = re.findall(r"^=== (.*) \(pid \d+\)$", pipeline.discord_log, re.MULTILINE)
+    assert tried and all(re.fullmatch(r"DNS lookup of '(\w+\.)*discord\.(com|gg)'", t) for t in tried), tried
+
+
+def test_every_file_and_folder_of_the_workspace_is_its_owners_only(pipeline: Pipeline) -> None:
+    ws = pipeline.ws
     assert (ws / "corpus.db").is_file() and (ws / "runs" / "r" / "final").is_dir()
     assert any((ws / "export").iterdir()) and any((ws / "data").iterdir()) and (ws / "models").is_dir()
+    # What the later verbs write: eval's report and pick, the exported change log.
+    assert (ws / "reports" / "eval-r.json").is_file() and (ws / "runs" / "r" / "picked.json").is_file()
+    assert (ws / "changes.json").is_file() and (ws / ".twinlm" / "run-state.json").is_file()
     shared = []
     for path in [ws, *ws.rglob("*")]:
         mode = path.lstat().st_mode
