@@ -160,31 +160,27 @@ class Selector:
 
 def conversation_row(corpus: Corpus, ident: str) -> int:
     """The row id of a conversation given as its number (`twinlm conversations`) or source:native_id."""
-    row = None
-    if ident.isdigit():
-        row = corpus.db.execute("SELECT id FROM conversations WHERE id = ?", (int(ident),)).fetchone()
-    if row is None and ":" in ident:
-        source, native = ident.split(":", 1)
-        row = corpus.db.execute(
-            "SELECT id FROM conversations WHERE source = ? AND native_id = ?", (source, native)
-        ).fetchone()
-    if row is None:
-        raise TwinError(f"no conversation {ident!r} in the corpus; `twinlm conversations` lists their ids")
-    return int(row[0])
+    return _row(corpus, "conversations", ident, f"no conversation {ident!r}", "`twinlm conversations`")
 
 
 def message_row(corpus: Corpus, ident: str) -> int:
     """The row id of a message given as its number (`twinlm show`) or source:native_id."""
+    return _row(corpus, "messages", ident, f"no message {ident!r}", "`twinlm show CONVERSATION`")
+
+
+def _row(corpus: Corpus, table: str, ident: str, missing: str, lister: str) -> int:
+    """The row id in `table` ("conversations" or "messages") of `ident`, the row's number or its
+    source:native_id; else one error line: `missing`, and the command that lists the ids (`lister`)."""
     row = None
     if ident.isdigit():
-        row = corpus.db.execute("SELECT id FROM messages WHERE id = ?", (int(ident),)).fetchone()
+        row = corpus.db.execute(f"SELECT id FROM {table} WHERE id = ?", (int(ident),)).fetchone()
     if row is None and ":" in ident:
         source, native = ident.split(":", 1)
         row = corpus.db.execute(
-            "SELECT id FROM messages WHERE source = ? AND native_id = ?", (source, native)
+            f"SELECT id FROM {table} WHERE source = ? AND native_id = ?", (source, native)
         ).fetchone()
     if row is None:
-        raise TwinError(f"no message {ident!r} in the corpus; `twinlm show CONVERSATION` lists their ids")
+        raise TwinError(f"{missing} in the corpus; {lister} lists their ids")
     return int(row[0])
 
 
