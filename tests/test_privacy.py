@@ -476,19 +476,27 @@ def test_hf_hub_offline_set_by_the_user_forbids_the_download(tmp_path: Path) -> 
 def test_telemetry_is_off_whatever_the_environment_says_but_hub_access_is_the_users_choice() -> None:
     code = (
         "import os\nfrom twinlm.privacy import protect_process\nprotect_process()\n"
-        "names = 'HF_HUB_DISABLE_TELEMETRY', 'DO_NOT_TRACK', 'HF_HUB_OFFLINE', 'WANDB_CONSOLE'\n"
+        "names = 'HF_HUB_DISABLE_TELEMETRY', 'DO_NOT_TRACK', 'HF_HUB_OFFLINE', 'WANDB_CONSOLE', "
+        "'OTEL_SDK_DISABLED', 'MISTRAL_SDK_TELEMETRY'\n"
         "print(*(os.environ[name] for name in names), oct(os.umask(0)))"
     )
     env = {k: v for k, v in os.environ.items() if not k.endswith("_OFFLINE")}
     said = subprocess.run(
         [sys.executable, "-c", code],
-        env=env | {"HF_HUB_DISABLE_TELEMETRY": "0", "DO_NOT_TRACK": "0", "WANDB_CONSOLE": "wrap"},
+        env=env
+        | {
+            "HF_HUB_DISABLE_TELEMETRY": "0",
+            "DO_NOT_TRACK": "0",
+            "WANDB_CONSOLE": "wrap",
+            "OTEL_SDK_DISABLED": "false",
+            "MISTRAL_SDK_TELEMETRY": "dedicated",
+        },
         capture_output=True,
         text=True,
         check=True,
         timeout=60,
     ).stdout.split()
-    assert said == ["1", "1", "1", "wrap", "0o77"]
+    assert said == ["1", "1", "1", "wrap", "true", "false", "0o77"]
     said = subprocess.run(
         [sys.executable, "-c", code],
         env=env | {"HF_HUB_OFFLINE": "0"},

@@ -37,6 +37,10 @@ PRIVATE_UMASK = 0o077
 TELEMETRY_OFF = {
     "HF_HUB_DISABLE_TELEMETRY": "1",
     "DO_NOT_TRACK": "1",
+    # OpenTelemetry (FastAPI 0.16x can configure it itself; the Mistral client traces through it) and the
+    # Mistral client's own telemetry switch ("false" is its documented off value).
+    "OTEL_SDK_DISABLED": "true",
+    "MISTRAL_SDK_TELEMETRY": "false",
 }
 # Defaults a user may override in their environment (an explicit choice to send more).
 PRIVATE_DEFAULTS = {
