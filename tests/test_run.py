@@ -196,3 +196,12 @@ def test_nothing_to_ingest_is_one_line(tmp_path: Path) -> None:
 @pytest.fixture(autouse=True)
 def _offline(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+
+def test_a_dataset_with_nothing_held_out_is_trained_and_exported_but_not_evaluated(tmp_path: Path) -> None:
+    ws = make_workspace(tmp_path / "ws", check=False)
+    set_yaml(ws, "build", "eval_fraction", 0)
+    did, stdout, stderr = run(ws)
+    assert did == dict(ingest="ran", build="ran", train="ran", eval="skipped", export="ran")
+    assert "build.eval_fraction is 0" in " ".join(stderr.split())
+    assert "Modelfile:" in stdout and not list((ws / "reports").glob("eval-*"))

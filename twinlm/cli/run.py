@@ -114,7 +114,10 @@ def run_command(
     # 4. eval
     fingerprint = state_of.fingerprints(root, config, "eval", name) + f"-pick-{pick}"
     report = root / "reports" / f"eval-{name}.json"
-    if state_of.is_fresh(state, "eval", fingerprint) and report.is_file():
+    held_out = (_read_json(root / "data" / "build.json").get("samples") or {}).get("eval")
+    if held_out == 0:  # eval would stop the run with its error; the model is still worth exporting
+        skip("eval", "the dataset holds nothing out (build.eval_fraction is 0): not evaluated")
+    elif state_of.is_fresh(state, "eval", fingerprint) and report.is_file():
         skip("eval", f"run {name} was evaluated with these settings, skipped")
     else:
         start("eval")
