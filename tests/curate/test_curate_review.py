@@ -7,15 +7,15 @@ from __future__ import annotations
 import os
 import shutil
 import socket
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from browser import chromium
 from curate_data import rows
 from fastapi.testclient import TestClient
-from tools_required import require
+from serving import serving
 
 from twinlm.corpus import changes
 from twinlm.corpus.db import Corpus
@@ -38,42 +38,15 @@ def conversation(workspace: Path) -> int:
 
 @pytest.fixture
 def server(workspace: Path) -> Iterator[str]:
-    import uvicorn
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    config = uvicorn.Config(review_app(workspace), host="127.0.0.1", port=port, log_level="warning")
-    instance = uvicorn.Server(config)
-    thread = threading.Thread(target=instance.run, daemon=True)
-    thread.start()
-    for _ in range(200):
-        if instance.started:
-            break
-        time.sleep(0.05)
-    assert instance.started
-    yield f"http://127.0.0.1:{port}"
-    instance.should_exit = True
-    thread.join(10)
+    with serving(review_app(workspace)) as url:
+        yield url
 
 
 @pytest.fixture
 def browser(tmp_path: Path) -> Iterator[object]:
-    require("chromium")
-    require("chromedriver")
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--window-size=1400,1000"):
-        options.add_argument(flag)
-    options.add_argument(f"--user-data-dir={tmp_path / 'chrome-profile'}")
-    options.binary_location = shutil.which("chromium") or "/usr/bin/chromium"
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    driver = webdriver.Chrome(options=options, service=Service(shutil.which("chromedriver")))
-    driver.implicitly_wait(0)
-    yield driver
-    driver.quit()
+    with chromium(tmp_path / "chrome-profile", width=1400, height=1000) as driver:
+        driver.implicitly_wait(0)
+        yield driver
 
 
 def wait(condition: object, what: str, timeout: float = 15) -> None:

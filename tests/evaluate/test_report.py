@@ -4,50 +4,21 @@ nothing), readable on a phone (no sideways scrolling at 390 px); a screenshot of
 
 from __future__ import annotations
 
-import os
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from browser import chromium, kept
 from eval_helpers import HOSTILE
-from tools_required import require
 
 from twinlm.evaluate.report import render_html
 
 
 @pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    require("chromium")
-    require("chromedriver")
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = shutil.which("chromium") or "/usr/bin/chromium"
-    for arg in (
-        "--headless=new",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-dev-shm-usage",
-        "--window-size=1000,900",
-    ):
-        options.add_argument(arg)
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    driver = webdriver.Chrome(
-        service=Service(shutil.which("chromedriver") or "/usr/bin/chromedriver"), options=options
-    )
-    yield driver
-    driver.quit()
-
-
-def _kept(name: str) -> Path:
-    """Where a screenshot is kept: $TWINLM_TEST_ARTIFACTS, else tests/artifacts/ (git-ignored), as the web
-    page's test keeps its own."""
-    folder = Path(os.environ.get("TWINLM_TEST_ARTIFACTS") or Path(__file__).parents[1] / "artifacts")
-    folder.mkdir(parents=True, exist_ok=True)
-    return folder / name
+def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    with chromium(tmp_path_factory.mktemp("chrome-profile"), width=1000, height=900) as driver:
+        yield driver
 
 
 def test_report_in_headless_chromium(browser: Any, evaluated: dict) -> None:  # type: ignore[type-arg]
@@ -73,7 +44,7 @@ def test_report_in_headless_chromium(browser: Any, evaluated: dict) -> None:  # 
 
     height = browser.execute_script("return document.body.scrollHeight")
     browser.set_window_size(1000, min(height + 100, 8000))
-    shot = _kept("eval-report.png")
+    shot = kept("eval-report.png")
     assert browser.save_screenshot(str(shot))
     assert shot.stat().st_size > 10_000
 
@@ -81,7 +52,7 @@ def test_report_in_headless_chromium(browser: Any, evaluated: dict) -> None:  # 
     browser.refresh()
     overflow = browser.execute_script("return document.documentElement.scrollWidth - window.innerWidth")
     assert overflow <= 0
-    assert browser.save_screenshot(str(_kept("eval-report-phone.png")))
+    assert browser.save_screenshot(str(kept("eval-report-phone.png")))
 
 
 def test_plots_missing_data_are_said_in_words() -> None:

@@ -8,16 +8,14 @@ in tests/artifacts/ (git-ignored).
 
 from __future__ import annotations
 
-import os
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import serve_fakes as kit
+from browser import chromium, kept
 from serving import serving, wait_until
-from tools_required import require
 
 from twinlm.config import ServeConfig
 from twinlm.serve.backends import Sampling
@@ -25,37 +23,12 @@ from twinlm.serve.server import create_app
 
 # Markup, an attribute-borne script and an emoji: shown as text, exactly.
 REPLY = 'sure <b>sunday</b> & "evening" <img src=x onerror="document.title=1"> works 🍝'
-ARTIFACTS = Path(os.environ.get("TWINLM_TEST_ARTIFACTS") or Path(__file__).parents[1] / "artifacts")
 
 
 @pytest.fixture
 def driver(tmp_path: Path) -> Iterator[Any]:
-    require("chromium")
-    require("chromedriver")
-    from selenium import webdriver
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = shutil.which("chromium") or "/usr/bin/chromium"
-    for arg in (
-        "--headless=new",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-dev-shm-usage",
-        f"--user-data-dir={tmp_path / 'profile'}",
-        "--window-size=900,700",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-    ):
-        options.add_argument(arg)
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    service = webdriver.ChromeService(executable_path=shutil.which("chromedriver"))
-    browser = webdriver.Chrome(options=options, service=service)
-    try:
+    with chromium(tmp_path / "profile", width=900, height=700) as browser:
         yield browser
-    finally:
-        browser.quit()
 
 
 def test_web_page_streams_replies_switches_persona_and_starts_over(driver: Any, tiny_tokenizer: Any) -> None:
@@ -133,8 +106,7 @@ def test_web_page_streams_replies_switches_persona_and_starts_over(driver: Any, 
         assert messages() == [("message user", "You", "hi Sam"), ("message assistant", "Sam", REPLY)]
         assert personas[-1] == "Sam"
 
-        ARTIFACTS.mkdir(parents=True, exist_ok=True)
-        shot = ARTIFACTS / "web-page.png"
+        shot = kept("web-page.png")
         assert driver.save_screenshot(str(shot))
         assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 

@@ -1,4 +1,5 @@
-"""A twinlm server running in a thread on 127.0.0.1 (a free port), for the server and web page tests."""
+"""A twinlm server running in a thread on 127.0.0.1 (a free port), for the server, web page and review page
+tests."""
 
 from __future__ import annotations
 
