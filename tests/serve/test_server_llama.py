@@ -192,6 +192,8 @@ def test_twinlm_serve_command_serves_and_stops_on_ctrl_c(served_workspace: Path)
         match = re.fullmatch(r"Web chat: +(http://127\.0\.0\.1:\d+)/\n", first)
         assert match, (first, process.stderr.read() if process.poll() is not None else "")
         url = match[1]
+        review = f"Review:     {url}/review (the data the twin learns from; this machine only)\n"
+        assert process.stdout.readline() == review
         assert process.stdout.readline() == f"OpenAI API: {url}/v1 (API key required); Ctrl-C stops\n"
         assert httpx.get(f"{url}/v1/models", timeout=30).status_code == 401
         models = httpx.get(f"{url}/v1/models", headers={"Authorization": "Bearer k-123"}, timeout=30).json()
