@@ -41,7 +41,7 @@ from twinlm.prepare.render import SystemFor, detect_style, render_many
 from twinlm.prepare.sample import IGNORE_INDEX, Sample, Turn
 from twinlm.prepare.select import Chat, Line, chats
 from twinlm.prepare.sessions import iter_by_gap, merge_turns
-from twinlm.prepare.stream import Spill, SplitStats
+from twinlm.prepare.stream import SampleKeys, Spill, SplitStats
 from twinlm.prepare.teacher import ConfirmSend, generate_qa
 from twinlm.prepare.whose import Tally, warnings
 
@@ -179,8 +179,7 @@ def _build(
 
     # Tokenized before the split: it holds out a share of the trained tokens, not of the samples. So the
     # first pass keeps per sample only its conversation, kind and trained tokens; rows go to disk.
-    keys: list[tuple[str, bool]] = []  # per sample in order: (conversation, is a document)
-    ids: list[str] = []
+    keys = SampleKeys()  # per sample in order: (conversation, is a document)
     weights = array("q")  # trained tokens per sample
     pending: dict[str, tuple[int, Sample]] = {}  # samples sent to rendering whose rows may still come
     whose = Tally()
@@ -189,8 +188,7 @@ def _build(
     def to_render() -> Iterator[Sample]:
         for sample in all_samples():
             position = len(keys)
-            keys.append((sample.conversation, sample.kind == "document"))
-            ids.append(sample.id)
+            keys.append(sample.conversation, sample.kind == "document")
             weights.append(0)
             spill.sample(sample)
             whose.add_sample(sample)
@@ -244,7 +242,7 @@ def _build(
             )
             counts["held-out questions"] += len(heldout)
         stage("writing the dataset folder")
-        stats = spill.write(out, evals, {ids[i] for i in evals}, _some_training)
+        stats = spill.write(out, evals, _some_training)
     finally:
         spill.remove()
     result = BuildResult(

@@ -14,11 +14,12 @@ from __future__ import annotations
 import os
 import tempfile
 from array import array
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -115,6 +116,36 @@ class _SplitWriter:
         self.writer.close()
 
 
+class SampleKeys(Sequence[tuple[str, bool]]):
+    """What the split needs of each sample, (conversation, is a document), in a few bytes a sample: a
+    single chat of millions of messages has hundreds of thousands of sessions."""
+
+    def __init__(self) -> None:
+        self._names: list[str] = []
+        self._index: dict[str, int] = {}
+        self._conversation = array("l")
+        self._document = bytearray()
+
+    def append(self, conversation: str, document: bool) -> None:
+        index = self._index.get(conversation)
+        if index is None:
+            index = self._index[conversation] = len(self._names)
+            self._names.append(conversation)
+        self._conversation.append(index)
+        self._document.append(document)
+
+    def __len__(self) -> int:
+        return len(self._document)
+
+    def __getitem__(self, i: int) -> tuple[str, bool]:  # type: ignore[override]
+        return self._names[self._conversation[i]], bool(self._document[i])
+
+    def __iter__(self) -> Iterator[tuple[str, bool]]:
+        names = self._names
+        for index, document in zip(self._conversation, self._document, strict=True):
+            yield names[index], bool(document)
+
+
 class Spill:
     """The first pass's temporary files: sample lines, rendered rows, then document rows (written last,
     after the rendered ones, as the dataset has always ordered them)."""
@@ -143,26 +174,26 @@ class Spill:
         for path in self._paths:
             path.unlink(missing_ok=True)
 
-    def write(
-        self, out: Path, evals: set[int], eval_ids: set[str], check: Callable[[SplitStats], None]
-    ) -> SplitStats:
+    def write(self, out: Path, evals: set[int], check: Callable[[SplitStats], None]) -> SplitStats:
         """samples.jsonl, train.parquet and eval.parquet in `out`: the samples at positions `evals` (and
-        the rows of ids `eval_ids`) in eval. `check(stats)` runs before the files replace the old ones
-        and may raise to keep them."""
+        their rows) in eval. `check(stats)` runs before the files replace the old ones and may raise to
+        keep them."""
         self.close()
         stats = SplitStats()
+        eval_ids: list[str] = []  # read back from the sample lines: not kept for every sample meanwhile
         with ExitStack() as stack:
             jsonl = stack.enter_context(atomic_open(out / "samples.jsonl"))
             with open(self.samples_path, "rb") as lines:
                 for i, line in enumerate(lines):
                     if i in evals:  # the first "split" key is the sample's own: strings escape their quotes
                         line = line.replace(b'"split":"train"', b'"split":"eval"', 1)
+                        eval_ids.append(orjson.loads(line)["id"])
                     jsonl.write(line)
             writers = {
                 split: _SplitWriter(stack.enter_context(atomic_open(out / f"{split}.parquet")))
                 for split in ("train", "eval")
             }
-            held = pa.array(sorted(eval_ids), pa.string())
+            held = pa.array(sorted(set(eval_ids)), pa.string())
             for rows in (self.rendered, self.completions):
                 for batch in rows.batches():
                     in_eval = pc.is_in(batch.column(0), value_set=held)
