@@ -27,18 +27,17 @@ dev: $(VENV)/.dev-installed
 
 # The whole pipeline on the bundled sample exports, to a GGUF and an Ollama Modelfile (q8_0: the tiny
 # model's rows, 64 and 128 wide, are too narrow for k-quants, which need 256; parity is checked).
+# The whole pipeline on the sample exports with the tiny model (examples/demo.yaml), by `twinlm run`: its
+# summary, then the twin's answer to a message it was trained on (a tiny model only memorises).
+DEMO_SYSTEM := You are Alex Rivera, chatting with Priya and Sam on Discord. Today is 2024-06-07.
 demo: $(VENV)/.installed
 	rm -rf $(DEMO)
-	$(BIN)/twinlm init $(DEMO) --name demo --me "Alex Rivera" --me alex
-	$(BIN)/twinlm ingest -w $(DEMO) examples/exports --documents examples/documents
-	$(BIN)/twinlm ingest -w $(DEMO) examples/exports --documents examples/documents
-	$(BIN)/twinlm people -w $(DEMO)
-	$(BIN)/twinlm stats -w $(DEMO)
-	$(BIN)/twinlm build -w $(DEMO) --model tiny --preview 2
-	$(BIN)/twinlm validate -w $(DEMO) --gpu "RTX 4090"
-	$(BIN)/twinlm export-data -w $(DEMO) --format openai
-	$(BIN)/twinlm train -w $(DEMO) --max-steps 20 --name demo
-	$(BIN)/twinlm export -w $(DEMO) demo --type q8_0
+	mkdir -p $(DEMO)
+	cp examples/demo.yaml $(DEMO)/twin.yaml
+	$(BIN)/twinlm init $(DEMO) --force
+	$(BIN)/twinlm run -w $(DEMO)
+	@echo '$$ twinlm chat -w $(DEMO) --me Sam --system "$(DEMO_SYSTEM)" --once "anyone up for the gym tomorrow?"'
+	@$(BIN)/twinlm chat -w $(DEMO) --me Sam --system "$(DEMO_SYSTEM)" --once "anyone up for the gym tomorrow?" 2>/dev/null
 
 test: $(VENV)/.dev-installed
 	$(BIN)/ruff check twinlm tests benchmarks tools
