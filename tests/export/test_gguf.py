@@ -498,6 +498,25 @@ def test_a_wrong_guessed_vocabulary_is_written_again_with_the_exact_one(
     assert len(writes) == 1  # no guess: the exact one at once
 
 
+def test_torch_threads_are_put_back(family_model: FamilyModel, tmp_path: Path) -> None:
+    """The conversion casts on one torch thread; afterwards this thread and a new one (which takes
+    torch's process-wide default) see the setting they saw before."""
+    import threading
+
+    import torch
+
+    def in_a_new_thread() -> int:
+        seen: list[int] = []
+        thread = threading.Thread(target=lambda: seen.append(torch.get_num_threads()))
+        thread.start()
+        thread.join()
+        return seen[0]
+
+    before = (torch.get_num_threads(), in_a_new_thread())
+    convert_to_gguf(family_model("llama"), tmp_path / "out.gguf")
+    assert (torch.get_num_threads(), in_a_new_thread()) == before
+
+
 def test_sharded_model_converts_like_one_file(
     family_model: FamilyModel, family_gguf: FamilyGguf, tmp_path: Path
 ) -> None:
