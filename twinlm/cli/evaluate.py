@@ -15,9 +15,10 @@ import orjson
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
+from rich.text import Text
 
 from twinlm.cli import AsJson, Workspace, _user_errors, app, err, out
-from twinlm.cli.display import safe_text
+from twinlm.cli.display import plain_text, safe_text
 
 Run = Annotated[
     str | None,
@@ -38,8 +39,17 @@ Yes = Annotated[
     bool,
     typer.Option(
         "--yes",
-        help="Send the document answers to the judge endpoint (eval.judge) without asking. Without it eval "
-        "says where and how much, and asks; with no terminal to ask, it sends nothing.",
+        help="Send the document answers to the judge endpoint (eval.judge), and with --backend mistral-api "
+        "the held-out chats to the Mistral API, without asking. Without it eval says where and how much, "
+        "and asks; with no terminal to ask, it sends nothing.",
+    ),
+]
+Backend = Annotated[
+    str,
+    typer.Option(
+        "--backend",
+        help="local (a run trained here), or mistral-api: a hosted run (twinlm train --backend mistral-api), "
+        "its fine-tuned model against its base model through the API (MISTRAL_API_KEY; no perplexity).",
     ),
 ]
 
@@ -81,7 +91,14 @@ class _Bars:
 
 
 def _number(value: Any, digits: int) -> str:
+    if isinstance(value, str):  # a hosted model's perplexity: "not available for a hosted model"
+        return "n/a"
     return f"{value:.{digits}f}" if isinstance(value, (int, float)) else "-"
+
+
+def _tell(line: str) -> None:
+    """A line of what eval would send (names from the chats in it): plain, before the confirmation."""
+    err.print(Text(plain_text(line)), soft_wrap=True)
 
 
 @app.command("eval")
@@ -92,13 +109,16 @@ def eval_command(
     pick: Pick = None,
     yes: Yes = False,
     as_json: AsJson = False,
+    backend: Backend = "local",
 ) -> None:
     """Evaluate a run: perplexity, style fidelity, probes and documents for base, checkpoints and tuned."""
     from twinlm.evaluate.evaluate import evaluate
 
     bars = _Bars(quiet=as_json)
     try:
-        result = evaluate(workspace, run, pick=pick, yes=yes, progress=bars, note=bars.note)
+        result = evaluate(
+            workspace, run, pick=pick, yes=yes, progress=bars, note=bars.note, backend=backend, tell=_tell
+        )
     finally:
         bars.close()
     data = result.data
@@ -115,6 +135,8 @@ def eval_command(
             "picked": result.picked,
             "warnings": data["warnings"],
         }
+        if data.get("hosted"):
+            summary["hosted"] = data["hosted"]
         typer.echo(orjson.dumps(summary, option=orjson.OPT_INDENT_2).decode())
         return
     table = Table(title=f"run {safe_text(result.run)}")
@@ -132,6 +154,8 @@ def eval_command(
             _number(p.get("judge"), 3),
         )
     out.print(table)
+    if data.get("note"):  # a hosted run: which models, and why there is no perplexity
+        err.print(Text(plain_text(data["note"])), soft_wrap=True)
     for warning in data["warnings"]:
         err.print(f"warning: {safe_text(warning)}", highlight=False, soft_wrap=True)
     best = ", ".join(f"{k} {v}" for k, v in data["best"].items() if v)

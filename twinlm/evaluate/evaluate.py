@@ -57,8 +57,16 @@ def find_run(root: Path, name: str | None) -> Path:
     from twinlm.export.pipeline import find_run as find
 
     runs = root / "runs"
+    hosted = "; a hosted run (hosted.json) is evaluated with twinlm eval --backend mistral-api"
+    if (
+        name is not None
+        and (runs / name / "hosted.json").is_file()
+        and not (runs / name / "config.json").is_file()
+    ):
+        raise TwinError(f"{runs / name}: not a local run{hosted}")
     if name is None and not [p for p in runs.glob("*/config.json") if not p.parent.name.startswith(".")]:
-        raise TwinError(f"{runs}: no trained run to evaluate; train one first with `twinlm train`")
+        also = hosted if any(runs.glob("*/hosted.json")) else ""
+        raise TwinError(f"{runs}: no trained run to evaluate; train one first with `twinlm train`{also}")
     return find(root, name)
 
 
@@ -160,13 +168,31 @@ def evaluate(
     progress: Progress | None = None,
     make_generate: MakeGenerate | None = None,
     note: Callable[[str], None] | None = None,
+    backend: str = "local",
+    tell: Callable[[str], None] | None = None,
 ) -> EvalResult:
-    """Evaluate run `run` (default: the latest) of `workspace`; see the module docstring."""
+    """Evaluate run `run` (default: the latest) of `workspace`; see the module docstring. With backend
+    "mistral-api": the hosted run's fine-tuned model and its base model through the API
+    (twinlm.evaluate.hosted; `tell` prints what would be sent, before the confirmation)."""
     from twinlm.evaluate.perplexity import perplexity
     from twinlm.workspace import open_workspace
 
     if pick is not None and pick not in PICK_METRICS:
         raise TwinError(f"--pick {pick}: expected one of {', '.join(PICK_METRICS)}")
+    if backend not in ("local", "mistral-api"):
+        raise TwinError(f"--backend {backend!r}: use one of local, mistral-api")
+    if backend == "mistral-api":
+        from twinlm.evaluate.hosted import evaluate_hosted
+
+        return evaluate_hosted(
+            workspace,
+            run,
+            pick=pick,
+            yes=yes,
+            progress=progress or _quiet,
+            note=note or (lambda _: None),
+            tell=tell,
+        )
     ws = open_workspace(Path(workspace))
     settings = ws.config.eval
     progress = progress or _quiet
@@ -348,7 +374,7 @@ def _free_memory() -> None:
 
 def _headline(result: dict[str, Any]) -> str:
     parts = []
-    if "eval_loss" in result:
+    if isinstance(result.get("eval_loss"), (int, float)):  # (a hosted model has none: a sentence)
         parts.append(f"eval loss {result['eval_loss']:.4f} (perplexity {result['perplexity']:.2f})")
     if result.get("style_score") is not None:
         parts.append(f"style {result['style_score']:.3f}")

@@ -155,6 +155,8 @@ def _e(value: Any) -> str:
 
 
 def _number(value: Any, digits: int = 4) -> str:
+    if isinstance(value, str):  # said instead of a number (a hosted model's perplexity)
+        return _e(value)
     return f"{value:.{digits}f}" if isinstance(value, (int, float)) else "–"
 
 
@@ -198,6 +200,8 @@ def render_html(data: dict[str, Any]) -> str:
         f"<p class=note>Base model {_e(data.get('base_model'))}; tuned = {_e(tuned)}; "
         f"made {_e(data['created'])}.</p>",
     ]
+    if data.get("note"):  # a hosted run: which models, and why some numbers are not there
+        parts.append(f"<p class=note>{_e(data['note'])}</p>")
     parts += [f"<p class=warn>{_e(w)}</p>" for w in data.get("warnings", [])]
     head = ["weights", "step", "eval loss", "perplexity", "style", "classifier", "doc F1", "doc EM", "judge"]
     rows = [
