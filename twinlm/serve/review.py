@@ -17,7 +17,6 @@ from __future__ import annotations
 import hashlib
 import threading
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -32,19 +31,13 @@ from twinlm.corpus.queries import account_names, owners
 from twinlm.curate.view import Viewer, last_build, part_json
 from twinlm.errors import TwinError
 from twinlm.identities import Identities
+from twinlm.serve.pages import PAGE_HEADERS, web_file
 from twinlm.workspace import open_workspace
 
 _FILES = {
     "review.html": "text/html; charset=utf-8",
     "review.js": "text/javascript; charset=utf-8",
     "review.css": "text/css; charset=utf-8",
-}
-_HEADERS = {
-    "Content-Security-Policy": "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; "
-    "img-src 'self' data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
-    "X-Content-Type-Options": "nosniff",
-    "Referrer-Policy": "no-referrer",
-    "Cache-Control": "no-cache",
 }
 _LOCAL_HOSTS = {"127.0.0.1", "localhost", "[::1]"}
 MAX_PAGE = 200
@@ -284,8 +277,7 @@ def review_app(workspace: Path) -> FastAPI:
 
 
 def _file(name: str) -> Response:
-    body = (resources.files("twinlm.serve") / "web" / name).read_bytes()
-    return Response(body, media_type=_FILES[name], headers=_HEADERS)
+    return Response(web_file(name), media_type=_FILES[name], headers=PAGE_HEADERS)
 
 
 def _int(body: dict[str, Any], key: str) -> int:

@@ -22,7 +22,6 @@ import logging
 import threading
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Sequence
-from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -36,6 +35,7 @@ from starlette.types import Receive, Scope, Send
 
 from twinlm.errors import TwinError
 from twinlm.serve.backends import Backend, Sampling
+from twinlm.serve.pages import PAGE_HEADERS, web_file
 from twinlm.serve.serve_api import (
     ApiError,
     ChatRequest,
@@ -62,14 +62,6 @@ _PAGES = {  # file under web/ -> media type
     "index.html": "text/html; charset=utf-8",
     "chat.js": "text/javascript; charset=utf-8",
     "chat.css": "text/css; charset=utf-8",
-}
-# The page loads nothing from anywhere else and runs no inline script (model text is never markup).
-_PAGE_HEADERS = {
-    "Content-Security-Policy": "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; "
-    "img-src 'self' data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
-    "X-Content-Type-Options": "nosniff",
-    "Referrer-Policy": "no-referrer",
-    "Cache-Control": "no-cache",
 }
 
 
@@ -235,10 +227,6 @@ class _Service:
                 raise invalid(str(err), "messages") from None
 
 
-def _page(name: str) -> bytes:
-    return (resources.files("twinlm.serve") / "web" / name).read_bytes()
-
-
 def create_app(
     twin: Twin,
     settings: ServeConfig,
@@ -271,7 +259,7 @@ def create_app(
         from twinlm.serve.review import review_router
 
         app.include_router(review_router(workspace))
-    pages = {name: _page(name) for name in _PAGES}
+    pages = {name: web_file(name) for name in _PAGES}
 
     @app.exception_handler(ApiError)
     async def _api_error(_: Request, error: ApiError) -> JSONResponse:
@@ -305,13 +293,13 @@ def create_app(
 
     @app.get("/", include_in_schema=False)
     async def index() -> Response:
-        return Response(pages["index.html"], media_type=_PAGES["index.html"], headers=_PAGE_HEADERS)
+        return Response(pages["index.html"], media_type=_PAGES["index.html"], headers=PAGE_HEADERS)
 
     @app.get("/static/{name}", include_in_schema=False)
     async def static(name: str) -> Response:
         if name == "index.html" or name not in pages:
             raise StarletteHTTPException(404)
-        return Response(pages[name], media_type=_PAGES[name], headers=_PAGE_HEADERS)
+        return Response(pages[name], media_type=_PAGES[name], headers=PAGE_HEADERS)
 
     @app.get("/health")
     async def health() -> dict[str, Any]:
