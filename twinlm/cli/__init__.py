@@ -91,8 +91,20 @@ def main(
 
 
 # Registers the commands on `app` (imported last: they use the helpers above).
-from twinlm.cli import chat, corpus, curate, data, discord_bot, export, reexports, serve, train  # noqa: E402, F401
-from twinlm.cli import evaluate, run, status  # noqa: E402, F401
+from twinlm.cli import (  # noqa: E402, F401
+    chat,
+    corpus,
+    curate,
+    data,
+    discord_bot,
+    evaluate,
+    export,
+    reexports,
+    run,
+    serve,
+    status,
+    train,
+)
 
 if _LOADING:
     signal.signal(signal.SIGINT, signal.default_int_handler)
