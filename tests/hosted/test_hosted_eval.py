@@ -177,7 +177,7 @@ def test_a_base_model_the_api_does_not_serve_leaves_the_tuned_scores(
 def test_the_hosted_report_in_headless_chromium(
     fake: FakeMistral, workspace: Path, key: str, tmp_path: Path
 ) -> None:
-    # As tests/evaluate/test_report.py checks a local run's report: no console error, each plot a decoded
+    # As tests/evaluate/test_eval_report.py checks a local run's report: no console error, each plot a decoded
     # PNG, nothing run, no sideways scrolling on a phone even with the sentences in the score table.
     from browser import chromium, kept
 
