@@ -15,7 +15,7 @@ import orjson
 import typer
 from rich.table import Table
 
-from twinlm.cli import AsJson, Workspace, _user_errors, app, out
+from twinlm.cli import AsJson, Workspace, _user_errors, app, err, out
 from twinlm.cli.display import safe_text
 from twinlm.corpus import changes as log
 from twinlm.corpus.browse import (
@@ -28,6 +28,7 @@ from twinlm.corpus.browse import (
     select_messages,
 )
 from twinlm.corpus.db import Corpus
+from twinlm.curate.pieces import add_pieces
 from twinlm.curate.view import ConversationView, Viewer, last_build
 from twinlm.errors import TwinError
 from twinlm.workspace import open_workspace
@@ -152,7 +153,13 @@ def show(
         row = conversation_row(corpus, conversation)
         if session is not None and session < 0:
             raise TwinError(f"--session {session}: sessions are numbered from 0")
-        view = Viewer(ws.config, corpus).conversation(row, session or 0, None if session is None else 1)
+        viewer = Viewer(ws.config, corpus)
+        view = viewer.conversation(row, session or 0, None if session is None else 1)
+        try:  # the rows the build makes of each sample: it needs the build's tokenizer
+            add_pieces(viewer, view, ws.root)
+        except TwinError as e:
+            if not as_json:
+                err.print(f"[dim]Pieces under build.max_length not shown: {safe_text(str(e))}[/]")
     if session is not None and not view.parts:
         raise TwinError(f"--session {session}: conversation {row} has sessions 0 to {view.total_parts - 1}")
     if as_json:
@@ -212,6 +219,10 @@ def _print_view(view: ConversationView) -> None:
                     f"  [dim]sample {safe_text(s.id)}: {len(s.turns)} turns, "
                     f"{sum(t.trained for t in s.turns)} trained[/]"
                 )
+                if len(s.pieces) > 1:  # split under build.max_length: as `build --preview` names them
+                    for p in s.pieces:
+                        ids = ", ".join(str(m) for t in p.trained_turns for m in s.turns[t].messages)
+                        out.print(f"    [dim]piece {safe_text(p.id)}: trains messages {ids}[/]")
 
 
 def _selector(ids: list[str] | None, **given: Any) -> Selector:

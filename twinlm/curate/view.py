@@ -77,6 +77,9 @@ class SampleView:
     turns: list[TurnView]
     kept: bool  # False: the build makes no sample of it (no trained turn after the first)
     rules: dict[str, int] = field(default_factory=dict)  # session rules (duplicates, enders, low quality)
+    # The training rows it becomes (twinlm.curate.pieces, filled by `show`): several when the build splits
+    # it under build.max_length, each with its `build --preview` id and the turns it trains.
+    pieces: list[Any] = field(default_factory=list)
 
     @property
     def trained_chars(self) -> int:
@@ -166,6 +169,7 @@ def part_json(part: PartView) -> dict[str, Any]:
                     {"speaker": t.speaker, "text": t.text, "trained": t.trained, "messages": t.messages}
                     for t in s.turns
                 ],
+                "pieces": [{"id": p.id, "trained_turns": list(p.trained_turns)} for p in s.pieces],
             }
             for s in part.samples
         ],

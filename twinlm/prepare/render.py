@@ -109,6 +109,7 @@ class Rendered:
     text: str  # the rendered chat (BOS included when it was added)
     sample_id: str = ""
     window: int = 0  # 0, 1, ...: several when the sample was split or rendered per speaker
+    trained_turns: tuple[int, ...] = ()  # the sample's turns this row trains (`twinlm show`'s pieces)
 
     @property
     def trained_tokens(self) -> int:
@@ -424,7 +425,8 @@ class _Renderer:
                 self.counts["trained turn without an end-of-turn token"] += 1
             labels[i:j] = ids[i:j]
         shown = (self.profile.bos or "") + text if layout.add_bos else text
-        return Rendered(ids, labels, shown, sample.id)
+        trained = tuple(sorted({t for t, y in zip(layout.turns, layout.trained, strict=True) if y}))
+        return Rendered(ids, labels, shown, sample.id, trained_turns=trained)
 
     def finish(self, batch: list[tuple[Sample, str | None, _Layout]]) -> Iterator[Rendered]:
         # A batch holds every rendering of a sample, so window numbers can restart per batch.
@@ -497,7 +499,9 @@ class _Renderer:
         sub = replace(sample, turns=tuple(picked))
         layout = self.layout(sub, assistant, count=False)
         (tokens,) = self.encode([layout])
-        return self.rendered(sample, layout, tokens)
+        piece = self.rendered(sample, layout, tokens)
+        # The window's layout numbers its own turns: back to the sample's.
+        return replace(piece, trained_turns=tuple(turns[i] for i in piece.trained_turns))
 
 
 def render(
