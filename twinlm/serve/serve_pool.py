@@ -1,10 +1,15 @@
 """The server's workers: generation is blocking native code, so it runs in threads, one backend object
 per thread (a backend does one generation at a time), fed from one first-come-first-served queue.
 
-A job hands its reply to the asyncio side piece by piece (`loop.call_soon_threadsafe`), so the event
-loop never blocks on the model. Each job carries a cancel event: a client that leaves sets it, a worker
-skips a job cancelled while it waited, and a generation under way stops before its next token
-(Generation checks the event between tokens), so the worker is free for the next job at once.
+A job hands its reply to the asyncio side as it comes, so the event loop never blocks on the model:
+the worker appends each piece to the job's list and wakes the loop (`loop.call_soon_threadsafe`) only
+where no wake-up is pending yet; the loop takes everything listed at once (`Job.take`). A loop that
+keeps up gets each token as it is made; one that is behind (a busy server, a fast model) gets the
+waiting tokens in one batch, with one thread hop and one SSE chunk instead of one per token.
+
+Each job carries a cancel event: a client that leaves sets it, a worker skips a job cancelled while it
+waited, and a generation under way stops before its next token (Generation checks the event between
+tokens), so the worker is free for the next job at once.
 """
 
 from __future__ import annotations
@@ -31,15 +36,37 @@ class Job:
     prompt_ids: list[int]
     sampling: Sampling
     loop: asyncio.AbstractEventLoop
-    # ("piece", text) ... then ("done", Generation | None) or ("error", exception); "left" from the server
-    events: asyncio.Queue[tuple[str, Any]] = field(default_factory=asyncio.Queue)
     cancel: threading.Event = field(default_factory=threading.Event)
+    # ("piece", text) ... then ("done", Generation | None) or ("error", exception); "left" from the server.
+    # Listed by any thread under _lock; _woken: a wake-up of the loop is on its way (or done, not yet taken).
+    _events: list[tuple[str, Any]] = field(default_factory=list)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+    _woken: bool = False
+    _ready: asyncio.Event = field(default_factory=asyncio.Event)
 
     def emit(self, kind: str, value: Any) -> None:
+        """From any thread: list an event and wake the loop, unless a wake-up is already on its way."""
+        with self._lock:
+            self._events.append((kind, value))
+            if self._woken:
+                return
+            self._woken = True
         try:
-            self.loop.call_soon_threadsafe(self.events.put_nowait, (kind, value))
+            self.loop.call_soon_threadsafe(self._ready.set)
         except RuntimeError:  # the event loop is closed: the server stopped, nobody is listening
             self.cancel.set()
+
+    async def take(self) -> list[tuple[str, Any]]:
+        """On the loop: every event listed since the last call, oldest first (waits for at least one)."""
+        while True:
+            with self._lock:
+                if self._events:
+                    events, self._events = self._events, []
+                    self._woken = False  # the next emit wakes the loop again
+                    self._ready.clear()
+                    return events
+            await self._ready.wait()
+            self._ready.clear()
 
 
 class WorkerPool:

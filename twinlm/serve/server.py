@@ -343,32 +343,30 @@ def create_app(
 
 
 async def _stream(job: Job, chunks: Chunks) -> AsyncGenerator[bytes, None]:
-    """The SSE events of one job: the role first, content as it comes (pieces already waiting are sent
-    as one chunk), the finish reason, usage where asked, [DONE]."""
+    """The SSE events of one job: the role first, content as it comes (the pieces the worker listed
+    since the last look go out as one chunk: the same text, fewer events where the loop is behind), the
+    finish reason, usage where asked, [DONE]."""
     try:
         yield chunks.role()
-        waiting: tuple[str, Any] | None = None
         while True:
-            kind, value = waiting or await job.events.get()
-            waiting = None
-            if kind == "piece":
-                text = [value]
-                while not job.events.empty():
-                    waiting = job.events.get_nowait()
-                    if waiting[0] != "piece":
-                        break
-                    text.append(waiting[1])
-                    waiting = None
-                if joined := "".join(text):
-                    yield chunks.content(joined)
-            elif kind == "done":
-                if value is None:  # cancelled before it started (the server is stopping)
-                    return
-                yield chunks.end(value.finish_reason, usage(value.prompt_tokens, value.completion_tokens))
+            text: list[str] = []
+            for kind, value in await job.take():
+                if kind == "piece":
+                    text.append(value)
+                    continue
+                if text:
+                    yield chunks.content("".join(text))
+                    text = []
+                if kind == "done":
+                    if value is None:  # cancelled before it started (the server is stopping)
+                        return
+                    used = usage(value.prompt_tokens, value.completion_tokens)
+                    yield chunks.end(value.finish_reason, used)
+                else:
+                    yield Chunks.error(_generation_error(value))
                 return
-            else:
-                yield Chunks.error(_generation_error(value))
-                return
+            if joined := "".join(text):
+                yield chunks.content(joined)
     finally:
         job.cancel.set()  # a no-op after the end; stops the worker where the stream ended early
 
@@ -388,23 +386,23 @@ async def _collect(job: Job, request: Request, cid: str, created: int, model: st
         while (await request.receive())["type"] != "http.disconnect":
             pass
         job.cancel.set()
-        job.events.put_nowait(("left", None))
+        job.emit("left", None)
 
     watcher = asyncio.create_task(watch())
     try:
         text: list[str] = []
         while True:
-            kind, value = await job.events.get()
-            if kind == "piece":
-                text.append(value)
-            elif kind == "done" and value is not None:
-                used = usage(value.prompt_tokens, value.completion_tokens)
-                body = completion(cid, created, model, "".join(text), value.finish_reason, used)
-                return Response(orjson.dumps(body), media_type="application/json")
-            elif kind == "error":
-                return error_response(_generation_error(value))
-            else:  # the client left, or the server is stopping: nobody reads this
-                return Response(status_code=499)
+            for kind, value in await job.take():
+                if kind == "piece":
+                    text.append(value)
+                elif kind == "done" and value is not None:
+                    used = usage(value.prompt_tokens, value.completion_tokens)
+                    body = completion(cid, created, model, "".join(text), value.finish_reason, used)
+                    return Response(orjson.dumps(body), media_type="application/json")
+                elif kind == "error":
+                    return error_response(_generation_error(value))
+                else:  # the client left, or the server is stopping: nobody reads this
+                    return Response(status_code=499)
     finally:
         watcher.cancel()
         job.cancel.set()
