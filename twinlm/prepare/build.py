@@ -37,8 +37,8 @@ from twinlm.prepare.documents import document_samples
 from twinlm.prepare.outputs import eval_positions, eval_share
 from twinlm.prepare.persona import persona_for, persona_prompt
 from twinlm.prepare.redact import Redactor, redacted_kinds
-from twinlm.prepare.render import SystemFor, detect_style, render_many
-from twinlm.prepare.sample import IGNORE_INDEX, Sample, Turn
+from twinlm.prepare.render import SystemFor, detect_style, render_arrays
+from twinlm.prepare.sample import Sample, Turn
 from twinlm.prepare.select import Chat, Line, chats
 from twinlm.prepare.sessions import iter_by_gap, merge_turns
 from twinlm.prepare.stream import SampleKeys, Spill, SplitStats
@@ -205,7 +205,7 @@ def _build(
                 spill.completions.add(*row)
 
     try:
-        rendered = render_many(
+        rendered = render_arrays(
             to_render(),
             tokenizer,
             settings.max_length,
@@ -221,7 +221,7 @@ def _build(
                     break
                 del pending[first]
                 started.pop(first, None)  # its prompts are made (a long chat has many sessions)
-            weights[position] += len(r.labels) - r.labels.count(IGNORE_INDEX)
+            weights[position] += r.trained_tokens
             whose.add_row(sample, r.labels)
             spill.rendered.add(r.sample_id, r.input_ids, r.labels)
         pending.clear()

@@ -54,6 +54,9 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, replace
 from typing import Any
 
+import numpy as np
+
+from twinlm.prepare.layout import SENTINELS, Formats, Layout, Message, Part
 from twinlm.prepare.sample import IGNORE_INDEX, Sample, Turn
 from twinlm.prepare.system_placement import system_target
 from twinlm.prepare.template import (
@@ -64,7 +67,6 @@ from twinlm.prepare.template import (
     SystemAt,
     TemplateError,
     TemplateProfile,
-    apply_template,
     detect_style,
     inspect_template,
 )
@@ -75,6 +77,7 @@ __all__ = [
     "PLAIN_TEMPLATE",
     "WORD_JOINER",
     "Rendered",
+    "Row",
     "Style",
     "SystemAt",
     "SystemFor",
@@ -83,14 +86,13 @@ __all__ = [
     "detect_style",
     "inspect_template",
     "render",
+    "render_arrays",
     "render_many",
     "render_prompt",
     "to_messages",
 ]
 
 WORD_JOINER = "\u2060"
-_SENTINEL0 = 0x100000  # Supplementary Private Use Area-B: one sentinel per turn
-_SENTINELS = re.compile("[\U00100000-\U0010fffd]")
 _PROBE_TEXT = "Hello"  # a typical first word: where the model starts writing at chat time
 _RESERVED_ROLES = frozenset({"system", "tool", "ipython", "tool_results", "developer"})
 # In chats between people, the chat roles too: only assistant-style samples use them as roles.
@@ -116,35 +118,23 @@ class Rendered:
         return sum(1 for label in self.labels if label != IGNORE_INDEX)
 
 
+@dataclass(frozen=True, slots=True)
+class Row:
+    """A rendered row as the build writes it (`render_arrays`): int32 arrays."""
+
+    sample_id: str
+    input_ids: np.ndarray
+    labels: np.ndarray  # IGNORE_INDEX where not trained
+    trained_tokens: int
+
+
 # --- messages -----------------------------------------------------------------------------------
-
-
-@dataclass(slots=True)
-class _Part:
-    """One turn inside a message: a context prefix ("Name: "), then the turn's text."""
-
-    prefix: str
-    text: str
-    trained: bool
-    speaker: str
-
-
-@dataclass(slots=True)
-class _Message:
-    role: str
-    parts: list[_Part]
-    lead: str = ""  # a folded system prompt, before the first part
-
-    def content(self, texts: list[str] | None = None) -> str:
-        """The message text; `texts` stands in for the parts' texts (sentinels)."""
-        pieces = [p.prefix + (p.text if texts is None else texts[i]) for i, p in enumerate(self.parts)]
-        return self.lead + "\n".join(pieces)
 
 
 def _neutralize(text: str, control: re.Pattern[str] | None) -> tuple[str, int]:
     """Special-token strings typed in a message become plain text; stray sentinels are dropped."""
-    if _SENTINELS.search(text):
-        text = _SENTINELS.sub("", text)
+    if SENTINELS.search(text):
+        text = SENTINELS.sub("", text)
     if control is None:
         return text, 0
     return control.subn(lambda m: m.group(0)[0] + WORD_JOINER + m.group(0)[1:], text)
@@ -171,10 +161,10 @@ def _build(
     control: re.Pattern[str] | None = None,
     counts: Counter[str] | None = None,
     separator: str = FOLD_SEPARATOR,
-) -> tuple[list[_Message], list[int]]:
+) -> tuple[list[Message], list[int]]:
     """The messages, and for each part (in order) the index of its turn in the sample."""
     counts = counts if counts is not None else Counter()
-    messages: list[_Message] = []
+    messages: list[Message] = []
     turn_of_part: list[int] = []
     reserved = _RESERVED_ROLES if sample.kind in _ROLE_KINDS else _RESERVED_IN_CHATS
     # Assistant-style samples on a chat template: the template's own user/assistant chat, no names.
@@ -216,16 +206,16 @@ def _build(
         if style == "alternating" and last is not None and last.role == role:
             # Merged: the name only where the author changes.
             prefix = f"{speaker}: " if named and last.parts[-1].speaker != speaker else ""
-            last.parts.append(_Part(prefix, text, trained, speaker))
+            last.parts.append(Part(prefix, text, trained, speaker))
         else:
-            messages.append(_Message(role, [_Part(f"{speaker}: " if named else "", text, trained, speaker)]))
+            messages.append(Message(role, [Part(f"{speaker}: " if named else "", text, trained, speaker)]))
     system_text, n = _neutralize(sample.system or "", control)
     if system_text.strip() and messages:  # a system prompt alone is no chat
         _add(counts, "special-token text made plain", n)
         roles = [m.role for m in messages]
         target = system_target(roles, [any(p.trained for p in m.parts) for m in messages], system_at)
         if target is None:
-            messages.insert(0, _Message("system", [], lead=system_text))
+            messages.insert(0, Message("system", [], lead=system_text))
         else:
             messages[target].lead = system_text + separator
     return messages, turn_of_part
@@ -247,79 +237,98 @@ def to_messages(
     return [{"role": m.role, "content": m.content()} for m in messages]
 
 
-# --- layout: where each turn's text lies in the rendered chat -----------------------------------
-
-
-@dataclass(slots=True)
-class _Layout:
-    text: str
-    spans: list[tuple[int, int]]  # per part: the character span of its text
-    trained: list[bool]
-    turns: list[int]  # per part: the index of its turn in the sample
-    add_bos: bool = False  # put the tokenizer's BOS id in front after tokenizing
-    lead: str = ""  # a system prompt folded into a later user message (Mistral v0.3) ...
-    lead_part: int = 0  # ... before this part's text
-
-
-def _layout(profile: TemplateProfile, messages: list[_Message], turns: list[int], sample_id: str) -> _Layout:
-    sentinels: list[str] = []
-    real: list[dict[str, str]] = []
-    marked: list[dict[str, str]] = []
-    parts: list[_Part] = []
-    lead, lead_part = "", 0
-    if sum(len(m.parts) for m in messages) > 0xFFFD:
-        raise TemplateError(f"sample {sample_id}: more than 65533 turns; split sessions before rendering")
-    for m in messages:
-        if m.lead and m.parts and parts:
-            lead, lead_part = m.lead, len(parts)
-        marks = [chr(_SENTINEL0 + len(sentinels) + i) for i in range(len(m.parts))]
-        sentinels += marks
-        parts += m.parts
-        real.append({"role": m.role, "content": m.content()})
-        marked.append({"role": m.role, "content": m.content(marks)})
-    try:
-        skeleton, text = apply_template(profile, marked, real)
-    except TemplateError as err:
-        raise TemplateError(f"sample {sample_id}: {err}") from None
-    if _SENTINELS.findall(skeleton) != sentinels:
-        raise TemplateError(
-            f"sample {sample_id}: the chat template drops, repeats or reorders message texts, "
-            "so the trained tokens cannot be located"
-        )
-    segments = _SENTINELS.split(skeleton)
-    if not text.startswith(segments[0]):
-        raise TemplateError(f"sample {sample_id}: the chat template's structure depends on the texts")
-    spans: list[tuple[int, int]] = []
-    pos = len(segments[0])
-    for k, part in enumerate(parts):
-        after, last = segments[k + 1], k == len(parts) - 1
-        for cand in (part.text, part.text.rstrip(), part.text.lstrip(), part.text.strip()):  # trimmed?
-            end = pos + len(cand)
-            if text.startswith(cand, pos) and (text[end:] == after if last else text.startswith(after, end)):
-                break
-        else:  # transformed some other way (upper-cased...): the text is what lies in between
-            end = len(text) - len(after) if last else text.find(after, pos)
-            if end < pos or not text.startswith(after, end):
-                raise TemplateError(
-                    f"sample {sample_id}: the chat template changes turn {turns[k]} beyond recognition"
-                )
-        spans.append((pos, end))
-        pos = end + len(after)
-    # The tokenizer's own BOS where the template wrote none: an id in front, not text, so that
-    # SentencePiece still sees the first word at offset 0 ("<s>▁You" as in pretraining).
-    add_bos = profile.adds_bos and bool(profile.bos) and not text.startswith(profile.bos or "")
-    return _Layout(text, spans, [p.trained for p in parts], turns, add_bos, lead, lead_part)
-
-
 # --- tokens, labels and windows -----------------------------------------------------------------
 
 
-@dataclass(slots=True)
 class _Tokens:
+    """A chat's token ids and where each token lies in its text.
+
+    Asked per position: a fast tokenizer's Encoding answers `char_to_token` / `token_to_chars` for the
+    few positions labels need, instead of every token's offsets as Python tuples (issue 18: building
+    those was a fifth of rendering). An answer is used only where its neighbours confirm it (offsets
+    are in order there); anywhere else, and for slow tokenizers, the offsets are bisected as before.
+    """
+
+    __slots__ = ("_ends", "_starts", "encoding", "ids", "shift")
+
+    def __init__(
+        self,
+        ids: list[int],
+        encoding: Any = None,
+        offsets: list[tuple[int, int]] | None = None,
+        shift: int = 0,
+    ) -> None:
+        self.ids = ids
+        self.encoding = encoding  # None: `offsets` given
+        self.shift = shift  # 1 where BOS was put in front (offsets (0, 0))
+        self._starts: list[int] | None = None
+        self._ends: list[int] | None = None
+        if offsets is not None:
+            self._set(offsets)
+
+    def _set(self, offsets: list[tuple[int, int]]) -> None:
+        self._starts, self._ends = [a for a, _ in offsets], [b for _, b in offsets]
+
+    def _bisectable(self) -> tuple[list[int], list[int]]:
+        if self._starts is None or self._ends is None:
+            self._set([(0, 0)] * self.shift + list(self.encoding.offsets))
+        assert self._starts is not None and self._ends is not None
+        return self._starts, self._ends
+
+    def chars(self, k: int) -> tuple[int, int]:
+        if self._starts is not None and self._ends is not None:
+            return self._starts[k], self._ends[k]
+        if k < self.shift:
+            return 0, 0
+        found = self.encoding.token_to_chars(k - self.shift)
+        return (0, 0) if found is None else found
+
+    def ending_after(self, a: int) -> int:
+        """The first token that ends after character `a` (bisect_right over the ends)."""
+        if self._starts is None:
+            c = self.encoding.char_to_token(a)
+            if c is not None:
+                c += self.shift
+                if c == 0 or self.chars(c - 1)[1] <= a:
+                    return c
+        return bisect_right(self._bisectable()[1], a)
+
+    def starting_from(self, b: int) -> int:
+        """The first token that starts at or after character `b` (bisect_left over the starts)."""
+        if self._starts is None:
+            c = self.encoding.char_to_token(b)
+            if c is not None:
+                c += self.shift
+                start = self.chars(c)[0]
+                if start == b and (c == 0 or self.chars(c - 1)[0] < b):
+                    return c
+                if start < b and (c + 1 == len(self.ids) or self.chars(c + 1)[0] >= b):
+                    return c + 1
+        return bisect_left(self._bisectable()[0], b)
+
+
+@dataclass(slots=True)
+class _Piece:
+    """One row before it becomes lists (Rendered) or arrays (Row): ids and the labelled ranges."""
+
+    sample_id: str
     ids: list[int]
-    offsets: list[tuple[int, int]]
-    starts: list[int]
-    ends: list[int]
+    ranges: list[tuple[int, int]]  # [i, j): labels equal ids there, IGNORE_INDEX elsewhere
+    text: str
+    trained_turns: tuple[int, ...]
+
+    def rendered(self, window: int) -> Rendered:
+        labels = [IGNORE_INDEX] * len(self.ids)
+        for i, j in self.ranges:
+            labels[i:j] = self.ids[i:j]
+        return Rendered(self.ids, labels, self.text, self.sample_id, window, self.trained_turns)
+
+    def row(self) -> Row:
+        ids = np.array(self.ids, dtype=np.int32)
+        labels = np.full(len(ids), IGNORE_INDEX, dtype=np.int32)
+        for i, j in self.ranges:
+            labels[i:j] = ids[i:j]
+        return Row(self.sample_id, ids, labels, int(np.count_nonzero(labels != IGNORE_INDEX)))
 
 
 class _Renderer:
@@ -335,6 +344,7 @@ class _Renderer:
         self.tokenizer = tokenizer
         self.system_for = system_for
         self.profile = inspect_template(tokenizer)
+        self.formats = Formats(self.profile)
         self.max_length = max_length
         self.counts = counts if counts is not None else Counter()
 
@@ -358,7 +368,7 @@ class _Renderer:
             for who in speakers
         ]
 
-    def layout(self, sample: Sample, assistant: str | None, count: bool = True) -> _Layout:
+    def layout(self, sample: Sample, assistant: str | None, count: bool = True) -> Layout:
         p = self.profile
         messages, turns = _build(
             sample,
@@ -369,21 +379,25 @@ class _Renderer:
             self.counts if count else None,
             p.system_separator,
         )
-        return _layout(p, messages, turns, sample.id) if messages else _Layout("", [], [], [])
+        return self.formats.layout(messages, turns, sample.id) if messages else Layout("", [], [], [])
 
-    def encode(self, layouts: list[_Layout]) -> list[_Tokens]:
+    def encode(self, layouts: list[Layout]) -> list[_Tokens]:
         texts = [layout.text for layout in layouts]
         backend = getattr(self.tokenizer, "backend_tokenizer", None)
+        bos = self.tokenizer.bos_token_id
         if backend is not None:  # the fast tokenizer's batch call, without the wrapper's conversions
-            pairs = [(e.ids, e.offsets) for e in backend.encode_batch(texts, add_special_tokens=False)]
-        else:
-            enc = self.tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True)
-            pairs = list(zip(enc["input_ids"], enc["offset_mapping"], strict=True))
+            return [
+                _Tokens([bos, *e.ids], e, shift=1) if layout.add_bos else _Tokens(e.ids, e)
+                for layout, e in zip(
+                    layouts, backend.encode_batch(texts, add_special_tokens=False), strict=True
+                )
+            ]
+        enc = self.tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True)
         out = []
-        for layout, (ids, offsets) in zip(layouts, pairs, strict=True):
+        for layout, ids, offsets in zip(layouts, enc["input_ids"], enc["offset_mapping"], strict=True):
             if layout.add_bos:
-                ids, offsets = [self.tokenizer.bos_token_id, *ids], [(0, 0), *offsets]
-            out.append(_Tokens(list(ids), offsets, [a for a, _ in offsets], [b for _, b in offsets]))
+                ids, offsets = [bos, *ids], [(0, 0), *offsets]
+            out.append(_Tokens(list(ids), offsets=list(offsets)))
         return out
 
     def first_token(self, tokens: _Tokens, text: str, a: int) -> int:
@@ -393,9 +407,9 @@ class _Renderer:
         space-only token right before it: pre-tokenizers attach that space to the word only when
         the merge exists, so the model must learn to write it (and chat time stops before it).
         """
-        i = bisect_right(tokens.ends, a)
+        i = tokens.ending_after(a)
         while i > 0 and tokens.ids[i - 1] not in self.profile.special_ids:
-            start, end = tokens.offsets[i - 1]
+            start, end = tokens.chars(i - 1)
             # Not `end <= start`: a tokenizer that trims offsets (ByteLevel trim_offsets=true) gives a
             # space-only token empty offsets; it is still the space before the word.
             if text[start:end].strip(" "):
@@ -403,32 +417,34 @@ class _Renderer:
             i -= 1
         return i
 
-    def rendered(self, sample: Sample, layout: _Layout, tokens: _Tokens) -> Rendered:
+    def rendered(self, sample: Sample, layout: Layout, tokens: _Tokens) -> _Piece:
         ids, special, text = tokens.ids, self.profile.special_ids, layout.text
-        labels = [IGNORE_INDEX] * len(ids)
+        ranges: list[tuple[int, int]] = []
         for (a, b), trained in zip(layout.spans, layout.trained, strict=True):
             i = self.first_token(tokens, text, a)
-            j = max(i, bisect_left(tokens.starts, b))  # the first token at or after the text's end
-            if special.intersection(ids[i:j]):
+            j = max(i, tokens.starting_from(b))  # the first token at or after the text's end
+            if not special.isdisjoint(ids[i:j]):
                 raise TemplateError("a message text became a control token; this is a twinlm bug")
             if not trained:
                 continue
             # The end-of-turn token: the special token right after the text (maybe after spaces).
             k = j
             while k < len(ids) and k - j < _EOT_LOOKAHEAD and ids[k] not in special:
-                if not text[tokens.starts[k] : tokens.ends[k]].isspace():
+                start, end = tokens.chars(k)
+                if not text[start:end].isspace():
                     break
                 k += 1
             if k < len(ids) and ids[k] in special:
                 j = k + 1
             else:
                 self.counts["trained turn without an end-of-turn token"] += 1
-            labels[i:j] = ids[i:j]
+            ranges.append((i, j))
         shown = (self.profile.bos or "") + text if layout.add_bos else text
         trained = tuple(sorted({t for t, y in zip(layout.turns, layout.trained, strict=True) if y}))
-        return Rendered(ids, labels, shown, sample.id, trained_turns=trained)
+        return _Piece(sample.id, ids, ranges, shown, trained)
 
-    def finish(self, batch: list[tuple[Sample, str | None, _Layout]]) -> Iterator[Rendered]:
+    def finish(self, batch: list[tuple[Sample, str | None, Layout]]) -> Iterator[tuple[_Piece, int]]:
+        """The batch's rows, each with its window number."""
         # A batch holds every rendering of a sample, so window numbers can restart per batch.
         windows: Counter[str] = Counter()
         for (sample, assistant, layout), tokens in zip(
@@ -438,18 +454,18 @@ class _Renderer:
                 self.counts["samples without a trained turn"] += 1
                 continue
             if len(tokens.ids) <= self.max_length:
-                pieces: Iterable[Rendered] = [self.rendered(sample, layout, tokens)]
+                pieces: Iterable[_Piece] = [self.rendered(sample, layout, tokens)]
             else:
                 self.counts["samples split at turn boundaries"] += 1
                 pieces = self.split(sample, assistant, layout, tokens)
             for piece in pieces:
                 self.counts["sequences"] += 1
-                yield replace(piece, window=windows[sample.id])
+                yield piece, windows[sample.id]
                 windows[sample.id] += 1
 
     def split(
-        self, sample: Sample, assistant: str | None, layout: _Layout, tokens: _Tokens
-    ) -> Iterator[Rendered]:
+        self, sample: Sample, assistant: str | None, layout: Layout, tokens: _Tokens
+    ) -> Iterator[_Piece]:
         """Windows of whole turns, each with the system prompt and a context turn first.
 
         A window's last turn is the next window's context turn, so each trained turn is trained
@@ -476,7 +492,7 @@ class _Renderer:
             piece = None
             while e - x >= 2:  # the estimate can be a few tokens off: check the real rendering
                 piece = self.window(sample, assistant, [layout.turns[keep[y]] for y in range(x, e)])
-                if piece is None or len(piece.input_ids) <= self.max_length:
+                if piece is None or len(piece.ids) <= self.max_length:
                     break
                 piece, e = None, e - 1
             if e - x < 2:  # no room for a context turn before the next turn: it can only be context
@@ -491,7 +507,7 @@ class _Renderer:
                 yield piece
             x = e - 1
 
-    def window(self, sample: Sample, assistant: str | None, turns: list[int]) -> Rendered | None:
+    def window(self, sample: Sample, assistant: str | None, turns: list[int]) -> _Piece | None:
         picked = [sample.turns[i] for i in turns]
         picked[0] = replace(picked[0], trained=False)  # a window starts with context
         if not any(t.trained for t in picked[1:]):
@@ -501,7 +517,8 @@ class _Renderer:
         (tokens,) = self.encode([layout])
         piece = self.rendered(sample, layout, tokens)
         # The window's layout numbers its own turns: back to the sample's.
-        return replace(piece, trained_turns=tuple(turns[i] for i in piece.trained_turns))
+        piece.trained_turns = tuple(turns[i] for i in piece.trained_turns)
+        return piece
 
 
 def render(
@@ -531,8 +548,34 @@ def render_many(
     alternating template renders a sample once per trained speaker (the persona prompt of each);
     without it every rendering keeps the sample's own.
     """
+    for piece, window in _pieces(samples, tokenizer, max_length, counts, batch_size, system_for):
+        yield piece.rendered(window)
+
+
+def render_arrays(
+    samples: Iterable[Sample],
+    tokenizer: Any,
+    max_length: int,
+    counts: Counter[str] | None = None,
+    *,
+    batch_size: int = 256,
+    system_for: SystemFor | None = None,
+) -> Iterator[Row]:
+    """`render_many`'s rows as the build writes them: int32 arrays, without the text."""
+    for piece, _ in _pieces(samples, tokenizer, max_length, counts, batch_size, system_for):
+        yield piece.row()
+
+
+def _pieces(
+    samples: Iterable[Sample],
+    tokenizer: Any,
+    max_length: int,
+    counts: Counter[str] | None,
+    batch_size: int,
+    system_for: SystemFor | None,
+) -> Iterator[tuple[_Piece, int]]:
     renderer = _Renderer(tokenizer, max_length, counts, system_for)
-    batch: list[tuple[Sample, str | None, _Layout]] = []
+    batch: list[tuple[Sample, str | None, Layout]] = []
     for sample in samples:
         for assistant, variant in renderer.variants(sample):
             batch.append((variant, assistant, renderer.layout(variant, assistant)))

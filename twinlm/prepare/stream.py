@@ -19,6 +19,7 @@ from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -50,25 +51,29 @@ class _Rows:
 
     def _reset(self) -> None:
         self.ids: list[str] = []
-        self.inputs, self.labels = array("i"), array("i")
-        self.offsets = array("i", [0])
+        self.inputs: list[np.ndarray] = []
+        self.labels: list[np.ndarray] = []
+        self.tokens = 0
 
-    def add(self, sample_id: str, input_ids: list[int], labels: list[int]) -> None:
+    def add(self, sample_id: str, input_ids: Sequence[int], labels: Sequence[int]) -> None:
+        """One row; int32 arrays (render_arrays) are kept as they are, lists converted."""
         self.ids.append(sample_id)
-        self.inputs.extend(input_ids)
-        self.labels.extend(labels)
-        self.offsets.append(len(self.inputs))
-        if len(self.inputs) >= SPILL_TOKENS:
+        self.inputs.append(np.asarray(input_ids, dtype=np.int32))
+        self.labels.append(np.asarray(labels, dtype=np.int32))
+        self.tokens += len(input_ids)
+        if self.tokens >= SPILL_TOKENS:
             self.flush()
 
     def flush(self) -> None:
         if not self.ids:
             return
-        offsets = pa.Array.from_buffers(pa.int32(), len(self.offsets), [None, pa.py_buffer(self.offsets)])
+        lengths = np.fromiter((len(x) for x in self.inputs), dtype=np.int32, count=len(self.inputs))
+        offsets = np.zeros(len(lengths) + 1, dtype=np.int32)
+        np.cumsum(lengths, out=offsets[1:])
+        offsets = pa.array(offsets, pa.int32())
         columns = [pa.array(self.ids, pa.string())]
         for values in (self.inputs, self.labels):
-            flat = pa.Array.from_buffers(pa.int32(), len(values), [None, pa.py_buffer(values)])
-            columns.append(pa.ListArray.from_arrays(offsets, flat))
+            columns.append(pa.ListArray.from_arrays(offsets, pa.array(np.concatenate(values), pa.int32())))
         self.writer.write_batch(pa.RecordBatch.from_arrays(columns, schema=ROW_SCHEMA))
         self._reset()
 

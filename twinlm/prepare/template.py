@@ -18,7 +18,7 @@ answer is cached per tokenizer, template and special tokens.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 from weakref import WeakKeyDictionary
 
@@ -62,6 +62,8 @@ class TemplateProfile:
     control: re.Pattern[str] | None  # their strings, made plain text inside messages
     system_at: SystemAt = "message"  # where a system prompt goes (see the module doc)
     system_separator: str = FOLD_SEPARATOR  # between a folded system prompt and the user's text
+    # The template's output per chat shape, found as chats are rendered (twinlm.prepare.layout.Formats).
+    formats: dict[Any, Any] = field(default_factory=dict, compare=False, repr=False)
 
 
 # --- probing ------------------------------------------------------------------------------------
