@@ -169,8 +169,14 @@ def find_converter(sdist: Path | None) -> Path:
 # --- measuring ----------------------------------------------------------------------------------
 
 
-def _run(cmd: list[str]) -> dict[str, float]:
-    """Wall time, CPU time (user + system) and peak RSS of one child process (its own, from wait4)."""
+def _run(cmd: list[str], out: Path) -> dict[str, float]:
+    """Wall time, CPU time (user + system) and peak RSS of one child process (its own, from wait4).
+
+    Each run starts without its output file `out`, every converter alike: one that truncates the file
+    of the previous run (the copy, llama.cpp's converter) frees its page-cache pages before writing,
+    one that writes a temporary file and renames it (twinlm) only after, and the kernel's cost of
+    writing into the page cache varied here (a VM) from 0.2 to 2.3 s of system time per GiB."""
+    out.unlink(missing_ok=True)
     os.sync()  # the previous run's dirty pages are written before this one starts
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -269,10 +275,12 @@ def main() -> None:
             ],
             "copy": [*me, "copy", str(src), str(work / "copy.bin")],
         }
+        outputs = {name: work / f for name, f in (("twinlm", "twinlm-f16.gguf"), ("llama.cpp", "lc.gguf"))}
+        outputs["copy"] = work / "copy.bin"
         runs: dict[str, list[dict[str, float]]] = {name: [] for name in commands}
         for _ in range(args.repeat):  # in turn, so that a disturbance hits all three alike
             for name, cmd in commands.items():
-                runs[name].append(_run(cmd))
+                runs[name].append(_run(cmd, outputs[name]))
         ours, theirs, copy = (_best(runs[name]) for name in commands)
         same, compared, differ = compare_tensors(work / "twinlm-f16.gguf", work / "lc.gguf")
         sizes = {"safetensors (bf16)": src.stat().st_size, "f16": (work / "twinlm-f16.gguf").stat().st_size}

@@ -384,41 +384,50 @@ def test_quantized_gguf_mostly_predicts_like_hf(
     assert r["agree"] / r["positions"] >= QUANTIZED_FLOOR[qtype]
 
 
+def _llama_cpp_cast(raw: np.ndarray, source: str, qtype: str) -> bytes:
+    """What llama.cpp's convert_hf_to_gguf.py writes: the source widened to float32 (exact), then
+    numpy's astype for f16 and f32, gguf.quants' rounding for bf16."""
+    f32 = (raw.astype(np.uint32) << 16).view(np.float32) if source == "BF16" else raw.astype(np.float32)
+    if qtype == "F16":
+        return f32.astype(np.float16).tobytes()
+    if qtype == "BF16":
+        return gguf.quants.quantize(f32, gguf.GGMLQuantizationType.BF16).tobytes()
+    return f32.tobytes()
+
+
 # Values past f16's range become inf in both, on purpose.
 @pytest.mark.filterwarnings("ignore:overflow encountered in cast:RuntimeWarning")
+@pytest.mark.parametrize("qtype", ["F32", "F16", "BF16"])
 @pytest.mark.parametrize("source", ["F32", "F16", "BF16"])
-def test_torch_and_numpy_casts_give_the_same_bytes(source: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The fast (torch) cast rounds exactly as numpy / gguf.quants (and llama.cpp's converter) do."""
+def test_casts_give_llama_cpps_bytes(source: str, qtype: str) -> None:
+    """Every 16-bit source value (the lookup tables), and f32 values across the whole range, with torch
+    and without, give the bytes llama.cpp's converter computes."""
     from twinlm.export import gguf_tensors as tensors
 
-    rng = np.random.default_rng(0)
-    values = np.concatenate(
-        [
-            rng.standard_normal(4096).astype(np.float32) * 10.0 ** rng.integers(-9, 6, 4096),
-            [7e4, -1e6, 1e-8, 0.0],
-        ]
-    ).astype(np.float32)
-    raw = {
-        "F32": values,
-        "F16": values.astype(np.float16),
-        "BF16": (values.view(np.uint32) >> 16).astype(np.uint16),
-    }
-    fast = {
-        q: tensors.cast(raw[source], source, q).tobytes()
-        for q in (
-            gguf.GGMLQuantizationType.F32,
-            gguf.GGMLQuantizationType.F16,
-            gguf.GGMLQuantizationType.BF16,
-        )
-    }
-    monkeypatch.setitem(__import__("sys").modules, "torch", None)  # import torch now fails
-    for qtype, data in fast.items():
-        assert tensors.cast(raw[source], source, qtype).tobytes() == data, qtype.name
+    q = gguf.GGMLQuantizationType[qtype]
+    if source == "F32":
+        rng = np.random.default_rng(0)
+        raw = np.concatenate(
+            [
+                rng.standard_normal(4096).astype(np.float32) * 10.0 ** rng.integers(-9, 6, 4096),
+                [7e4, -1e6, 1e-8, 0.0, -0.0, np.inf, 6.1e-5, 5.96e-8, 2.98e-8],
+            ]
+        ).astype(np.float32)
+    else:  # every bit pattern but NaNs (whose payloads numpy and llama.cpp need not agree on)
+        bits = np.arange(1 << 16, dtype=np.uint16)
+        raw = bits if source == "BF16" else bits.view(np.float16)
+        f32 = (bits.astype(np.uint32) << 16).view(np.float32) if source == "BF16" else raw.astype(np.float32)
+        raw = raw[~np.isnan(f32)].reshape(2, -1)
+    expected = _llama_cpp_cast(raw, source, qtype)
+    assert tensors.cast(raw, source, q).tobytes() == expected
+    if source == "F32":
+        assert tensors.cast(raw, source, q, use_torch=True).tobytes() == expected
 
 
 @pytest.mark.parametrize("qtype", ["F32", "F16", "BF16"])
 def test_casts_of_a_permuted_view_equal_those_of_a_copy(qtype: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    """q/k projections are cast from a strided (per-head permuted) view into a reused buffer."""
+    """q/k projections are cast from a strided (per-head permuted) view into a reused buffer; the
+    lookup splits a strided view along its first axes where it is larger than a piece."""
     from twinlm.export import gguf_tensors as tensors
 
     q = gguf.GGMLQuantizationType[qtype]
@@ -427,10 +436,10 @@ def test_casts_of_a_permuted_view_equal_those_of_a_copy(qtype: str, monkeypatch:
     )
     view = raw.reshape(4, 2, 8, 48).swapaxes(1, 2)  # 4 heads, as tensor_blocks reads them
     expected = tensors.cast(np.ascontiguousarray(view), "BF16", q).tobytes()
-    out = np.full(view.shape, 7, dtype=tensors.NUMPY_TYPES[q])
-    assert tensors.cast(view, "BF16", q, out) is out and out.tobytes() == expected
-    monkeypatch.setitem(__import__("sys").modules, "torch", None)  # numpy's path
-    assert tensors.cast(view, "BF16", q, np.zeros_like(out)).tobytes() == expected
+    for piece in (1 << 17, 100):  # the whole view in one lookup; split per head (and per row pair)
+        monkeypatch.setattr(tensors, "_LOOKUP_ELEMENTS", piece)
+        out = np.full(view.shape, 7, dtype=tensors.NUMPY_TYPES[q])
+        assert tensors.cast(view, "BF16", q, out) is out and out.tobytes() == expected
 
 
 @pytest.mark.parametrize("family", [*FAMILIES, "mistral-json"])
@@ -457,13 +466,14 @@ def test_vocabulary_arrays_packed_in_one_go_are_ggufs_bytes(
 def test_a_wrong_guessed_vocabulary_is_written_again_with_the_exact_one(
     family_model: FamilyModel, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Where the tokenizer read from the files differs from transformers' (or cannot be read), the file
-    is what transformers' tokenizer gives, byte for byte."""
+    """Where the files alone cannot decide the vocabulary and the tokenizer read from them differs from
+    transformers' (or cannot be read), the file is what transformers' tokenizer gives, byte for byte."""
     from twinlm.export import gguf as convert
     from twinlm.export import gguf_vocab_fast
 
     model = family_model("llama")
     expected = convert_to_gguf(model, tmp_path / "expected.gguf").read_bytes()
+    monkeypatch.setattr(gguf_vocab_fast, "transformers_may_differ", lambda files: "undecided here")
     writes: list[int] = []
     real_write = convert._write
     monkeypatch.setattr(convert, "_write", lambda *a: writes.append(1) or real_write(*a))
@@ -499,11 +509,19 @@ def test_a_wrong_guessed_vocabulary_is_written_again_with_the_exact_one(
 
 
 def test_torch_threads_are_put_back(family_model: FamilyModel, tmp_path: Path) -> None:
-    """The conversion casts on one torch thread; afterwards this thread and a new one (which takes
-    torch's process-wide default) see the setting they saw before."""
+    """f32 weights are cast with torch where it is imported (as here), on one torch thread; afterwards
+    this thread and a new one (which takes torch's process-wide default) see the setting they saw
+    before, and the file is the one numpy's cast gives."""
     import threading
 
     import torch
+    from transformers import AutoModelForCausalLM
+
+    from twinlm.export import gguf_tensors
+
+    model_dir = _copy(family_model, "llama", tmp_path)
+    model = AutoModelForCausalLM.from_pretrained(family_model("llama"), dtype=torch.float32)
+    model.save_pretrained(model_dir)
 
     def in_a_new_thread() -> int:
         seen: list[int] = []
@@ -512,9 +530,14 @@ def test_torch_threads_are_put_back(family_model: FamilyModel, tmp_path: Path) -
         thread.join()
         return seen[0]
 
+    plan = gguf_tensors.index_safetensors(model_dir)
+    assert {s.dtype for s in plan} == {"F32"}
     before = (torch.get_num_threads(), in_a_new_thread())
-    convert_to_gguf(family_model("llama"), tmp_path / "out.gguf")
+    with_torch = convert_to_gguf(model_dir, tmp_path / "torch.gguf").read_bytes()
     assert (torch.get_num_threads(), in_a_new_thread()) == before
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(gguf_tensors, "_torch_pays", lambda plan: False)
+        assert convert_to_gguf(model_dir, tmp_path / "numpy.gguf").read_bytes() == with_torch
 
 
 def test_sharded_model_converts_like_one_file(

@@ -9,11 +9,12 @@ Gemma 2's norm weights stored as 1 + w, 1-D tensors and norms kept in f32, a tie
 
 Memory stays near a few blocks (and the largest q/k projection): the tensor data is read from the
 safetensors files block by block, converted by a thread that runs ahead of the writer, and written
-(twinlm.export.gguf_tensors, which says where the time goes). The vocabulary is written from a guess
-read at once while transformers' exact reading runs beside the conversion; a wrong guess means the
-file is written again (twinlm.export.gguf_vocab_fast). Long metadata arrays are packed in one go
-(`_Writer`). The output is checked against the free space first, and appears whole or not at all: a
-temporary file beside the target is renamed when complete.
+(twinlm.export.gguf_tensors, which says where the time goes). The vocabulary is read from the
+tokenizer files without transformers where they decide it; elsewhere that reading is a guess written
+at once while transformers' exact reading runs beside the conversion, and a wrong guess means the
+metadata, or the file, is written again (twinlm.export.gguf_vocab_fast). Long metadata arrays are
+packed in one go (`_Writer`). The output is checked against the free space first, and appears whole
+or not at all: a temporary file beside the target is renamed when complete.
 """
 
 from __future__ import annotations
@@ -33,10 +34,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import gguf
 import numpy as np
 
 from twinlm.errors import TwinError
+from twinlm.export.gguf_import import gguf
 from twinlm.export.gguf_tensors import Planned, Source, converted, index_safetensors
 from twinlm.export.gguf_vocab import CONVERTER_HINT, Vocab
 from twinlm.export.gguf_vocab_fast import VocabInBackground

@@ -25,9 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import gguf
-
 from twinlm.errors import TwinError
+from twinlm.export.gguf_import import gguf
 
 CONVERTER_HINT = "convert it with llama.cpp's convert_hf_to_gguf.py instead"
 
