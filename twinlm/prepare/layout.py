@@ -195,17 +195,23 @@ def _parse(out: str, n: int, n_names: int) -> _Format | None:
     return _Format(tuple(pieces), tuple(slots))
 
 
-def _probe(shape: tuple[str | int, ...]) -> tuple[list[Message], list[str]]:
-    """Messages of `shape` with hard names and contents: a template that changes them shows it here."""
-    names = [f" zq{k} Ab<i>&'\"{{{{ " for k in range(sum(isinstance(r, int) for r in set(shape)))]
-    messages = [
-        Message(
-            role if isinstance(role, str) else names[role],
-            [Part("", f" \n y{m}Ab <b>&amp;'\"{{{{x}}}}{{% \n ", False, "")],
-        )
-        for m, role in enumerate(shape)
-    ]
-    return messages, names
+# Hard names and contents for the probes: a template that trims, changes case, escapes or reformats
+# them shows it on one of these (a name cannot both start with a lower-case letter and with a space).
+_PROBE_NAMES = ("zq{k} Ab<i>&'\"{{{{ ", " \tZq{k} aB\n")
+_PROBE_TEXTS = (" \n y{m}Ab <b>&amp;'\"{{{{x}}}}{{% \n ", "Y{m} aB\t")
+
+
+def _probes(shape: tuple[str | int, ...]) -> list[tuple[list[Message], list[str]]]:
+    """Chats of `shape` with hard names and contents: a template that changes them shows it here."""
+    found = []
+    for name, text in zip(_PROBE_NAMES, _PROBE_TEXTS, strict=True):
+        names = [name.format(k=k) for k in range(sum(isinstance(r, int) for r in set(shape)))]
+        messages = [
+            Message(role if isinstance(role, str) else names[role], [Part("", text.format(m=m), False, "")])
+            for m, role in enumerate(shape)
+        ]
+        found.append((messages, names))
+    return found
 
 
 class Formats:
@@ -244,18 +250,20 @@ class Formats:
             }
             for m, role in enumerate(shape)
         ]
-        probe, probe_names = _probe(shape)
+        probes = _probes(shape)
+        chats = [[{"role": m.role, "content": m.content()} for m in probe] for probe, _ in probes]
         try:
-            out, probed = apply_template(
-                self.profile, chat, [{"role": m.role, "content": m.content()} for m in probe]
-            )
+            out, *probed = apply_template(self.profile, chat, *chats)
         except TemplateError:
             fmt = None
         else:
-            fmt = _parse(out, len(shape), len(probe_names))
+            fmt = _parse(out, len(shape), len(probes[0][1]))
         if fmt is not None and (
             _fill(self.profile, fmt, messages, names, turns) != found
-            or _fill(self.profile, fmt, probe, probe_names, list(range(len(probe)))).text != probed
+            or any(
+                _fill(self.profile, fmt, probe, probe_names, list(range(len(probe)))).text != text
+                for (probe, probe_names), text in zip(probes, probed, strict=True)
+            )
         ):
             fmt = None
         if len(self.shapes) >= _MAX_SHAPES:
