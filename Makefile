@@ -52,7 +52,8 @@ bench: $(VENV)/.installed
 	$(BIN)/python benchmarks/run.py
 	$(BIN)/python benchmarks/export_gguf.py
 	$(BIN)/python benchmarks/export_merge.py
-	# the server against the llama.cpp backend, on the demo's GGUF (made first where missing)
+	# the server against the llama.cpp backend: a 1.1B random Llama (q4_k_m, built once into
+	# benchmarks/.data) and the demo's GGUF (made first where missing); ~3 minutes (+2 the first time)
 	test -f $(DEMO)/twin.yaml || $(MAKE) demo
 	$(BIN)/python benchmarks/serve.py -w $(DEMO)
 	$(BIN)/python benchmarks/curate.py
