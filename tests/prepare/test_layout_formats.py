@@ -92,7 +92,7 @@ def test_fast_rendering_equals_the_reference(
     fast = load_tokenizer(family)
     # Twice: the first pass learns each shape's format, the second fills it.
     got = [rows(fast, batch, n) for n in (4096, 4096, 40)], prompts(fast, batch)
-    assert any(f is not None for f in inspect_template(fast).formats.values())  # the fast path ran
+    assert any(f is not None for f in inspect_template(fast).formats["shapes"].values())  # the fast path ran
     with monkeypatch.context() as m:
         reference_paths(m)
         want = (
@@ -126,9 +126,34 @@ def test_a_template_that_changes_texts_or_names_is_never_filled(
     tokenizer = load_tokenizer("chatml")
     tokenizer.chat_template = template
     got = rows(tokenizer, batch, 4096)
-    assert list(inspect_template(tokenizer).formats.values()) == [None]
+    assert list(inspect_template(tokenizer).formats["shapes"].values()) == [None]
     with monkeypatch.context() as m:
         reference_paths(m)
         reference = load_tokenizer("chatml")
         reference.chat_template = template
         assert got == rows(reference, batch, 4096)
+
+
+def test_a_template_that_treats_a_repeated_name_apart_keeps_one_shape_per_name_pattern(
+    load_tokenizer: Callable[[str], Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # One header for consecutive messages of the same person: which names repeat changes the text.
+    template = (
+        "{% for m in messages %}{% if loop.first or m['role'] != messages[loop.index0 - 1]['role'] %}"
+        "<|im_start|>{{ m['role'] }}\n{% endif %}{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    )
+
+    def chat(sid: str, *speakers: str) -> Sample:
+        turns = tuple(Turn(who, f"text {k}", k > 0) for k, who in enumerate(speakers))
+        return Sample(sid, "discord:c", "discord", "chat", turns)
+
+    batch = [chat("s1", "Ann", "Bob", "Cy"), chat("s2", "Ann", "Ann", "Bob"), chat("s3", "Ann", "Bob", "Bob")]
+    tokenizer = load_tokenizer("chatml")
+    tokenizer.chat_template = template
+    got = rows(tokenizer, batch + batch, 4096)
+    assert inspect_template(tokenizer).formats["names alike"] is False
+    with monkeypatch.context() as m:
+        reference_paths(m)
+        reference = load_tokenizer("chatml")
+        reference.chat_template = template
+        assert got == rows(reference, batch + batch, 4096)

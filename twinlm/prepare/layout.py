@@ -32,7 +32,7 @@ _NAME0 = 0xF0000  # Supplementary Private Use Area-A: one placeholder per distin
 _PLACEHOLDERS = re.compile("[\U000f0000-\U000ffffd\U00100000-\U0010fffd]")
 _PAD = " \u3000\t"  # whitespace around a content placeholder: kept or trimmed by the template
 _LITERAL_ROLES = frozenset({"system", "user", "assistant"})  # roles templates test for: kept as they are
-_MAX_SHAPES = 4096  # formats kept per template (a group chat's shapes are many): the oldest go first
+_MAX_SHAPES = 8192  # formats kept per template (a group chat's shapes are many): the oldest go first
 _UNSEEN: Any = object()
 
 
@@ -147,20 +147,33 @@ def _fill(
             pos += len(names[index])
             continue
         m = messages[index]
-        content = m.content()
+        parts = m.parts
+        if len(parts) == 1 and not m.lead:  # most messages: one turn, no system prompt folded in
+            p = parts[0]
+            content = p.prefix + p.text if p.prefix else p.text
+            if not (left or right):  # copied whole: no trimming to account for
+                out.append(content)
+                a = pos + len(p.prefix)
+                spans.append((a, a + len(p.text)))
+                trained.append(p.trained)
+                before += 1
+                pos += len(content)
+                continue
+        else:
+            content = m.content()
         cut = len(content) - len(content.lstrip()) if left else 0
         end = len(content.rstrip()) if right else len(content)
         out.append(content[cut:end])
-        if m.lead and m.parts and before:
+        if m.lead and parts and before:
             lead, lead_part = m.lead, before
         a = len(m.lead)
-        for p in m.parts:
+        for p in parts:
             a += len(p.prefix)
             b = a + len(p.text)
             spans.append((pos + max(a, cut) - cut, pos + min(b, end) - cut))
             trained.append(p.trained)
             a = b + 1  # the newline between merged turns
-        before += len(m.parts)
+        before += len(parts)
         pos += end - cut
     out.append(fmt.pieces[-1])
     text = "".join(out)
@@ -214,26 +227,84 @@ def _probes(shape: tuple[str | int, ...]) -> list[tuple[list[Message], list[str]
     return found
 
 
+# Chats where some people speak twice or more, to see whether a template treats a repeated name apart.
+_NAME_PATTERNS: tuple[tuple[str | int, ...], ...] = (
+    (0, 1, 0, 0, 2, 1),
+    ("system", 0, 0, 1, 0),
+    ("system", 0, 1, 2, 2),
+    (0, 0),
+)
+_ALIKE_NAMES = ("Ann Lee", "bo", "Cy D")
+
+
 class Formats:
     """Layouts of chats through per-shape formats (see the module doc), kept on the template's profile."""
 
     def __init__(self, profile: TemplateProfile) -> None:
         self.profile = profile
-        self.shapes: dict[tuple[str | int, ...], _Format | None] = profile.formats
+        self.state = profile.formats  # {"shapes": {shape: format or None}, "names": whether names matter}
+        self.shapes: dict[tuple[str | int, ...], _Format | None] = self.state.setdefault("shapes", {})
 
     def layout(self, messages: list[Message], turns: list[int], sample_id: str) -> Layout:
-        names: dict[str, int] = {}
-        shape = tuple(
-            m.role if m.role in _LITERAL_ROLES else names.setdefault(m.role, len(names)) for m in messages
-        )
+        names = [m.role for m in messages if m.role not in _LITERAL_ROLES]
+        if names and self._names_alike():
+            # A name slot per named message: chats whose people speak in another order share the shape.
+            count = iter(range(len(names)))
+            shape = tuple(m.role if m.role in _LITERAL_ROLES else next(count) for m in messages)
+        else:
+            index: dict[str, int] = {}
+            shape = tuple(
+                m.role if m.role in _LITERAL_ROLES else index.setdefault(m.role, len(index)) for m in messages
+            )
+            names = list(index)
         fmt = self.shapes.get(shape, _UNSEEN)
         if fmt is _UNSEEN:
             found = locate(self.profile, messages, turns, sample_id)  # raises as the template does
-            self._learn(shape, messages, list(names), turns, found)
+            self._learn(shape, messages, names, turns, found)
             return found
         if fmt is None:
             return locate(self.profile, messages, turns, sample_id)
-        return _fill(self.profile, fmt, messages, list(names), turns)
+        return _fill(self.profile, fmt, messages, names, turns)
+
+    def _names_alike(self) -> bool:
+        """Whether the template renders a named message the same whoever else shares its name: a format
+        learnt with a name per message, filled with repeated names, gives the template's own text."""
+        alike = self.state.get("names alike")
+        if alike is None:
+            alike = all(self._alike(pattern) for pattern in _NAME_PATTERNS)
+            self.state["names alike"] = alike
+        return bool(alike)
+
+    def _alike(self, pattern: tuple[str | int, ...]) -> bool:
+        slots = [r for r in pattern if isinstance(r, int)]
+        distinct: list[str | int] = []
+        k = 0
+        for r in pattern:
+            distinct.append(r if isinstance(r, str) else k)
+            k += not isinstance(r, str)
+        names = [_ALIKE_NAMES[r] for r in slots]
+        messages = [
+            Message(r if isinstance(r, str) else _ALIKE_NAMES[r], [Part("", f"text {m}", False, "")])
+            for m, r in enumerate(pattern)
+        ]
+        chat = [
+            {
+                "role": r if isinstance(r, str) else chr(_NAME0 + r),
+                "content": _PAD + chr(SENTINEL0 + m) + _PAD,
+            }
+            for m, r in enumerate(distinct)
+        ]
+        try:
+            out, real = apply_template(
+                self.profile, chat, [{"role": m.role, "content": m.content()} for m in messages]
+            )
+        except TemplateError:
+            return False
+        fmt = _parse(out, len(distinct), len(names))
+        return (
+            fmt is not None
+            and _fill(self.profile, fmt, messages, names, list(range(len(messages)))).text == real
+        )
 
     def _learn(
         self,

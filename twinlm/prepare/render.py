@@ -52,6 +52,7 @@ from bisect import bisect_left, bisect_right
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, replace
+from functools import lru_cache
 from typing import Any
 
 import numpy as np
@@ -131,15 +132,19 @@ class Row:
 # --- messages -----------------------------------------------------------------------------------
 
 
-def _neutralize(text: str, control: re.Pattern[str] | None) -> tuple[str, int]:
-    """Special-token strings typed in a message become plain text; stray sentinels are dropped."""
+def _neutralize(text: str, control: re.Pattern[str] | None, starts: str = "") -> tuple[str, int]:
+    """Special-token strings typed in a message become plain text; stray sentinels are dropped.
+
+    `starts`: the control strings' first characters, where the caller knows them: a text with none
+    of them needs no search for the strings themselves (nearly every text)."""
     if SENTINELS.search(text):
         text = SENTINELS.sub("", text)
-    if control is None:
+    if control is None or (starts and not any(c in text for c in starts)):
         return text, 0
     return control.subn(lambda m: m.group(0)[0] + WORD_JOINER + m.group(0)[1:], text)
 
 
+@lru_cache(maxsize=1 << 14)  # names repeat in every sample of a chat
 def _clean_name(
     name: str, control: re.Pattern[str] | None, reserved: frozenset[str] = _RESERVED_ROLES
 ) -> str:
@@ -161,6 +166,7 @@ def _build(
     control: re.Pattern[str] | None = None,
     counts: Counter[str] | None = None,
     separator: str = FOLD_SEPARATOR,
+    starts: str = "",
 ) -> tuple[list[Message], list[int]]:
     """The messages, and for each part (in order) the index of its turn in the sample."""
     counts = counts if counts is not None else Counter()
@@ -181,7 +187,7 @@ def _build(
         as_roles and len({_clean_name(t.speaker, control, reserved) for t in sample.turns} - {assistant}) > 1
     )
     for index, turn in enumerate(sample.turns):
-        text, n = _neutralize(turn.text, control)
+        text, n = _neutralize(turn.text, control, starts)
         if not text.strip():
             counts["empty turns skipped"] += 1
             continue
@@ -209,11 +215,16 @@ def _build(
             last.parts.append(Part(prefix, text, trained, speaker))
         else:
             messages.append(Message(role, [Part(f"{speaker}: " if named else "", text, trained, speaker)]))
-    system_text, n = _neutralize(sample.system or "", control)
+    system_text, n = _neutralize(sample.system or "", control, starts)
     if system_text.strip() and messages:  # a system prompt alone is no chat
         _add(counts, "special-token text made plain", n)
-        roles = [m.role for m in messages]
-        target = system_target(roles, [any(p.trained for p in m.parts) for m in messages], system_at)
+        target = (
+            None
+            if system_at == "message"  # the common case, without the lists system_target reads
+            else system_target(
+                [m.role for m in messages], [any(p.trained for p in m.parts) for m in messages], system_at
+            )
+        )
         if target is None:
             messages.insert(0, Message("system", [], lead=system_text))
         else:
@@ -378,6 +389,7 @@ class _Renderer:
             p.control,
             self.counts if count else None,
             p.system_separator,
+            p.control_starts,
         )
         return self.formats.layout(messages, turns, sample.id) if messages else Layout("", [], [], [])
 

@@ -62,6 +62,7 @@ class TemplateProfile:
     control: re.Pattern[str] | None  # their strings, made plain text inside messages
     system_at: SystemAt = "message"  # where a system prompt goes (see the module doc)
     system_separator: str = FOLD_SEPARATOR  # between a folded system prompt and the user's text
+    control_starts: str = ""  # the first characters of the control tokens' strings (a quick test)
     # The template's output per chat shape, found as chats are rendered (twinlm.prepare.layout.Formats).
     formats: dict[Any, Any] = field(default_factory=dict, compare=False, repr=False)
 
@@ -114,6 +115,7 @@ def _probe(tokenizer: Any) -> TemplateProfile:
         adds_bos,
         special_ids,
         re.compile("|".join(map(re.escape, sorted(control, key=len, reverse=True)))) if control else None,
+        control_starts="".join(sorted({c[0] for c in control})),
     )
     if not template:
         if tokenizer.eos_token is None:
