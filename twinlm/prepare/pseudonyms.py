@@ -65,7 +65,7 @@ class Pseudonyms:
         )
 
     def __call__(self, text: str, counts: Counter[str]) -> str:
-        if self._pattern is None:
+        if self._pattern is None or self._pattern.search(text) is None:  # most texts name nobody
             return text
 
         def replace(m: re.Match[str]) -> str:

@@ -353,6 +353,23 @@ def _card_details(text: str, counts: Counter[str]) -> str:
 
 # ------------------------------------------------------------------------------- driver
 
+# What `_once` needs to change a text at all: a digit (IP, IBAN, card, address, phone), "@" (e-mail,
+# URL credentials), "=" (URL parameters, keyword values), a run of 16 characters without a space
+# (tokens, keyword values: `_LONG_RUN`), a private key, or a password hint with the ":" or "=" its
+# pattern needs. Most messages have none and skip every rule (issue 18). `_CANDIDATE` finds the first
+# three in one pass, a space-separated run at a time: it skips (possessively, never backtracking) the
+# runs shorter than 16 without a digit, "@" or "=", and matches at the first other one.
+_CANDIDATE = re.compile(r"\s*+(?:[^\s0-9@=]{1,15}+\s++)*+(?:\S{16}|[^\s0-9@=]*+[0-9@=])")
+
+
+def _may_change(text: str) -> bool:
+    """False when `_once(text, ...)` returns `text` whatever the kinds and region."""
+    return (
+        _CANDIDATE.match(text) is not None
+        or "-----BEGIN" in text
+        or (":" in text and _PASSWORD_HINTS.search(text.lower()) is not None)
+    )
+
 
 def _once(text: str, kinds: list[str], counts: Counter[str], region: str | None) -> str:
     if "secret" in kinds:
@@ -406,11 +423,12 @@ class Redactor:
         """
         if not self.config.enabled or not text:
             return text
-        for _ in range(4):
-            redacted = _once(text, self.kinds, counts, self.region)
-            if redacted == text:
-                break
-            text = redacted
+        if _may_change(text):
+            for _ in range(4):
+                redacted = _once(text, self.kinds, counts, self.region)
+                if redacted == text:
+                    break
+                text = redacted
         if self.pseudonyms is not None:
             text = self.pseudonyms(text, counts)
         return text

@@ -8,9 +8,11 @@ name), so every later step sees one name per person.
 from __future__ import annotations
 
 import itertools
+import operator
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import orjson
 
@@ -18,9 +20,11 @@ from twinlm.corpus.db import Corpus
 from twinlm.identities import Resolver
 
 
-@dataclass(frozen=True, slots=True)
-class Line:
-    """One message as the build sees it: who (resolved), what (the user's edit if any), when, what kind."""
+class Line(NamedTuple):
+    """One message as the build sees it: who (resolved), what (the user's edit if any), when, what kind.
+
+    A named tuple, not a frozen dataclass: one is made per message, and a frozen dataclass's __init__
+    (an object.__setattr__ per field) cost several times a tuple's (issue 18)."""
 
     speaker: str  # a person's canonical name; ME for the user
     author_name: str  # as the export showed it
@@ -44,12 +48,17 @@ class Chat:
     lines: tuple[Line, ...] | Iterable[Line]
 
 
+# Only the message's own columns per row: the conversation's (title, participants...) are read once per
+# conversation (_CONVERSATION), not carried through the sort and made into Python objects per message.
 _QUERY = """
-SELECT c.id, c.source, c.native_id, c.kind, c.title, c.platform_detail, c.participants, c.system_prompt,
-       m.author_id, m.author_name, coalesce(m.user_text, m.text), m.kind, m.role, m.ts
+SELECT m.conversation, m.author_id, m.author_name, coalesce(m.user_text, m.text), m.kind, m.role, m.ts
 FROM messages AS m JOIN conversations AS c ON c.id = m.conversation
 WHERE NOT c.excluded AND NOT m.excluded AND m.superseded_by_import IS NULL {where}
 ORDER BY c.source, c.native_id, m.id
+"""
+_CONVERSATION = """
+SELECT source, native_id, kind, title, platform_detail, participants, system_prompt
+FROM conversations WHERE id = ?
 """
 
 # Conversations whose rows (in id order) are not in time order: a message older than one before it.
@@ -78,6 +87,9 @@ def _in_time_order(lines: list[Line]) -> list[Line]:
     """`lines` (in row order: the order each export's parser gave them, exports in ingest order) sorted
     by time. Equal times keep the row order, and a line without a time (a ChatGPT node without
     `create_time`) stays right after the line before it instead of moving to the end."""
+    times = [line.timestamp_ms for line in lines]
+    if None not in times and all(map(operator.le, times, itertools.islice(times, 1, None))):
+        return lines  # the usual case: one export, already in time order (checked in C)
     keys: list[float] = []
     last = float("-inf")
     ordered = True
@@ -134,23 +146,17 @@ def _chats(
     rows = corpus.db.execute(_QUERY.format(where=where), params)
     # One speaker per account (source, author id), whatever name each message shows: `resolve` sees
     # the account's first message, so give it one that knows every name (Identities.speaker).
-    names: dict[tuple[str, str], str] = {}
+    names: dict[str, dict[str, str]] = {}  # source -> author id -> speaker
     unordered: set[int] | None = None  # read once, at the first conversation long enough to stream
 
-    def line(row: tuple) -> Line:
-        author_id, author_name, text, mkind, role, ts = row[8:]
-        key = (row[1], author_id)
-        speaker = names.get(key)
-        if speaker is None:
-            speaker = names[key] = resolve(row[1], author_id, author_name) or author_name
-        return Line(speaker, author_name, text, mkind, role, ts)
-
-    for conversation, group in itertools.groupby(rows, key=lambda row: row[0]):
-        chat_rows = iter(group)
-        first = next(chat_rows)
-        _, source, native_id, kind, title, detail, participants, system_prompt = first[:8]
-        rest = map(line, chat_rows)
-        lines: tuple[Line, ...] | Iterable[Line] = [line(first), *itertools.islice(rest, stream_over)]
+    for conversation, group in itertools.groupby(rows, key=operator.itemgetter(0)):
+        source, native_id, kind, title, detail, participants, system_prompt = corpus.db.execute(
+            _CONVERSATION, (conversation,)
+        ).fetchone()
+        rest = _lines(group, source, names.setdefault(source, {}), resolve)
+        lines: tuple[Line, ...] | Iterable[Line] = list(
+            rest if stream_over is None else itertools.islice(rest, stream_over + 1)
+        )
         if stream_over is not None and len(lines) > stream_over:
             if unordered is None:
                 unordered = {row[0] for row in corpus.db.execute(_UNORDERED)}
@@ -167,3 +173,13 @@ def _chats(
             system_prompt=system_prompt,
             lines=lines,
         )
+
+
+def _lines(rows: Iterable[tuple], source: str, names: dict[str, str], resolve: Resolver) -> Iterator[Line]:
+    """The conversation's rows as Lines (one a message: kept to a tuple and a dict lookup)."""
+    new = tuple.__new__
+    for _, author_id, author_name, text, kind, role, ts in rows:
+        speaker = names.get(author_id)
+        if speaker is None:
+            speaker = names[author_id] = resolve(source, author_id, author_name) or author_name
+        yield new(Line, (speaker, author_name, text, kind, role, ts))

@@ -11,6 +11,8 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from twinlm.prepare.sample import IGNORE_INDEX, Sample
 
 DOCUMENTS = "(documents)"  # the speaker of a document chunk: trained whole, nobody's turns
@@ -90,7 +92,12 @@ def warnings(
     return found
 
 
-def _runs(labels: Sequence[int]) -> list[int]:
+def _runs(labels: Sequence[int] | np.ndarray) -> list[int]:
+    """The lengths of the runs of trained labels, in order."""
+    if isinstance(labels, np.ndarray):  # in numpy: a Python loop over its items makes a scalar each
+        trained = np.concatenate(([False], labels != IGNORE_INDEX, [False]))
+        edges = np.flatnonzero(trained[1:] != trained[:-1])  # starts and ends, alternating
+        return (edges[1::2] - edges[::2]).tolist()
     runs: list[int] = []
     inside = False
     for label in labels:

@@ -1,0 +1,135 @@
+"""The fast paths of the cleaning and redaction rules (issue 18) give what the plain rules give.
+
+Each shortcut is compared with the rule it skips, written here as it was before: a text's words with
+one regex, the duplicate key with split() and join(), redaction's "nothing to find" check against
+running every rule, the farewell prefilter against a bounded memory, trained-label runs in numpy.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from collections import Counter
+
+import numpy as np
+import pytest
+
+from twinlm.prepare import clean
+from twinlm.prepare.clean import CleanConfig, Msg, clean_session, is_conversation_ender, words
+from twinlm.prepare.redact import KINDS, _may_change, _once
+from twinlm.prepare.sample import IGNORE_INDEX
+from twinlm.prepare.whose import _runs
+
+_WORD = re.compile(r"[^\W_]+")
+_APOSTROPHES = str.maketrans("", "", "'’‘`´ʼ")
+
+# Every kind of whitespace, apostrophes (U+02BC is also a letter), casefold() expanders ("ß", "ŉ",
+# "ﬁ", "İ"), digits that are not ASCII, combining and invisible characters, emoji, "_".
+TRICKY = [
+    *(chr(c) for c in range(0x110000) if chr(c).isspace()),
+    *"aAß_'’‘`´ʼ-.,!?😂1٣²½ǅŉﬁİ\u0345\u0301\u200d\u00ad",
+]
+
+
+def _plain_words(text: str) -> list[str]:
+    return _WORD.findall(text.casefold().translate(_APOSTROPHES))
+
+
+def _samples(seed: int, n: int) -> list[str]:
+    rng = random.Random(seed)
+    return ["".join(rng.choice(TRICKY) for _ in range(rng.randint(0, 10))) for _ in range(n)]
+
+
+@pytest.mark.parametrize(
+    "text", ["ŉ", "can ŉ go", "Hello World", "dont", "don't", "hi  there", "a\u00a0b", "x_y", "١٢٣ go", "²"]
+)
+def test_words_are_the_regex_words(text: str) -> None:
+    assert words(text) == _plain_words(text)
+
+
+def test_words_are_the_regex_words_on_generated_text() -> None:
+    for text in _samples(1, 20_000):
+        assert words(text) == _plain_words(text), repr(text)
+
+
+def test_duplicate_key_is_the_split_and_joined_casefold() -> None:
+    texts = [
+        "Same  text",
+        " lead",
+        "trail ",
+        "tab\there",
+        "nbsp\u00a0x",
+        "line\u2028sep",
+        "ok",
+        "",
+        *_samples(2, 20_000),
+    ]
+    for text in texts:
+        assert clean._duplicate_key(text) == " ".join(text.casefold().split()), repr(text)
+
+
+def test_duplicates_with_other_whitespace_are_still_found() -> None:
+    session = [Msg("a", "Hello\u00a0there", "text", 1), Msg("a", "hello there", "text", 2)]
+    counts: Counter[str] = Counter()
+    assert clean._without_duplicates(session, 20, counts) == session[:1]
+    assert counts["message dropped: duplicate"] == 1
+
+
+def test_clean_session_keeps_the_message_objects() -> None:
+    """The curation view finds survivors by identity: the rules must not copy messages."""
+    session = [Msg("a", f"message number {i} about climbing", "text", i) for i in range(6)]
+    kept = clean_session(session, CleanConfig(), Counter())
+    assert kept is not None and all(any(k is m for m in session) for k in kept)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "call me at 5",
+        "mail sam@example.com",
+        "x=1",
+        "a" * 16,
+        "key abcdefghijklmnop here",
+        "password: hunter22",
+        "PW: hunter22",
+        "-----BEGIN RSA PRIVATE KEY----- abc",
+    ],
+)
+def test_texts_with_a_candidate_go_through_the_rules(text: str) -> None:
+    assert _may_change(text)
+
+
+def test_a_text_said_to_hold_nothing_is_left_as_it_is_by_every_rule() -> None:
+    rng = random.Random(3)
+    pieces = [*TRICKY, "password", "PW", "mdp", "contraseña", "mot de passe", "://", "sk-", "token", ":", "ſ"]
+    skipped = 0
+    for _ in range(20_000):
+        text = "".join(rng.choice(pieces) for _ in range(rng.randint(0, 14)))
+        if not _may_change(text):
+            skipped += 1
+            counts: Counter[str] = Counter()
+            for region in (None, "US", "DE"):
+                assert _once(text, list(KINDS), counts, region) == text, repr(text)
+            assert not counts
+    assert skipped > 1000  # the shortcut is taken
+
+
+def test_farewells_are_found_whatever_the_prefilter_remembered(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(clean, "_SEEN_WORDS_MAX", 4)  # the word memory is cleared again and again
+    config = CleanConfig(conversation_enders_extra=["see you at the crag"])
+    texts = ["ok gtg", "byeee all", "lunch at the crag", "good night guys", "i have to go to the dentist"]
+    texts += [f"word{i} filler text" for i in range(20)] + ["see you at the crag!", "ok gtg"]
+    expected = [True, True, False, True, False, *[False] * 20, True, True]
+    assert [is_conversation_ender(t, config) for t in texts] == expected
+
+
+X = IGNORE_INDEX  # not trained
+
+
+@pytest.mark.parametrize(
+    ("labels", "runs"),
+    [([], []), ([X, X, X], []), ([5, 6], [2]), ([X, 5, 6, X, 7, X, X, 8, 9, 10], [2, 1, 3]), ([4, X], [1])],
+)
+def test_trained_runs_are_the_same_from_a_list_or_an_array(labels: list[int], runs: list[int]) -> None:
+    assert _runs(labels) == runs
+    assert _runs(np.array(labels, dtype=np.int32)) == runs
