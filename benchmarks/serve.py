@@ -40,7 +40,10 @@ tokens/s with 8 clients at least that of one.
     python benchmarks/serve.py --workers 1          # one server setting only
     python benchmarks/serve.py --record             # append the tables to benchmarks/RESULTS.md
 
-Never record figures taken while anything else runs on the machine.
+Never record figures taken while anything else runs on the machine: llama.cpp evaluates a prompt on
+all cores, its threads meeting at a barrier after each step, so a core taken by other work stretches a
+30-token evaluation from milliseconds to hundreds (seen on a shared 2-core machine: the tiny model's
+first token 0.4 s instead of ~1 ms), and the 1.1B model's TTFT by seconds.
 """
 
 from __future__ import annotations
@@ -72,10 +75,11 @@ DATA = HERE / ".data"
 ME, FRIEND = "Alex Rivera", "Sam"
 # Request k opens with its own letter: as with a new message in a chat, the model has the prompt up to
 # there in its cache (system prompt, speaker) and evaluates the rest (~30 tokens) before its first token.
-# Each letter is its own token and every prompt is as long as the others, so whatever request came
-# before, the cache is laid out alike and a request gets the same reply (llama.cpp's sums run over its
-# cache cells in their order: another layout can change the last bits, and a random model's choice).
-LETTERS = "ABCDEFGHIJ"
+# Each letter is its own token and every prompt is as long as the others, so whatever other request came
+# before, a request gets the same reply. Never the same request twice in a row on one model: llama.cpp
+# would then evaluate only its last token, whose logits differ in the last bits from a batch's, enough
+# to change a random model's choice.
+LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXY"
 WARM_UP = -1
 
 
@@ -328,6 +332,7 @@ def bench_model(
     rows: list[str] = []
     notes: list[str] = []
     texts: dict[int, set[str]] = {}
+    reference: list[Reply] = []
     try:
         for workers in args.workers:
             process, url = start_server(workspace, source, workers)
@@ -344,16 +349,18 @@ def bench_model(
                         theirs.append(direct.reply(args.max_tokens, k))
                         ours.append(served_reply(client, url, model, sampling, args.max_tokens, k))
                 print(f"{label}: --workers {workers}: {args.clients} clients", file=sys.stderr, flush=True)
-                # The clients' requests are those of the runs above (their replies are known).
-                ks = [
-                    [(c + args.clients * i) % args.runs for i in range(args.per_client)]
-                    for c in range(args.clients)
-                ]
+                # Requests of their own (not those above), whose direct replies are taken once, untimed.
+                n, each = args.clients, args.per_client
+                ks = [[args.runs + c + n * i for i in range(each)] for c in range(n)]
                 many, wall = concurrent(url, model, sampling, args.max_tokens, ks)
+                if not reference:
+                    reference = [
+                        direct.reply(args.max_tokens, k) for k in range(args.runs, args.runs + n * each)
+                    ]
             finally:
                 stop_server(process)
             direct_replies += theirs
-            for r in theirs + ours + many:  # by the request's messages
+            for r in theirs + ours + many + reference:  # by the request's messages
                 texts.setdefault(r.k % len(LETTERS), set()).add(r.text)
             one_rate, direct_rate = rate(ours), rate(theirs)
             aggregate = sum(r.tokens for r in many) / wall
