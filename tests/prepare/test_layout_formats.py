@@ -14,6 +14,7 @@ import pytest
 from twinlm.prepare import layout, render
 from twinlm.prepare.render import Rendered, inspect_template, render_many, render_prompt
 from twinlm.prepare.sample import Sample, Turn
+from twinlm.prepare.tokens import Tokens
 
 from tiny_tokenizers import FAMILIES
 
@@ -76,7 +77,7 @@ def reference_paths(monkeypatch: pytest.MonkeyPatch) -> None:
         out = []
         for t in fast_encode(self, layouts):
             if t.encoding is not None:
-                t = render._Tokens(t.ids, offsets=[(0, 0)] * t.shift + list(t.encoding.offsets))
+                t = Tokens(t.ids, offsets=[(0, 0)] * t.shift + list(t.encoding.offsets))
             out.append(t)
         return out
 

@@ -48,7 +48,6 @@ system prompt get an invisible WORD JOINER (U+2060) after their first character.
 from __future__ import annotations
 
 import re
-from bisect import bisect_left, bisect_right
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, replace
@@ -71,6 +70,7 @@ from twinlm.prepare.template import (
     detect_style,
     inspect_template,
 )
+from twinlm.prepare.tokens import Tokens
 
 __all__ = [
     "FIXED_DATE",
@@ -251,73 +251,6 @@ def to_messages(
 # --- tokens, labels and windows -----------------------------------------------------------------
 
 
-class _Tokens:
-    """A chat's token ids and where each token lies in its text.
-
-    Asked per position: a fast tokenizer's Encoding answers `char_to_token` / `token_to_chars` for the
-    few positions labels need, instead of every token's offsets as Python tuples (issue 18: building
-    those was a fifth of rendering). An answer is used only where its neighbours confirm it (offsets
-    are in order there); anywhere else, and for slow tokenizers, the offsets are bisected as before.
-    """
-
-    __slots__ = ("_ends", "_starts", "encoding", "ids", "shift")
-
-    def __init__(
-        self,
-        ids: list[int],
-        encoding: Any = None,
-        offsets: list[tuple[int, int]] | None = None,
-        shift: int = 0,
-    ) -> None:
-        self.ids = ids
-        self.encoding = encoding  # None: `offsets` given
-        self.shift = shift  # 1 where BOS was put in front (offsets (0, 0))
-        self._starts: list[int] | None = None
-        self._ends: list[int] | None = None
-        if offsets is not None:
-            self._set(offsets)
-
-    def _set(self, offsets: list[tuple[int, int]]) -> None:
-        self._starts, self._ends = [a for a, _ in offsets], [b for _, b in offsets]
-
-    def _bisectable(self) -> tuple[list[int], list[int]]:
-        if self._starts is None or self._ends is None:
-            self._set([(0, 0)] * self.shift + list(self.encoding.offsets))
-        assert self._starts is not None and self._ends is not None
-        return self._starts, self._ends
-
-    def chars(self, k: int) -> tuple[int, int]:
-        if self._starts is not None and self._ends is not None:
-            return self._starts[k], self._ends[k]
-        if k < self.shift:
-            return 0, 0
-        found = self.encoding.token_to_chars(k - self.shift)
-        return (0, 0) if found is None else found
-
-    def ending_after(self, a: int) -> int:
-        """The first token that ends after character `a` (bisect_right over the ends)."""
-        if self._starts is None:
-            c = self.encoding.char_to_token(a)
-            if c is not None:
-                c += self.shift
-                if c == 0 or self.chars(c - 1)[1] <= a:
-                    return c
-        return bisect_right(self._bisectable()[1], a)
-
-    def starting_from(self, b: int) -> int:
-        """The first token that starts at or after character `b` (bisect_left over the starts)."""
-        if self._starts is None:
-            c = self.encoding.char_to_token(b)
-            if c is not None:
-                c += self.shift
-                start = self.chars(c)[0]
-                if start == b and (c == 0 or self.chars(c - 1)[0] < b):
-                    return c
-                if start < b and (c + 1 == len(self.ids) or self.chars(c + 1)[0] >= b):
-                    return c + 1
-        return bisect_left(self._bisectable()[0], b)
-
-
 @dataclass(slots=True)
 class _Piece:
     """One row before it becomes lists (Rendered) or arrays (Row): ids and the labelled ranges."""
@@ -393,13 +326,13 @@ class _Renderer:
         )
         return self.formats.layout(messages, turns, sample.id) if messages else Layout("", [], [], [])
 
-    def encode(self, layouts: list[Layout]) -> list[_Tokens]:
+    def encode(self, layouts: list[Layout]) -> list[Tokens]:
         texts = [layout.text for layout in layouts]
         backend = getattr(self.tokenizer, "backend_tokenizer", None)
         bos = self.tokenizer.bos_token_id
         if backend is not None:  # the fast tokenizer's batch call, without the wrapper's conversions
             return [
-                _Tokens([bos, *e.ids], e, shift=1) if layout.add_bos else _Tokens(e.ids, e)
+                Tokens([bos, *e.ids], e, shift=1) if layout.add_bos else Tokens(e.ids, e)
                 for layout, e in zip(
                     layouts, backend.encode_batch(texts, add_special_tokens=False), strict=True
                 )
@@ -409,10 +342,10 @@ class _Renderer:
         for layout, ids, offsets in zip(layouts, enc["input_ids"], enc["offset_mapping"], strict=True):
             if layout.add_bos:
                 ids, offsets = [bos, *ids], [(0, 0), *offsets]
-            out.append(_Tokens(list(ids), offsets=list(offsets)))
+            out.append(Tokens(list(ids), offsets=list(offsets)))
         return out
 
-    def first_token(self, tokens: _Tokens, text: str, a: int) -> int:
+    def first_token(self, tokens: Tokens, text: str, a: int) -> int:
         """The first token of the text starting at character `a`.
 
         The first token ending after `a` ("▁Sure" covers the space before "Sure" too), or a
@@ -429,7 +362,7 @@ class _Renderer:
             i -= 1
         return i
 
-    def rendered(self, sample: Sample, layout: Layout, tokens: _Tokens) -> _Piece:
+    def rendered(self, sample: Sample, layout: Layout, tokens: Tokens) -> _Piece:
         ids, special, text = tokens.ids, self.profile.special_ids, layout.text
         ranges: list[tuple[int, int]] = []
         for (a, b), trained in zip(layout.spans, layout.trained, strict=True):
@@ -476,7 +409,7 @@ class _Renderer:
                 windows[sample.id] += 1
 
     def split(
-        self, sample: Sample, assistant: str | None, layout: Layout, tokens: _Tokens
+        self, sample: Sample, assistant: str | None, layout: Layout, tokens: Tokens
     ) -> Iterator[_Piece]:
         """Windows of whole turns, each with the system prompt and a context turn first.
 
