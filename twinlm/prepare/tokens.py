@@ -41,6 +41,12 @@ class Tokens:
         assert self._starts is not None and self._ends is not None
         return self._starts, self._ends
 
+    @property
+    def offsets(self) -> list[tuple[int, int]]:
+        """Every token's (start, end) in the text (twinlm.export.ollama_chat cuts the prompt text with it)."""
+        starts, ends = self._bisectable()
+        return list(zip(starts, ends, strict=True))
+
     def chars(self, k: int) -> tuple[int, int]:
         if self._starts is not None and self._ends is not None:
             return self._starts[k], self._ends[k]
