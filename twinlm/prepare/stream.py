@@ -70,10 +70,9 @@ class _Rows:
         lengths = np.fromiter((len(x) for x in self.inputs), dtype=np.int32, count=len(self.inputs))
         offsets = np.zeros(len(lengths) + 1, dtype=np.int32)
         np.cumsum(lengths, out=offsets[1:])
-        offsets = pa.array(offsets, pa.int32())
         columns = [pa.array(self.ids, pa.string())]
         for values in (self.inputs, self.labels):
-            columns.append(pa.ListArray.from_arrays(offsets, pa.array(np.concatenate(values), pa.int32())))
+            columns.append(pa.ListArray.from_arrays(_int32(offsets), _int32(np.concatenate(values))))
         self.writer.write_batch(pa.RecordBatch.from_arrays(columns, schema=ROW_SCHEMA))
         self._reset()
 
@@ -85,6 +84,11 @@ class _Rows:
     def batches(self) -> Iterator[pa.RecordBatch]:
         with pa.memory_map(str(self.path)) as source:
             yield from pa.ipc.open_stream(source)
+
+
+def _int32(values: np.ndarray) -> pa.Array:
+    """An int32 numpy array as an Arrow array, sharing its buffer (no conversion, no copy)."""
+    return pa.Array.from_buffers(pa.int32(), len(values), [None, pa.py_buffer(values)])
 
 
 @dataclass(slots=True)
