@@ -21,6 +21,7 @@ depends on what a text says (a substring test), is checked only on each shape's 
 from __future__ import annotations
 
 import re
+from contextlib import suppress
 from dataclasses import dataclass
 from typing import Any
 
@@ -338,5 +339,7 @@ class Formats:
         ):
             fmt = None
         if len(self.shapes) >= _MAX_SHAPES:
-            del self.shapes[next(iter(self.shapes))]
+            # The oldest out; another thread (serve's workers share a profile) may have taken it already.
+            with suppress(RuntimeError, StopIteration):
+                self.shapes.pop(next(iter(self.shapes)), None)
         self.shapes[shape] = fmt
