@@ -117,7 +117,7 @@ def _child_build(kind: str, workspace: Path) -> None:
     if kind == "build-tokenizer":
         _child_tokenizer(workspace)
         return
-    import transformers  # noqa: F401  (imported before timing, as in the tokenizer-only pass)
+    from transformers import AutoTokenizer  # noqa: F401  (loads torch: imported before timing, as in the tokenizer-only pass)
 
     # The full export's owner is `me`; a single chat's export does not say who exported it.
     me = ["Me Myself"] if "single" in workspace.name else []
