@@ -355,6 +355,28 @@ def test_render_prompt_drops_oldest_turns_to_fit(tok: Callable[[str], Any]) -> N
     assert full[-10:] == short[-10:]
 
 
+@pytest.mark.parametrize("family", ["mistral-v0.3", "mistral-v0.2", "gemma"])
+def test_render_prompt_keeps_the_last_user_message_when_dropping_turns_of_an_assistant_chat(
+    tok: Callable[[str], Any], family: str
+) -> None:
+    # Dropping the oldest turns one by one once left only assistant turns, which an alternating template
+    # leaves out before the first user turn: nothing was left and render_prompt raised IndexError.
+    tokenizer = tok(family)
+    said = [
+        ("user" if i % 2 == 0 else "assistant", f"message number {i} with a few words", False)
+        for i in range(6)
+    ]
+    history = replace(sample(*said, system="Sys"), kind="assistant")
+    last_user_only = replace(history, turns=history.turns[4:])
+    floor = render_prompt(last_user_only, tokenizer, "assistant")
+    for max_length in (1, 5, len(floor) - 1):
+        assert render_prompt(history, tokenizer, "assistant", max_length=max_length) == floor
+    full = render_prompt(history, tokenizer, "assistant")
+    fitted = render_prompt(history, tokenizer, "assistant", max_length=len(full) - 1)
+    assert len(floor) <= len(fitted) < len(full)
+    assert "message number 4" in tokenizer.decode(fitted)
+
+
 def test_render_prompt_with_no_history(tok: Callable[[str], Any]) -> None:
     empty = sample(system="Be Max.")
     assert tok("chatml").decode(render_prompt(empty, tok("chatml"), "Max")) == (

@@ -542,19 +542,30 @@ def render_prompt(
     """
     renderer = _Renderer(tokenizer, max_length or 0, None)
     turns = [replace(t, trained=False) for t in sample.turns]
-    if renderer.profile.style == "alternating" and not any(t.text.strip() for t in turns):
+    alternating = renderer.profile.style == "alternating"
+    role_kind = sample.kind in _ROLE_KINDS
+
+    def renderable(history: list[Turn]) -> bool:
+        """Whether an alternating template has something to render before the model's turn: a turn
+        with text and, in a role chat, one that is not the assistant's own (assistant turns before the
+        first user turn are left out)."""
+        if not alternating:
+            return True
+        if role_kind:
+            return any(t.text.strip() and t.speaker != next_speaker for t in history)
+        return any(t.text.strip() for t in history)
+
+    if alternating and not any(t.text.strip() for t in turns):
         raise TemplateError("this chat template needs at least one turn before the model speaks")
-    if (
-        renderer.profile.style == "alternating"
-        and sample.kind in _ROLE_KINDS
-        and not any(t.text.strip() and t.speaker != next_speaker for t in turns)
-    ):  # assistant turns before the first user turn are left out: nothing would be left to render
+    if not renderable(turns):
         raise TemplateError("this chat template needs a user message before the assistant answers")
     while True:
         probe = replace(sample, turns=(*turns, Turn(next_speaker, _PROBE_TEXT, True)))
         layout = renderer.layout(probe, next_speaker, count=False)
         (tokens,) = renderer.encode([layout])
         cut = renderer.first_token(tokens, layout.text, layout.spans[-1][0])
-        if max_length is None or cut <= max_length or len(turns) <= 1:
+        # Dropping stops before the history would leave the template nothing to render (the last
+        # user message is kept even when it alone is over max_length: the caller sees the length).
+        if max_length is None or cut <= max_length or len(turns) <= 1 or not renderable(turns[1:]):
             return tokens.ids[:cut]
         turns = turns[1:]
