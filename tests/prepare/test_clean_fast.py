@@ -133,3 +133,36 @@ X = IGNORE_INDEX  # not trained
 def test_trained_runs_are_the_same_from_a_list_or_an_array(labels: list[int], runs: list[int]) -> None:
     assert _runs(labels) == runs
     assert _runs(np.array(labels, dtype=np.int32)) == runs
+
+
+@pytest.mark.parametrize("mode", ["cut", "drop"])
+def test_clean_session_cuts_at_the_first_message_is_conversation_ender_names(mode: str) -> None:
+    """clean_session's farewell search (length test inline, rules looked up once) stops where a plain
+    loop over is_conversation_ender stops: farewells at and past enders_max_chars, unicode, empty text."""
+    config = CleanConfig(conversation_enders=mode, enders_max_chars=12, drop_duplicates=False)
+    texts = [
+        "",
+        "gtg",
+        "ok gtg lol",
+        "ok gtg now guys",  # a farewell over 12 characters: not one
+        "gute nacht 😴",
+        "à demain!",
+        "bye?",
+        "gtg\u3000 ",
+        "x" * 5000,
+        "I have to go",
+        "well…",
+    ]
+    rng = random.Random(18)
+    for _ in range(300):
+        picked = rng.sample(texts, rng.randint(1, 6))
+        messages = [Msg(rng.choice(["me", "Ann", "", "😀 Bo"]), t, "text", None) for t in picked]
+        at = next((i for i, m in enumerate(messages) if is_conversation_ender(m.text, config)), None)
+        counts: Counter[str] = Counter()
+        kept = clean_session(messages, config.model_copy(update={"low_quality_sessions": False}), counts)
+        if at is None:
+            assert kept == messages
+        elif mode == "drop" or at == 0:
+            assert kept is None
+        else:
+            assert kept == messages[:at]

@@ -369,15 +369,17 @@ def _cleaned(chat: Chat, settings: BuildConfig, counts: Counter[str], redactor: 
     assistant_style = chat.kind in ("assistant", "dataset")
     redact = settings.redact.enabled
     except_me = settings.redact.except_me
-    for line in chat.lines:
+    clean = settings.clean
+    new = tuple.__new__  # a Msg per message: without the named tuple's Python-level __new__ (issue 18)
+    for speaker, _, text, kind, role, timestamp_ms in chat.lines:
         # Chat rules (non-replies, enders, length caps) are for group chats; assistant answers are
         # long by nature and a short prompt like "ok" is still a prompt.
-        text = clean_message(line.text, line.kind, settings.clean, counts, assistant=assistant_style)
+        text = clean_message(text, kind, clean, counts, assistant=assistant_style)
         if text is None:
             continue
-        if redact and not (except_me and line.speaker == ME):
+        if redact and not (except_me and speaker == ME):
             text = redactor(text, counts)
-        yield Msg(line.speaker, text, line.kind, line.timestamp_ms, line.role)
+        yield new(Msg, (speaker, text, kind, timestamp_ms, role))
 
 
 def _speaker_prompts(settings: BuildConfig, style: str, started: dict[str, int | None]) -> SystemFor:

@@ -422,9 +422,11 @@ def is_conversation_ender(text: str, config: CleanConfig) -> bool:
     "ok"/"anyway" and closing ones such as "now"/"guys"/"lol": "I have to go to the dentist" and "it
     was a good night" are not farewells. A clause ending in "?" is a question, not a goodbye.
     """
-    if len(text) > config.enders_max_chars:
-        return False
-    rules = _rules(config)
+    return len(text) <= config.enders_max_chars and _is_ender(text, _rules(config))
+
+
+def _is_ender(text: str, rules: _Rules) -> bool:
+    """`is_conversation_ender` of a text within enders_max_chars, with the config's rules at hand."""
     found = _words(text)  # the clauses' words are the text's words
     if not rules.may_hold_ender(found):
         return False
@@ -466,7 +468,7 @@ def clean_session(messages: list[Msg], config: CleanConfig, counts: Counter[str]
     if config.drop_duplicates:
         kept = _without_duplicates(kept, config.duplicate_min_chars, counts)
     if config.conversation_enders != "off":
-        at = next((i for i, m in enumerate(kept) if is_conversation_ender(m.text, config)), None)
+        at = _first_ender(kept, config.enders_max_chars, rules)
         if at is not None:
             if config.conversation_enders == "drop" or at == 0:
                 counts["session dropped: conversation ender"] += 1
@@ -485,6 +487,17 @@ def clean_session(messages: list[Msg], config: CleanConfig, counts: Counter[str]
         counts["session dropped: low quality"] += 1
         return None
     return kept
+
+
+def _first_ender(messages: list[Msg], max_chars: int, rules: _Rules) -> int | None:
+    """The index of the first message that is a conversation ender (`is_conversation_ender`), else None.
+
+    A plain loop with the length test inline: it runs on every message of every session, and most are
+    decided by it or by the first check of `_is_ender` (issue 18)."""
+    for i, m in enumerate(messages):
+        if len(m.text) <= max_chars and _is_ender(m.text, rules):
+            return i
+    return None
 
 
 def _duplicate_key(text: str) -> str:
