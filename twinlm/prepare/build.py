@@ -336,13 +336,16 @@ def _samples_of(
         if not kept:
             continue
         roles = {m.author: m.role for m in kept}
-        turns = [
-            Turn(_display(speaker, me_name), text, i > 0 and persona.trains(speaker, roles[speaker]))
-            for i, (speaker, text) in enumerate(merge_turns((m.author, m.text) for m in kept))
-        ]
-        if not any(t.trained for t in turns):
+        merged = merge_turns([(m.author, m.text) for m in kept])
+        trains = [i > 0 and persona.trains(speaker, roles[speaker]) for i, (speaker, _) in enumerate(merged)]
+        # Decided before any Turn is made: about half the sessions of a chat export train nobody.
+        if not any(trains):
             counts["sessions where no target speaker talks after the first turn"] += 1
             continue
+        turns = [
+            Turn(_display(speaker, me_name), text, trained)
+            for (speaker, text), trained in zip(merged, trains, strict=True)
+        ]
         counts["turns"] += len(turns)
         counts["trained turns"] += sum(t.trained for t in turns)
         first = next((m.timestamp_ms for m in kept if m.timestamp_ms is not None), None)
