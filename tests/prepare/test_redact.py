@@ -321,3 +321,12 @@ def test_redact_never_raises_and_is_idempotent(text: str) -> None:
 )
 def test_long_hostile_inputs_finish(text: str, tail: str) -> None:
     assert redacted(text).endswith(tail)
+
+
+@pytest.mark.parametrize("n", [1, 5, 12])
+def test_a_run_of_addresses_that_hold_each_other_back_is_redacted_whole(n: int) -> None:
+    """Found by the property test above: each "Aastraat0" is freed only once its neighbour is replaced
+    (one per pass); four passes at most left the fifth in the text, and redacting again changed it."""
+    counts: Counter[str] = Counter()
+    assert redact("Aastraat0" * n, ALL, counts) == "[ADDRESS]" * n
+    assert counts["redacted address"] == n

@@ -424,7 +424,10 @@ class Redactor:
         if not self.config.enabled or not text:
             return text
         if _may_change(text):
-            for _ in range(4):
+            # Usually one pass, two where a replacement freed a neighbour; a run of n items that each
+            # hold the next back ("Aastraat0Aastraat0...") takes n. The bound only guards against a rule
+            # that would never settle: every changing pass replaces at least one character.
+            for _ in range(len(text) + 1):
                 redacted = _once(text, self.kinds, counts, self.region)
                 if redacted == text:
                     break
