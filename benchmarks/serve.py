@@ -15,7 +15,10 @@ Two models, each its own table:
   cost per token outweighs the model, so its figures show that cost, not what a user sees. Seeded
   sampling (a greedy reply of it ends after a few tokens); replies end at its end-of-turn token.
 
-Measured for each server setting (`--workers`, default 1 and 2; `twinlm serve` started as a child
+First, the backend alone with twinlm's threads (one per physical core, twinlm/serve/cpu_share.py)
+against llama-cpp-python's default (half the logical CPUs to decode), alternating, same requests.
+
+Then, for each server setting (`--workers`, default 1 and 2; `twinlm serve` started as a child
 process: uvicorn, the worker threads, SSE; one streaming httpx client per thread):
 
 - **direct** and **server, 1 client**, alternating (direct, served, direct, ...), so that whatever else
@@ -320,6 +323,40 @@ def median_ms(values: Any) -> str:
     return f"{statistics.median(values) * 1000:.1f} ms"
 
 
+def default_threads_rows(direct: Direct, args: argparse.Namespace) -> list[str]:
+    """The backend with twinlm's threads (cpu_share: every physical core) against llama-cpp-python's
+    default (half the logical CPUs to decode, all of them for prompts), alternating, same requests."""
+    from twinlm.serve.cpu_share import CoreShare
+
+    backend = direct.twin.backend
+    ours_share = backend.cores
+    logical = os.cpu_count() or 1
+    theirs_share = CoreShare(max(logical // 2, 1), logical)
+    ours: list[Reply] = []
+    theirs: list[Reply] = []
+    try:
+        for k in range(args.runs):
+            backend.cores = theirs_share
+            theirs.append(direct.reply(args.max_tokens, k))
+            backend.cores = ours_share
+            ours.append(direct.reply(args.max_tokens, k))
+    finally:
+        backend.cores = ours_share
+    base_ttft, base_rate = statistics.median(r.ttft for r in theirs), rate(theirs)
+    rows = []
+    for what, share, replies in (
+        ("llama-cpp-python's default threads", theirs_share, theirs),
+        ("twinlm's threads", ours_share, ours),
+    ):
+        ttft, speed = statistics.median(r.ttft for r in replies), rate(replies)
+        decode, prompt = share.threads()
+        rows.append(
+            f"| direct, {what} ({decode} to decode, {prompt} for prompts) | {ttft * 1000:.1f} ms | "
+            f"{ttft / base_ttft - 1:+.1%} | {speed:.1f} | {speed / base_rate - 1:+.1%} | {speed:.1f} |"
+        )
+    return rows
+
+
 def bench_model(
     label: str, workspace: Path, source: str | None, sampling: dict[str, Any], args: argparse.Namespace
 ) -> str:
@@ -331,6 +368,9 @@ def bench_model(
     direct_replies: list[Reply] = []
     rows: list[str] = []
     notes: list[str] = []
+    if direct.twin.backend.name == "llama.cpp":
+        print(f"{label}: direct, twinlm's threads / llama-cpp-python's ...", file=sys.stderr, flush=True)
+        rows += default_threads_rows(direct, args)
     texts: dict[int, set[str]] = {}
     reference: list[Reply] = []
     try:

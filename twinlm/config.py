@@ -345,6 +345,13 @@ class ChatConfig(BaseModel):
         description="Tokens of chat the model sees at once, reply included (empty: the model's own window, "
         "at most 8192 for a GGUF); older turns are dropped first, the system prompt is kept.",
     )
+    threads: int | None = Field(
+        None,
+        ge=1,
+        description="CPU threads a GGUF (llama.cpp) generates with (empty: one per physical core). "
+        "Replies generated at once (serve.workers) share them: alone a reply gets them all, two get "
+        "half each.",
+    )
 
 
 class ServeConfig(BaseModel):

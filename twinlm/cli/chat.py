@@ -109,6 +109,7 @@ def chat(
     ] = None,
 ) -> None:
     """Talk to your twin: as the AI version of you or of a friend (--as), with you as anyone (--me)."""
+    from twinlm.serve import cpu_share
     from twinlm.serve.backends import Sampling
     from twinlm.serve.chat import ChatSession
     from twinlm.serve.twin import open_twin
@@ -134,6 +135,7 @@ def chat(
     except ValidationError as e:
         first = e.errors()[0]
         raise TwinError(f"--{str(first['loc'][-1]).replace('_', '-')}: {first['msg']}") from None
+    cpu_share.configure(chat_settings.threads)
     if backend == "mistral-api":  # the hosted model takes messages: twinlm.hosted.twin adapts
         from twinlm.hosted.twin import open_hosted_twin
 

@@ -91,6 +91,7 @@ def make_bot(root: Path, source: str | None, backend: Backend, extra_channels: l
     from twinlm.corpus.db import Corpus
     from twinlm.corpus.queries import account_names, owners
     from twinlm.identities import Identities
+    from twinlm.serve import cpu_share
     from twinlm.serve.discord_bot import TwinBot
     from twinlm.serve.twin import open_twin
 
@@ -99,5 +100,6 @@ def make_bot(root: Path, source: str | None, backend: Backend, extra_channels: l
     if ws.corpus_path.is_file():
         with Corpus(ws.corpus_path) as corpus:
             identities = Identities(ws.config, owners(corpus), account_names(corpus))
+    cpu_share.configure(ws.config.chat.threads)
     twin = open_twin(ws.root, source, backend=backend, context_length=ws.config.chat.context_length)
     return TwinBot(twin, ws.config, identities=identities, extra_channels=extra_channels)

@@ -80,6 +80,7 @@ def serve_command(
     Set TWINLM_API_KEY to require that key (as a Bearer token) on the API."""
     import uvicorn
 
+    from twinlm.serve import cpu_share
     from twinlm.serve.backends import Sampling
     from twinlm.serve.serve_api import model_ids
     from twinlm.serve.server import create_app
@@ -94,6 +95,7 @@ def serve_command(
     sock = _listen(settings.host, settings.port)  # before loading: a taken port fails at once
     try:
         chat = ws.config.chat
+        cpu_share.configure(chat.threads)  # one share of the cores for every worker
         if backend == "mistral-api":  # the hosted model: its prompts are messages (twinlm.hosted.twin)
             from twinlm.hosted.twin import open_hosted_twin
 

@@ -27,6 +27,8 @@ from pathlib import Path
 from typing import Any, Literal, Protocol
 
 from twinlm.errors import TwinError
+from twinlm.serve import cpu_share
+from twinlm.serve.cpu_share import CoreShare
 from twinlm.serve.generation import FinishReason, Generation, Sampling
 
 __all__ = [
@@ -274,10 +276,19 @@ class LlamaCppBackend:
 
     name = "llama.cpp"
 
-    def __init__(self, llama: Any, tokenizer: Any, *, end_ids: frozenset[int] | None = None) -> None:
+    def __init__(
+        self,
+        llama: Any,
+        tokenizer: Any,
+        *,
+        end_ids: frozenset[int] | None = None,
+        cores: CoreShare | None = None,
+    ) -> None:
         import llama_cpp
 
         self.llama = llama
+        self.cores = cores or cpu_share.CORES  # shared with the process's other llama.cpp backends
+        self._threads = (-1, -1)  # what the context was last told
         self.tokenizer = tokenizer
         self.context_length = int(llama.n_ctx())
         ends = set(end_ids if end_ids is not None else end_of_turn_ids(tokenizer))
@@ -302,15 +313,30 @@ class LlamaCppBackend:
             repeat_penalty=sampling.repetition_penalty,
             reset=True,  # keeps the cached prefix the new prompt shares, re-evaluates the rest
         )
+        shared = self._sharing_cores(tokens)
         return Generation(
-            (int(t) for t in tokens),
-            self.tokenizer,
-            self.end_ids,
-            capped,
-            len(prompt_ids),
-            cancel,
-            close=tokens.close,
+            shared, self.tokenizer, self.end_ids, capped, len(prompt_ids), cancel, close=shared.close
         )
+
+    def _sharing_cores(self, tokens: Iterator[Any]) -> Iterator[int]:
+        """`tokens`, each made with this reply's share of the cores (taken again before every token:
+        another reply may have started or ended meanwhile). Counted as under way from its first token
+        to its last, or until it is closed."""
+        import llama_cpp
+
+        with self.cores.reply():
+            try:
+                while True:
+                    threads = self.cores.threads()
+                    if threads != self._threads:  # llama.cpp reads it at its next decode
+                        llama_cpp.llama_set_n_threads(self.llama.ctx, *threads)
+                        self._threads = threads
+                    token = next(tokens, None)
+                    if token is None:
+                        return
+                    yield int(token)
+            finally:
+                tokens.close()
 
     def close(self) -> None:
         """Free the model now (quietly: llama.cpp logs its context's teardown otherwise)."""
@@ -340,10 +366,13 @@ def open_llama_cpp(
         try:
             trained = _gguf_context(gguf)
             n_ctx = min(context_length or DEFAULT_GGUF_CONTEXT, trained or DEFAULT_GGUF_CONTEXT)
+            threads = cpu_share.CORES.threads()  # alone (set again before each token)
             llama = llama_cpp.Llama(
                 model_path=str(gguf),
                 n_ctx=n_ctx,
                 n_batch=min(n_ctx, 512),
+                n_threads=threads[0],
+                n_threads_batch=threads[1],
                 n_gpu_layers=-1 if gpu_layers is None else gpu_layers,
                 verbose=False,
             )
