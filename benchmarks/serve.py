@@ -335,11 +335,11 @@ def default_threads_rows(direct: Direct, args: argparse.Namespace) -> list[str]:
     ours: list[Reply] = []
     theirs: list[Reply] = []
     try:
-        for k in range(args.runs):
+        for k in range(args.runs):  # requests of their own: a repeated one would find its prompt cached
             backend.cores = theirs_share
-            theirs.append(direct.reply(args.max_tokens, k))
+            theirs.append(direct.reply(args.max_tokens, 2 * k))
             backend.cores = ours_share
-            ours.append(direct.reply(args.max_tokens, k))
+            ours.append(direct.reply(args.max_tokens, 2 * k + 1))
     finally:
         backend.cores = ours_share
     base_ttft, base_rate = statistics.median(r.ttft for r in theirs), rate(theirs)

@@ -107,3 +107,51 @@ def test_config_threads_set_every_backend_opened_after(
     backend = open_backend("llama.cpp", served_workspace / "export/r/r-f32.gguf", context_length=512)
     assert backend.cores is share  # type: ignore[attr-defined]
     assert (backend.llama.n_threads, backend.llama.n_threads_batch) == (3, 3)  # type: ignore[attr-defined]
+
+
+def test_each_reply_is_made_on_a_thread_of_its_own_in_lockstep_with_its_reader(
+    served_workspace: Path, calls: list[tuple[Any, int, int]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """llama.cpp's OpenMP helper threads live as long as the thread that ran llama.cpp: a long-lived
+    worker thread (serve's) would keep them past its reply, and once they outnumber the cores every
+    barrier sleeps (a 2-core VM: 2.5x slower replies). Each reply runs on a thread started for it and
+    ended with it, and it makes only the tokens its reader asks for."""
+    import threading
+
+    monkeypatch.setattr(cpu_share, "CORES", CoreShare(2, 2))
+    backend = open_backend("llama.cpp", served_workspace / "export/r/r-f32.gguf", context_length=512)
+    prompt = backend.tokenizer("Did you eat dinner today?", add_special_tokens=False)["input_ids"]
+    made: list[threading.Thread] = []
+    real_generate = backend.llama.generate  # type: ignore[attr-defined]
+
+    def counted(*args: Any, **kw: Any) -> Any:
+        for token in real_generate(*args, **kw):
+            made.append(threading.current_thread())
+            yield token
+
+    monkeypatch.setattr(backend.llama, "generate", counted)  # type: ignore[attr-defined]
+    for _ in range(2):
+        generation = backend.generate(prompt, replace(GREEDY, max_tokens=5))
+        assert "".join(generation)
+        assert generation.completion_tokens == 5
+        assert len(made) == 5  # none made ahead of the reader
+        (thread,) = set(made)
+        assert thread is not threading.current_thread() and not thread.is_alive()
+        made.clear()
+
+
+def test_an_error_while_making_a_token_reaches_the_reader(
+    served_workspace: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    require("llama_cpp")
+    monkeypatch.setattr(cpu_share, "CORES", CoreShare(2, 2))
+    backend = open_backend("llama.cpp", served_workspace / "export/r/r-f32.gguf", context_length=512)
+
+    def failing(*args: Any, **kw: Any) -> Any:
+        yield 5
+        raise OSError("llama_decode failed")
+
+    monkeypatch.setattr(backend.llama, "generate", failing)  # type: ignore[attr-defined]
+    with pytest.raises(OSError, match="llama_decode failed"):
+        list(backend.generate([1, 2, 3], GREEDY))
+    assert cpu_share.CORES.replies == 0

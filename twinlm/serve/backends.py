@@ -313,30 +313,18 @@ class LlamaCppBackend:
             repeat_penalty=sampling.repetition_penalty,
             reset=True,  # keeps the cached prefix the new prompt shares, re-evaluates the rest
         )
-        shared = self._sharing_cores(tokens)
+        shared = cpu_share.tokens_on_their_own_thread(tokens, self.cores, self._use_threads)
         return Generation(
             shared, self.tokenizer, self.end_ids, capped, len(prompt_ids), cancel, close=shared.close
         )
 
-    def _sharing_cores(self, tokens: Iterator[Any]) -> Iterator[int]:
-        """`tokens`, each made with this reply's share of the cores (taken again before every token:
-        another reply may have started or ended meanwhile). Counted as under way from its first token
-        to its last, or until it is closed."""
+    def _use_threads(self, threads: tuple[int, int]) -> None:
+        """The context's (decode, prompt) threads from the next decode on, where they changed."""
         import llama_cpp
 
-        with self.cores.reply():
-            try:
-                while True:
-                    threads = self.cores.threads()
-                    if threads != self._threads:  # llama.cpp reads it at its next decode
-                        llama_cpp.llama_set_n_threads(self.llama.ctx, *threads)
-                        self._threads = threads
-                    token = next(tokens, None)
-                    if token is None:
-                        return
-                    yield int(token)
-            finally:
-                tokens.close()
+        if threads != self._threads:
+            llama_cpp.llama_set_n_threads(self.llama.ctx, *threads)
+            self._threads = threads
 
     def close(self) -> None:
         """Free the model now (quietly: llama.cpp logs its context's teardown otherwise)."""

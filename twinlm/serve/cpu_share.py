@@ -15,9 +15,11 @@ thread waiting for a core stalls the others.
 from __future__ import annotations
 
 import os
+import queue
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import Any
 
 
 def machine_cores() -> tuple[int, int]:
@@ -85,3 +87,43 @@ def configure(threads: int | None) -> CoreShare:
     global CORES
     CORES = CoreShare.for_machine(threads)
     return CORES
+
+
+def tokens_on_their_own_thread(
+    tokens: Iterator[Any], share: CoreShare, use_threads: Callable[[tuple[int, int]], None]
+) -> Iterator[int]:
+    """`tokens` (llama-cpp-python's generator), each made on one thread started for this reply, in
+    lockstep with the reader (a token is made only when asked for: none is wasted after the reader
+    stops). Before each token `use_threads` gets the reply's share of the cores. The reply counts as
+    under way from its first token until it ends or is closed; closing waits for the token being made."""
+    asks: queue.SimpleQueue[bool] = queue.SimpleQueue()
+    answers: queue.SimpleQueue[tuple[int | None, BaseException | None]] = queue.SimpleQueue()
+
+    def make() -> None:
+        try:
+            with share.reply():
+                while asks.get():
+                    use_threads(share.threads())
+                    token = next(tokens, None)
+                    answers.put((None if token is None else int(token), None))
+                    if token is None:
+                        return
+        except BaseException as err:  # handed to the reader, raised there
+            answers.put((None, err))
+        finally:
+            tokens.close()
+
+    thread = threading.Thread(target=make, name="twinlm llama.cpp reply", daemon=True)
+    thread.start()
+    try:
+        while True:
+            asks.put(True)
+            token, err = answers.get()
+            if err is not None:
+                raise err
+            if token is None:
+                return
+            yield token
+    finally:
+        asks.put(False)
+        thread.join()
