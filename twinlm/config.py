@@ -377,9 +377,10 @@ class ServeConfig(BaseModel):
     workers: int = Field(
         1,
         ge=1,
-        description="Replies generated at once, each by its own copy of the model (llama.cpp shares the "
-        "weights' memory; each copy has its own context). Further requests wait in line, first come "
-        "first served.",
+        description="Replies generated at once. A GGUF (llama.cpp) makes them in one context, their "
+        "tokens decoded together (one model in memory, a context's memory per reply); the transformers "
+        "backend loads a copy of the model per worker. Further requests wait in line, first come first "
+        "served.",
     )
     max_queued: int = Field(
         128, ge=0, description="Requests that may wait for a worker; one more gets 429 (retry later)."

@@ -38,14 +38,22 @@ def twins(served_workspace: Path) -> list[Twin]:
     return [open_twin(served_workspace, backend="llama.cpp") for _ in range(2)]
 
 
-@pytest.fixture(scope="module")
-def server(twins: list[Twin]) -> Iterator[str]:
-    """Two workers, each its own llama.cpp model object."""
-    app = create_app(
-        twins[0], ServeConfig(workers=2), sampling=Sampling(), backends=[t.backend for t in twins]
-    )
+@pytest.fixture(scope="module", params=["two copies", "one batched context"])
+def server(request: pytest.FixtureRequest, twins: list[Twin], served_workspace: Path) -> Iterator[str]:
+    """Two workers: each its own llama.cpp model object, or one context making both workers' replies
+    in one batch (what `twinlm serve --workers 2` opens for a GGUF)."""
+    if request.param == "two copies":
+        backends = [t.backend for t in twins]
+        app = create_app(twins[0], ServeConfig(workers=2), sampling=Sampling(), backends=backends)
+        with serving(app) as url:
+            yield url
+        return
+    twin = open_twin(served_workspace, backend="llama.cpp", slots=2)
+    assert type(twin.backend).__name__ == "BatchedLlamaCpp"
+    app = create_app(twin, ServeConfig(workers=2), sampling=Sampling(), backends=[twin.backend] * 2)
     with serving(app) as url:
         yield url
+    twin.backend.close()
 
 
 def test_openai_client_on_the_tiny_gguf(server: str, twins: list[Twin]) -> None:

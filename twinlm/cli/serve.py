@@ -102,12 +102,15 @@ def serve_command(
             twin: Any = open_hosted_twin(ws.root, ws.config, source)
             extra: list[Any] = [twin.worker() for _ in range(settings.workers - 1)]
         else:
-            twin = open_twin(ws.root, source, backend=backend, context_length=chat.context_length)  # type: ignore[arg-type]
-            # Each further worker is its own model object (a backend does one generation at a time).
-            extra = [
-                open_twin(ws.root, source, backend=backend, context_length=chat.context_length).backend  # type: ignore[arg-type]
-                for _ in range(settings.workers - 1)
-            ]
+            opening = {"backend": backend, "context_length": chat.context_length}
+            twin = open_twin(ws.root, source, slots=settings.workers, **opening)  # type: ignore[arg-type]
+            if getattr(twin.backend, "slots", 1) > 1:  # a GGUF: one context makes every worker's replies
+                extra = [twin.backend] * (settings.workers - 1)
+            else:  # each further worker its own model object (the backend makes one reply at a time)
+                extra = [
+                    open_twin(ws.root, source, **opening).backend  # type: ignore[arg-type]
+                    for _ in range(settings.workers - 1)
+                ]
         application = create_app(
             twin,
             settings,

@@ -284,18 +284,13 @@ class LlamaCppBackend:
         end_ids: frozenset[int] | None = None,
         cores: CoreShare | None = None,
     ) -> None:
-        import llama_cpp
 
         self.llama = llama
         self.cores = cores or cpu_share.CORES  # shared with the process's other llama.cpp backends
         self._threads = (-1, -1)  # what the context was last told
         self.tokenizer = tokenizer
         self.context_length = int(llama.n_ctx())
-        ends = set(end_ids if end_ids is not None else end_of_turn_ids(tokenizer))
-        vocab = llama_cpp.llama_model_get_vocab(llama.model)
-        # What the GGUF itself ends generation at (its eos / eot ids), as llama-server would.
-        ends.update(t for t in range(llama.n_vocab()) if llama_cpp.llama_vocab_is_eog(vocab, t))
-        self.end_ids = frozenset(ends)
+        self.end_ids = gguf_end_ids(llama, end_ids if end_ids is not None else end_of_turn_ids(tokenizer))
 
     def generate(
         self, prompt_ids: list[int], sampling: Sampling, cancel: threading.Event | None = None
@@ -334,12 +329,29 @@ class LlamaCppBackend:
             self.llama.close()
 
 
+def gguf_end_ids(llama: Any, end_ids: frozenset[int]) -> frozenset[int]:
+    """`end_ids`, and what the GGUF itself ends generation at (its eos / eot ids), as llama-server
+    would."""
+    import llama_cpp
+
+    vocab = llama_cpp.llama_model_get_vocab(llama.model)
+    ends = set(end_ids)
+    ends.update(t for t in range(llama.n_vocab()) if llama_cpp.llama_vocab_is_eog(vocab, t))
+    return frozenset(ends)
+
+
 def open_llama_cpp(
-    gguf: Path, *, tokenizer_dir: Path, context_length: int | None = None, gpu_layers: int | None = None
-) -> LlamaCppBackend:
+    gguf: Path,
+    *,
+    tokenizer_dir: Path,
+    context_length: int | None = None,
+    gpu_layers: int | None = None,
+    slots: int = 1,
+) -> Backend:
     """A GGUF file, with the tokenizer of the merged folder it was converted from (for decoding and for
     render_prompt). `gpu_layers`: layers offloaded to a GPU (-1 all; default: all where llama.cpp was
-    built with GPU support)."""
+    built with GPU support). `slots` > 1: that many replies at once, batched in one context
+    (twinlm.serve.batched); the returned backend's generate may then be called from several threads."""
     try:
         import llama_cpp
     except ImportError:
@@ -355,10 +367,11 @@ def open_llama_cpp(
             trained = _gguf_context(gguf)
             n_ctx = min(context_length or DEFAULT_GGUF_CONTEXT, trained or DEFAULT_GGUF_CONTEXT)
             threads = cpu_share.CORES.threads()  # alone (set again before each token)
+            own_ctx = n_ctx if slots == 1 else 256  # batched: the model only, contexts made apart
             llama = llama_cpp.Llama(
                 model_path=str(gguf),
-                n_ctx=n_ctx,
-                n_batch=min(n_ctx, 512),
+                n_ctx=own_ctx,
+                n_batch=min(own_ctx, 512),
                 n_threads=threads[0],
                 n_threads_batch=threads[1],
                 n_gpu_layers=-1 if gpu_layers is None else gpu_layers,
@@ -366,6 +379,11 @@ def open_llama_cpp(
             )
         except (ValueError, RuntimeError) as err:
             raise TwinError(f"{gguf}: llama.cpp cannot load it ({err})") from None
+        if slots > 1:
+            from twinlm.serve.batched import BatchedLlamaCpp
+
+            ends = gguf_end_ids(llama, end_of_turn_ids(tokenizer))
+            return BatchedLlamaCpp(llama, tokenizer, ends, slots=slots, context_length=n_ctx)
     return LlamaCppBackend(llama, tokenizer)
 
 
@@ -389,13 +407,18 @@ def open_backend(
     tokenizer_dir: Path | None = None,
     context_length: int | None = None,
     device: str | None = None,
+    slots: int = 1,
 ) -> Backend:
     """`kind` "transformers": `path` a model folder (merged, or a base with `adapter`); "llama.cpp":
-    `path` a GGUF, decoded with the tokenizer in `tokenizer_dir` (default: merged/ beside it)."""
+    `path` a GGUF, decoded with the tokenizer in `tokenizer_dir` (default: merged/ beside it), `slots`
+    replies at once (see open_llama_cpp; the transformers backend makes one at a time)."""
     path = Path(path)
     if kind == "llama.cpp":
         return open_llama_cpp(
-            path, tokenizer_dir=tokenizer_dir or path.parent / "merged", context_length=context_length
+            path,
+            tokenizer_dir=tokenizer_dir or path.parent / "merged",
+            context_length=context_length,
+            slots=slots,
         )
     if kind == "transformers":
         return open_transformers(

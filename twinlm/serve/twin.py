@@ -383,10 +383,12 @@ def open_twin(
     backend: BackendChoice = "auto",
     context_length: int | None = None,
     device: str | None = None,
+    slots: int = 1,
 ) -> Twin:
     """The newest export (GGUF -> llama.cpp; merged folder -> transformers) or, where none, the newest
     run (base + adapter -> transformers); `source` names a run, export folder, merged folder or GGUF.
-    `.description` says which it uses. One-line TwinError where nothing fits."""
+    `.description` says which it uses. `slots`: replies a GGUF makes at once (batched; see
+    open_llama_cpp). One-line TwinError where nothing fits."""
     root = Path(workspace)
     choice = _resolve(root, source, backend)
     if choice.run is not None:
@@ -409,6 +411,7 @@ def open_twin(
             tokenizer_dir=choice.info_dir,
             context_length=context_length,
             device=device,
+            slots=slots,
         )
         what = f"{_shown(root, choice.model)}"
     personas = info.get("personas")
