@@ -131,3 +131,24 @@ def test_a_closed_backend_refuses_new_replies(gguf: Path) -> None:
     backend.close()
     with pytest.raises(TwinError, match="closed"):
         reply(backend, [1, 2, 3], GREEDY)
+
+
+def test_a_reply_that_starts_alone_clears_the_other_slots(batched: Any) -> None:
+    """One KV buffer holds every slot's tokens and attention spans all of them: a reply alone beside
+    idle slots' caches was ~15% slower. It keeps its own slot's tokens (the longest shared start)."""
+    import llama_cpp
+
+    ps = prompts(batched.tokenizer)
+    readers = [iter(batched.generate(ps[k], replace(GREEDY, max_tokens=200))) for k in range(3)]
+    for r in readers:
+        next(r)  # three replies under way at once, a slot each
+    for r in readers:
+        r.close()  # type: ignore[attr-defined]
+    positions = [llama_cpp.llama_memory_seq_pos_max(batched._memory, s) for s in range(3)]
+    assert min(positions) > 0  # each slot holds a reply
+    slot_of = {tuple(batched._cached[s][: len(ps[1])]): s for s in range(3)}
+    reply(batched, ps[1], GREEDY)
+    kept = slot_of[tuple(ps[1])]
+    for s in range(3):
+        held = llama_cpp.llama_memory_seq_pos_max(batched._memory, s)
+        assert (held >= len(ps[1]) - 1) if s == kept else (held == -1 and batched._cached[s] == [])

@@ -2,17 +2,20 @@
 llama-server does with its slots (`twinlm serve --workers N` on a GGUF).
 
 Why: on a CPU a token's decode is bound by reading the weights, and a batch of tokens from several
-replies reads them once. Measured on a 2-core VM with a 1.1B q4_k_m model: one token a step 18-21
-tokens/s, four replies' tokens a step 37.5 tokens/s in all (benchmarks/serve.py). N copies of the
-model (the other way to serve N replies at once) split the same cores and bandwidth, so N replies
-together were no faster than one, and each copy took another ~0.6 GB.
+replies reads them once. Measured on a 2-core VM with a 1.1B q4_k_m model: 8 replies on 4 slots made
+1.6-2x the tokens/s of one reply alone (benchmarks/serve.py). N copies of the model (the other way to
+serve N replies at once) split the same cores and bandwidth, so N replies together were no faster
+than one, and each copy took another ~0.6 GB; 4 slots took 0.16 GB more than one.
 
 One thread (the engine) owns the context: it takes in replies, evaluates their prompts, decodes one
 token of every reply under way per step, and samples each with llama.cpp's own sampler chain built by
 llama-cpp-python (`Llama._init_sampler`, the chain `Llama.generate` uses: the same reply for the same
 seed as LlamaCppBackend). The readers (serve's workers) take their tokens from a queue each. Each
-reply's sequence keeps its tokens in the context when it ends, so the next reply given that slot
-re-evaluates only what differs from them (the system prompt and earlier turns stay cached).
+reply's sequence keeps its tokens in the context when it ends, and a new reply takes the free slot
+whose tokens share the longest start with its prompt, so it evaluates only the rest (the system
+prompt and earlier turns stay cached). A reply that starts alone clears the other free slots (see
+`_admit`). Replies decoded in one batch differ from a reply alone in the last bits of their logits
+(so may their greedy picks, where two tokens are nearly tied), as llama-server's do.
 llama-cpp-python has no multi-sequence API of its own; this uses its ctypes bindings of llama.h.
 """
 
@@ -77,10 +80,12 @@ class BatchedLlamaCpp:
         # llama-cpp-python's own settings for the model's context (flash attention, KV types, ...), so
         # a reply's logits are those LlamaCppBackend's context gives; only the sizes differ.
         params = llama_cpp.llama_context_params.from_buffer_copy(llama.context_params)
-        params.n_ctx = slots * context_length  # each sequence its own stream of context_length cells
+        params.n_ctx = slots * context_length  # room for every sequence at its longest (each is checked)
         params.n_batch = params.n_ubatch = self.n_batch
         params.n_seq_max = slots
-        params.kv_unified = False  # llama.h: faster where the sequences share no long prefix
+        # One KV buffer for all sequences: 8 replies on 4 slots made 24-26 tokens/s in all against 17
+        # with a buffer per sequence (1.1B q4_k_m, 2-core VM; one reply alone: 17).
+        params.kv_unified = True
         params.n_threads, params.n_threads_batch = self.cores.threads()
         params.no_perf = True
         self._ctx = llama_cpp.llama_init_from_model(llama.model, params)
@@ -183,6 +188,13 @@ class BatchedLlamaCpp:
                 llama_cpp.llama_memory_seq_rm(self._memory, seq, keep, -1)
                 del self._cached[seq][keep:]
                 reply.seq, reply.pending = seq, reply.prompt[keep:]
+                if not self._running:
+                    # Alone: the other slots' cached tokens go, so that attention spans this reply's
+                    # tokens only (one KV buffer for all: a reply alone beside 3 idle slots' caches
+                    # made 14 tokens/s against 17 without them; the same as llama.cpp alone after).
+                    for idle in self._free:
+                        llama_cpp.llama_memory_seq_rm(self._memory, idle, 0, -1)
+                        self._cached[idle].clear()
                 self._running.append(reply)
             if not self._running or self._closed:
                 self._engine = None
