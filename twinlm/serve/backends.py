@@ -130,9 +130,7 @@ class TransformersBackend:
     def generate(
         self, prompt_ids: list[int], sampling: Sampling, cancel: threading.Event | None = None
     ) -> Generation:
-        _check_prompt(prompt_ids, sampling, self.context_length)
-        room = self.context_length - len(prompt_ids)
-        capped = replace(sampling, max_tokens=min(sampling.max_tokens, room))
+        capped = fit_to_context(prompt_ids, sampling, self.context_length)
         return Generation(
             self._tokens(list(prompt_ids), capped),
             self.tokenizer,
@@ -190,7 +188,9 @@ def sample_token(logits: Any, reply: list[int], sampling: Sampling, generator: A
     return int(torch.multinomial(torch.softmax(scaled, dim=-1), 1, generator=generator))
 
 
-def _check_prompt(prompt_ids: list[int], sampling: Sampling, context_length: int) -> None:
+def fit_to_context(prompt_ids: list[int], sampling: Sampling, context_length: int) -> Sampling:
+    """`sampling` with max_tokens cut to the room the prompt leaves; one-line TwinError for a prompt
+    that is empty or fills the context, or max_tokens under 1."""
     if not prompt_ids:
         raise TwinError("empty prompt: nothing to answer")
     if len(prompt_ids) >= context_length:
@@ -199,6 +199,7 @@ def _check_prompt(prompt_ids: list[int], sampling: Sampling, context_length: int
         )
     if sampling.max_tokens < 1:
         raise TwinError(f"max_tokens {sampling.max_tokens}: must be at least 1")
+    return replace(sampling, max_tokens=min(sampling.max_tokens, context_length - len(prompt_ids)))
 
 
 def _torch_device(device: str | None) -> str:
@@ -295,9 +296,7 @@ class LlamaCppBackend:
     def generate(
         self, prompt_ids: list[int], sampling: Sampling, cancel: threading.Event | None = None
     ) -> Generation:
-        _check_prompt(prompt_ids, sampling, self.context_length)
-        room = self.context_length - len(prompt_ids)
-        capped = replace(sampling, max_tokens=min(sampling.max_tokens, room))
+        capped = fit_to_context(prompt_ids, sampling, self.context_length)
         self.llama.set_seed(sampling.seed if sampling.seed is not None else random.getrandbits(31))
         tokens = self.llama.generate(
             list(prompt_ids),

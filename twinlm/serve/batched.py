@@ -26,7 +26,7 @@ import queue
 import random
 import threading
 from collections import deque
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 from twinlm.errors import TwinError
@@ -107,11 +107,9 @@ class BatchedLlamaCpp:
     def generate(
         self, prompt_ids: list[int], sampling: Sampling, cancel: threading.Event | None = None
     ) -> Generation:
-        from twinlm.serve.backends import _check_prompt
+        from twinlm.serve.backends import fit_to_context
 
-        _check_prompt(prompt_ids, sampling, self.context_length)
-        room = self.context_length - len(prompt_ids)
-        capped = replace(sampling, max_tokens=min(sampling.max_tokens, room))
+        capped = fit_to_context(prompt_ids, sampling, self.context_length)
         tokens = self._tokens(list(prompt_ids), capped)
         return Generation(
             tokens, self.tokenizer, self.end_ids, capped, len(prompt_ids), cancel, close=tokens.close
