@@ -38,7 +38,7 @@ the direct reply (decoded in one batch they may: see the table's notes).
 Targets (issue 11): the server's overhead under 5% for one client (TTFT and tokens/s), and aggregate
 tokens/s with 8 clients at least that of one.
 
-    python benchmarks/serve.py                      # both models, --workers 1 and 4 (~4 minutes on a
+    python benchmarks/serve.py                      # both models, --workers 1 and 4 (~7 minutes on a
                                                     # quiet 2-core machine, +2 to build the 1.1B model)
     python benchmarks/serve.py --model 1.1b         # the real-size model only
     python benchmarks/serve.py --model tiny -w WS [SOURCE]   # another workspace / export / GGUF
@@ -467,7 +467,12 @@ def main() -> None:
     parser.add_argument("--size", type=float, default=1.1, help="the real-size model, billions (default 1.1)")
     parser.add_argument("--persona", help="the persona to talk to (default: me)")
     parser.add_argument("--max-tokens", type=int, default=64, help="tokens a reply (default 64)")
-    parser.add_argument("--runs", type=int, default=5, help="replies each way, 1 client (default 5)")
+    parser.add_argument(
+        "--runs",
+        type=int,
+        default=10,
+        help="replies each way, 1 client (default 10; medians of 5 moved ~10%%)",
+    )
     parser.add_argument("--clients", type=int, default=8, help="concurrent clients (default 8)")
     parser.add_argument("--per-client", type=int, default=1, help="requests each (default 1)")
     parser.add_argument(
