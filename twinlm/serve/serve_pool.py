@@ -1,5 +1,6 @@
-"""The server's workers: generation is blocking native code, so it runs in threads, one backend object
-per thread (a backend does one generation at a time), fed from one first-come-first-served queue.
+"""The server's workers: generation is blocking native code, so it runs in threads, fed from one
+first-come-first-served queue. Each thread has a backend: its own model object (a backend that makes one
+reply at a time), or the one batched llama.cpp backend that all of them share (twinlm/serve/batched.py).
 
 A job hands its reply to the asyncio side as it comes, so the event loop never blocks on the model:
 the worker appends each piece to the job's list and wakes the loop (`loop.call_soon_threadsafe`) only
