@@ -152,3 +152,18 @@ def test_a_reply_that_starts_alone_clears_the_other_slots(batched: Any) -> None:
     for s in range(3):
         held = llama_cpp.llama_memory_seq_pos_max(batched._memory, s)
         assert (held >= len(ps[1]) - 1) if s == kept else (held == -1 and batched._cached[s] == [])
+
+
+def test_a_prompt_longer_than_a_batch_goes_in_pieces_and_gives_the_same_reply(gguf: Path) -> None:
+    """A prompt over n_batch (512) tokens is evaluated over several steps, beside the tokens of a reply
+    under way, and still gives LlamaCppBackend's reply."""
+    single = open_backend("llama.cpp", gguf, context_length=2048)
+    batched = open_backend("llama.cpp", gguf, context_length=2048, slots=2)
+    long_prompt = [t for p in prompts(single.tokenizer) for t in p] * 8
+    assert 700 < len(long_prompt) < 2000 - GREEDY.max_tokens
+    other = iter(batched.generate(prompts(single.tokenizer)[0], replace(GREEDY, max_tokens=100)))
+    next(other)  # a reply under way while the long prompt goes in
+    assert reply(batched, long_prompt, GREEDY) == reply(single, long_prompt, GREEDY)
+    assert "".join(other)
+    batched.close()
+    single.close()
