@@ -14,6 +14,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import openai
@@ -236,3 +237,41 @@ def test_twinlm_serve_refuses_a_taken_port_in_one_line(served_workspace: Path) -
         done.stderr.strip()
         == f"error: cannot listen on 127.0.0.1:{port} (Address already in use): pick another --port or --host"
     )
+
+
+def test_twinlm_serve_workers_on_a_gguf_share_one_batched_context(served_workspace: Path) -> None:
+    """`twinlm serve --workers 2` on a GGUF (the CLI's batched path: one context for both workers):
+    two replies at once, and Ctrl-C stops it cleanly."""
+    require("llama_cpp")
+    command = [sys.executable, "-m", "twinlm", "serve", "-w", str(served_workspace), "--port", "0"]
+    process = subprocess.Popen(
+        [*command, "--backend", "llama.cpp", "--workers", "2"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={k: v for k, v in os.environ.items() if k != "TWINLM_API_KEY"},
+    )
+    try:
+        assert process.stdout is not None
+        match = re.fullmatch(r"Web chat: +(http://127\.0\.0\.1:\d+)/\n", process.stdout.readline())
+        assert match, process.stderr.read() if process.poll() is not None else ""
+        url = match[1]
+        assert httpx.get(f"{url}/health", timeout=30).json()["workers"] == 2
+
+        async def both() -> list[dict[str, Any]]:
+            body = {"model": "alex-rivera", "messages": HI, **GREEDY}
+            async with httpx.AsyncClient(timeout=120) as client:
+                answers = await asyncio.gather(
+                    *(client.post(f"{url}/v1/chat/completions", json=body) for _ in range(2))
+                )
+            return [a.json() for a in answers]
+
+        answers = asyncio.run(both())
+        assert all(a["usage"]["completion_tokens"] >= 1 and a["choices"][0]["message"] for a in answers)
+        process.send_signal(signal.SIGINT)
+        _, stderr = process.communicate(timeout=60)
+        assert process.returncode == 130 and "Traceback" not in stderr, stderr
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
