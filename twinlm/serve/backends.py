@@ -288,7 +288,7 @@ class LlamaCppBackend:
 
         self.llama = llama
         self.cores = cores or cpu_share.CORES  # shared with the process's other llama.cpp backends
-        self._threads = (-1, -1)  # what the context was last told
+        self._threads = cpu_share.ContextThreads(llama.ctx)
         self.tokenizer = tokenizer
         self.context_length = int(llama.n_ctx())
         self.end_ids = gguf_end_ids(llama, end_ids if end_ids is not None else end_of_turn_ids(tokenizer))
@@ -307,18 +307,10 @@ class LlamaCppBackend:
             repeat_penalty=sampling.repetition_penalty,
             reset=True,  # keeps the cached prefix the new prompt shares, re-evaluates the rest
         )
-        shared = cpu_share.tokens_on_their_own_thread(tokens, self.cores, self._use_threads)
+        shared = cpu_share.tokens_on_their_own_thread(tokens, self.cores, self._threads.use)
         return Generation(
             shared, self.tokenizer, self.end_ids, capped, len(prompt_ids), cancel, close=shared.close
         )
-
-    def _use_threads(self, threads: tuple[int, int]) -> None:
-        """The context's (decode, prompt) threads from the next decode on, where they changed."""
-        import llama_cpp
-
-        if threads != self._threads:
-            llama_cpp.llama_set_n_threads(self.llama.ctx, *threads)
-            self._threads = threads
 
     def close(self) -> None:
         """Free the model now (quietly: llama.cpp logs its context's teardown otherwise)."""

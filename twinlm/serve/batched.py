@@ -93,7 +93,7 @@ class BatchedLlamaCpp:
             raise TwinError(f"llama.cpp cannot make a context of {params.n_ctx} tokens for {slots} replies")
         self._memory = llama_cpp.llama_get_memory(self._ctx)
         self._batch = llama_cpp.llama_batch_init(self.n_batch, 0, 1)
-        self._threads = (-1, -1)
+        self._threads = cpu_share.ContextThreads(self._ctx)
         self._cached: list[list[int]] = [[] for _ in range(slots)]  # each sequence's tokens in the context
         self._free = list(range(slots))
         self._waiting: deque[_Reply] = deque()
@@ -230,10 +230,7 @@ class BatchedLlamaCpp:
         if n == 0:  # every reply under way was closed by its reader: dropped at the next admit
             return
         batch.n_tokens = n
-        threads = self.cores.threads()
-        if threads != self._threads:
-            llama_cpp.llama_set_n_threads(self._ctx, *threads)
-            self._threads = threads
+        self._threads.use(self.cores.threads())
         status = llama_cpp.llama_decode(self._ctx, batch)
         if status != 0:
             raise TwinError(f"llama.cpp could not decode a batch of {n} tokens (llama_decode: {status})")

@@ -77,6 +77,22 @@ class CoreShare:
                 self._replies -= 1
 
 
+class ContextThreads:
+    """A llama.cpp context's (decode, prompt) threads, passed to llama.cpp only when they change (it
+    reads them at its next decode)."""
+
+    def __init__(self, ctx: Any) -> None:
+        self.ctx = ctx
+        self.now = (-1, -1)  # unknown until first set
+
+    def use(self, threads: tuple[int, int]) -> None:
+        import llama_cpp
+
+        if threads != self.now:
+            llama_cpp.llama_set_n_threads(self.ctx, *threads)
+            self.now = threads
+
+
 # One per process: every llama.cpp backend of the process draws from the same cores. `twinlm chat`,
 # `serve` and `discord-bot` replace it with `configure(chat.threads)` before opening a backend.
 CORES = CoreShare.for_machine()
