@@ -297,14 +297,10 @@ class LlamaCppBackend:
         self, prompt_ids: list[int], sampling: Sampling, cancel: threading.Event | None = None
     ) -> Generation:
         capped = fit_to_context(prompt_ids, sampling, self.context_length)
-        self.llama.set_seed(sampling.seed if sampling.seed is not None else random.getrandbits(31))
+        self.llama.set_seed(llama_cpp_seed(sampling))
         tokens = self.llama.generate(
             list(prompt_ids),
-            top_k=0,  # off: Sampling has no top_k (llama.cpp's default is 40)
-            top_p=sampling.top_p,
-            min_p=sampling.min_p,
-            temp=max(sampling.temperature, 0.0),
-            repeat_penalty=sampling.repetition_penalty,
+            **llama_cpp_sampler_args(sampling),
             reset=True,  # keeps the cached prefix the new prompt shares, re-evaluates the rest
         )
         shared = cpu_share.tokens_on_their_own_thread(tokens, self.cores, self._threads.use)
@@ -318,6 +314,24 @@ class LlamaCppBackend:
 
         with _llama_cpp_quiet():
             self.llama.close()
+
+
+def llama_cpp_seed(sampling: Sampling) -> int:
+    """The seed llama.cpp's sampler chain starts from (a random one where none is set)."""
+    return sampling.seed if sampling.seed is not None else random.getrandbits(31)
+
+
+def llama_cpp_sampler_args(sampling: Sampling) -> dict[str, Any]:
+    """`sampling` as llama-cpp-python's sampler chain takes it (Llama.generate, Llama._init_sampler):
+    the one mapping for LlamaCppBackend and the batched backend, so a seed gives the same reply."""
+    return {
+        "top_k": 0,  # off: Sampling has no top_k (llama.cpp's default is 40)
+        "top_p": sampling.top_p,
+        "min_p": sampling.min_p,
+        "typical_p": 1.0,
+        "temp": max(sampling.temperature, 0.0),
+        "repeat_penalty": sampling.repetition_penalty,
+    }
 
 
 def gguf_end_ids(llama: Any, end_ids: frozenset[int]) -> frozenset[int]:

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import logging
 import queue
-import random
 import threading
 from collections import deque
 from dataclasses import dataclass, field
@@ -139,16 +138,11 @@ class BatchedLlamaCpp:
     def _sampler(self, sampling: Sampling) -> Any:
         """llama.cpp's sampler chain for `sampling`, as LlamaCppBackend.generate gets it from
         Llama.generate (so the same seed gives the same reply)."""
+        from twinlm.serve.backends import llama_cpp_sampler_args, llama_cpp_seed
+
         with self._lock:  # the seed is read from the Llama object while the chain is built
-            self.llama.set_seed(sampling.seed if sampling.seed is not None else random.getrandbits(31))
-            return self.llama._init_sampler(
-                top_k=0,  # off: Sampling has no top_k
-                top_p=sampling.top_p,
-                min_p=sampling.min_p,
-                typical_p=1.0,
-                temp=max(sampling.temperature, 0.0),
-                repeat_penalty=sampling.repetition_penalty,
-            )
+            self.llama.set_seed(llama_cpp_seed(sampling))
+            return self.llama._init_sampler(**llama_cpp_sampler_args(sampling))
 
     # --- the engine -----------------------------------------------------------------------------------
 
