@@ -348,9 +348,8 @@ class ChatConfig(BaseModel):
     threads: int | None = Field(
         None,
         ge=1,
-        description="CPU threads a GGUF (llama.cpp) generates with (empty: one per physical core). "
-        "Replies generated at once (serve.workers) share them: alone a reply gets them all, two get "
-        "half each.",
+        description="CPU threads a GGUF (llama.cpp) generates with (empty: one per physical core; "
+        "serve.workers' replies are decoded together on them).",
     )
 
 

@@ -2,14 +2,15 @@
 
 llama-cpp-python's default is half the logical CPUs for each token (it assumes two hardware threads
 per core). On a machine without SMT (most cloud VMs, Apple silicon) that leaves half the cores idle
-during every reply: on a 2-core VM, a 1.1B q4_k_m model decoded ~12 tokens/s with that default (one
-thread) and ~21 with both cores (benchmarks/serve.py's "llama-cpp-python's default threads" row).
+during every reply: on a 2-core VM, whole replies of a 1.1B q4_k_m model came at 9.2-10.6 tokens/s
+with that default (one thread) and 14.4-17.6 with both cores (benchmarks/serve.py's first two rows).
 llama.cpp's own tools use one thread per physical core; so do we.
 
-Several replies at once (`twinlm serve --workers N`, each worker its own llama.cpp context) share the
-cores: before each token a reply takes its share of them, so a reply alone gets them all and two get
-half each. Threads never outnumber cores: llama.cpp's threads meet at a barrier after every step, so one
-thread waiting for a core stalls the others.
+Contexts of one process that generate at the same time share the cores: before each token a reply
+takes its share, so a reply alone gets them all and two get half each. Threads never outnumber cores:
+llama.cpp's threads meet at a barrier after every step, so one thread waiting for a core stalls the
+others. `twinlm serve --workers N` on a GGUF makes its replies in one context (twinlm/serve/batched.py,
+one share); several LlamaCppBackends at once (the API, tests and benchmarks open them) split it.
 """
 
 from __future__ import annotations
