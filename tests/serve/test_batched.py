@@ -66,12 +66,24 @@ def test_a_reply_alone_is_the_one_llamacppbackend_makes(gguf: Path, batched: Any
     single.close()
 
 
-def test_replies_at_once_all_complete_and_the_waiting_get_a_freed_slot(gguf: Path, batched: Any) -> None:
+def test_replies_at_once_all_complete_and_the_waiting_get_a_freed_slot(
+    batched: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Six readers on three slots, at once: each gets a whole reply, max_tokens long (the tiny model
-    rarely ends a turn itself) and made of real text; three waited for a slot."""
+    rarely ends a turn itself) and made of real text; never more than three under way, and some waited
+    for a slot while three were."""
     results: dict[int, tuple[str, int, str | None]] = {}
     start = threading.Barrier(6)
-    long = replace(GREEDY, max_tokens=40)
+    long = replace(GREEDY, max_tokens=150)
+    seen: list[tuple[int, int]] = []  # (under way, waiting) after each admission
+    admit = batched._admit
+
+    def watched() -> bool:
+        going = admit()
+        seen.append((len(batched._running), len(batched._waiting)))
+        return going
+
+    monkeypatch.setattr(batched, "_admit", watched)
 
     def read(k: int, prompt: list[int]) -> None:
         start.wait()
@@ -85,9 +97,11 @@ def test_replies_at_once_all_complete_and_the_waiting_get_a_freed_slot(gguf: Pat
         t.join(120)
     assert sorted(results) == list(range(6))
     for text, tokens, reason in results.values():
-        assert text.strip() and 0 < tokens <= 40
+        assert text.strip() and 0 < tokens <= 150
         assert reason in ("length", "stop")
     assert batched._running == [] and sorted(batched._free) == [0, 1, 2]
+    assert max(running for running, _ in seen) == 3
+    assert any(waiting > 0 for running, waiting in seen if running == 3)
 
 
 def test_a_reader_that_stops_early_frees_its_slot(batched: Any) -> None:
@@ -154,16 +168,34 @@ def test_a_reply_that_starts_alone_clears_the_other_slots(batched: Any) -> None:
         assert (held >= len(ps[1]) - 1) if s == kept else (held == -1 and batched._cached[s] == [])
 
 
-def test_a_prompt_longer_than_a_batch_goes_in_pieces_and_gives_the_same_reply(gguf: Path) -> None:
+def test_a_prompt_longer_than_a_batch_goes_in_pieces_and_gives_the_same_reply(
+    gguf: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A prompt over n_batch (512) tokens is evaluated over several steps, beside the tokens of a reply
     under way, and still gives LlamaCppBackend's reply."""
     single = open_backend("llama.cpp", gguf, context_length=2048)
     batched = open_backend("llama.cpp", gguf, context_length=2048, slots=2)
     long_prompt = [t for p in prompts(single.tokenizer) for t in p] * 8
     assert 700 < len(long_prompt) < 2000 - GREEDY.max_tokens
-    other = iter(batched.generate(prompts(single.tokenizer)[0], replace(GREEDY, max_tokens=100)))
+    other = iter(batched.generate(prompts(single.tokenizer)[0], replace(GREEDY, max_tokens=400)))
     next(other)  # a reply under way while the long prompt goes in
-    assert reply(batched, long_prompt, GREEDY) == reply(single, long_prompt, GREEDY)
+    import llama_cpp
+
+    decoded: list[list[int]] = []  # the sequence of each token of each decode
+    real = llama_cpp.llama_decode
+
+    def recording(ctx: Any, batch: Any) -> int:
+        decoded.append([batch.seq_id[i][0] for i in range(batch.n_tokens)])
+        return real(ctx, batch)
+
+    monkeypatch.setattr(llama_cpp, "llama_decode", recording)
+    long_reply = reply(batched, long_prompt, GREEDY)
+    monkeypatch.undo()
+    assert long_reply == reply(single, long_prompt, GREEDY)
     assert "".join(other)
+    # the prompt went in over several decodes, each beside a token of the other reply
+    pieces = [seqs for seqs in decoded if len(seqs) > 2]
+    assert len(pieces) >= 2 and all(len(set(seqs)) == 2 for seqs in pieces)
+    assert sum(len(seqs) - 1 for seqs in pieces) == len(long_prompt)
     batched.close()
     single.close()
