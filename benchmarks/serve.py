@@ -443,14 +443,14 @@ def bench_model(
     ]
     differ = sorted(k for k, seen in texts.items() if len(seen) > 1)
     same = "yes" if not differ else f"NO (requests {differ})"
-    same += "; the 8 clients' replies unlike the direct reply to the same request: " + ", ".join(
-        f"{d} of {n} with --workers {w}" for w, d, n in at_once
-    )
-    same += (
-        " (replies decoded in one batch, --workers > 1 on a GGUF, differ from a reply alone in the "
-        "last bits of their logits, as llama-server's do; a random model's near-equal logits turn "
-        "that into other greedy picks)"
-    )
+    unlike = ", ".join(f"{d} of {n} with --workers {w}" for w, d, n in at_once)
+    same += f"; the {args.clients} clients' replies unlike the direct reply to the same request: {unlike}"
+    if any(d for _, d, _ in at_once):
+        same += (
+            " (replies decoded in one batch, --workers > 1 on a GGUF, differ from a reply alone in the "
+            "last bits of their logits, as llama-server's do; a random model's near-equal logits turn "
+            "that into other greedy picks)"
+        )
     notes.append(f"Tokens a reply: {tokens}; each request's reply the same text, direct and served: {same}.")
     return "\n".join(head + rows + [""] + notes) + "\n"
 
