@@ -110,6 +110,40 @@ def test_cli_gpus_option_relaunches_in_several_processes(tmp_path: Path) -> None
     ]
 
 
+def test_every_process_ends_its_process_group_before_python_shuts_down(tmp_path: Path) -> None:
+    """A process whose gloo group is still alive when the interpreter tears down may abort after training
+    finished (SIGABRT, "terminate called without an active exception": the resume test above failed so
+    once in CI), and the launcher then reports the run failed. Each process ends its group at exit, after
+    a finished run and after an error alike."""
+    config = make_workspace(tmp_path, "llama")
+    cfg = config.model_copy(update={"train": settings("lora", steps=2, eval_every=2, save_every=2)})
+    script = tmp_path / "ends.py"
+    script.write_text(
+        textwrap.dedent(f"""
+        import atexit, os, sys
+        from pathlib import Path
+        import torch.distributed as dist
+        from twinlm.config import TwinConfig
+        from twinlm.train.loop import train
+        name = sys.argv[1]
+        alive = Path({str(tmp_path)!r}) / f"alive-{{name}}-{{os.environ['RANK']}}.txt"
+        # Registered before train(), so it runs after twinlm's exit handlers (last in, first out).
+        atexit.register(lambda: alive.write_text(str(dist.is_initialized())))
+        cfg = TwinConfig.model_validate_json({cfg.model_dump_json()!r})
+        if name == "error":  # fewer micro-batches than one step needs: a TwinError in both processes
+            cfg = cfg.model_copy(update={{"train": cfg.train.model_copy(update={{"grad_accum": 10**6}})}})
+        train(cfg, Path({str(tmp_path)!r}), name)
+        """)
+    )
+    finished = _launch(tmp_path, script, "run")
+    assert finished.returncode == 0, finished.stderr[-3000:]
+    failed = _launch(tmp_path, script, "error")
+    assert failed.returncode != 0 and "fewer than 2 process(es)" in failed.stderr, failed.stderr[-3000:]
+    for name in ("run", "error"):
+        for rank in (0, 1):
+            assert (tmp_path / f"alive-{name}-{rank}.txt").read_text() == "False", (name, rank)
+
+
 def test_uneven_eval_bins_give_every_process_the_same_forwards_and_the_single_process_loss(
     tmp_path: Path,
 ) -> None:

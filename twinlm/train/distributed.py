@@ -16,6 +16,7 @@ run is the same file with the machine count, this machine's rank and the main ma
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import importlib.util
 import os
@@ -186,6 +187,12 @@ def make_accelerator(grad_accum: int) -> Any:
         cpu=not torch.cuda.is_available(),
         gradient_accumulation_steps=grad_accum if wants == "deepspeed" else 1,
     )
+    if accelerator.num_processes > 1:
+        # A process that ends with its process group alive leaves gloo's worker threads to the
+        # interpreter's teardown, where it may abort (SIGABRT, "terminate called without an active
+        # exception") after training finished, and the launcher then reports the run failed. End the
+        # group while Python is still whole, on every way out (a TwinError as well as the last step).
+        atexit.register(accelerator.state.destroy_process_group)
     if accelerator.distributed_type == DistributedType.DEEPSPEED:
         ds = accelerator.state.deepspeed_plugin.deepspeed_config
         if ds.get("gradient_accumulation_steps") not in (grad_accum, "auto"):
