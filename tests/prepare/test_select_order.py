@@ -8,6 +8,8 @@ from collections import Counter
 from datetime import UTC, datetime
 from pathlib import Path
 
+import pytest
+
 from twinlm.config import TwinConfig
 from twinlm.corpus.db import Corpus
 from twinlm.identities import resolver
@@ -66,3 +68,59 @@ def test_chatgpt_node_without_create_time_keeps_its_place(tmp_path: Path) -> Non
         (chat,) = chats(corpus, resolver(TwinConfig()), Counter())
         roles = [(line.role, line.timestamp_ms is None) for line in chat.lines]
         assert roles[:3] == [("user", False), ("assistant", True), ("user", False)]
+
+
+def _all_lines(corpus: Corpus, **options: object) -> list[tuple[str, bool, list[tuple]]]:
+    """(chat, whether its lines came whole, the lines) for every chat."""
+    found = chats(corpus, resolver(TwinConfig()), Counter(), **options)  # type: ignore[arg-type]
+    return [(c.key, isinstance(c.lines, tuple), list(c.lines)) for c in found]
+
+
+def test_conversations_read_by_id_runs_equal_the_sorted_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The build reads each conversation's runs of rows by id range instead of sorting every message;
+    both reads give the same chats, lines and order, with exclusions, superseded rows, a source filter,
+    conversations whose rows interleave over several imports, and long chats streamed only when their
+    times never go back."""
+    from twinlm.prepare import select
+
+    with Corpus(tmp_path / "corpus.db") as corpus:
+        for round_ in range(3):  # each import adds to every conversation: three runs each
+            for source, native in (("telegram", "b"), ("discord", "z"), ("telegram", "a"), ("telegram", "c")):
+                # z's imports go back in time: the long chat read whole and sorted, not streamed
+                minute = 10 * (2 - round_ if native == "z" else round_)
+                msgs = [message(f"{native}{round_}-{k}", minute + k, f"p{k % 2}") for k in range(4)]
+                with corpus.importing([f"{source}{round_}"]) as import_id, corpus.file_savepoint():
+                    corpus.add(Conversation(source, native, native, "chat", tuple(msgs)), import_id)
+        db = corpus.db
+        db.execute("UPDATE conversations SET excluded = 1 WHERE native_id = 'c'")
+        db.execute("UPDATE messages SET excluded = 1 WHERE native_id IN ('b0-1', 'a2-3')")
+        db.execute("UPDATE messages SET superseded_by_import = 1 WHERE native_id = 'z1-2'")
+        db.execute("UPDATE messages SET excluded = 1 WHERE native_id LIKE 'a%'")  # 'a': nothing left
+        db.execute("UPDATE messages SET excluded = 0 WHERE native_id = 'a1-0'")  # ... but one message
+        runs = select._runs(corpus)
+        assert runs is not None and all(len(r) == 3 for r in runs.values())
+
+        def read() -> tuple[list, list, list]:
+            every = _all_lines(corpus)
+            return every, _all_lines(corpus, sources=["telegram"]), _all_lines(corpus, stream_over=5)
+
+        by_runs = read()
+        monkeypatch.setattr(select, "RUNS_PER_CONVERSATION", 0)  # any run is too many: the sorted read
+        assert select._runs(corpus) is None
+        assert read() == by_runs
+        every, telegram, streaming = by_runs
+        assert [key for key, _, _ in every] == ["discord:z", "telegram:a", "telegram:b"]
+        assert [key for key, _, _ in telegram] == ["telegram:a", "telegram:b"]
+        # Over stream_over lines: b in time order is streamed; z, out of order, is read whole and sorted.
+        assert [(key, whole) for key, whole, _ in streaming] == [
+            ("discord:z", True),
+            ("telegram:a", True),
+            ("telegram:b", False),
+        ]
+        lines = {key: [line.text for line in chat] for key, _, chat in every}
+        assert lines["telegram:a"] == ["a1-0"]
+        assert "b0-1" not in lines["telegram:b"] and len(lines["telegram:b"]) == 11
+        assert "z1-2" not in lines["discord:z"] and len(lines["discord:z"]) == 11
+        assert lines["discord:z"][:4] == ["z2-0", "z2-1", "z2-2", "z2-3"]

@@ -7,13 +7,15 @@ name), so every later step sees one name per person.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import operator
-from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections import Counter, deque
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import NamedTuple
 
+import numpy as np
 import orjson
 
 from twinlm.corpus.db import Corpus
@@ -48,8 +50,29 @@ class Chat:
     lines: tuple[Line, ...] | Iterable[Line]
 
 
-# Only the message's own columns per row: the conversation's (title, participants...) are read once per
-# conversation (_CONVERSATION), not carried through the sort and made into Python objects per message.
+# Ingest writes a conversation's messages together, so in id order they lie in a few runs of rows (one
+# per export that added to it). The build reads each conversation's runs by id range, in conversation
+# order: SQLite never sorts the messages (which held every row, text included, in its sorter: ~1 us a
+# message, and temporary files the size of the corpus). A corpus whose conversations interleave row by row
+# (more runs than RUNS_PER_CONVERSATION each) is read with the one sorted query instead.
+_RUNS = "SELECT conversation, id FROM messages ORDER BY id"  # the table's own order: no sort
+RUNS_PER_CONVERSATION = 8
+_CONVERSATIONS = """
+SELECT c.id, c.source, c.native_id, c.kind, c.title, c.platform_detail, c.participants, c.system_prompt
+FROM conversations AS c WHERE NOT c.excluded {where} ORDER BY c.source, c.native_id
+"""
+_RUN_ROWS = """
+SELECT author_id, author_name, coalesce(user_text, text), kind, role, ts FROM messages
+WHERE id BETWEEN ? AND ? AND conversation = ? AND NOT excluded AND superseded_by_import IS NULL
+ORDER BY id
+"""
+_RUN_TIMES = """
+SELECT ts FROM messages
+WHERE id BETWEEN ? AND ? AND conversation = ? AND NOT excluded AND superseded_by_import IS NULL
+AND ts IS NOT NULL ORDER BY id
+"""
+# The fallback: every message in conversation order, sorted by SQLite. Only the message's own columns
+# per row: the conversation's are read once per conversation (_CONVERSATION).
 _QUERY = """
 SELECT m.conversation, m.author_id, m.author_name, coalesce(m.user_text, m.text), m.kind, m.role, m.ts
 FROM messages AS m JOIN conversations AS c ON c.id = m.conversation
@@ -57,8 +80,8 @@ WHERE NOT c.excluded AND NOT m.excluded AND m.superseded_by_import IS NULL {wher
 ORDER BY c.source, c.native_id, m.id
 """
 _CONVERSATION = """
-SELECT source, native_id, kind, title, platform_detail, participants, system_prompt
-FROM conversations WHERE id = ?
+SELECT c.id, c.source, c.native_id, c.kind, c.title, c.platform_detail, c.participants, c.system_prompt
+FROM conversations AS c WHERE c.id = ?
 """
 
 # Conversations whose rows (in id order) are not in time order: a message older than one before it.
@@ -143,24 +166,19 @@ def chats(
 def _chats(
     corpus: Corpus, resolve: Resolver, where: str, params: tuple[str, ...], stream_over: int | None
 ) -> Iterator[Chat]:
-    rows = corpus.db.execute(_QUERY.format(where=where), params)
     # One speaker per account (source, author id), whatever name each message shows: `resolve` sees
     # the account's first message, so give it one that knows every name (Identities.speaker).
     names: dict[str, dict[str, str]] = {}  # source -> author id -> speaker
-    unordered: set[int] | None = None  # read once, at the first conversation long enough to stream
-
-    for conversation, group in itertools.groupby(rows, key=operator.itemgetter(0)):
-        source, native_id, kind, title, detail, participants, system_prompt = corpus.db.execute(
-            _CONVERSATION, (conversation,)
-        ).fetchone()
-        rest = _lines(group, source, names.setdefault(source, {}), resolve)
+    for conversation, rows, in_time_order in _conversations(corpus, where, params):
+        _, source, native_id, kind, title, detail, participants, system_prompt = conversation
+        rest = _lines(rows, source, names.setdefault(source, {}), resolve)
         lines: tuple[Line, ...] | Iterable[Line] = list(
             rest if stream_over is None else itertools.islice(rest, stream_over + 1)
         )
+        if not lines:  # every message excluded or superseded
+            continue
         if stream_over is not None and len(lines) > stream_over:
-            if unordered is None:
-                unordered = {row[0] for row in corpus.db.execute(_UNORDERED)}
-            lines = [*lines, *rest] if conversation in unordered else itertools.chain(lines, rest)
+            lines = itertools.chain(lines, rest) if in_time_order() else [*lines, *rest]
         if isinstance(lines, list):
             lines = tuple(_in_time_order(lines))
         yield Chat(
@@ -175,10 +193,77 @@ def _chats(
         )
 
 
+# A message row as _lines reads it: author id, author name, text, kind, role, time.
+_Row = tuple[str, str, str, str, str, int | None]
+
+
+def _conversations(
+    corpus: Corpus, where: str, params: tuple[str, ...]
+) -> Iterator[tuple[tuple, Iterator[_Row], Callable[[], bool]]]:
+    """(conversation row, its message rows in id order, whether those are in time order: asked only of
+    a chat long enough to stream), conversations in (source, native id) order."""
+    db = corpus.db
+    runs = _runs(corpus)
+    if runs is None:
+        unordered: set[int] | None = None  # read once, at the first conversation long enough to stream
+
+        def in_time_order(conversation: int) -> bool:
+            nonlocal unordered
+            if unordered is None:
+                unordered = {row[0] for row in db.execute(_UNORDERED)}
+            return conversation not in unordered
+
+        rows = db.execute(_QUERY.format(where=where), params)
+        for conversation, group in itertools.groupby(rows, key=operator.itemgetter(0)):
+            yield (
+                db.execute(_CONVERSATION, (conversation,)).fetchone(),
+                map(operator.itemgetter(slice(1, None)), group),
+                functools.partial(in_time_order, conversation),
+            )
+        return
+    for conversation in db.execute(_CONVERSATIONS.format(where=where), params):
+        ranges = runs.get(conversation[0], [])
+        yield (
+            conversation,
+            itertools.chain.from_iterable(db.execute(_RUN_ROWS, (a, b, conversation[0])) for a, b in ranges),
+            functools.partial(_runs_in_time_order, corpus, conversation[0], ranges),
+        )
+
+
+def _runs_in_time_order(corpus: Corpus, conversation: int, ranges: list[tuple[int, int]]) -> bool:
+    """Whether the conversation's times never go back in id order (those without a time left out), read a
+    block of times at a time: for a long chat, instead of _UNORDERED's sort of every message."""
+    last = -(1 << 63)
+    for first, final in ranges:
+        cursor = corpus.db.execute(_RUN_TIMES, (first, final, conversation))
+        while block := cursor.fetchmany(1 << 16):
+            times = np.fromiter(itertools.chain.from_iterable(block), dtype=np.int64, count=len(block))
+            if times[0] < last or bool((times[1:] < times[:-1]).any()):
+                return False
+            last = int(times[-1])
+    return True
+
+
+def _runs(corpus: Corpus) -> dict[int, list[tuple[int, int]]] | None:
+    """Each conversation's runs of consecutive rows in id order, (first id, last id); None when there
+    are more than RUNS_PER_CONVERSATION a conversation (interleaved rows: read sorted instead)."""
+    (conversations,) = corpus.db.execute("SELECT count(*) FROM conversations").fetchone()
+    most = RUNS_PER_CONVERSATION * conversations
+    runs: dict[int, list[tuple[int, int]]] = {}
+    rows = itertools.groupby(corpus.db.execute(_RUNS), key=operator.itemgetter(0))
+    for found, (conversation, run) in enumerate(rows, start=1):
+        first = next(run)[1]
+        last = deque(run, maxlen=1)  # the run's last row, read through in C
+        runs.setdefault(conversation, []).append((first, last[0][1] if last else first))
+        if found > most:
+            return None
+    return runs
+
+
 def _lines(rows: Iterable[tuple], source: str, names: dict[str, str], resolve: Resolver) -> Iterator[Line]:
     """The conversation's rows as Lines (one a message: kept to a tuple and a dict lookup)."""
     new = tuple.__new__
-    for _, author_id, author_name, text, kind, role, ts in rows:
+    for author_id, author_name, text, kind, role, ts in rows:
         speaker = names.get(author_id)
         if speaker is None:
             speaker = names[author_id] = resolve(source, author_id, author_name) or author_name
