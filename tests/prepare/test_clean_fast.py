@@ -166,3 +166,59 @@ def test_clean_session_cuts_at_the_first_message_is_conversation_ender_names(mod
             assert kept is None
         else:
             assert kept == messages[:at]
+
+
+def _plain_non_reply(text: str, config: CleanConfig) -> str | None:
+    """`_non_reply` as it was before its first-word shortcut."""
+    rules = clean._rules(config)
+    found = clean._words(text)
+    if not found:
+        return clean._non_reply(text, config, rules)  # unchanged: no words
+    if not config.non_replies:
+        return None
+    if (
+        all(map(rules.is_non_reply_word, found))
+        or (len(text) <= rules.raw_max and text.casefold() in rules.non_reply_raw)
+        or (
+            len(found) <= rules.longest_phrase
+            and " ".join(map(clean._squeeze, found)) in rules.non_reply_phrases
+        )
+    ):
+        return "message dropped: non-reply"
+    return None
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        CleanConfig(),
+        CleanConfig(languages=["de"], non_replies_extra=["+1", "thank you so much", "Ñoño!", "k thx bye"]),
+    ],
+)
+def test_non_replies_found_by_their_first_word_are_the_plain_rules_non_replies(config: CleanConfig) -> None:
+    rules = clean._rules(config)
+    entries = sorted(rules.non_reply_raw)
+    rng = random.Random(7)
+    texts = [*entries, *_samples(3, 5_000)]
+    for entry in entries:
+        stretched = "".join(c * rng.randint(1, 3) for c in entry)
+        other = rng.choice(entries)
+        texts += [
+            entry.upper(),
+            stretched,
+            f"{entry}!!",
+            f"{entry} 😂",
+            f"ok {entry}",
+            f"{entry} lol",
+            f"{entry} {other}",
+            f"{entry} then we go",
+            f"we {entry}",
+            f"'{entry}'",
+            f"  {entry.title()}  ",
+        ]
+    dropped = 0
+    for text in texts:
+        expected = _plain_non_reply(text, config)
+        assert clean._non_reply(text, config, rules) == expected, repr(text)
+        dropped += expected is not None
+    assert 0 < dropped < len(texts)  # both outcomes were checked

@@ -261,6 +261,10 @@ class _Rules:
         self.non_reply_raw = frozenset(e.strip().casefold() for e in non_replies)
         # casefold() never shortens a text: one longer than every entry cannot be one.
         self.raw_max = max(map(len, self.non_reply_raw), default=0)
+        # A text is a listed phrase, or an entry as typed, only if its first word starts one (words()
+        # of a casefolded text are its own: casefold() is idempotent); most texts are decided by this.
+        self.phrase_first_words = frozenset(key.split(" ")[0] for key in keys)
+        self.raw_first_words = frozenset(found[0] for e in self.non_reply_raw if (found := words(e)))
         enders = [e for lang in config.languages for e in _ENDERS[lang].split("|")]
         enders += config.conversation_enders_extra
         self.enders = _phrase_keys(enders)
@@ -397,6 +401,13 @@ def _non_reply(text: str, config: CleanConfig, rules: _Rules) -> str | None:
         return None
     if not config.non_replies:
         return None
+    first = found[0]
+    if (
+        not rules.is_non_reply_word(first)
+        and first not in rules.raw_first_words
+        and _squeeze(first) not in rules.phrase_first_words
+    ):
+        return None  # nearly every text: no rule below can match
     if (
         all(map(rules.is_non_reply_word, found))
         or (len(text) <= rules.raw_max and text.casefold() in rules.non_reply_raw)
