@@ -222,7 +222,7 @@ def _build(
                 del pending[first]
                 started.pop(first, None)  # its prompts are made (a long chat has many sessions)
             weights[position] += r.trained_tokens
-            whose.add_row(sample, r.labels)
+            whose.add_runs(sample, r.runs)
             spill.rendered.add(r.sample_id, r.input_ids, r.labels)
         pending.clear()
         if not keys:

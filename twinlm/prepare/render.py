@@ -127,6 +127,7 @@ class Row:
     input_ids: np.ndarray
     labels: np.ndarray  # IGNORE_INDEX where not trained
     trained_tokens: int
+    runs: list[int]  # the lengths of the runs of trained labels, in order (whose.Tally counts them)
 
 
 # --- messages -----------------------------------------------------------------------------------
@@ -270,9 +271,20 @@ class _Piece:
     def row(self) -> Row:
         ids = np.array(self.ids, dtype=np.int32)
         labels = np.full(len(ids), IGNORE_INDEX, dtype=np.int32)
-        for i, j in self.ranges:
+        # The trained runs are the ranges' union, read from the ranges instead of the labels (a token id
+        # is never IGNORE_INDEX): numpy's run finding cost a few microseconds a row (issue 18).
+        runs: list[int] = []
+        end = -1
+        for i, j in sorted(self.ranges):
             labels[i:j] = ids[i:j]
-        return Row(self.sample_id, ids, labels, int(np.count_nonzero(labels != IGNORE_INDEX)))
+            if j <= max(i, end):
+                continue
+            if i <= end:  # touches or overlaps the run before: the same run
+                runs[-1] += j - end
+            else:
+                runs.append(j - i)
+            end = j
+        return Row(self.sample_id, ids, labels, sum(runs), runs)
 
 
 class _Renderer:

@@ -37,7 +37,10 @@ class Tally:
 
     def add_row(self, sample: Sample, labels: Sequence[int]) -> None:
         """Count the trained tokens of one of `sample`'s rows by whose turn they are."""
-        runs = _runs(labels)
+        self.add_runs(sample, _runs(labels))
+
+    def add_runs(self, sample: Sample, runs: list[int]) -> None:
+        """`add_row` of a row whose runs of trained labels are known (render's Row.runs)."""
         total = sum(runs)
         self.source_tokens[sample.source] += total
         self.kind_tokens[sample.kind] += total
