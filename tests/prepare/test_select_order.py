@@ -73,7 +73,10 @@ def test_chatgpt_node_without_create_time_keeps_its_place(tmp_path: Path) -> Non
 def _all_lines(corpus: Corpus, **options: object) -> list[tuple[str, bool, list[tuple]]]:
     """(chat, whether its lines came whole, the lines) for every chat."""
     found = chats(corpus, resolver(TwinConfig()), Counter(), **options)  # type: ignore[arg-type]
-    return [(c.key, isinstance(c.lines, tuple), list(c.lines)) for c in found]
+    read = [(c, isinstance(c.lines, tuple), list(c.lines)) for c in found]
+    for chat, _, lines in read:  # its speakers are noted as its lines are read, streamed or not
+        assert chat.speakers == {line.speaker for line in lines}
+    return [(chat.key, whole, lines) for chat, whole, lines in read]
 
 
 def test_conversations_read_by_id_runs_equal_the_sorted_read(

@@ -17,9 +17,9 @@ from __future__ import annotations
 import shutil
 from array import array
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +39,7 @@ from twinlm.prepare.persona import persona_for, persona_prompt
 from twinlm.prepare.redact import Redactor, redacted_kinds
 from twinlm.prepare.render import SystemFor, detect_style, render_arrays
 from twinlm.prepare.sample import Sample, Turn
-from twinlm.prepare.select import Chat, Line, chats
+from twinlm.prepare.select import Chat, chats
 from twinlm.prepare.sessions import iter_by_gap, merge_turns
 from twinlm.prepare.stream import SampleKeys, Spill, SplitStats
 from twinlm.prepare.teacher import ConfirmSend, generate_qa
@@ -151,17 +151,14 @@ def _build(
             # The chat's samples are rendered (and their prompts read) before the next chat starts,
             # and its lines are read once, as its sessions are made (a long chat is never held whole).
             started.clear()
-            seen: set[str] = set()
-            lines = _noting_speakers(chat.lines, seen)
-            yield from _samples_of(
-                replace(chat, lines=lines), settings, me_name, counts, style, started, redactor
-            )
-            for _ in lines:  # what the samples did not read (documents left out) still has speakers
-                pass
-            speakers.update(seen)
+            yield from _samples_of(chat, settings, me_name, counts, style, started, redactor)
+            if not isinstance(chat.lines, tuple):  # streamed: read what the samples did not (documents
+                for _ in chat.lines:  # left out), so that every speaker is noted
+                    pass
+            speakers.update(chat.speakers)
             if chat.kind == "chat":
                 chat_speakers = set() if chat_speakers is None else chat_speakers
-                chat_speakers.update(seen)
+                chat_speakers.update(chat.speakers)
         if not speakers:
             raise TwinError(_empty_corpus(corpus, settings.sources))
         if isinstance(asked, list):
@@ -359,12 +356,6 @@ def _samples_of(
             turns=tuple(turns),
             system=_system(chat, first, turns, settings, style),
         )
-
-
-def _noting_speakers(lines: Iterable[Line], seen: set[str]) -> Iterator[Line]:
-    for line in lines:
-        seen.add(line.speaker)
-        yield line
 
 
 def _cleaned(chat: Chat, settings: BuildConfig, counts: Counter[str], redactor: Redactor) -> Iterator[Msg]:

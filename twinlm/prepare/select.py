@@ -12,7 +12,7 @@ import itertools
 import operator
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import NamedTuple
 
 import numpy as np
@@ -48,6 +48,8 @@ class Chat:
     # A tuple; from `chats(..., stream_over=N)`, for a conversation of more than N messages already in
     # time order, a one-pass iterator read from the database as it is used (before the next chat).
     lines: tuple[Line, ...] | Iterable[Line]
+    # Who speaks in `lines`, noted as each is read: whole once they are (a streamed chat's as it goes).
+    speakers: set[str] = field(default_factory=set)
 
 
 # Ingest writes a conversation's messages together, so in id order they lie in a few runs of rows (one
@@ -171,7 +173,8 @@ def _chats(
     names: dict[str, dict[str, str]] = {}  # source -> author id -> speaker
     for conversation, rows, in_time_order in _conversations(corpus, where, params):
         _, source, native_id, kind, title, detail, participants, system_prompt = conversation
-        rest = _lines(rows, source, names.setdefault(source, {}), resolve)
+        speakers: set[str] = set()
+        rest = _lines(rows, source, names.setdefault(source, {}), resolve, speakers)
         lines: tuple[Line, ...] | Iterable[Line] = list(
             rest if stream_over is None else itertools.islice(rest, stream_over + 1)
         )
@@ -190,6 +193,7 @@ def _chats(
             participants=tuple(orjson.loads(participants)),
             system_prompt=system_prompt,
             lines=lines,
+            speakers=speakers,
         )
 
 
@@ -260,11 +264,16 @@ def _runs(corpus: Corpus) -> dict[int, list[tuple[int, int]]] | None:
     return runs
 
 
-def _lines(rows: Iterable[tuple], source: str, names: dict[str, str], resolve: Resolver) -> Iterator[Line]:
-    """The conversation's rows as Lines (one a message: kept to a tuple and a dict lookup)."""
+def _lines(
+    rows: Iterable[tuple], source: str, names: dict[str, str], resolve: Resolver, speakers: set[str]
+) -> Iterator[Line]:
+    """The conversation's rows as Lines (one a message: kept to a tuple and a dict lookup), each speaker
+    noted in `speakers`."""
     new = tuple.__new__
+    noted = speakers.add
     for author_id, author_name, text, kind, role, ts in rows:
         speaker = names.get(author_id)
         if speaker is None:
             speaker = names[author_id] = resolve(source, author_id, author_name) or author_name
+        noted(speaker)
         yield new(Line, (speaker, author_name, text, kind, role, ts))
