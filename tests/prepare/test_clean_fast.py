@@ -193,6 +193,7 @@ def _plain_non_reply(text: str, config: CleanConfig) -> str | None:
     [
         CleanConfig(),
         CleanConfig(languages=["de"], non_replies_extra=["+1", "thank you so much", "Ñoño!", "k thx bye"]),
+        CleanConfig(enders_max_chars=4),  # nearly every text read to its first word only
     ],
 )
 def test_non_replies_found_by_their_first_word_are_the_plain_rules_non_replies(config: CleanConfig) -> None:
@@ -215,6 +216,9 @@ def test_non_replies_found_by_their_first_word_are_the_plain_rules_non_replies(c
             f"we {entry}",
             f"'{entry}'",
             f"  {entry.title()}  ",
+            f"{entry} " * 30,
+            "\u3000 \n" * 40 + entry,
+            "🙂 " * 60 + f"{entry} {other}",
         ]
     dropped = 0
     for text in texts:
@@ -239,3 +243,9 @@ def test_a_rows_trained_runs_from_its_ranges_are_the_runs_of_its_labels() -> Non
         row = _Piece("s", [rng.randint(0, 99) for _ in range(n)], ranges, "", ()).row()
         assert row.runs == _runs(row.labels), ranges
         assert row.trained_tokens == int(np.count_nonzero(row.labels != IGNORE_INDEX))
+
+
+def test_the_first_word_read_alone_is_the_first_of_all_the_words() -> None:
+    texts = [*_samples(11, 20_000), "", "   ", "😂 … \u3000", " 😂 don't go", "'' ʼx", "a" * 500]
+    for text in texts:
+        assert clean._first_word(text) == next(iter(words(text)), None), repr(text)

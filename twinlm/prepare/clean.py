@@ -130,6 +130,18 @@ def words(text: str) -> list[str]:
     return _WORD.findall(folded)
 
 
+def _first_word(text: str) -> str | None:
+    """`words(text)[0]` (None when there is none), reading `text` only as far as that word: a word never
+    spans whitespace, so it is the first word of the first whitespace-separated piece that has one."""
+    rest = text
+    while parts := rest.split(None, 1):
+        found = words(parts[0])
+        if found:
+            return found[0]
+        rest = parts[1] if len(parts) > 1 else ""
+    return None
+
+
 # A message's words are needed twice (non-replies, then farewells once its session is complete) and
 # short texts repeat ("ok", "yes"): the recent ones are kept.
 @lru_cache(maxsize=1 << 14)
@@ -392,8 +404,11 @@ def clean_message(
 
 def _non_reply(text: str, config: CleanConfig, rules: _Rules) -> str | None:
     """The drop reason when `text` is only a reaction or has no words, else None."""
-    found = _words(text)
-    if not found:
+    # Most texts need only their first word here. A text short enough for the farewell check needs all
+    # its words there anyway (_words keeps them for it); a longer one is read to its first word only.
+    found: Sequence[str] | None = _words(text) if len(text) <= config.enders_max_chars else None
+    first = (found[0] if found else None) if found is not None else _first_word(text)
+    if first is None:
         if config.drop_symbol_only:
             return "message dropped: emoji or punctuation only"
         if config.non_replies and len(text) <= rules.raw_max and text.casefold() in rules.non_reply_raw:
@@ -401,13 +416,13 @@ def _non_reply(text: str, config: CleanConfig, rules: _Rules) -> str | None:
         return None
     if not config.non_replies:
         return None
-    first = found[0]
     if (
         not rules.is_non_reply_word(first)
         and first not in rules.raw_first_words
         and _squeeze(first) not in rules.phrase_first_words
     ):
         return None  # nearly every text: no rule below can match
+    found = _words(text)
     if (
         all(map(rules.is_non_reply_word, found))
         or (len(text) <= rules.raw_max and text.casefold() in rules.non_reply_raw)
