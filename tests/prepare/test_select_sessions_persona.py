@@ -110,3 +110,29 @@ def test_chats_apply_exclusions_edits_and_identities(tmp_path: Path) -> None:
     }
     gpt = [c for c in found if c.source == "chatgpt"]
     assert gpt[0].system_prompt and "Be brief" in gpt[0].system_prompt
+
+
+def test_whether_a_session_trains_anyone_is_decided_as_its_merged_turns_decide_it() -> None:
+    """The build skips a session that trains nobody before merging its turns; the shortcut must agree
+    with the merged turns on every persona, whoever speaks when and with whatever roles."""
+    import random
+
+    from twinlm.prepare.build import _trains_anyone
+    from twinlm.prepare.clean import Msg
+
+    rng = random.Random(3)
+    personas = [persona_for(kind, t) for kind in ("chat", "assistant") for t in ("auto", "everyone", ["b"])]
+    outcomes = Counter()
+    for _ in range(5_000):
+        roles = ["user", "assistant", "participant"]
+        kept = [
+            Msg(rng.choice([ME, "a", "b"]), "text", "text", None, rng.choice(roles))
+            for _ in range(rng.randint(1, 6))
+        ]
+        for persona in personas:
+            last_role = {m.author: m.role for m in kept}
+            merged = merge_turns([(m.author, m.text) for m in kept])
+            expected = any(i > 0 and persona.trains(s, last_role[s]) for i, (s, _) in enumerate(merged))
+            assert _trains_anyone(kept, persona) == expected, (kept, persona)
+            outcomes[expected] += 1
+    assert outcomes[True] and outcomes[False]

@@ -35,7 +35,7 @@ from twinlm.models import resolve_model
 from twinlm.prepare.clean import Msg, clean_message, clean_session
 from twinlm.prepare.documents import document_samples
 from twinlm.prepare.outputs import eval_positions, eval_share
-from twinlm.prepare.persona import persona_for, persona_prompt
+from twinlm.prepare.persona import Persona, persona_for, persona_prompt
 from twinlm.prepare.redact import Redactor, redacted_kinds
 from twinlm.prepare.render import SystemFor, detect_style, render_arrays
 from twinlm.prepare.sample import Sample, Turn
@@ -332,13 +332,13 @@ def _samples_of(
         kept = clean_session(session, settings.clean, counts) if chat.kind == "chat" else session
         if not kept:
             continue
+        # Decided before turns are merged: about half the sessions of a chat export train nobody.
+        if not _trains_anyone(kept, persona):
+            counts["sessions where no target speaker talks after the first turn"] += 1
+            continue
         roles = {m.author: m.role for m in kept}
         merged = merge_turns([(m.author, m.text) for m in kept])
         trains = [i > 0 and persona.trains(speaker, roles[speaker]) for i, (speaker, _) in enumerate(merged)]
-        # Decided before any Turn is made: about half the sessions of a chat export train nobody.
-        if not any(trains):
-            counts["sessions where no target speaker talks after the first turn"] += 1
-            continue
         turns = [
             Turn(_display(speaker, me_name), text, trained)
             for (speaker, text), trained in zip(merged, trains, strict=True)
@@ -356,6 +356,16 @@ def _samples_of(
             turns=tuple(turns),
             system=_system(chat, first, turns, settings, style),
         )
+
+
+def _trains_anyone(kept: list[Msg], persona: Persona) -> bool:
+    """Whether a turn after the first of these messages' merged turns is trained, without merging them:
+    those turns are the messages after the first speaker's opening run, and a speaker's role (that of
+    their last message, as the samples take it) lies among them."""
+    opener = kept[0].author
+    after = next((i for i, m in enumerate(kept) if m.author != opener), len(kept))
+    later = {m.author: m.role for m in kept[after:]}
+    return any(persona.trains(speaker, role) for speaker, role in later.items())
 
 
 def _cleaned(chat: Chat, settings: BuildConfig, counts: Counter[str], redactor: Redactor) -> Iterator[Msg]:
