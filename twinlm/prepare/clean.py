@@ -299,6 +299,7 @@ class _Rules:
         )
         self.bots = frozenset(b.strip().casefold() for b in config.bots)
         self.is_non_reply_word = lru_cache(maxsize=1 << 16)(self._is_non_reply_word)
+        self.may_start_non_reply = lru_cache(maxsize=1 << 16)(self._may_start_non_reply)
 
     def may_hold_ender(self, found: Sequence[str]) -> bool:
         """False when no word of `found` squeezes to a farewell's index key (then no clause is one)."""
@@ -314,6 +315,15 @@ class _Rules:
                     if _squeeze(word) in keys:
                         self._key_words.add(word)
         return not self._key_words.isdisjoint(found)
+
+    def _may_start_non_reply(self, word: str) -> bool:
+        """Whether a text whose first word is `word` may be a non-reply: that word is one, or starts a
+        listed non-reply as typed or squeezed (a text whose first word does not is kept at once)."""
+        return (
+            self.is_non_reply_word(word)
+            or word in self.raw_first_words
+            or _squeeze(word) in self.phrase_first_words
+        )
 
     def _is_non_reply_word(self, word: str) -> bool:
         squeezed = _squeeze(word)
@@ -416,11 +426,7 @@ def _non_reply(text: str, config: CleanConfig, rules: _Rules) -> str | None:
         return None
     if not config.non_replies:
         return None
-    if (
-        not rules.is_non_reply_word(first)
-        and first not in rules.raw_first_words
-        and _squeeze(first) not in rules.phrase_first_words
-    ):
+    if not rules.may_start_non_reply(first):
         return None  # nearly every text: no rule below can match
     found = _words(text)
     if (
