@@ -1,8 +1,9 @@
 """Read the corpus for a build: conversations in a stable order, the user's exclusions and edits applied.
 
-One streamed query over all messages, grouped by conversation: memory holds one conversation at a
-time. Speakers are resolved to people here (`me`, a canonical name from twin.yaml, or the display
-name), so every later step sees one name per person.
+Conversations are read one at a time, each from its runs of rows by id range (no sort of the whole
+corpus; see _RUNS): memory holds one conversation, or a streamed part of a very long one. Speakers are
+resolved to people here (`me`, a canonical name from twin.yaml, or the display name), so every later
+step sees one name per person.
 """
 
 from __future__ import annotations
@@ -154,9 +155,9 @@ def chats(
     superseded = int(corpus.db.execute(_SUPERSEDED).fetchone()[0])
     if superseded:
         counts["messages superseded by a newer export"] += superseded
-    # The query sorts every message (no index by conversation, on purpose: corpus/db.py), and SQLite's
-    # sorter and page cache each take up to the cache size: read with a small one, so that a build's
-    # memory does not grow with the corpus (the sort spills to temporary files instead).
+    # SQLite's page cache (and, for a corpus read with the sorted query, its sorter) each take up to the
+    # cache size: read with a small one, so that a build's memory does not grow with the corpus (a sort
+    # spills to temporary files instead).
     (cache_size,) = corpus.db.execute("PRAGMA cache_size").fetchone()
     corpus.db.execute(f"PRAGMA cache_size = {READ_CACHE_SIZE}")
     try:
