@@ -261,3 +261,57 @@ def test_cli_build_prints_whose_words_and_warns_about_a_wrong_me(
     assert result.exit_code == 0, result.stderr
     report = json.loads(result.stdout)
     assert report["trained_by_speaker"]["Alex"]["turns"] > 0 and "trained_by_source" in report
+
+
+def _account_names_sorted_in_sqlite(corpus: Corpus) -> dict[tuple[str, str], tuple[str, ...]]:
+    """account_names as it was: one GROUP BY over every message, sorted by SQLite."""
+    names: dict[tuple[str, str], list[str]] = {}
+    for source, author_id, name in corpus.db.execute(
+        """SELECT source, author_id, author_name FROM messages
+           GROUP BY source, author_id, author_name
+           ORDER BY source, author_id, max(ts) IS NULL, max(ts) DESC, max(id) DESC"""
+    ):
+        names.setdefault((source, author_id), []).append(name)
+    for source, author_id, name in corpus.db.execute(
+        "SELECT source, author_id, name FROM author_names ORDER BY source, author_id, name"
+    ):
+        if name not in names.setdefault((source, author_id), []):
+            names[(source, author_id)].append(name)
+    return {account: tuple(found) for account, found in names.items()}
+
+
+@pytest.mark.parametrize("accounts_a_query", [400, 1])
+def test_account_names_list_the_latest_name_first_as_the_sorted_query_did(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, accounts_a_query: int
+) -> None:
+    """Renamed accounts (names without a time, equal times told apart by the later row, a source with the
+    same author id) give the same names in the same order as the one sorted query over every message."""
+    import random
+    from datetime import UTC, datetime
+
+    from twinlm.corpus import queries
+    from twinlm.model import Conversation, Message
+
+    monkeypatch.setattr(queries, "_ACCOUNTS_A_QUERY", accounts_a_query)
+    rng = random.Random(2)
+    with Corpus(tmp_path / "corpus.db") as corpus:
+        for k in range(6):
+            messages = []
+            for m in range(30):
+                author = rng.choice(["a", "b", "c"])
+                minute = rng.choice([None, 1, 2, 3, rng.randint(0, 59)])
+                when = None if minute is None else datetime(2024, 1, 1 + k % 3, 12, minute, tzinfo=UTC)
+                name = (
+                    rng.choice([f"{author}-old", f"{author}-new", author.upper()]) if author != "c" else "c"
+                )
+                messages.append(
+                    Message(id=f"{k}-{m}", author_id=author, author_name=name, timestamp=when, text="x")
+                )
+            source = "telegram" if k % 2 else "discord"
+            with corpus.importing([f"export{k}"]) as import_id, corpus.file_savepoint():
+                corpus.add(Conversation(source, f"chat{k}", "Chat", "chat", tuple(messages)), import_id)
+        corpus.db.execute("INSERT INTO author_names VALUES ('discord', 'a', 'a_username')")
+        expected = _account_names_sorted_in_sqlite(corpus)
+        assert account_names(corpus) == expected
+        assert list(account_names(corpus)) == list(expected)  # accounts in the same order too
+        assert sum(len(found) > 1 for found in expected.values()) >= 4  # renamed accounts were checked

@@ -46,12 +46,21 @@ def account_names(corpus: Corpus) -> dict[tuple[str, str], tuple[str, ...]]:
     one its most recent message shows), then the names only `author_names` remembers (Discord
     usernames, names from before a rename)."""
     names: dict[tuple[str, str], list[str]] = {}
-    for source, author_id, name in corpus.db.execute(
-        """SELECT source, author_id, author_name FROM messages
-           GROUP BY source, author_id, author_name
-           ORDER BY source, author_id, max(ts) IS NULL, max(ts) DESC, max(id) DESC"""
-    ):
+    # The distinct names first (SQLite keeps only those, not a sort of every message: issue 18), then
+    # their recency for the accounts that have several, from those accounts' messages only.
+    for source, author_id, name in sorted(corpus.db.execute(_DISTINCT_NAMES)):
         names.setdefault((source, author_id), []).append(name)
+    renamed = [account for account, found in names.items() if len(found) > 1]
+    for start in range(0, len(renamed), _ACCOUNTS_A_QUERY):
+        chunk = renamed[start : start + _ACCOUNTS_A_QUERY]
+        query = _NAME_RECENCY.format(accounts=", ".join(["(?, ?)"] * len(chunk)))
+        recency = {
+            (source, author_id, name): key
+            for source, author_id, name, *key in corpus.db.execute(query, [v for a in chunk for v in a])
+        }
+        for account in chunk:
+            # Latest first: by the newest message's time (those without a time last), then its id.
+            names[account].sort(key=lambda name, a=account: recency[(*a, name)])
     for source, author_id, name in corpus.db.execute(
         "SELECT source, author_id, name FROM author_names ORDER BY source, author_id, name"
     ):
@@ -59,6 +68,14 @@ def account_names(corpus: Corpus) -> dict[tuple[str, str], tuple[str, ...]]:
         if name not in known:
             known.append(name)
     return {account: tuple(found) for account, found in names.items()}
+
+
+_DISTINCT_NAMES = "SELECT DISTINCT source, author_id, author_name FROM messages"
+_ACCOUNTS_A_QUERY = 400  # (source, author id) pairs bound in one _NAME_RECENCY query
+_NAME_RECENCY = """
+SELECT source, author_id, author_name, max(ts) IS NULL, -max(ts), -max(id) FROM messages
+WHERE (source, author_id) IN (VALUES {accounts}) GROUP BY source, author_id, author_name
+"""
 
 
 def speakers(corpus: Corpus, resolve: Resolver | Identities) -> list[Speaker]:
