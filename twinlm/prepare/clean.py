@@ -416,8 +416,8 @@ def _non_reply(text: str, config: CleanConfig, rules: _Rules) -> str | None:
     """The drop reason when `text` is only a reaction or has no words, else None."""
     # Most texts need only their first word here. A text short enough for the farewell check needs all
     # its words there anyway (_words keeps them for it); a longer one is read to its first word only.
-    found: Sequence[str] | None = _words(text) if len(text) <= config.enders_max_chars else None
-    first = (found[0] if found else None) if found is not None else _first_word(text)
+    short = len(text) <= config.enders_max_chars
+    first = next(iter(_words(text)), None) if short else _first_word(text)
     if first is None:
         if config.drop_symbol_only:
             return "message dropped: emoji or punctuation only"
