@@ -133,6 +133,6 @@ def test_whether_a_session_trains_anyone_is_decided_as_its_merged_turns_decide_i
             last_role = {m.author: m.role for m in kept}
             merged = merge_turns([(m.author, m.text) for m in kept])
             expected = any(i > 0 and persona.trains(s, last_role[s]) for i, (s, _) in enumerate(merged))
-            assert _trains_anyone(kept, persona) == expected, (kept, persona)
+            assert _trains_anyone(kept, last_role, persona) == expected, (kept, persona)
             outcomes[expected] += 1
     assert outcomes[True] and outcomes[False]

@@ -332,11 +332,11 @@ def _samples_of(
         kept = clean_session(session, settings.clean, counts) if chat.kind == "chat" else session
         if not kept:
             continue
+        roles = {m.author: m.role for m in kept}  # a speaker's role: that of their last message
         # Decided before turns are merged: about half the sessions of a chat export train nobody.
-        if not _trains_anyone(kept, persona):
+        if not _trains_anyone(kept, roles, persona):
             counts["sessions where no target speaker talks after the first turn"] += 1
             continue
-        roles = {m.author: m.role for m in kept}
         merged = merge_turns([(m.author, m.text) for m in kept])
         trains = [i > 0 and persona.trains(speaker, roles[speaker]) for i, (speaker, _) in enumerate(merged)]
         turns = [
@@ -358,14 +358,12 @@ def _samples_of(
         )
 
 
-def _trains_anyone(kept: list[Msg], persona: Persona) -> bool:
+def _trains_anyone(kept: list[Msg], roles: dict[str, str], persona: Persona) -> bool:
     """Whether a turn after the first of these messages' merged turns is trained, without merging them:
-    those turns are the messages after the first speaker's opening run, and a speaker's role (that of
-    their last message, as the samples take it) lies among them."""
+    those turns' speakers are the authors after the first speaker's opening run."""
     opener = kept[0].author
     after = next((i for i, m in enumerate(kept) if m.author != opener), len(kept))
-    later = {m.author: m.role for m in kept[after:]}
-    return any(persona.trains(speaker, role) for speaker, role in later.items())
+    return any(persona.trains(speaker, roles[speaker]) for speaker in {m.author for m in kept[after:]})
 
 
 def _cleaned(chat: Chat, settings: BuildConfig, counts: Counter[str], redactor: Redactor) -> Iterator[Msg]:
