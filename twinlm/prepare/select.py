@@ -64,16 +64,13 @@ _CONVERSATIONS = """
 SELECT c.id, c.source, c.native_id, c.kind, c.title, c.platform_detail, c.participants, c.system_prompt
 FROM conversations AS c WHERE NOT c.excluded {where} ORDER BY c.source, c.native_id
 """
-_RUN_ROWS = """
+# A run's messages that the build reads: (first id, last id, conversation) bound.
+_IN_RUN = "id BETWEEN ? AND ? AND conversation = ? AND NOT excluded AND superseded_by_import IS NULL"
+_RUN_ROWS = f"""
 SELECT author_id, author_name, coalesce(user_text, text), kind, role, ts FROM messages
-WHERE id BETWEEN ? AND ? AND conversation = ? AND NOT excluded AND superseded_by_import IS NULL
-ORDER BY id
+WHERE {_IN_RUN} ORDER BY id
 """
-_RUN_TIMES = """
-SELECT ts FROM messages
-WHERE id BETWEEN ? AND ? AND conversation = ? AND NOT excluded AND superseded_by_import IS NULL
-AND ts IS NOT NULL ORDER BY id
-"""
+_RUN_TIMES = f"SELECT ts FROM messages WHERE {_IN_RUN} AND ts IS NOT NULL ORDER BY id"
 # The fallback: every message in conversation order, sorted by SQLite. Only the message's own columns
 # per row: the conversation's are read once per conversation (_CONVERSATION).
 _QUERY = """
