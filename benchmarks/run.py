@@ -179,7 +179,7 @@ def _build_section(exports: dict[str, Path], quick: bool, runs: int) -> list[str
 
     The tokenizer-only pass and the full build alternate `runs` times and the ratio is the median of
     the pairs': a shared VM's speed drifts by tens of percent over minutes, so one pass of each, minutes
-    apart, can say anything (one such pair gave 0.70 where alternating pairs gave 0.48-0.52)."""
+    apart, can say anything (one such pair gave 0.70 where alternating pairs gave 0.47-0.54)."""
     full_workspace = _build_workspace(exports["full"])
     pairs = []
     for _ in range(runs):
