@@ -4,8 +4,11 @@ input, stopping a reply from another thread, and `--once` (with a fake model, th
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +19,7 @@ from typer.testing import CliRunner
 
 from twinlm.config import TwinConfig
 from twinlm.errors import TwinError
-from twinlm.serve.backends import Sampling
+from twinlm.serve.backends import Generation, Sampling
 from twinlm.serve.chat import ChatSession, LineEditor, ThreadedReply
 from twinlm.serve.twin import Twin
 from twinlm.workspace import init_workspace
@@ -111,6 +114,78 @@ def test_a_reply_in_a_thread_stops_when_told(tiny_tokenizer: Any) -> None:
     assert first + "".join(rest) == reply.generation.text and "w199" not in reply.generation.text
     s.keep(reply.generation)
     assert s.turns[-1] == (FRIEND, reply.generation.text)  # what was shown stays in the chat
+
+
+def test_an_interrupt_flag_stops_the_reply_at_the_next_piece(tiny_tokenizer: Any) -> None:
+    long_reply = " ".join(f"w{i}" for i in range(200))
+    s = session(make_fake_twin(FakeBackend(tiny_tokenizer, long_reply, delay=0.01)), persona=FRIEND)
+    reply = ThreadedReply(lambda cancel: s.ask("talk to me", cancel))
+    assert reply.next()
+    reply.interrupt()  # what a signal handler calls: a plain flag, no lock
+    list(reply)
+    assert reply.cancel.is_set() and reply.interrupted
+    assert reply.generation is not None and reply.generation.finish_reason == "cancelled"
+
+
+class PausingBackend(FakeBackend):
+    """Streams `before` tokens, then waits for `resume` before each of the rest: Ctrl-C can be pressed
+    as often as a test likes while the reply is certainly still streaming."""
+
+    def __init__(self, tokenizer: Any, reply: str, before: int) -> None:
+        super().__init__(tokenizer, reply)
+        self.before = before
+        self.paused = threading.Event()
+        self.resume = threading.Event()
+
+    def generate(
+        self, prompt_ids: list[int], sampling: Sampling, cancel: threading.Event | None = None
+    ) -> Generation:
+        ids = list(self.tokenizer(self.reply, add_special_tokens=False)["input_ids"])
+
+        def tokens() -> Iterator[int]:
+            for i, token in enumerate(ids):
+                if i == self.before:
+                    self.paused.set()
+                    self.resume.wait(timeout=30)
+                yield token
+            yield min(self.end_ids)
+
+        return Generation(tokens(), self.tokenizer, self.end_ids, sampling, len(prompt_ids), cancel)
+
+
+def test_ctrl_c_pressed_again_and_again_during_a_reply_stops_it(
+    tiny_tokenizer: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A KeyboardInterrupt raised in the reply queue's get can leave its lock taken: the chat hung in CI.
+    While a reply streams, Ctrl-C (pressed any number of times) must only set a flag that stops it."""
+    from twinlm.cli.chat import _answer
+
+    backend = PausingBackend(tiny_tokenizer, " ".join(f"w{i}" for i in range(400)), before=5)
+    s = session(make_fake_twin(backend), persona=FRIEND)
+    handlers_while_pressed: list[Any] = []
+
+    def press_ctrl_c() -> None:
+        assert backend.paused.wait(timeout=30)
+        for _ in range(20):
+            handlers_while_pressed.append(signal.getsignal(signal.SIGINT))
+            os.kill(os.getpid(), signal.SIGINT)
+            threading.Event().wait(0.002)
+        backend.resume.set()
+
+    outside = signal.getsignal(signal.SIGINT)
+    presser = threading.Thread(target=press_ctrl_c)
+    presser.start()
+    try:
+        stopped = _answer(s, "talk to me")
+    finally:
+        backend.resume.set()
+        presser.join()
+    assert stopped
+    assert signal.getsignal(signal.SIGINT) is outside  # put back after the reply
+    assert all(h not in (signal.default_int_handler, signal.SIG_DFL) for h in handlers_while_pressed)
+    shown = capsys.readouterr()
+    assert "(stopped)" in shown.err and shown.out.startswith("w0 w1") and "w399" not in shown.out
+    assert s.turns[-1][0] == FRIEND and "w399" not in s.turns[-1][1]  # what was shown stays in the chat
 
 
 def test_an_error_in_the_worker_reaches_the_caller(fake_twin: Twin) -> None:

@@ -8,7 +8,10 @@ worker thread that checks a cancel flag between tokens) or, twice at the prompt,
 from __future__ import annotations
 
 import contextlib
+import signal
 import sys
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -23,7 +26,7 @@ from twinlm.errors import TwinError
 from twinlm.workspace import open_workspace
 
 if TYPE_CHECKING:
-    from twinlm.serve.chat import ChatSession
+    from twinlm.serve.chat import ChatSession, ThreadedReply
 
 Source = Annotated[
     str | None,
@@ -168,24 +171,31 @@ def _answer(session: ChatSession, text: str) -> bool:
     if sys.stdout.isatty():
         out.print(f"[bold]{safe_text(session.persona)}:[/] ", end="", markup=True, highlight=False)
     reply = ThreadedReply(lambda cancel: session.ask(text, cancel))
-    stopped = False
-    while True:
-        try:
-            piece = reply.next()
-            if piece is None:
-                break
+    with _ctrl_c_stops(reply):  # also while the stop is shown and the reply kept: a late press is harmless
+        while (piece := reply.next()) is not None:
             sys.stdout.write(_shown(piece))
             sys.stdout.flush()
-        except KeyboardInterrupt:  # stop the reply: the worker ends before its next token
-            stopped = True
-            reply.stop()
-    sys.stdout.write("\n")
-    sys.stdout.flush()
-    if stopped:
-        err.print("[dim](stopped)[/]", markup=True, highlight=False)
-    if reply.generation is not None:
-        session.keep(reply.generation)
-    return stopped
+        sys.stdout.write("\n")
+        sys.stdout.flush()
+        if reply.interrupted:
+            err.print("[dim](stopped)[/]", markup=True, highlight=False)
+        if reply.generation is not None:
+            session.keep(reply.generation)
+    return reply.interrupted
+
+
+@contextlib.contextmanager
+def _ctrl_c_stops(reply: ThreadedReply) -> Iterator[None]:
+    """While a reply streams, Ctrl-C stops it (however often it is pressed) instead of raising
+    KeyboardInterrupt, which could land inside the reply queue's lock (see ThreadedReply)."""
+    if threading.current_thread() is not threading.main_thread():  # signals reach the main thread only
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, lambda *_: reply.interrupt())
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _loop(session: ChatSession) -> None:

@@ -213,13 +213,19 @@ class LineEditor:
 class ThreadedReply:
     """Runs `start(cancel)`'s generation in a worker thread and hands its pieces over one by one.
 
-    `next()` blocks only in short waits, so a KeyboardInterrupt reaches the caller, who calls `stop()`
-    and goes on calling `next()`: the worker stops before its next token and the pieces end. An error
-    in the worker is raised again in the caller's thread."""
+    `stop()` (or `interrupt()`, from a signal handler) and going on calling `next()`: the worker stops
+    before its next token and the pieces end. An error in the worker is raised again in the caller's
+    thread.
+
+    Ctrl-C must reach it through `interrupt()`, not as a KeyboardInterrupt: one raised inside the
+    queue's `get` can land after its lock is taken and before the `try` that frees it, and then the
+    worker's next `put` and the caller's next `get` wait on that lock for ever (seen in CI: the chat
+    hung after Ctrl-C). `interrupt()` only sets a flag, so it is safe at any bytecode."""
 
     def __init__(self, start: Callable[[threading.Event], Generation]) -> None:
         self.cancel = threading.Event()
         self.generation: Generation | None = None
+        self.interrupted = False  # set by interrupt(); next() passes it on to `cancel`
         self._queue: Queue[tuple[str, object]] = Queue()
         self._start = start
         self._thread = threading.Thread(target=self._work, name="twinlm-reply", daemon=True)
@@ -238,9 +244,15 @@ class ThreadedReply:
     def stop(self) -> None:
         self.cancel.set()
 
+    def interrupt(self) -> None:
+        """Stop, from a signal handler: sets a plain flag (no lock), which `next()` turns into `stop()`."""
+        self.interrupted = True
+
     def next(self) -> str | None:
         """The next piece of text, or None when the reply has ended."""
         while True:
+            if self.interrupted and not self.cancel.is_set():
+                self.stop()
             try:
                 kind, value = self._queue.get(timeout=0.05)
             except Empty:
