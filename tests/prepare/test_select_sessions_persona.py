@@ -85,6 +85,10 @@ def test_chats_apply_exclusions_edits_and_identities(tmp_path: Path) -> None:
         corpus.db.execute("UPDATE conversations SET excluded = 1 WHERE source = 'messenger'")
         corpus.db.execute("UPDATE messages SET excluded = 1 WHERE text = 'see ya'")
         corpus.db.execute("UPDATE messages SET user_text = 'yes!! 7 pm?' WHERE text = 'yes!! 7pm?'")
+        corpus.db.execute(  # no longer in a newer export (twinlm/corpus/supersede.py)
+            "UPDATE messages SET superseded_by_import = first_import WHERE id IN "
+            "(SELECT id FROM messages WHERE source = 'telegram' ORDER BY id LIMIT 2)"
+        )
         counts: Counter[str] = Counter()
         resolve = resolver(TwinConfig(me=["Alex Rivera", "Alex"], people={"Sammy": ["Sam"]}))
         found = list(chats(corpus, resolve, counts))
@@ -107,6 +111,7 @@ def test_chats_apply_exclusions_edits_and_identities(tmp_path: Path) -> None:
         "conversations excluded by you": 1,
         "messages excluded by you": 1,
         "messages edited by you": 1,
+        "messages superseded by a newer export": 2,
     }
     gpt = [c for c in found if c.source == "chatgpt"]
     assert gpt[0].system_prompt and "Be brief" in gpt[0].system_prompt

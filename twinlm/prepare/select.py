@@ -97,13 +97,13 @@ SELECT DISTINCT conversation FROM (
 
 READ_CACHE_SIZE = -8192  # KiB (negative: a size, not pages), while the build reads the corpus
 
-_SUPERSEDED = "SELECT count(*) FROM messages WHERE superseded_by_import IS NOT NULL"
-# The user's own choices in the corpus, counted in the build report.
-_USER_CHOICES = {
-    "conversations excluded by you": "SELECT count(*) FROM conversations WHERE excluded",
-    "messages excluded by you": "SELECT count(*) FROM messages WHERE excluded",
-    "messages edited by you": "SELECT count(*) FROM messages WHERE user_text IS NOT NULL",
-}
+# The user's own choices in the corpus, counted in the build report, and the messages no longer in the
+# newest export of their conversation (twinlm/corpus/supersede.py). The messages' three in one scan of
+# the table instead of three (a third of a second a million messages).
+_CONVERSATIONS_EXCLUDED = "SELECT count(*) FROM conversations WHERE excluded"
+_MESSAGE_COUNTS = """
+SELECT count(CASE WHEN excluded THEN 1 END), count(user_text), count(superseded_by_import) FROM messages
+"""
 
 
 def _in_time_order(lines: list[Line]) -> list[Line]:
@@ -146,10 +146,10 @@ def chats(
     if sources:
         where = f"AND c.source IN ({','.join('?' * len(sources))})"
         params = tuple(sources)
-    for what, query in _USER_CHOICES.items():
-        counts[what] += int(corpus.db.execute(query).fetchone()[0])
-    # Not in the newest export of their conversation any more (twinlm/corpus/supersede.py).
-    superseded = int(corpus.db.execute(_SUPERSEDED).fetchone()[0])
+    counts["conversations excluded by you"] += int(corpus.db.execute(_CONVERSATIONS_EXCLUDED).fetchone()[0])
+    excluded, edited, superseded = map(int, corpus.db.execute(_MESSAGE_COUNTS).fetchone())
+    counts["messages excluded by you"] += excluded
+    counts["messages edited by you"] += edited
     if superseded:
         counts["messages superseded by a newer export"] += superseded
     # SQLite's page cache (and, for a corpus read with the sorted query, its sorter) each take up to the
