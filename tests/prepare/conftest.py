@@ -1,4 +1,5 @@
-"""Fixtures for the build stage: tiny tokenizers of every chat-template family, built once per session."""
+"""Fixtures for the build stage: tiny tokenizers of every chat-template family, built once per session, and
+a corpus of the sample exports and documents."""
 
 from __future__ import annotations
 
@@ -9,6 +10,11 @@ from typing import Any
 import pytest
 from transformers import AutoTokenizer
 
+from twinlm.corpus.db import Corpus
+from twinlm.ingest import ingest
+from twinlm.model import ParseOptions
+
+from testdata import DOCUMENTS, EXAMPLES
 from tiny_tokenizers import FAMILIES, build_tokenizer
 
 
@@ -36,3 +42,11 @@ def load_tokenizer(tokenizer_dir: Callable[[str], Path]) -> Callable[[str], Any]
         return AutoTokenizer.from_pretrained(tokenizer_dir(family))
 
     return load
+
+
+@pytest.fixture
+def corpus(tmp_path: Path) -> Corpus:
+    """The sample exports and documents, ingested (a test file may define its own `corpus`)."""
+    db = Corpus(tmp_path / "corpus.db")
+    assert not ingest([EXAMPLES], db, ParseOptions(timezone="UTC"), documents=[DOCUMENTS]).failed
+    return db

@@ -16,21 +16,12 @@ from twinlm.cli import app
 from twinlm.config import BuildConfig, TwinConfig
 from twinlm.corpus.db import Corpus
 from twinlm.errors import TwinError
-from twinlm.ingest import ingest
-from twinlm.model import ParseOptions
 from twinlm.prepare.build import build
 from twinlm.prepare.sample import Sample
 
 from testdata import DOCUMENTS, EXAMPLES
 
 ME = ["Alex Rivera", "Alex"]
-
-
-@pytest.fixture
-def corpus(tmp_path: Path) -> Corpus:
-    db = Corpus(tmp_path / "corpus.db")
-    assert not ingest([EXAMPLES], db, ParseOptions(timezone="UTC"), documents=[DOCUMENTS]).failed
-    return db
 
 
 def config(model: Path, **build: object) -> TwinConfig:

@@ -8,7 +8,15 @@ from typing import Annotated
 import orjson
 import typer
 from pydantic import ValidationError
-from rich.table import Table
+from rich.progress import (
+    BarColumn,
+    Progress,
+    SpinnerColumn,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.table import Column, Table
 
 from twinlm.cli import AsJson, Workspace, _help, _user_errors, app, err, out
 from twinlm.cli.display import safe_rich_text, safe_text
@@ -71,21 +79,40 @@ def build_command(
         )
     config = ws.config.model_copy(update={"build": settings})
     folder = _dataset_folder(ws)
-    with Corpus(ws.corpus_path) as corpus, err.status("Building") as status:
+    with (
+        Corpus(ws.corpus_path) as corpus,
+        Progress(  # the numbers first: a narrow terminal crops the stage's name, at the end
+            SpinnerColumn(),
+            TextColumn("{task.fields[read]}"),
+            BarColumn(bar_width=24),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            TextColumn("{task.description}", table_column=Column(ratio=1, no_wrap=True, overflow="ellipsis")),
+            console=err,
+            expand=True,  # the stage's name takes the room the others leave
+            transient=True,
+            disable=as_json,
+        ) as progress,
+    ):
+        task = progress.add_task("Building", total=None, read="")
+
+        def show_reading(read: int, total: int) -> None:
+            progress.update(task, completed=read, total=total, read=f"{read:,}/{total:,} messages")
 
         def confirm(url: str, chunks: int, characters: int) -> None:
-            status.stop()  # the spinner would draw over the question
+            progress.stop()  # the bar would draw over the question
             try:
                 confirm_remote_send(url, chunks, characters, yes=yes)
             finally:
-                status.start()
+                progress.start()
 
         result = build(
             config,
             corpus,
             folder,
-            on_stage=lambda stage: status.update(f"Building: {stage}"),
+            on_stage=lambda stage: progress.update(task, description=stage[:1].upper() + stage[1:]),
             confirm_send=confirm,
+            on_progress=show_reading,
         )
     if result.removed_leftovers:  # on stderr: --json output stays JSON
         err.print(

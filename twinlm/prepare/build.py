@@ -39,7 +39,7 @@ from twinlm.prepare.persona import Persona, persona_for, persona_prompt
 from twinlm.prepare.redact import Redactor, redacted_kinds
 from twinlm.prepare.render import SystemFor, detect_style, render_arrays
 from twinlm.prepare.sample import Sample, Turn
-from twinlm.prepare.select import Chat, chats
+from twinlm.prepare.select import Chat, Reading, chats
 from twinlm.prepare.sessions import iter_by_gap, merge_turns
 from twinlm.prepare.stream import SampleKeys, Spill, SplitStats
 from twinlm.prepare.teacher import ConfirmSend, generate_qa
@@ -101,15 +101,18 @@ def build(
     on_stage: Callable[[str], None] | None = None,
     render_batch_size: int = 256,  # texts per tokenizer call; 1 is the per-sample baseline of `make bench`
     confirm_send: ConfirmSend | None = None,
+    on_progress: Callable[[int, int], None] | None = None,
 ) -> BuildResult:
     """Build the dataset for `config` from `corpus` into the folder `out` (replaced atomically by file).
 
     `confirm_send` is asked before document chunks go to the teacher endpoint (the command line asks the
-    user, or takes --yes); it raises to send nothing."""
+    user, or takes --yes); it raises to send nothing. `on_progress(read, total)`: the corpus messages
+    read so far of those the build reads, told a few hundred times over the read and once at its end
+    (then read == total)."""
     out.mkdir(parents=True, exist_ok=True)
     with _one_build_at_a_time(out):
         leftovers = [p.name for p in remove_leftovers(out)]
-        result = _build(config, corpus, out, on_stage, render_batch_size, confirm_send)
+        result = _build(config, corpus, out, on_stage, render_batch_size, confirm_send, on_progress)
     result.removed_leftovers = leftovers
     return result
 
@@ -121,6 +124,7 @@ def _build(
     on_stage: Callable[[str], None] | None,
     render_batch_size: int,
     confirm_send: ConfirmSend | None,
+    on_progress: Callable[[int, int], None] | None,
 ) -> BuildResult:
     settings = config.build
     stage = on_stage or (lambda _: None)
@@ -130,7 +134,7 @@ def _build(
     tokenizer = load_tokenizer(model, trust_remote_code=settings.trust_remote_code)
     style = detect_style(tokenizer)
 
-    stage("selecting conversations, cleaning, rendering and tokenizing")
+    stage("reading, cleaning and tokenizing the corpus")
     identities = Identities(config, owners(corpus), account_names(corpus))
     me_name = config.me[0] if config.me else "me"
     asked = settings.targets
@@ -143,15 +147,30 @@ def _build(
     redactor = Redactor(settings.redact, config.people)
     documents: list[tuple[str, str]] = []  # (chunk id, text) for the teacher
     qa: Any = None
+    reading = Reading()
+    told = 0  # reading.done when on_progress was last told
+
+    def tell_progress() -> None:  # called per session: a few hundred calls of on_progress in all
+        nonlocal told
+        if on_progress is not None and reading.done - told >= max(reading.total // 500, 1):
+            told = reading.done
+            on_progress(told, reading.total)
 
     def all_samples() -> Iterator[Sample]:
         nonlocal chat_speakers, qa
-        found = chats(corpus, identities.speaker, counts, settings.sources or None, stream_over=STREAM_OVER)
+        found = chats(
+            corpus,
+            identities.speaker,
+            counts,
+            settings.sources or None,
+            stream_over=STREAM_OVER,
+            reading=reading,
+        )
         for chat in found:
             # The chat's samples are rendered (and their prompts read) before the next chat starts,
             # and its lines are read once, as its sessions are made (a long chat is never held whole).
             started.clear()
-            yield from _samples_of(chat, settings, me_name, counts, style, started, redactor)
+            yield from _samples_of(chat, settings, me_name, counts, style, started, redactor, tell_progress)
             if not isinstance(chat.lines, tuple):  # streamed: read what the samples did not (documents
                 for _ in chat.lines:  # left out), so that every speaker is noted
                     pass
@@ -159,6 +178,9 @@ def _build(
             if chat.kind == "chat":
                 chat_speakers = set() if chat_speakers is None else chat_speakers
                 chat_speakers.update(chat.speakers)
+            tell_progress()
+        if on_progress is not None:
+            on_progress(reading.done, reading.total)
         if not speakers:
             raise TwinError(_empty_corpus(corpus, settings.sources))
         if isinstance(asked, list):
@@ -169,7 +191,7 @@ def _build(
                     "`twinlm people` shows them (or their canonical names from people: in twin.yaml)"
                 )
         if settings.teacher.enabled:
-            stage("asking the teacher model for questions about the documents")
+            stage("asking the teacher model about the documents")
             qa = generate_qa(documents, settings.teacher, out / "teacher_cache.jsonl", confirm=confirm_send)
             counts["teacher question/answer pairs"] += len(qa.samples)
             yield from qa.samples
@@ -315,6 +337,7 @@ def _samples_of(
     style: str,
     started: dict[str, int | None],
     redactor: Redactor,
+    on_session: Callable[[], None] = lambda: None,
 ) -> Iterator[Sample]:
     if chat.kind == "document":
         if settings.documents.enabled:
@@ -329,6 +352,7 @@ def _samples_of(
     # Assistant-style conversations are one sample whatever the pauses: the context carries over.
     sessions = iter_by_gap(lines, settings.session_gap_minutes) if chat.kind == "chat" else [list(lines)]
     for index, session in enumerate(sessions):
+        on_session()
         kept = clean_session(session, settings.clean, counts) if chat.kind == "chat" else session
         if not kept:
             continue

@@ -53,6 +53,15 @@ class Chat:
     speakers: set[str] = field(default_factory=set)
 
 
+@dataclass(slots=True)
+class Reading:
+    """How far a read of the corpus is, for a progress bar: the messages read so far of those the read
+    takes (`total`, set when `chats` starts; `done` counts each row as it is read)."""
+
+    total: int = 0
+    done: int = 0
+
+
 # Ingest writes a conversation's messages together, so in id order they lie in a few runs of rows (one
 # per export that added to it). The build reads each conversation's runs by id range, in conversation
 # order: SQLite never sorts the messages (which held every row, text included, in its sorter: ~1 us a
@@ -102,7 +111,15 @@ READ_CACHE_SIZE = -8192  # KiB (negative: a size, not pages), while the build re
 # the table instead of three (a third of a second a million messages).
 _CONVERSATIONS_EXCLUDED = "SELECT count(*) FROM conversations WHERE excluded"
 _MESSAGE_COUNTS = """
-SELECT count(CASE WHEN excluded THEN 1 END), count(user_text), count(superseded_by_import) FROM messages
+SELECT count(CASE WHEN excluded THEN 1 END), count(user_text), count(superseded_by_import),
+    count(CASE WHEN NOT excluded AND superseded_by_import IS NULL THEN 1 END)
+FROM messages
+"""
+# Of the messages a read would take, those in conversations it leaves out (excluded, or of a source not
+# asked for): asked only when there are such conversations (a join costs half as much again as the scan).
+_LEFT_OUT = """
+SELECT count(*) FROM messages AS m JOIN conversations AS c ON c.id = m.conversation
+WHERE NOT m.excluded AND m.superseded_by_import IS NULL AND NOT (NOT c.excluded {where})
 """
 
 
@@ -135,36 +152,47 @@ def chats(
     sources: list[str] | None = None,
     *,
     stream_over: int | None = None,
+    reading: Reading | None = None,
 ) -> Iterator[Chat]:
     """Every conversation with its messages in time order (see `_in_time_order` for ties and gaps).
 
     With `stream_over`, a conversation of more messages than that comes with its lines as an iterator
     when its rows are already in time order (one export: the usual case), so a chat of millions of
     messages is never held whole; read it before asking for the next chat. One out of order is sorted
-    whole as always."""
+    whole as always. `reading` follows the read: its total is set before the first chat comes."""
     where, params = "", ()
     if sources:
         where = f"AND c.source IN ({','.join('?' * len(sources))})"
         params = tuple(sources)
-    counts["conversations excluded by you"] += int(corpus.db.execute(_CONVERSATIONS_EXCLUDED).fetchone()[0])
-    excluded, edited, superseded = map(int, corpus.db.execute(_MESSAGE_COUNTS).fetchone())
+    excluded_conversations = int(corpus.db.execute(_CONVERSATIONS_EXCLUDED).fetchone()[0])
+    counts["conversations excluded by you"] += excluded_conversations
+    excluded, edited, superseded, kept = map(int, corpus.db.execute(_MESSAGE_COUNTS).fetchone())
     counts["messages excluded by you"] += excluded
     counts["messages edited by you"] += edited
     if superseded:
         counts["messages superseded by a newer export"] += superseded
+    reading = reading if reading is not None else Reading()
+    if excluded_conversations or sources:
+        kept -= int(corpus.db.execute(_LEFT_OUT.format(where=where), params).fetchone()[0])
+    reading.total, reading.done = kept, 0
     # SQLite's page cache (and, for a corpus read with the sorted query, its sorter) each take up to the
     # cache size: read with a small one, so that a build's memory does not grow with the corpus (a sort
     # spills to temporary files instead).
     (cache_size,) = corpus.db.execute("PRAGMA cache_size").fetchone()
     corpus.db.execute(f"PRAGMA cache_size = {READ_CACHE_SIZE}")
     try:
-        yield from _chats(corpus, resolve, where, params, stream_over)
+        yield from _chats(corpus, resolve, where, params, stream_over, reading)
     finally:
         corpus.db.execute(f"PRAGMA cache_size = {int(cache_size)}")
 
 
 def _chats(
-    corpus: Corpus, resolve: Resolver, where: str, params: tuple[str, ...], stream_over: int | None
+    corpus: Corpus,
+    resolve: Resolver,
+    where: str,
+    params: tuple[str, ...],
+    stream_over: int | None,
+    reading: Reading,
 ) -> Iterator[Chat]:
     # One speaker per account (source, author id), whatever name each message shows: `resolve` sees
     # the account's first message, so give it one that knows every name (Identities.speaker).
@@ -172,7 +200,7 @@ def _chats(
     for conversation, rows, in_time_order in _conversations(corpus, where, params):
         _, source, native_id, kind, title, detail, participants, system_prompt = conversation
         speakers: set[str] = set()
-        rest = _lines(rows, source, names.setdefault(source, {}), resolve, speakers)
+        rest = _lines(rows, source, names.setdefault(source, {}), resolve, speakers, reading)
         lines: tuple[Line, ...] | Iterable[Line] = list(
             rest if stream_over is None else itertools.islice(rest, stream_over + 1)
         )
@@ -263,13 +291,19 @@ def _runs(corpus: Corpus) -> dict[int, list[tuple[int, int]]] | None:
 
 
 def _lines(
-    rows: Iterable[tuple], source: str, names: dict[str, str], resolve: Resolver, speakers: set[str]
+    rows: Iterable[tuple],
+    source: str,
+    names: dict[str, str],
+    resolve: Resolver,
+    speakers: set[str],
+    reading: Reading,
 ) -> Iterator[Line]:
     """The conversation's rows as Lines (one a message: kept to a tuple and a dict lookup), each speaker
-    noted in `speakers`."""
+    noted in `speakers`, each row counted in `reading`."""
     new = tuple.__new__
     noted = speakers.add
     for author_id, author_name, text, kind, role, ts in rows:
+        reading.done += 1
         speaker = names.get(author_id)
         if speaker is None:
             speaker = names[author_id] = resolve(source, author_id, author_name) or author_name
