@@ -12,6 +12,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import orjson
@@ -227,10 +228,13 @@ def test_a_failed_multi_process_launch_shows_its_cause_without_tracebacks(ws: Pa
     assert proc.stderr.count("lower train.grad_accum") == 1, proc.stderr[-3000:]
 
 
-def test_ctrl_c_in_a_multi_process_run_names_the_resume_command_once(ws: Path) -> None:
+def interrupt_two_process_run(
+    ws: Path, interrupt: Callable[[subprocess.Popen[str]], None]
+) -> tuple[int, str]:
+    """Start `twinlm train --gpus 2` in its own process group, `interrupt` it once its first checkpoint is
+    written; its exit status and what it said on stderr."""
     env = {**ENV, "MASTER_PORT": str(free_port())}
     command = [str(TWINLM), "train", "-w", str(ws), "--gpus", "2", "--max-steps", "100000"]
-    # Its own process group, signalled whole: what Ctrl-C in a terminal does.
     proc = subprocess.Popen(
         command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, start_new_session=True
     )
@@ -240,13 +244,37 @@ def test_ctrl_c_in_a_multi_process_run_names_the_resume_command_once(ws: Path) -
             assert time.monotonic() < deadline, "no checkpoint"
             time.sleep(0.1)
         assert proc.poll() is None, proc.communicate()[1][-3000:]
-        os.killpg(proc.pid, signal.SIGINT)
+        interrupt(proc)
         _, stderr = proc.communicate(timeout=120)
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
-    assert proc.returncode == 130 and "Traceback" not in stderr, stderr[-3000:]
+    return proc.returncode, stderr
+
+
+def test_ctrl_c_in_a_multi_process_run_names_the_resume_command_once(ws: Path) -> None:
+    # The process group signalled whole: what Ctrl-C in a terminal does.
+    code, stderr = interrupt_two_process_run(ws, lambda proc: os.killpg(proc.pid, signal.SIGINT))
+    assert code == 130 and "Traceback" not in stderr, stderr[-3000:]
     (run,) = (ws / "runs").glob("run-*")
     said = " ".join(stderr.split())
     # The time-stamped name is picked once, and the run continues only in as many processes.
+    assert said.count(f"--name {run.name} --resume --gpus 2") == 1, stderr[-3000:]
+
+
+def test_ctrl_c_reaching_one_process_first_stops_them_all_at_the_same_step(ws: Path) -> None:
+    """SIGINT reaches the processes of a run one by one (the launcher forwards it again): the one that has
+    it must not leave while the others wait for it in a collective call. Here only rank 1 is signalled;
+    both stop at the same window and rank 0 says where to resume."""
+    import psutil
+
+    def interrupt_rank_1(proc: subprocess.Popen[str]) -> None:
+        workers = psutil.Process(proc.pid).children(recursive=True)
+        (rank1,) = [p for p in workers if p.environ().get("RANK") == "1"]
+        rank1.send_signal(signal.SIGINT)
+
+    code, stderr = interrupt_two_process_run(ws, interrupt_rank_1)
+    said = " ".join(stderr.split())
+    assert code == 130 and "Traceback" not in stderr and "error:" not in said, stderr[-3000:]
+    (run,) = (ws / "runs").glob("run-*")
     assert said.count(f"--name {run.name} --resume --gpus 2") == 1, stderr[-3000:]

@@ -131,9 +131,12 @@ def _train(
     config = ws.config.model_copy(update={"train": settings})
     try:
         return _train_with_progress(config, ws.root, name, resume, as_json)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as stop:
         if _main_process():
             _say_interrupted(ws.root, name)
+        wait = getattr(stop, "wait_for_the_others", None)  # twinlm.train.loop.StoppedTogether
+        if wait is not None:
+            wait()
         raise
 
 
@@ -303,7 +306,13 @@ def _run_launcher(command: list[str], processes: int) -> int:
         except KeyboardInterrupt:  # the terminal sent it to the processes too: they say where to resume
             interrupted = True
     code = proc.wait()
-    if interrupted:
+    failed = [line.split(":", 1)[1].split() for line in launcher if line.strip().startswith("exitcode")]
+    if interrupted or (
+        any(exit[:1] == ["130"] for exit in failed)
+        and all(exit[:1] == ["130"] or "(SIGTERM)" in exit for exit in failed)
+    ):
+        # Ctrl-C here, or in the processes only: they stopped together and said where to resume (the
+        # launcher may stop a process with SIGTERM once another has ended)
         return 130
     if code == 0 or shown_errors:
         return code if code == 0 else 1

@@ -13,8 +13,11 @@ from __future__ import annotations
 import math
 import random
 import shutil
+import signal
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -184,6 +187,7 @@ def train(
 
     first_eval = run_record.first_eval(run_dir) if resume else None
     last_eval: float | None = None
+    ctrl_c = _CtrlC()  # pressed while _noting_ctrl_c (several processes): all stop at the same point
 
     def evaluate() -> float | None:
         if not eval_set:
@@ -195,6 +199,9 @@ def train(
         with torch.no_grad():
             # The same number of forwards on every process (sharded forwards gather weights from all).
             for b in eval_assignment(len(bins), rank, world):
+                if world > 1 and strategy.sum(int(ctrl_c.pressed))[0]:
+                    # every process has the same number of batches: all stop here
+                    raise StoppedTogether(strategy.accelerator.wait_for_everyone)
                 batch = collate([eval_set[i] for i in bins[0 if b is None else b]])
                 labels = batch.pop("labels")
                 if b is None:  # nothing left for this process: a forward that counts no token
@@ -206,7 +213,8 @@ def train(
         return loss_sum / count if count else None
 
     if state.step == 0 and first_eval is None:
-        first_eval = evaluate()
+        with _noting_ctrl_c(world, ctrl_c):
+            first_eval = evaluate()
         if first_eval is not None:
             log(0, "eval", first_eval)
 
@@ -222,83 +230,87 @@ def train(
             prune_checkpoints(run_dir, settings.keep_last, state.best_step)
 
     nonfinite = 0  # windows skipped in a row for a non-finite loss or gradient norm
-    while state.step < total_steps:
-        windows = _chunks(order(state.epoch), per_step)
-        if world > 1:
-            windows = windows[:steps_per_epoch]  # every process needs its share of every window
-        # A whole epoch with no step (no window has a trained token) would loop over epochs forever.
-        whole_epoch, steps_before = state.batch_in_epoch == 0, state.step
-        while state.batch_in_epoch < len(windows) and state.step < total_steps:
-            started = time.perf_counter()
-            mine = windows[state.batch_in_epoch][
-                rank * settings.grad_accum : (rank + 1) * settings.grad_accum
-            ]
-            micro = [collate([train_set[i] for i in indices]) for indices in mine]
-            state.batch_in_epoch += 1
-            # The window's trained tokens over all processes, counted before any forward: each
-            # micro-batch's loss sum is divided by it (twinlm.train.loss).
-            (n_window,) = strategy.sum(window_token_count(micro))
-            if n_window == 0:
-                continue  # nothing trained in this window: no step
-            loss_sum, tokens = 0.0, 0
-            for k, batch in enumerate(micro):
-                labels = batch.pop("labels")
-                with strategy.micro_batch(forward, last=k == len(micro) - 1):
-                    part, _ = _loss_sum(forward, _to(batch, device), labels, settings.liger_kernels)
-                    accelerator.backward(part * strategy.loss_scale(n_window))
-                loss_sum, tokens = loss_sum + part.item(), tokens + int(batch["input_ids"].numel())
-            loss_sum, tokens = strategy.sum(loss_sum, tokens)
-            grad_norm = accelerator.clip_grad_norm_(forward.parameters(), settings.max_grad_norm)
-            if not _finite(loss_sum, grad_norm):
-                # A NaN or inf would spread into every weight: no update from this window. (DeepSpeed's
-                # engine steps inside backward: there the check of the weights before saving guards.)
+    with _noting_ctrl_c(world, ctrl_c):
+        while state.step < total_steps:
+            windows = _chunks(order(state.epoch), per_step)
+            if world > 1:
+                windows = windows[:steps_per_epoch]  # every process needs its share of every window
+            # A whole epoch with no step (no window has a trained token) would loop over epochs forever.
+            whole_epoch, steps_before = state.batch_in_epoch == 0, state.step
+            while state.batch_in_epoch < len(windows) and state.step < total_steps:
+                started = time.perf_counter()
+                mine = windows[state.batch_in_epoch][
+                    rank * settings.grad_accum : (rank + 1) * settings.grad_accum
+                ]
+                micro = [collate([train_set[i] for i in indices]) for indices in mine]
+                state.batch_in_epoch += 1
+                # The window's trained tokens over all processes, counted before any forward: each
+                # micro-batch's loss sum is divided by it (twinlm.train.loss).
+                # Ctrl-C with several processes: its flag rides on this sum, so that all stop here
+                (n_window, stop) = strategy.sum(window_token_count(micro), int(ctrl_c.pressed))
+                if stop:
+                    raise StoppedTogether(strategy.accelerator.wait_for_everyone)
+                if n_window == 0:
+                    continue  # nothing trained in this window: no step
+                loss_sum, tokens = 0.0, 0
+                for k, batch in enumerate(micro):
+                    labels = batch.pop("labels")
+                    with strategy.micro_batch(forward, last=k == len(micro) - 1):
+                        part, _ = _loss_sum(forward, _to(batch, device), labels, settings.liger_kernels)
+                        accelerator.backward(part * strategy.loss_scale(n_window))
+                    loss_sum, tokens = loss_sum + part.item(), tokens + int(batch["input_ids"].numel())
+                loss_sum, tokens = strategy.sum(loss_sum, tokens)
+                grad_norm = accelerator.clip_grad_norm_(forward.parameters(), settings.max_grad_norm)
+                if not _finite(loss_sum, grad_norm):
+                    # A NaN or inf would spread into every weight: no update from this window. (DeepSpeed's
+                    # engine steps inside backward: there the check of the weights before saving guards.)
+                    optimizer.zero_grad(set_to_none=True)
+                    state.skipped_steps, nonfinite = state.skipped_steps + 1, nonfinite + 1
+                    log(state.step + 1, "train", None, skipped_steps=state.skipped_steps)
+                    if nonfinite >= MAX_NONFINITE_STEPS:
+                        raise TwinError(
+                            f"{run_dir}: the loss or gradient norm was not finite {nonfinite} steps in a row "
+                            f"(after step {state.step}); nothing from them was saved. Lower "
+                            "train.learning_rate or use train.precision: fp32, then train again (or --resume "
+                            "from the last checkpoint)"
+                        )
+                    continue
+                nonfinite = 0
+                optimizer.step()
+                scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
-                state.skipped_steps, nonfinite = state.skipped_steps + 1, nonfinite + 1
-                log(state.step + 1, "train", None, skipped_steps=state.skipped_steps)
-                if nonfinite >= MAX_NONFINITE_STEPS:
-                    raise TwinError(
-                        f"{run_dir}: the loss or gradient norm was not finite {nonfinite} steps in a row "
-                        f"(after step {state.step}); nothing from them was saved. Lower "
-                        "train.learning_rate or use train.precision: fp32, then train again (or --resume "
-                        "from the last checkpoint)"
+                state.step += 1
+                state.tokens_seen += n_window  # trained tokens, not padding or untrained prompt tokens
+                train_loss, speed = loss_sum / n_window, tokens / max(time.perf_counter() - started, 1e-9)
+                if on_step:
+                    on_step(state.step, total_steps, train_loss, speed)
+                last = state.step == total_steps
+                # Everything about step K is logged before checkpoint K is saved (MetricsLog's resume rule).
+                if state.step % settings.log_every == 0 or last:
+                    log(
+                        state.step,
+                        "train",
+                        train_loss,
+                        lr=scheduler.get_last_lr()[0],
+                        tokens_per_s=speed,
+                        tokens=state.tokens_seen,
                     )
-                continue
-            nonfinite = 0
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            state.step += 1
-            state.tokens_seen += n_window  # trained tokens, not padding or untrained prompt tokens
-            train_loss, speed = loss_sum / n_window, tokens / max(time.perf_counter() - started, 1e-9)
-            if on_step:
-                on_step(state.step, total_steps, train_loss, speed)
-            last = state.step == total_steps
-            # Everything about step K is logged before checkpoint K is saved (MetricsLog's resume rule).
-            if state.step % settings.log_every == 0 or last:
-                log(
-                    state.step,
-                    "train",
-                    train_loss,
-                    lr=scheduler.get_last_lr()[0],
-                    tokens_per_s=speed,
-                    tokens=state.tokens_seen,
-                )
-            if state.step % settings.eval_every == 0 or last:
-                last_eval = evaluate()
-                if last_eval is not None:
-                    log(state.step, "eval", last_eval)
-                    if state.best_eval_loss is None or last_eval < state.best_eval_loss:
-                        state.best_eval_loss, state.best_step = last_eval, state.step
-            # The best checkpoint is saved when it is found: result.json's best_step always has one.
-            if state.step % settings.save_every == 0 or last or state.best_step == state.step:
-                save()
-        if state.batch_in_epoch >= len(windows):
-            if whole_epoch and state.step == steps_before and state.skipped_steps == 0:
-                raise TwinError(
-                    f"{data_dir}: no sample of the train split has a trained token (every label is "
-                    "masked): nothing to learn. Check who is trained (build.targets) and build again"
-                )
-            state.epoch, state.batch_in_epoch = state.epoch + 1, 0
+                if state.step % settings.eval_every == 0 or last:
+                    last_eval = evaluate()
+                    if last_eval is not None:
+                        log(state.step, "eval", last_eval)
+                        if state.best_eval_loss is None or last_eval < state.best_eval_loss:
+                            state.best_eval_loss, state.best_step = last_eval, state.step
+                # The best checkpoint is saved when it is found: result.json's best_step always has one.
+                if state.step % settings.save_every == 0 or last or state.best_step == state.step:
+                    save()
+            if state.batch_in_epoch >= len(windows):
+                if whole_epoch and state.step == steps_before and state.skipped_steps == 0:
+                    raise TwinError(
+                        f"{data_dir}: no sample of the train split has a trained token (every label is "
+                        "masked): nothing to learn. Check who is trained (build.targets) and build again"
+                    )
+                state.epoch, state.batch_in_epoch = state.epoch + 1, 0
 
     if reporter is not None:
         reporter.close()
@@ -326,6 +338,41 @@ def train(
         + "\n",
     )
     return TrainResult(run_dir, state.step, first_eval, last_eval, trainable, total)
+
+
+@dataclass(slots=True)
+class _CtrlC:
+    pressed: bool = False
+
+
+class StoppedTogether(KeyboardInterrupt):
+    """Ctrl-C in a run of several processes, raised in every process at the same point (_noting_ctrl_c).
+    Call `wait_for_the_others()` once the main process has said where to resume: a process that ended
+    first would have the launcher stop the others, perhaps before the main one said it."""
+
+    def __init__(self, wait_for_the_others: Callable[[], None]) -> None:
+        super().__init__()
+        self.wait_for_the_others = wait_for_the_others
+
+
+@contextmanager
+def _noting_ctrl_c(world: int, noted: _CtrlC) -> Iterator[None]:
+    """With several processes, Ctrl-C only notes that it was pressed, and every process stops at the
+    same point: the next window (the note rides on the window's token sum, an all-reduce made anyway)
+    or the next evaluation batch.
+
+    The terminal sends SIGINT to every process, and the launcher sends it again. A KeyboardInterrupt
+    wherever each process happened to be let one leave while another was still in a collective call:
+    that one failed on the closed connection instead of saying where to resume (a flaky CI test). One
+    process keeps the immediate KeyboardInterrupt."""
+    if world == 1 or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, lambda *_: setattr(noted, "pressed", True))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _loss_sum(
