@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
@@ -136,7 +137,8 @@ def _train(
             _say_interrupted(ws.root, name)
         wait = getattr(stop, "wait_for_the_others", None)  # twinlm.train.loop.StoppedTogether
         if wait is not None:
-            wait()
+            with contextlib.suppress(Exception):  # a process gone for a reason of its own: leave anyway
+                wait()
         raise
 
 
