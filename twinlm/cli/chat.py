@@ -8,10 +8,7 @@ worker thread that checks a cancel flag between tokens) or, twice at the prompt,
 from __future__ import annotations
 
 import contextlib
-import signal
 import sys
-import threading
-from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -23,10 +20,11 @@ from twinlm.cli import Workspace, _help, _user_errors, app, err, out
 from twinlm.cli.display import plain_text, safe_rich_text, safe_text
 from twinlm.config import ChatConfig, SamplingConfig
 from twinlm.errors import TwinError
+from twinlm.interrupts import ctrl_c_calls
 from twinlm.workspace import open_workspace
 
 if TYPE_CHECKING:
-    from twinlm.serve.chat import ChatSession, ThreadedReply
+    from twinlm.serve.chat import ChatSession
 
 Source = Annotated[
     str | None,
@@ -171,7 +169,9 @@ def _answer(session: ChatSession, text: str) -> bool:
     if sys.stdout.isatty():
         out.print(f"[bold]{safe_text(session.persona)}:[/] ", end="", markup=True, highlight=False)
     reply = ThreadedReply(lambda cancel: session.ask(text, cancel))
-    with _ctrl_c_stops(reply):  # also while the stop is shown and the reply kept: a late press is harmless
+    # Ctrl-C stops the reply however often it is pressed, also while the stop is shown and the reply kept:
+    # a KeyboardInterrupt could land inside the reply queue's lock (see ThreadedReply).
+    with ctrl_c_calls(reply.interrupt):
         while (piece := reply.next()) is not None:
             sys.stdout.write(_shown(piece))
             sys.stdout.flush()
@@ -182,20 +182,6 @@ def _answer(session: ChatSession, text: str) -> bool:
         if reply.generation is not None:
             session.keep(reply.generation)
     return reply.interrupted
-
-
-@contextlib.contextmanager
-def _ctrl_c_stops(reply: ThreadedReply) -> Iterator[None]:
-    """While a reply streams, Ctrl-C stops it (however often it is pressed) instead of raising
-    KeyboardInterrupt, which could land inside the reply queue's lock (see ThreadedReply)."""
-    if threading.current_thread() is not threading.main_thread():  # signals reach the main thread only
-        yield
-        return
-    previous = signal.signal(signal.SIGINT, lambda *_: reply.interrupt())
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
 
 
 def _loop(session: ChatSession) -> None:

@@ -308,10 +308,10 @@ def _run_launcher(command: list[str], processes: int) -> int:
         except KeyboardInterrupt:  # the terminal sent it to the processes too: they say where to resume
             interrupted = True
     code = proc.wait()
-    failed = [line.split(":", 1)[1].split() for line in launcher if line.strip().startswith("exitcode")]
+    failed = _exit_codes(launcher)  # "130 (pid: 12)", "-15 (pid: 13) (SIGTERM)"
     if interrupted or (
-        any(exit[:1] == ["130"] for exit in failed)
-        and all(exit[:1] == ["130"] or "(SIGTERM)" in exit for exit in failed)
+        any(exit.startswith("130 ") for exit in failed)
+        and all(exit.startswith("130 ") or exit.endswith("(SIGTERM)") for exit in failed)
     ):
         # Ctrl-C here, or in the processes only: they stopped together and said where to resume (the
         # launcher may stop a process with SIGTERM once another has ended)
@@ -334,7 +334,7 @@ def _run_launcher(command: list[str], processes: int) -> int:
         if cause.rstrip().endswith("ChildFailedError:"):  # its table names the process's exit code
             # The root cause (first failure) is listed after the other failures.
             root = next((i for i, t in enumerate(launcher) if "Root Cause" in t), 0)
-            exits = [t.split(":", 1)[1].strip() for t in launcher[root:] if t.strip().startswith("exitcode")]
+            exits = _exit_codes(launcher[root:])
             cause = f"a process ended with exit code {exits[0]}" if exits else cause
         err.print(
             f"[bold red]error:[/] training in {processes} processes failed: {cause}",
@@ -343,6 +343,11 @@ def _run_launcher(command: list[str], processes: int) -> int:
             soft_wrap=True,
         )
     return code or 1
+
+
+def _exit_codes(launcher: list[str]) -> list[str]:
+    """The exit codes in torch elastic's ChildFailedError table, as it writes them."""
+    return [line.split(":", 1)[1].strip() for line in launcher if line.strip().startswith("exitcode")]
 
 
 def launch_command(config_file: Path, target: list[str], port: int | None = None) -> list[str]:

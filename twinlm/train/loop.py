@@ -13,11 +13,9 @@ from __future__ import annotations
 import math
 import random
 import shutil
-import signal
-import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,6 +26,7 @@ import torch
 from twinlm.config import TwinConfig
 from twinlm.errors import TwinError
 from twinlm.files import write_atomic
+from twinlm.interrupts import ctrl_c_calls
 from twinlm.models import resolve_model
 from twinlm.models.load import LoraSettings, eval_mode, load_model
 from twinlm.models.presets import get_preset
@@ -187,7 +186,15 @@ def train(
 
     first_eval = run_record.first_eval(run_dir) if resume else None
     last_eval: float | None = None
-    ctrl_c = _CtrlC()  # pressed while _noting_ctrl_c (several processes): all stop at the same point
+    ctrl_c = _CtrlC()
+
+    def noting_ctrl_c() -> AbstractContextManager[None]:
+        """With several processes, Ctrl-C only notes that it was pressed and every process stops at the
+        same point: the next window (the note rides on the window's token sum, an all-reduce made
+        anyway) or the next eval batch. Raised wherever each process was, it let one leave while another
+        waited for it in a collective call, which then failed instead of saying where to resume. One
+        process keeps the immediate KeyboardInterrupt."""
+        return ctrl_c_calls(ctrl_c.press) if world > 1 else nullcontext()
 
     def evaluate() -> float | None:
         if not eval_set:
@@ -213,7 +220,7 @@ def train(
         return loss_sum / count if count else None
 
     if state.step == 0 and first_eval is None:
-        with _noting_ctrl_c(world, ctrl_c):
+        with noting_ctrl_c():
             first_eval = evaluate()
         if first_eval is not None:
             log(0, "eval", first_eval)
@@ -230,7 +237,7 @@ def train(
             prune_checkpoints(run_dir, settings.keep_last, state.best_step)
 
     nonfinite = 0  # windows skipped in a row for a non-finite loss or gradient norm
-    with _noting_ctrl_c(world, ctrl_c):
+    with noting_ctrl_c():
         while state.step < total_steps:
             windows = _chunks(order(state.epoch), per_step)
             if world > 1:
@@ -344,35 +351,18 @@ def train(
 class _CtrlC:
     pressed: bool = False
 
+    def press(self) -> None:  # from the SIGINT handler: a plain flag
+        self.pressed = True
+
 
 class StoppedTogether(KeyboardInterrupt):
-    """Ctrl-C in a run of several processes, raised in every process at the same point (_noting_ctrl_c).
+    """Ctrl-C in a run of several processes, raised in every process at the same point (train.noting_ctrl_c).
     Call `wait_for_the_others()` once the main process has said where to resume: a process that ended
     first would have the launcher stop the others, perhaps before the main one said it."""
 
     def __init__(self, wait_for_the_others: Callable[[], None]) -> None:
         super().__init__()
         self.wait_for_the_others = wait_for_the_others
-
-
-@contextmanager
-def _noting_ctrl_c(world: int, noted: _CtrlC) -> Iterator[None]:
-    """With several processes, Ctrl-C only notes that it was pressed, and every process stops at the
-    same point: the next window (the note rides on the window's token sum, an all-reduce made anyway)
-    or the next evaluation batch.
-
-    The terminal sends SIGINT to every process, and the launcher sends it again. A KeyboardInterrupt
-    wherever each process happened to be let one leave while another was still in a collective call:
-    that one failed on the closed connection instead of saying where to resume (a flaky CI test). One
-    process keeps the immediate KeyboardInterrupt."""
-    if world == 1 or threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = signal.signal(signal.SIGINT, lambda *_: setattr(noted, "pressed", True))
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
 
 
 def _loss_sum(
