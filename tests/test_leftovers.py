@@ -174,3 +174,36 @@ def test_remove_leftovers_takes_only_its_own_names(tmp_path: Path) -> None:
     assert remove_leftovers(tmp_path) == [mine]
     assert all(p.exists() for p in kept) and outside.is_dir()
     assert os.path.islink(tmp_path / f".link.abcdefgh{TMP_SUFFIX}")
+
+
+def test_ctrl_c_during_a_build_says_what_data_holds_in_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import twinlm.prepare.build as build_module
+
+    model = build_tokenizer("chatml", tmp_path / "tokenizer")
+    runner = CliRunner()
+    ws = tmp_path / "twin"
+    assert runner.invoke(app, ["init", str(ws), "--me", "Bob"]).exit_code == 0
+    assert runner.invoke(app, ["ingest", "-w", str(ws), str(TELEGRAM)]).exit_code == 0
+    command = ["build", "-w", str(ws), "--model", str(model), "--targets", "everyone"]
+    real = build_module.build
+
+    def interrupted(*args: object, **kwargs: object) -> object:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(build_module, "build", interrupted)
+    first = runner.invoke(app, command)
+    monkeypatch.setattr(build_module, "build", real)
+    assert runner.invoke(app, command).exit_code == 0
+    monkeypatch.setattr(build_module, "build", interrupted)
+    again = runner.invoke(app, command)
+    data = ws / "data"
+    assert (first.exit_code, again.exit_code) == (130, 130)
+    assert [line for line in first.stderr.splitlines() if line.strip()] == [
+        f"Interrupted: {data} holds no dataset; run the same command to build it."
+    ]
+    assert [line for line in again.stderr.splitlines() if line.strip()] == [
+        f"Interrupted: {data} keeps the previous dataset whole; run the same command to build it."
+    ]
+    assert "Traceback" not in first.output + again.output

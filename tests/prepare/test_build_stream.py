@@ -71,3 +71,47 @@ def test_a_failed_build_leaves_no_temporary_file_and_keeps_the_old_dataset(
             build(config, corpus, out)
     assert (out / "train.parquet").read_bytes() == b"the old one"
     assert sorted(p.name for p in out.iterdir() if p.name != ".build.lock") == ["train.parquet"]
+
+
+def test_ctrl_c_during_rendering_closes_the_corpus_reads_before_the_corpus_closes(
+    tokenizer_dir: Callable[[str], Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ctrl-C lands in rendering while the chat reader waits at a yield. The reader's clean-up (it puts the
+    database's cache size back) must run while the corpus is open: left to the garbage collector, it ran
+    after the corpus closed and `twinlm build` printed "Exception ignored ... Cannot operate on a closed
+    database" with a traceback under the interrupted build."""
+    import gc
+    import sys
+
+    import twinlm.prepare.build as build_module
+
+    real = build_module.render_arrays
+
+    def interrupted(samples: object, *args: object, **kwargs: object) -> object:
+        for n, row in enumerate(real(samples, *args, **kwargs)):
+            if n == 1:
+                raise KeyboardInterrupt
+            yield row
+
+    monkeypatch.setattr(build_module, "render_arrays", interrupted)
+    unraisable: list[str] = []
+    monkeypatch.setattr(sys, "unraisablehook", lambda found: unraisable.append(repr(found.exc_value)))
+    out = tmp_path / "data"
+    out.mkdir()
+    (out / "train.parquet").write_bytes(b"the old one")
+    config = TwinConfig(me=["Me"], build=BuildConfig(model=str(tokenizer_dir("chatml"))))
+    with Corpus(tmp_path / "corpus.db") as corpus:
+        for chat in ("a", "b", "c", "d"):
+            said = [
+                message(f"{chat}: message {i} about the climbing trip", i, "Me" if i % 2 else "Sam")
+                for i in range(6)
+            ]
+            add(corpus, chat, *said)
+    # As in `twinlm build`: the interrupt leaves the corpus's `with` and is handled after it closed.
+    with pytest.raises(KeyboardInterrupt) as caught, Corpus(tmp_path / "corpus.db") as corpus:
+        build(config, corpus, out, render_batch_size=1)  # a row per sample: the reader waits mid-corpus
+    del caught
+    gc.collect()
+    assert unraisable == []
+    assert (out / "train.parquet").read_bytes() == b"the old one"
+    assert sorted(p.name for p in out.iterdir() if p.name != ".build.lock") == ["train.parquet"]

@@ -106,14 +106,28 @@ def build_command(
             finally:
                 progress.start()
 
-        result = build(
-            config,
-            corpus,
-            folder,
-            on_stage=lambda stage: progress.update(task, description=stage[:1].upper() + stage[1:]),
-            confirm_send=confirm,
-            on_progress=show_reading,
-        )
+        try:
+            result = build(
+                config,
+                corpus,
+                folder,
+                on_stage=lambda stage: progress.update(task, description=stage[:1].upper() + stage[1:]),
+                confirm_send=confirm,
+                on_progress=show_reading,
+            )
+        except KeyboardInterrupt:
+            progress.stop()
+            # The dataset's files are replaced together at the end (build.json last): old whole, or none.
+            kept = "holds no dataset"
+            if (folder / "build.json").is_file():
+                kept = "keeps the previous dataset whole"
+            err.print(
+                f"Interrupted: {safe_text(folder)} {kept}; run the same command to build it.",
+                markup=False,
+                highlight=False,
+                soft_wrap=True,
+            )
+            raise typer.Exit(130) from None
     if result.removed_leftovers:  # on stderr: --json output stays JSON
         err.print(
             f"Removed {len(result.removed_leftovers)} temporary file(s) left by an interrupted build: "

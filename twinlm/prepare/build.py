@@ -14,11 +14,10 @@ holds one chat (of a very long one, the session being cut) and a render batch, n
 
 from __future__ import annotations
 
-import shutil
 from array import array
 from collections import Counter
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,7 +28,7 @@ from twinlm.config import BuildConfig, TwinConfig
 from twinlm.corpus.db import Corpus
 from twinlm.corpus.queries import account_names, owners
 from twinlm.errors import TwinError
-from twinlm.files import remove_leftovers, write_atomic
+from twinlm.files import Staged, remove_leftovers
 from twinlm.identities import ME, Identities
 from twinlm.models import resolve_model
 from twinlm.prepare.clean import Msg, clean_message, clean_session
@@ -72,6 +71,11 @@ class BuildResult:
 
 # A chat longer than this many messages is read as it is used, not held whole (select.chats).
 STREAM_OVER = 20_000
+
+# The dataset folder's outputs, replaced together (files.Staged); build.json is written last and means
+# "a dataset is here": readers check it first. One a build does not make (the held-out questions of an
+# older build that asked the teacher) is deleted, not left beside another dataset.
+DATASET_FILES = ("samples.jsonl", "train.parquet", "eval.parquet", "heldout_questions.jsonl", "tokenizer")
 
 BUILD_LOCK = ".build.lock"  # held while a build writes the folder: one build at a time
 
@@ -166,19 +170,22 @@ def _build(
             stream_over=STREAM_OVER,
             reading=reading,
         )
-        for chat in found:
-            # The chat's samples are rendered (and their prompts read) before the next chat starts,
-            # and its lines are read once, as its sessions are made (a long chat is never held whole).
-            started.clear()
-            yield from _samples_of(chat, settings, me_name, counts, style, started, redactor, tell_progress)
-            if not isinstance(chat.lines, tuple):  # streamed: read what the samples did not (documents
-                for _ in chat.lines:  # left out), so that every speaker is noted
-                    pass
-            speakers.update(chat.speakers)
-            if chat.kind == "chat":
-                chat_speakers = set() if chat_speakers is None else chat_speakers
-                chat_speakers.update(chat.speakers)
-            tell_progress()
+        with closing(found):  # closed with this generator: the reader's clean-up needs the corpus open
+            for chat in found:
+                # The chat's samples are rendered (and their prompts read) before the next chat starts,
+                # and its lines are read once, as its sessions are made (a long chat is never held whole).
+                started.clear()
+                yield from _samples_of(
+                    chat, settings, me_name, counts, style, started, redactor, tell_progress
+                )
+                if not isinstance(chat.lines, tuple):  # streamed: read what the samples did not (documents
+                    for _ in chat.lines:  # left out), so that every speaker is noted
+                        pass
+                speakers.update(chat.speakers)
+                if chat.kind == "chat":
+                    chat_speakers = set() if chat_speakers is None else chat_speakers
+                    chat_speakers.update(chat.speakers)
+                tell_progress()
         if on_progress is not None:
             on_progress(reading.done, reading.total)
         if not speakers:
@@ -203,29 +210,32 @@ def _build(
     pending: dict[str, tuple[int, Sample]] = {}  # samples sent to rendering whose rows may still come
     whose = Tally()
     spill = Spill(out)
+    staged = Staged(out, DATASET_FILES, marker="build.json")
 
     def to_render() -> Iterator[Sample]:
-        for sample in all_samples():
-            position = len(keys)
-            keys.append(sample.conversation, sample.kind == "document")
-            weights.append(0)
-            spill.sample(sample)
-            whose.add_sample(sample)
-            if settings.teacher.enabled and sample.kind == "document":
-                documents.append((sample.id, sample.turns[0].text))
-            if not _is_completion(sample):
-                pending[sample.id] = (position, sample)
-                yield sample
-                continue
-            row = _completion(sample, tokenizer, settings.max_length, counts)
-            if row is not None:
-                weights[position] += len(row[2])
-                whose.add_row(sample, row[2])
-                spill.completions.add(*row)
+        with closing(all_samples()) as made:  # closed with this generator (see the `finally` below)
+            for sample in made:
+                position = len(keys)
+                keys.append(sample.conversation, sample.kind == "document")
+                weights.append(0)
+                spill.sample(sample)
+                whose.add_sample(sample)
+                if settings.teacher.enabled and sample.kind == "document":
+                    documents.append((sample.id, sample.turns[0].text))
+                if not _is_completion(sample):
+                    pending[sample.id] = (position, sample)
+                    yield sample
+                    continue
+                row = _completion(sample, tokenizer, settings.max_length, counts)
+                if row is not None:
+                    weights[position] += len(row[2])
+                    whose.add_row(sample, row[2])
+                    spill.completions.add(*row)
 
+    samples = to_render()
     try:
         rendered = render_arrays(
-            to_render(),
+            samples,
             tokenizer,
             settings.max_length,
             counts,
@@ -255,57 +265,61 @@ def _build(
             # Held-out questions test what the model learnt: keep those about documents it trains on.
             trained_docs = {key[0] for i, key in enumerate(keys) if i not in evals}
             heldout = [q for q in qa.heldout if q["chunk_id"].rsplit(":", 1)[0] in trained_docs]
-            write_atomic(
-                out / "heldout_questions.jsonl",
+            staged.file("heldout_questions.jsonl").write_text(
                 "".join(orjson.dumps(q, option=orjson.OPT_SORT_KEYS).decode() + "\n" for q in heldout),
+                encoding="utf-8",
             )
             counts["held-out questions"] += len(heldout)
         stage("writing the dataset folder")
-        stats = spill.write(out, evals, _some_training)
-    finally:
-        spill.remove()
-    result = BuildResult(
-        folder=out,
-        counts=counts,
-        samples=stats.samples,
-        tokens=stats.tokens,
-        trained_tokens=stats.trained_tokens,
-    )
+        stats = spill.write(staged, evals, _some_training)
+        result = BuildResult(
+            folder=out,
+            counts=counts,
+            samples=stats.samples,
+            tokens=stats.tokens,
+            trained_tokens=stats.trained_tokens,
+        )
 
-    tokenizer_dir = out / "tokenizer"
-    shutil.rmtree(tokenizer_dir, ignore_errors=True)
-    tokenizer.save_pretrained(tokenizer_dir)
-    result.report = {
-        "twinlm_dataset": 1,
-        "model": settings.model,
-        "template_style": style,
-        "system_prompt_template": settings.system_prompt,
-        "group_prompt_template": settings.group_prompt,
-        "me": me_name,
-        "samples": result.samples,
-        "tokens": result.tokens,
-        "trained_tokens": result.trained_tokens,
-        "trained_share": _share(result.trained_tokens, result.tokens),
-        "eval_share_of_trained_tokens": round(eval_share(result.trained_tokens), 4),
-        "turns": counts.pop("turns", 0),
-        "trained_turns": counts.pop("trained turns", 0),
-        "length_histogram": stats.histogram,
-        "counts": dict(sorted(counts.items())),
-        "redacted": redacted_kinds(counts),
-        "config": config.model_dump(mode="json"),
-    }
-    result.report["trained_by_speaker"] = whose.report()["by_speaker"]
-    result.report["trained_by_source"] = whose.report()["by_source"]
-    result.report["warnings"] = warnings(
-        whose,
-        chats_seen=chat_speakers is not None,
-        me_in_chats=ME in (chat_speakers or ()),
-        me_targeted=settings.targets in ("auto", "me")
-        or (isinstance(settings.targets, list) and ME in settings.targets),
-        targets=settings.targets if isinstance(settings.targets, str) else "list",
-        me_name=me_name,
-    )
-    write_atomic(out / "build.json", orjson.dumps(result.report, option=orjson.OPT_INDENT_2).decode() + "\n")
+        tokenizer.save_pretrained(staged.directory("tokenizer"))
+        result.report = {
+            "twinlm_dataset": 1,
+            "model": settings.model,
+            "template_style": style,
+            "system_prompt_template": settings.system_prompt,
+            "group_prompt_template": settings.group_prompt,
+            "me": me_name,
+            "samples": result.samples,
+            "tokens": result.tokens,
+            "trained_tokens": result.trained_tokens,
+            "trained_share": _share(result.trained_tokens, result.tokens),
+            "eval_share_of_trained_tokens": round(eval_share(result.trained_tokens), 4),
+            "turns": counts.pop("turns", 0),
+            "trained_turns": counts.pop("trained turns", 0),
+            "length_histogram": stats.histogram,
+            "counts": dict(sorted(counts.items())),
+            "redacted": redacted_kinds(counts),
+            "config": config.model_dump(mode="json"),
+        }
+        result.report["trained_by_speaker"] = whose.report()["by_speaker"]
+        result.report["trained_by_source"] = whose.report()["by_source"]
+        result.report["warnings"] = warnings(
+            whose,
+            chats_seen=chat_speakers is not None,
+            me_in_chats=ME in (chat_speakers or ()),
+            me_targeted=settings.targets in ("auto", "me")
+            or (isinstance(settings.targets, list) and ME in settings.targets),
+            targets=settings.targets if isinstance(settings.targets, str) else "list",
+            me_name=me_name,
+        )
+        report = orjson.dumps(result.report, option=orjson.OPT_INDENT_2) + b"\n"
+        staged.file("build.json").write_bytes(report)
+        staged.commit()  # the dataset's files in place together, build.json last
+    finally:
+        # Stopped (Ctrl-C, an error) while the corpus reader waits at a yield: it ends now, while the corpus
+        # is open, instead of when the garbage collector finds it (a traceback on a closed database).
+        samples.close()
+        spill.remove()
+        staged.discard()  # what was staged and not put in place: nothing after the commit
     return result
 
 

@@ -5,8 +5,9 @@ tokens, newest sessions first, with fallbacks over the whole corpus), so the bui
 the first appends each sample's JSON line and each rendered row to temporary files in the dataset
 folder (rows as Arrow record batches of int32 arrays, ~8 bytes a token instead of ~60 as Python
 lists); the second, once the split is decided, streams them into samples.jsonl, train.parquet and
-eval.parquet, summing the statistics on the way. Memory holds a batch, not the dataset. The temporary
-files carry atomic_open's suffix, so a killed build's are removed by the next one.
+eval.parquet (staged: the build puts them in place with the rest of the dataset), summing the statistics
+on the way. Memory holds a batch, not the dataset. The temporary files carry atomic_open's suffix, so a
+killed build's are removed by the next one.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from twinlm.files import TMP_SUFFIX, atomic_open
+from twinlm.files import TMP_SUFFIX, Staged
 from twinlm.prepare.outputs import HISTOGRAM_EDGES, ROW_SCHEMA, length_histogram
 from twinlm.prepare.sample import IGNORE_INDEX, Sample
 
@@ -183,15 +184,15 @@ class Spill:
         for path in self._paths:
             path.unlink(missing_ok=True)
 
-    def write(self, out: Path, evals: set[int], check: Callable[[SplitStats], None]) -> SplitStats:
-        """samples.jsonl, train.parquet and eval.parquet in `out`: the samples at positions `evals` (and
-        their rows) in eval. `check(stats)` runs before the files replace the old ones and may raise to
-        keep them."""
+    def write(self, staged: Staged, evals: set[int], check: Callable[[SplitStats], None]) -> SplitStats:
+        """samples.jsonl, train.parquet and eval.parquet, staged (put in place with the rest of the dataset
+        by the build): the samples at positions `evals` (and their rows) in eval. `check(stats)` may raise
+        to write nothing."""
         self.close()
         stats = SplitStats()
         eval_ids: list[str] = []  # read back from the sample lines: not kept for every sample meanwhile
         with ExitStack() as stack:
-            jsonl = stack.enter_context(atomic_open(out / "samples.jsonl"))
+            jsonl = stack.enter_context(open(staged.file("samples.jsonl"), "wb"))
             with open(self.samples_path, "rb") as lines:
                 for i, line in enumerate(lines):
                     if i in evals:  # the first "split" key is the sample's own: strings escape their quotes
@@ -199,7 +200,7 @@ class Spill:
                         eval_ids.append(orjson.loads(line)["id"])
                     jsonl.write(line)
             writers = {
-                split: _SplitWriter(stack.enter_context(atomic_open(out / f"{split}.parquet")))
+                split: _SplitWriter(stack.enter_context(open(staged.file(f"{split}.parquet"), "wb")))
                 for split in ("train", "eval")
             }
             held = pa.array(sorted(set(eval_ids)), pa.string())
