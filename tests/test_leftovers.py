@@ -207,3 +207,31 @@ def test_ctrl_c_during_a_build_says_what_data_holds_in_one_line(
         f"Interrupted: {data} keeps the previous dataset whole; run the same command to build it."
     ]
     assert "Traceback" not in first.output + again.output
+
+
+def test_ctrl_c_during_an_ingest_keeps_nothing_of_it_and_says_so(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    runner = CliRunner()
+    ws = tmp_path / "twin"
+    assert runner.invoke(app, ["init", str(ws), "--me", "Bob"]).exit_code == 0
+    assert runner.invoke(app, ["ingest", "-w", str(ws), str(TELEGRAM)]).exit_code == 0
+    with Corpus(ws / "corpus.db") as corpus:
+        before = corpus.count("messages"), corpus.count("conversations")
+    real, added = Corpus.add, []
+
+    def add_then_stop(self: Corpus, *args: object, **kwargs: object) -> object:
+        added.append(1)
+        if len(added) == 3:  # well into the import: two conversations written
+            raise KeyboardInterrupt
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(Corpus, "add", add_then_stop)
+    stopped = runner.invoke(app, ["ingest", "-w", str(ws), str(EXAMPLES)])
+    assert stopped.exit_code == 130 and len(added) == 3
+    assert [line for line in stopped.stderr.splitlines() if line.strip()] == [
+        "Interrupted: nothing of this ingest was kept (the corpus is as it was); run the same command to "
+        "ingest."
+    ]
+    with Corpus(ws / "corpus.db") as corpus:
+        assert (corpus.count("messages"), corpus.count("conversations")) == before

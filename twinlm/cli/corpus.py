@@ -187,16 +187,26 @@ def ingest_command(
             label = safe_text(Path(name).name)
             progress.update(task, description=f"{label}: {messages:,} messages", completed=done, total=size)
 
-        result = ingest(
-            targets,
-            corpus,
-            settings.parse_options(),
-            documents=document_paths,
-            fmt=format,
-            max_unpacked_bytes=int(settings.max_unpacked_gb * 2**30),
-            on_file=lambda name: progress.reset(task, description=safe_text(Path(name).name), total=None),
-            on_progress=show,
-        )
+        try:
+            result = ingest(
+                targets,
+                corpus,
+                settings.parse_options(),
+                documents=document_paths,
+                fmt=format,
+                max_unpacked_bytes=int(settings.max_unpacked_gb * 2**30),
+                on_file=lambda name: progress.reset(task, description=safe_text(Path(name).name), total=None),
+                on_progress=show,
+            )
+        except KeyboardInterrupt:  # an import is one transaction: rolled back whole
+            progress.stop()
+            err.print(
+                "Interrupted: nothing of this ingest was kept (the corpus is as it was); run the same "
+                "command to ingest.",
+                highlight=False,
+                soft_wrap=True,
+            )
+            raise typer.Exit(130) from None
     elapsed = time.perf_counter() - started
     if as_json:
         typer.echo(orjson.dumps(result.summary(), option=orjson.OPT_INDENT_2).decode())
