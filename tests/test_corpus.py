@@ -1,7 +1,9 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
+import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -11,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from twinlm.corpus.db import Corpus
+from twinlm.corpus.db import SCHEMA_VERSION, Corpus
+from twinlm.errors import TwinError
 from twinlm.model import Conversation, Message
 
 T0 = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
@@ -148,3 +151,58 @@ def test_import_killed_half_way_leaves_corpus_as_before(tmp_path: Path) -> None:
         assert snapshot(corpus) == before
         assert corpus.count("imports") == 1
         assert corpus.db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+
+
+@pytest.mark.parametrize("damage", ["not sqlite", "cut short"])
+def test_a_damaged_corpus_file_is_one_error_line_naming_it(tmp_path: Path, damage: str) -> None:
+    path = tmp_path / "corpus.db"
+    if damage == "not sqlite":
+        path.write_bytes(b"PK\x03\x04 a zip file saved under the corpus's name" * 100)
+    else:
+        with Corpus(path) as corpus, corpus.importing(["test"]) as import_id, corpus.file_savepoint():
+            for n in range(300):
+                said = Message(id=f"m{n}", author_id="a", author_name="Ann", timestamp=None, text="x" * 500)
+                corpus.add(Conversation("telegram", f"c{n}", "t", "chat", (said,)), import_id)
+        path.write_bytes(path.read_bytes()[:20_000])  # a copy that stopped part-way
+    before = path.read_bytes()
+    with pytest.raises(TwinError, match=rf"^{re.escape(str(path))}: damaged or not a twinlm corpus \("):
+        Corpus(path)
+    assert path.read_bytes() == before  # not written to
+
+
+def test_a_corpus_from_a_newer_twinlm_is_refused_not_read_as_an_older_one(tmp_path: Path) -> None:
+    path = tmp_path / "corpus.db"
+    with Corpus(path) as corpus:
+        newer = str(SCHEMA_VERSION + 1)
+        corpus.db.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (newer,))
+    with pytest.raises(TwinError, match=r"made by a newer twinlm .*upgrade twinlm"):
+        Corpus(path)
+
+
+def test_another_programs_sqlite_file_is_refused_and_left_as_it_was(tmp_path: Path) -> None:
+    path = tmp_path / "corpus.db"
+    with sqlite3.connect(path) as other:
+        other.execute("CREATE TABLE bookmarks (url TEXT)")
+    before = path.read_bytes()
+    with pytest.raises(TwinError, match=r"not a twinlm corpus \(an SQLite database of another program\)"):
+        Corpus(path)
+    assert path.read_bytes() == before
+
+
+@pytest.mark.parametrize("command", ["status", "stats", "run"])
+def test_commands_say_a_damaged_corpus_in_one_line(tmp_path: Path, command: str) -> None:
+    from typer.testing import CliRunner
+
+    from twinlm.cli import app
+
+    runner = CliRunner()
+    ws = tmp_path / "twin"
+    assert runner.invoke(app, ["init", str(ws), "--me", "Bob"]).exit_code == 0
+    (ws / "corpus.db").write_bytes(b"SQLite format 3\x00" + b"\x13" * 4000)  # a header, then garbage
+    said = runner.invoke(app, [command, "-w", str(ws)])
+    assert said.exit_code == 1 and isinstance(said.exception, SystemExit), said.output  # not a crash
+    errors = [line for line in said.stderr.splitlines() if line.startswith("error:")]
+    assert errors == [
+        f"error: {ws / 'corpus.db'}: damaged or not a twinlm corpus (file is not a database); restore it "
+        "from a backup, or move it away and ingest your exports again"
+    ]

@@ -19,13 +19,13 @@ from __future__ import annotations
 
 import hashlib
 import sqlite3
-from contextlib import closing
 from pathlib import Path
 from typing import Any
 
 import orjson
 
 from twinlm.config import TwinConfig
+from twinlm.corpus.db import read_only
 from twinlm.files import write_atomic
 
 STATE = Path(".twinlm") / "run-state.json"
@@ -64,7 +64,7 @@ def corpus_signature(db: Path) -> dict[str, Any]:
     (A hash of the file would change with SQLite's own bookkeeping; reading every message would be slow.)"""
     if not db.is_file():
         return {}
-    with closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as conn:
+    with read_only(db) as conn:
         query = "SELECT name FROM sqlite_master WHERE type='table' ORDER BY name"
         tables = [r[0] for r in conn.execute(query)]
         found: dict[str, Any] = {}

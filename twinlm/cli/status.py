@@ -26,14 +26,12 @@ def _json(path: Path) -> dict[str, Any]:
 def _corpus(db: Path) -> dict[str, Any] | None:
     if not db.is_file():  # opening a Corpus would create it
         return None
-    import sqlite3
-    from contextlib import closing
     from types import SimpleNamespace
 
+    from twinlm.corpus.db import read_only
     from twinlm.corpus.queries import source_stats
 
-    # Read-only (a Corpus would bring the schema up to date): status writes nothing.
-    with closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as conn:
+    with read_only(db) as conn:  # status writes nothing
         rows = source_stats(SimpleNamespace(db=conn), top=0)  # type: ignore[arg-type]
         last = conn.execute("SELECT max(finished_at) FROM imports").fetchone()
     return {

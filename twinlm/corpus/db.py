@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from operator import attrgetter
@@ -29,6 +29,7 @@ from pathlib import Path
 import orjson
 
 from twinlm.corpus.supersede import Superseding, supersede
+from twinlm.errors import TwinError
 from twinlm.model import Conversation, Kind, Message, Role
 
 SCHEMA_VERSION = 2
@@ -188,6 +189,28 @@ class Changes:
         self.kept_texts.extend(other.kept_texts)
 
 
+def damaged(path: Path, error: sqlite3.DatabaseError) -> TwinError:
+    """The error for a corpus file SQLite cannot read. Raised for exactly sqlite3.DatabaseError (a damaged
+    file or another format), not its subclasses: "database is locked" (OperationalError) says what it is."""
+    return TwinError(
+        f"{path}: damaged or not a twinlm corpus ({error}); restore it from a backup, or move it away and "
+        "ingest your exports again"
+    )
+
+
+@contextmanager
+def read_only(path: Path) -> Iterator[sqlite3.Connection]:
+    """The corpus file opened read-only, for readers that must not write (a Corpus would bring the schema
+    up to date); a file SQLite cannot read is `damaged`."""
+    with closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as conn:
+        try:
+            yield conn
+        except sqlite3.DatabaseError as e:
+            if type(e) is not sqlite3.DatabaseError:
+                raise
+            raise damaged(path, e) from None
+
+
 class Corpus:
     """An open corpus database. Use as a context manager; writes go through `importing()`."""
 
@@ -196,23 +219,16 @@ class Corpus:
         path.parent.mkdir(parents=True, exist_ok=True)
         # isolation_level=None: transactions are explicit (BEGIN/SAVEPOINT below), never implicit.
         self.db = sqlite3.connect(path, isolation_level=None)
-        self.db.execute("PRAGMA page_size = 16384")  # only takes effect on a new file; fewer b-tree splits
-        # A rollback journal, not WAL: an import is one big transaction of mostly new pages, which a
-        # rollback journal writes once where WAL writes them twice (log, then checkpoint): ~8% faster
-        # ingest. Both leave the file as it was when the process is killed mid-transaction.
-        self.db.execute("PRAGMA journal_mode = DELETE")
-        self.db.execute("PRAGMA synchronous = NORMAL")
-        self.db.execute("PRAGMA foreign_keys = ON")
-        self.db.execute("PRAGMA cache_size = -65536")  # 64 MiB page cache
-        self.db.executescript(SCHEMA)
-        # Only a new corpus writes here: opening one never waits for a write lock (a build may be reading).
-        if self.db.execute("SELECT 1 FROM meta WHERE key = 'schema_version'").fetchone() is None:
-            self.db.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
-        version = int(self.db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0])
-        if version < SCHEMA_VERSION:
-            from twinlm.corpus.migrate import migrate  # only old corpora need it
-
-            migrate(self.db, version, SCHEMA_VERSION)
+        try:
+            self._prepare()
+        except sqlite3.DatabaseError as e:
+            self.db.close()
+            if type(e) is not sqlite3.DatabaseError:
+                raise
+            raise damaged(path, e) from None
+        except BaseException:
+            self.db.close()
+            raise
         self._conversation_ids: dict[tuple[str, str], int] = {}
         self._message_writes = 0
         # Per conversation row of a SUPERSEDING source read in this import: [first ts, last ts, existed
@@ -225,6 +241,41 @@ class Corpus:
         self._kept_ids: list[str] = []  # of the file being read (file_savepoint)
         self.db.create_function("twinlm_kept_text", 2, self._keep_text)
         self.db.execute(_KEEP_TEXT)
+
+    def _prepare(self) -> None:
+        """Settings, the schema where it is missing, and the migration of an older corpus."""
+        self.db.execute("PRAGMA page_size = 16384")  # only takes effect on a new file; fewer b-tree splits
+        # A rollback journal, not WAL: an import is one big transaction of mostly new pages, which a
+        # rollback journal writes once where WAL writes them twice (log, then checkpoint): ~8% faster
+        # ingest. Both leave the file as it was when the process is killed mid-transaction.
+        self.db.execute("PRAGMA journal_mode = DELETE")
+        self.db.execute("PRAGMA synchronous = NORMAL")
+        self.db.execute("PRAGMA foreign_keys = ON")
+        self.db.execute("PRAGMA cache_size = -65536")  # 64 MiB page cache
+        # Another program's database, or a newer twinlm's corpus, is refused before this one adds its own
+        # schema to it (every corpus has had the meta table).
+        tables = {row[0] for row in self.db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        if tables and "meta" not in tables:
+            raise TwinError(
+                f"{self.path}: not a twinlm corpus (an SQLite database of another program); move it away or "
+                "point the workspace elsewhere"
+            )
+        if "meta" in tables:
+            found = self.db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+            if found is not None and int(found[0]) > SCHEMA_VERSION:
+                raise TwinError(
+                    f"{self.path}: made by a newer twinlm (corpus schema {found[0]}; this one reads up to "
+                    f"{SCHEMA_VERSION}): upgrade twinlm"
+                )
+        self.db.executescript(SCHEMA)
+        # Only a new corpus writes here: opening one never waits for a write lock (a build may be reading).
+        if self.db.execute("SELECT 1 FROM meta WHERE key = 'schema_version'").fetchone() is None:
+            self.db.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+        version = int(self.db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0])
+        if version < SCHEMA_VERSION:
+            from twinlm.corpus.migrate import migrate  # only old corpora need it
+
+            migrate(self.db, version, SCHEMA_VERSION)
 
     def close(self) -> None:
         self.db.close()
