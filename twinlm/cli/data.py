@@ -333,14 +333,10 @@ def export_data(
     """Write the built dataset in another tool's format (train and eval files, field names as that tool
     documents them; Mistral fine-tuning API limits checked)."""
     from twinlm.prepare.interop import export_samples
-    from twinlm.prepare.sample import Sample
+    from twinlm.prepare.sample import read_samples
 
     ws = open_workspace(workspace)
-    samples_path = _dataset_folder(ws) / "samples.jsonl"
-    if not samples_path.is_file():
-        raise TwinError(f"{samples_path}: not found; run `twinlm build` first")
-    with open(samples_path, "rb") as f:
-        samples = [Sample.from_json(line) for line in f]
+    samples = list(read_samples(_dataset_folder(ws) / "samples.jsonl"))
     target = out_dir or ws.root / "export" / f"data-{format}"
     report = export_samples(samples, format, target)
     for line in report.lines():

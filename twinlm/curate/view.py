@@ -19,8 +19,6 @@ from collections import Counter, OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
-import orjson
-
 from twinlm.config import TwinConfig
 from twinlm.corpus.browse import prepare
 from twinlm.corpus.db import Corpus
@@ -29,6 +27,7 @@ from twinlm.identities import ME, Identities
 from twinlm.prepare.clean import Msg, clean_message, clean_session
 from twinlm.prepare.persona import persona_for
 from twinlm.prepare.redact import Redactor
+from twinlm.prepare.sample import read_samples
 from twinlm.prepare.select import Line, _in_time_order
 from twinlm.prepare.sessions import merge_turns, split_by_gap
 
@@ -386,19 +385,14 @@ class _Timed:
 
 def last_build(data: Any) -> dict[str, dict[str, int]]:
     """What the last build made of each conversation (samples, trained turns), from its samples.jsonl."""
-    path = data / "samples.jsonl"
     found: dict[str, dict[str, int]] = {}
-    if not path.is_file():
+    if not (data / "samples.jsonl").is_file():
         return found
-    with path.open("rb") as f:
-        for line in f:
-            sample = orjson.loads(line)
-            entry = found.setdefault(
-                sample["conversation"], {"samples": 0, "trained_turns": 0, "trained_chars": 0}
-            )
-            entry["samples"] += 1
-            for turn in sample["turns"]:
-                if turn.get("trained"):
-                    entry["trained_turns"] += 1
-                    entry["trained_chars"] += len(turn.get("text", ""))
+    for sample in read_samples(data / "samples.jsonl"):
+        entry = found.setdefault(sample.conversation, {"samples": 0, "trained_turns": 0, "trained_chars": 0})
+        entry["samples"] += 1
+        for turn in sample.turns:
+            if turn.trained:
+                entry["trained_turns"] += 1
+                entry["trained_chars"] += len(turn.text)
     return found

@@ -11,8 +11,7 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from twinlm.errors import TwinError
-from twinlm.prepare.sample import Sample
+from twinlm.prepare.sample import Sample, read_samples
 
 Turns = Sequence[tuple[str, str]]
 Generate = Callable[[str, Turns, str | None], str]  # system None: the persona's own prompt
@@ -33,11 +32,7 @@ def twin_generate(twin: Any, max_new_tokens: int, sampling_settings: Any = None)
 
 def eval_samples(data_dir: Path) -> list[Sample]:
     """The eval split's samples, from the readable dataset build wrote (samples.jsonl)."""
-    path = data_dir / "samples.jsonl"
-    if not path.is_file():
-        raise TwinError(f"{path}: missing; run `twinlm build` first")
-    with path.open("rb") as f:
-        return [s for s in map(Sample.from_json, f) if s.split == "eval"]
+    return [s for s in read_samples(data_dir / "samples.jsonl") if s.split == "eval"]
 
 
 def contexts(samples: Iterable[Sample], persona: str, limit: int) -> list[dict[str, Any]]:

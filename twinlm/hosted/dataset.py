@@ -48,14 +48,6 @@ class Upload:
         return [*self.train_files, *self.eval_files]
 
 
-def read_samples(data_dir: Path) -> list[Sample]:
-    path = data_dir / "samples.jsonl"
-    if not path.is_file():
-        raise TwinError(f"{path}: not found; run `twinlm build` first")
-    with path.open("rb") as f:
-        return [Sample.from_json(line) for line in f if line.strip()]
-
-
 def export_upload(samples: list[Sample], run_dir: Path) -> Upload:
     """Write the Mistral files into run_dir/upload (as `export-data --format mistral` does); describe them."""
     folder = run_dir / UPLOAD_DIR

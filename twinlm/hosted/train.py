@@ -23,8 +23,9 @@ from rich.text import Text
 from twinlm.errors import TwinError
 from twinlm.hosted import job as hosted_job
 from twinlm.hosted.api import MistralAPI, api_key, check_job_id
-from twinlm.hosted.dataset import Upload, check_upload, export_upload, names, read_samples, sha256
+from twinlm.hosted.dataset import Upload, check_upload, export_upload, names, sha256
 from twinlm.hosted.settings import HostedConfig
+from twinlm.prepare.sample import read_samples
 from twinlm.privacy import check_endpoint_url, confirm_remote_send
 from twinlm.train import run as run_record
 
@@ -78,7 +79,7 @@ def train_hosted(
         check_endpoint_url(settings.base_url, settings.allow_insecure_http, setting="hosted")
         run_dir = run_record.run_dir(root, name, resume=False)
         try:
-            upload = export_upload(read_samples(root / "data"), run_dir)
+            upload = export_upload(list(read_samples(root / "data" / "samples.jsonl")), run_dir)
             trained_tokens = check_upload(upload, settings)
             _confirm(upload, settings, trained_tokens, yes=yes, console=console, safe=safe)
         except BaseException:

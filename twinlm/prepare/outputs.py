@@ -10,10 +10,13 @@ import hashlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
+import orjson
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from twinlm.errors import TwinError
 from twinlm.files import atomic_open
 from twinlm.prepare.sample import Sample
 
@@ -24,6 +27,20 @@ ROW_SCHEMA = pa.schema(
         ("labels", pa.list_(pa.int32())),
     ]
 )
+
+
+def read_build_info(folder: Path) -> dict[str, Any]:
+    """The dataset's build.json (what every later stage reads first), or one error line saying what to do."""
+    path = folder / "build.json"
+    if not path.is_file():
+        raise TwinError(f"{folder}: no dataset here (no build.json); run `twinlm build` first")
+    try:
+        info = orjson.loads(path.read_bytes())
+    except (OSError, orjson.JSONDecodeError) as err:
+        raise TwinError(f"{path}: unreadable ({err}); run `twinlm build` again") from None
+    if not isinstance(info, dict) or not isinstance(info.get("config"), dict):
+        raise TwinError(f"{path}: not a twinlm build report; run `twinlm build` again")
+    return info
 
 
 def split_fraction(conversation: str, seed: str) -> float:

@@ -7,10 +7,14 @@ export to other tools' formats, previews. Its readable form is one JSON object p
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal
 
 import orjson
+
+from twinlm.errors import TwinError
 
 SampleKind = Literal["chat", "assistant", "document", "dataset"]
 # The label of a token that is not trained: what PyTorch's cross_entropy and transformers ignore. Defined
@@ -60,3 +64,19 @@ class Sample:
             system=data.get("system"),
             turns=tuple(Turn(t["speaker"], t["text"], bool(t["trained"])) for t in data["turns"]),
         )
+
+
+def read_samples(path: Path) -> Iterator[Sample]:
+    """The samples of a samples.jsonl, read as used; a missing file or a line that is not a sample (a disk
+    error, a hand edit gone wrong) is one error line naming the file and the line."""
+    if not path.is_file():
+        raise TwinError(f"{path}: not found; run `twinlm build` first")
+    with path.open("rb") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                yield Sample.from_json(line)
+            except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError) as err:
+                problem = f"not JSON ({err})" if isinstance(err, orjson.JSONDecodeError) else "not a sample"
+                raise TwinError(f"{path}: line {n}: {problem}; run `twinlm build` again") from None

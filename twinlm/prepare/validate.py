@@ -19,14 +19,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import orjson
 import pyarrow.parquet as pq
 
 from twinlm.config import TrainConfig
 from twinlm.errors import TwinError
 from twinlm.models.presets import get_preset
 from twinlm.models.tiny import NAME as TINY
-from twinlm.prepare.sample import IGNORE_INDEX, Sample
+from twinlm.prepare.outputs import read_build_info
+from twinlm.prepare.sample import IGNORE_INDEX, read_samples
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,26 +107,21 @@ class Validation:
 
 def validate(folder: Path) -> Validation:
     """Check the dataset in `folder` (a `twinlm build` output)."""
-    build_json = folder / "build.json"
-    if not build_json.is_file():
-        raise TwinError(f"{folder}: no dataset here (no build.json); run `twinlm build` first")
-    info = orjson.loads(build_json.read_bytes())
+    info = read_build_info(folder)
     settings = info["config"]["build"]
     result = Validation(
         max_length=int(settings["max_length"]),
         eval_fraction=float(settings.get("eval_fraction", 0.0)),
         model=str(info.get("model") or settings.get("model") or ""),
     )
-    with open(folder / "samples.jsonl", "rb") as f:
-        for line in f:
-            sample = Sample.from_json(line)
-            for turn in sample.turns:
-                if not turn.text.strip():
-                    result.note(result.problems, "empty turn", sample.id)
-                if turn.speaker == "" and sample.kind != "document":
-                    result.note(result.problems, "turn without a speaker", sample.id)
-            if sample.kind != "document" and not sample.turns[-1].trained:
-                result.note(result.warnings, "last turn not trained (context after the target)", sample.id)
+    for sample in read_samples(folder / "samples.jsonl"):
+        for turn in sample.turns:
+            if not turn.text.strip():
+                result.note(result.problems, "empty turn", sample.id)
+            if turn.speaker == "" and sample.kind != "document":
+                result.note(result.problems, "turn without a speaker", sample.id)
+        if sample.kind != "document" and not sample.turns[-1].trained:
+            result.note(result.warnings, "last turn not trained (context after the target)", sample.id)
     for split in ("train", "eval"):
         path = folder / f"{split}.parquet"
         table = pq.read_table(path, columns=["sample_id", "input_ids", "labels"])

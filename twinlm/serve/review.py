@@ -31,6 +31,7 @@ from twinlm.corpus.queries import account_names, owners
 from twinlm.curate.view import Viewer, last_build, part_json
 from twinlm.errors import TwinError
 from twinlm.identities import Identities
+from twinlm.prepare.outputs import read_build_info
 from twinlm.serve.pages import PAGE_HEADERS, web_file
 from twinlm.workspace import open_workspace
 
@@ -88,8 +89,10 @@ class _State:
             return None
         with self.lock:
             if self.built is None or self.built[0] != mtime:
-                per = last_build(data)
-                report = orjson.loads((data / "build.json").read_bytes())
+                try:
+                    per, report = last_build(data), read_build_info(data)
+                except TwinError:  # a damaged dataset: the page shows no build figures
+                    return None
                 tokens = sum((report.get("trained_tokens") or {}).values())
                 chars = sum(entry["trained_chars"] for entry in per.values())
                 self.built = (mtime, per, tokens / chars if chars else 0.25)

@@ -30,6 +30,7 @@ from twinlm.interrupts import ctrl_c_calls
 from twinlm.models import resolve_model
 from twinlm.models.load import LoraSettings, eval_mode, load_model
 from twinlm.models.presets import get_preset
+from twinlm.prepare.outputs import read_build_info
 from twinlm.train import attention as _packed_attention  # noqa: F401  (registers "twinlm_packed")
 from twinlm.train import run as run_record
 from twinlm.train.checkpoint import TrainState, latest_checkpoint, prune_checkpoints
@@ -76,9 +77,7 @@ def train(
     """Fine-tune on `workspace`/data into `workspace`/runs/<run_name>; with `resume`, continue it."""
     settings = config.train
     data_dir = workspace / "data"
-    if not (data_dir / "build.json").is_file():
-        raise TwinError(f"{data_dir}: no dataset; run `twinlm build` first")
-    info = orjson.loads((data_dir / "build.json").read_bytes())
+    info = read_build_info(data_dir)
     if resume:
         # The run goes on as recorded (its settings and step budget, on its data), whatever twin.yaml
         # says today; every process reads the same record.
