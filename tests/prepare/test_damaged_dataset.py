@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
@@ -16,10 +17,17 @@ from twinlm.serve.review import review_app
 
 from testdata import EXAMPLES
 
-DAMAGE = {
+DAMAGE: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "build.json cut short": ("build.json", lambda text: text[: len(text) // 2]),
     "build.json not an object": ("build.json", lambda _: "[1, 2]\n"),
     "samples.jsonl cut mid-line": ("samples.jsonl", lambda text: text[: len(text) // 2 + 7]),
+    "train.parquet cut short": ("train.parquet", lambda data: data[: len(data) // 2]),
+}
+READS = {  # what each command reads of the dataset folder
+    "validate": {"build.json", "samples.jsonl", "train.parquet"},
+    "conversations": {"samples.jsonl"},
+    "train": {"build.json", "train.parquet"},
+    "export-data": {"samples.jsonl"},
 }
 
 
@@ -41,21 +49,20 @@ def damaged(built: Path, damage: str, tmp_path: Path) -> Path:
     shutil.copytree(built, ws)
     name, change = DAMAGE[damage]
     path = ws / "data" / name
-    path.write_text(change(path.read_text(encoding="utf-8")), encoding="utf-8")
+    if name.endswith(".parquet"):
+        path.write_bytes(change(path.read_bytes()))
+    else:
+        path.write_text(change(path.read_text(encoding="utf-8")), encoding="utf-8")
     return ws
 
 
 @pytest.mark.parametrize("damage", DAMAGE)
-@pytest.mark.parametrize("command", ["validate", "conversations", "train", "export-data"])
+@pytest.mark.parametrize("command", READS)
 def test_commands_reading_a_damaged_dataset_say_so_in_one_line(
     built: Path, tmp_path: Path, damage: str, command: str
 ) -> None:
     name = DAMAGE[damage][0]
-    if (command, name) in {
-        ("conversations", "build.json"),
-        ("train", "samples.jsonl"),
-        ("export-data", "build.json"),
-    }:
+    if name not in READS[command]:
         pytest.skip(f"`twinlm {command}` does not read {name}")
     ws = damaged(built, damage, tmp_path)
     extra = ["--format", "sharegpt"] if command == "export-data" else []

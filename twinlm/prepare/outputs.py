@@ -43,6 +43,16 @@ def read_build_info(folder: Path) -> dict[str, Any]:
     return info
 
 
+def read_rows(path: Path) -> pa.Table:
+    """A split's token rows (train.parquet or eval.parquet), or one error line saying what to do."""
+    if not path.is_file():
+        raise TwinError(f"{path}: no such dataset file; run `twinlm build` first")
+    try:
+        return pq.read_table(path, columns=ROW_SCHEMA.names)
+    except (pa.ArrowException, OSError) as err:
+        raise TwinError(f"{path}: not a readable dataset file ({err}); run `twinlm build` again") from None
+
+
 def split_fraction(conversation: str, seed: str) -> float:
     """A number in [0, 1) fixed by the conversation key: the same conversation always lands alike."""
     digest = hashlib.blake2b(f"{seed}\x1f{conversation}".encode(), digest_size=8).digest()

@@ -19,13 +19,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import pyarrow.parquet as pq
-
 from twinlm.config import TrainConfig
 from twinlm.errors import TwinError
 from twinlm.models.presets import get_preset
 from twinlm.models.tiny import NAME as TINY
-from twinlm.prepare.outputs import read_build_info
+from twinlm.prepare.outputs import read_build_info, read_rows
 from twinlm.prepare.sample import IGNORE_INDEX, read_samples
 
 
@@ -123,8 +121,7 @@ def validate(folder: Path) -> Validation:
         if sample.kind != "document" and not sample.turns[-1].trained:
             result.note(result.warnings, "last turn not trained (context after the target)", sample.id)
     for split in ("train", "eval"):
-        path = folder / f"{split}.parquet"
-        table = pq.read_table(path, columns=["sample_id", "input_ids", "labels"])
+        table = read_rows(folder / f"{split}.parquet")
         rows = table.to_pylist()
         result.samples[split] = len(rows)
         result.tokens[split] = sum(len(r["input_ids"]) for r in rows)

@@ -36,10 +36,10 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 import torch
 
 from twinlm.errors import TwinError
+from twinlm.prepare.outputs import read_rows
 from twinlm.prepare.sample import IGNORE_INDEX
 
 # Attention implementations that take packed rows from position_ids alone (varlen kernels).
@@ -94,12 +94,7 @@ def _list_column(table: pa.Table, name: str, path: Path) -> tuple[np.ndarray, np
 def load_split(folder: Path, split: str) -> list[Example]:
     """Read `folder/{split}.parquet` (written by `twinlm build`) into Examples, checked row by row."""
     path = Path(folder) / f"{split}.parquet"
-    if not path.is_file():
-        raise TwinError(f"{path}: no such dataset file (run `twinlm build` first)")
-    try:
-        table = pq.read_table(path, columns=["sample_id", "input_ids", "labels"])
-    except (pa.ArrowException, OSError) as err:
-        raise TwinError(f"{path}: not a readable dataset file ({err})") from err
+    table = read_rows(path)
     ids, id_offsets = _list_column(table, "input_ids", path)
     labels, label_offsets = _list_column(table, "labels", path)
     sample_ids = table.column("sample_id").to_pylist()
