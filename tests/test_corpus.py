@@ -206,3 +206,43 @@ def test_commands_say_a_damaged_corpus_in_one_line(tmp_path: Path, command: str)
         f"error: {ws / 'corpus.db'}: damaged or not a twinlm corpus (file is not a database); restore it "
         "from a backup, or move it away and ingest your exports again"
     ]
+
+
+def test_a_corpus_another_command_holds_is_one_line_saying_so_not_a_traceback(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An ingest holds the corpus while it writes; a command run meanwhile in another terminal waits SQLite's
+    busy timeout (5 s), then says so in one line, whether the lock meets it as it opens the corpus or
+    half-way through its work."""
+    from typer.testing import CliRunner
+
+    import twinlm.cli.curate as curate_cli
+    from twinlm.cli import app
+
+    runner = CliRunner()
+    ws = tmp_path / "twin"
+    assert runner.invoke(app, ["init", str(ws), "--me", "Bob"]).exit_code == 0
+    Corpus(ws / "corpus.db").close()
+    other = sqlite3.connect(ws / "corpus.db", isolation_level=None)
+    expected = (
+        "busy: another twinlm command is using it (an ingest or a change writing it, or a build reading "
+        "it); run this again when that has finished"
+    )
+    try:
+        other.execute("BEGIN EXCLUSIVE")  # as an ingest does once its changes outgrow SQLite's cache
+        at_open = runner.invoke(app, ["conversations", "-w", str(ws)])
+        other.execute("ROLLBACK")
+        real = curate_cli.list_conversations
+
+        def lock_then_list(*args: object, **kwargs: object) -> object:
+            other.execute("BEGIN EXCLUSIVE")
+            return real(*args, **kwargs)
+
+        monkeypatch.setattr(curate_cli, "list_conversations", lock_then_list)
+        midway = runner.invoke(app, ["conversations", "-w", str(ws)])
+    finally:
+        other.close()
+    for said, where in ((at_open, str(ws / "corpus.db")), (midway, "the corpus (corpus.db)")):
+        assert said.exit_code == 1 and isinstance(said.exception, SystemExit), said.output  # not a crash
+        shown = [line for line in said.stderr.splitlines() if line.strip()]
+        assert shown == [f"error: {where} is {expected}"]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import signal
+import sqlite3
 import sys
 import threading
 from collections.abc import Callable
@@ -28,6 +29,7 @@ from rich.console import Console  # noqa: E402
 
 from twinlm import __version__  # noqa: E402
 from twinlm.cli.display import safe_text  # noqa: E402
+from twinlm.corpus.db import busy  # noqa: E402
 from twinlm.errors import TwinError  # noqa: E402
 from twinlm.privacy import protect_process  # noqa: E402
 
@@ -52,15 +54,24 @@ def _user_errors(command: F) -> F:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return command(*args, **kwargs)
+        except sqlite3.OperationalError as e:  # the corpus locked mid-command by another twinlm process
+            found = busy(e)
+            if found is None:
+                raise
+            _say(found)
+            raise typer.Exit(1) from None
         except TwinError as e:
-            # Errors name files and quote their content: shown literally (twinlm.cli.display). Several
-            # problems at once (every mistake in twin.yaml) come one per line, each its own error line.
-            for line in str(e).split("\n"):
-                shown = f"[bold red]error:[/] {safe_text(line)}"
-                err.print(shown, markup=True, highlight=False, soft_wrap=True)
+            _say(e)
             raise typer.Exit(1) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+def _say(error: TwinError) -> None:
+    # Errors name files and quote their content: shown literally (twinlm.cli.display). Several problems
+    # at once (every mistake in twin.yaml) come one per line, each its own error line.
+    for line in str(error).split("\n"):
+        err.print(f"[bold red]error:[/] {safe_text(line)}", markup=True, highlight=False, soft_wrap=True)
 
 
 def _help(model: type[BaseModel], field: str) -> str:

@@ -198,6 +198,17 @@ def damaged(path: Path, error: sqlite3.DatabaseError) -> TwinError:
     )
 
 
+def busy(error: sqlite3.OperationalError, path: Path | None = None) -> TwinError | None:
+    """What to say of SQLite's "database is locked" (another process held the corpus for longer than the
+    connection's busy timeout, 5 s); None for any other OperationalError, which is a bug."""
+    if str(error) != "database is locked":
+        return None
+    return TwinError(
+        f"{path or 'the corpus (corpus.db)'} is busy: another twinlm command is using it (an ingest or a "
+        "change writing it, or a build reading it); run this again when that has finished"
+    )
+
+
 @contextmanager
 def read_only(path: Path) -> Iterator[sqlite3.Connection]:
     """The corpus file opened read-only, for readers that must not write (a Corpus would bring the schema
@@ -223,6 +234,8 @@ class Corpus:
             self._prepare()
         except sqlite3.DatabaseError as e:
             self.db.close()
+            if isinstance(e, sqlite3.OperationalError) and (found := busy(e, path)):
+                raise found from None
             if type(e) is not sqlite3.DatabaseError:
                 raise
             raise damaged(path, e) from None
