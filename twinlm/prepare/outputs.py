@@ -7,7 +7,7 @@ corpus and config (no timestamps, no random state, fixed writer options).
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -49,6 +49,18 @@ def read_rows(path: Path) -> pa.Table:
         raise TwinError(f"{path}: no such dataset file; run `twinlm build` first")
     try:
         return pq.read_table(path, columns=ROW_SCHEMA.names)
+    except (pa.ArrowException, OSError) as err:
+        raise TwinError(f"{path}: not a readable dataset file ({err}); run `twinlm build` again") from None
+
+
+def row_batches(path: Path, rows: int = 8192) -> Iterator[pa.RecordBatch]:
+    """A split's token rows in record batches of up to `rows`, read as used: memory holds a batch, however
+    large the dataset (`read_rows` holds the file)."""
+    if not path.is_file():
+        raise TwinError(f"{path}: no such dataset file; run `twinlm build` first")
+    try:
+        reader = pq.ParquetFile(path, pre_buffer=False)  # not every row group read ahead
+        yield from reader.iter_batches(batch_size=rows, columns=ROW_SCHEMA.names, use_threads=False)
     except (pa.ArrowException, OSError) as err:
         raise TwinError(f"{path}: not a readable dataset file ({err}); run `twinlm build` again") from None
 
