@@ -225,8 +225,8 @@ def test_a_corpus_another_command_holds_is_one_line_saying_so_not_a_traceback(
     Corpus(ws / "corpus.db").close()
     other = sqlite3.connect(ws / "corpus.db", isolation_level=None)
     expected = (
-        "busy: another twinlm command is using it (an ingest or a change writing it, or a build reading "
-        "it); run this again when that has finished"
+        "the corpus is in use by another twinlm command (an ingest or a change writing it, or a build "
+        "reading it) (database is locked); nothing was changed: run this again when that has finished"
     )
     try:
         other.execute("BEGIN EXCLUSIVE")  # as an ingest does once its changes outgrow SQLite's cache
@@ -242,7 +242,7 @@ def test_a_corpus_another_command_holds_is_one_line_saying_so_not_a_traceback(
         midway = runner.invoke(app, ["conversations", "-w", str(ws)])
     finally:
         other.close()
-    for said, where in ((at_open, str(ws / "corpus.db")), (midway, "the corpus (corpus.db)")):
+    for said, where in ((at_open, str(ws / "corpus.db")), (midway, "corpus.db")):
         assert said.exit_code == 1 and isinstance(said.exception, SystemExit), said.output  # not a crash
         shown = [line for line in said.stderr.splitlines() if line.strip()]
-        assert shown == [f"error: {where} is {expected}"]
+        assert shown == [f"error: {where}: {expected}"]

@@ -254,3 +254,28 @@ def test_twinlm_review_serves_the_page_on_loopback(workspace: Path) -> None:
     finally:
         server.terminate()
         server.wait(10)
+
+
+def test_a_corpus_another_command_holds_is_a_409_with_one_line_not_a_500(workspace: Path) -> None:
+    """An ingest writing (an exclusive lock) or a build streaming a long chat (a shared lock, which keeps a
+    change from being written): the page waits SQLite's 5 s, then says why, and nothing was half-done."""
+    import sqlite3
+
+    client = TestClient(review_app(workspace), base_url="http://127.0.0.1")
+    mid = message(workspace, "not yet, is it hard?")
+    other = sqlite3.connect(workspace / "corpus.db", isolation_level=None)
+    try:
+        other.execute("BEGIN EXCLUSIVE")  # an ingest, once its changes outgrow SQLite's cache
+        listed = client.get("/review/api/conversations")
+        other.execute("ROLLBACK")
+        other.execute("BEGIN")  # a build reading: a shared lock until its read ends
+        other.execute("SELECT count(*) FROM messages").fetchone()
+        edited = client.post("/review/api/edit", json={"message": mid, "drop": True})
+        other.execute("ROLLBACK")
+    finally:
+        other.close()
+    for answer in (listed, edited):
+        assert answer.status_code == 409, answer.text
+        assert "the corpus is in use by another twinlm command" in answer.json()["detail"]
+    assert rows(workspace, "SELECT count(*) FROM changes") == [(0,)]
+    assert client.post("/review/api/edit", json={"message": mid, "drop": True}).status_code == 200

@@ -27,7 +27,7 @@ from typing import Any
 import orjson
 
 from twinlm.corpus.browse import reindex
-from twinlm.corpus.db import Corpus
+from twinlm.corpus.db import Corpus, busy
 from twinlm.errors import TwinError
 
 CHANGES_FORMAT = 1  # "twinlm_changes" in an exported file
@@ -71,27 +71,24 @@ def writing(corpus: Corpus) -> Iterator[sqlite3.Connection]:
     try:
         db.execute("BEGIN IMMEDIATE")
     except sqlite3.OperationalError as e:
-        raise _busy(corpus, e) from None
+        found = busy(e, corpus.path)
+        if found is None:
+            raise
+        raise found from None
     try:
         yield db
         db.execute("COMMIT")
     except sqlite3.OperationalError as e:
         if db.in_transaction:
             db.execute("ROLLBACK")
-        if "locked" in str(e) or "busy" in str(e):
-            raise _busy(corpus, e) from None
-        raise
+        found = busy(e, corpus.path)
+        if found is None:
+            raise
+        raise found from None
     except BaseException:
         if db.in_transaction:
             db.execute("ROLLBACK")
         raise
-
-
-def _busy(corpus: Corpus, e: sqlite3.OperationalError) -> TwinError:
-    return TwinError(
-        f"{corpus.path}: the corpus is in use by another twinlm command (a build or an ingest) ({e}); "
-        "nothing was changed: try again when it has finished"
-    )
 
 
 def apply(

@@ -199,13 +199,14 @@ def damaged(path: Path, error: sqlite3.DatabaseError) -> TwinError:
 
 
 def busy(error: sqlite3.OperationalError, path: Path | None = None) -> TwinError | None:
-    """What to say of SQLite's "database is locked" (another process held the corpus for longer than the
-    connection's busy timeout, 5 s); None for any other OperationalError, which is a bug."""
-    if str(error) != "database is locked":
+    """What to say when SQLite finds the corpus locked by another process for longer than the busy timeout
+    (an ingest or a change writing it, a build reading it); None for any other OperationalError."""
+    if "locked" not in str(error) and "busy" not in str(error):
         return None
     return TwinError(
-        f"{path or 'the corpus (corpus.db)'} is busy: another twinlm command is using it (an ingest or a "
-        "change writing it, or a build reading it); run this again when that has finished"
+        f"{path or 'corpus.db'}: the corpus is in use by another twinlm command (an ingest or a change "
+        f"writing it, or a build reading it) ({error}); nothing was changed: run this again when that has "
+        "finished"
     )
 
 

@@ -15,6 +15,7 @@ corpus text into the page only as text (textContent), never as markup.
 from __future__ import annotations
 
 import hashlib
+import sqlite3
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +27,7 @@ from starlette.responses import Response
 
 from twinlm.corpus import changes as log
 from twinlm.corpus.browse import Selector, list_conversations
-from twinlm.corpus.db import Corpus
+from twinlm.corpus.db import Corpus, busy
 from twinlm.corpus.queries import account_names, owners
 from twinlm.curate.view import Viewer, last_build, part_json
 from twinlm.errors import TwinError
@@ -70,7 +71,7 @@ class _State:
 
     def open(self) -> tuple[Any, Corpus]:
         ws = open_workspace(self.root)
-        return ws, Corpus(ws.corpus_path)
+        return ws, _user(lambda: Corpus(ws.corpus_path))  # damaged or busy: the page says so
 
     def viewer(self, ws: Any, corpus: Corpus) -> Viewer:
         # Who is who needs every account's names (a scan of all messages): once per corpus state.
@@ -291,11 +292,16 @@ def _int(body: dict[str, Any], key: str) -> int:
 
 
 def _user(call: Any) -> Any:
-    """A TwinError (nothing matches, the corpus is busy) is the user's: 409 with its one line."""
+    """A TwinError (nothing matches, a damaged corpus) or a busy corpus is the user's: 409, its one line."""
     try:
         return call()
     except TwinError as e:
         raise HTTPException(409, str(e)) from None
+    except sqlite3.OperationalError as e:  # another twinlm command holds the corpus (a build reading it)
+        found = busy(e)
+        if found is None:
+            raise
+        raise HTTPException(409, str(found)) from None
 
 
 def _changed(change: log.Change | None) -> Any:
