@@ -11,6 +11,7 @@ import pytest
 from twinlm.errors import TwinError
 from twinlm.train.loop import train
 from twinlm.train.report import Reporter
+from twinlm.train.run import RECORD
 
 from test_loop import make_workspace, settings
 
@@ -40,3 +41,43 @@ def test_a_missing_dashboard_library_is_one_clear_error(
     with pytest.raises(TwinError, match=r"train\.report_to: wandb is not installed"):
         Reporter("wandb", tmp_path, {})
     assert Reporter("none", tmp_path, {}).kind == "none"
+
+
+@pytest.mark.parametrize("when", ["between the splits", "while the model loads"])
+def test_a_build_finishing_while_training_starts_stops_it_before_a_run_is_recorded(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, when: str
+) -> None:
+    """A `twinlm build` run in another terminal can replace data/ while training reads it (and the model
+    takes minutes to load): the run would train on one dataset and record the other. It stops instead."""
+    import twinlm.train.loop as loop
+
+    config = make_workspace(tmp_path, "mistral").model_copy(update={"train": settings("lora", steps=2)})
+    build_json = tmp_path / "data" / "build.json"
+
+    def rebuilt() -> None:  # what a build's commit does to build.json (and the rows, tokenizer with it)
+        build_json.write_bytes(build_json.read_bytes().replace(b'"twinlm_dataset": 1', b'"twinlm_dataset":1'))
+
+    if when == "between the splits":
+        real_split = loop.load_split
+
+        def split_then_rebuilt(folder: Path, split: str) -> object:
+            found = real_split(folder, split)
+            if split == "train":
+                rebuilt()
+            return found
+
+        monkeypatch.setattr(loop, "load_split", split_then_rebuilt)
+    else:
+        real_load = loop.load_model
+
+        def load_then_rebuilt(*args: object, **kwargs: object) -> object:
+            found = real_load(*args, **kwargs)
+            rebuilt()
+            return found
+
+        monkeypatch.setattr(loop, "load_model", load_then_rebuilt)
+    with pytest.raises(
+        TwinError, match=r"the dataset changed while training was starting .* start the training"
+    ):
+        train(config, tmp_path, "raced")
+    assert not list((tmp_path / "runs").glob(f"*/{RECORD}"))  # no run recorded

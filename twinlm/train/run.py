@@ -86,8 +86,16 @@ def describe_run(
     dtype: str,
     trainable: int,
     total: int,
+    fingerprint: dict[str, str],
 ) -> None:
-    """The run folder describes itself: what config, dataset, tokenizer and template made it."""
+    """The run folder describes itself: what config, dataset, tokenizer and template made it.
+
+    `fingerprint`: the dataset's as training first read it. Its build.json and tokenizer are copied, then
+    the dataset is checked unchanged, then the record is written (last: a run folder without it is not a
+    run): a build that finished while the model loaded cannot leave a record of another dataset."""
+    shutil.copy(data_dir / "build.json", run_dir / "build.json")
+    shutil.copytree(data_dir / "tokenizer", run_dir / "tokenizer", dirs_exist_ok=True)
+    unchanged_since(data_dir, fingerprint)
     description = {
         "twinlm_run": 1,
         "config": config.model_dump(mode="json"),
@@ -101,11 +109,9 @@ def describe_run(
         "dtype": dtype,
         "trainable_params": trainable,
         "total_params": total,
-        "data_fingerprint": data_fingerprint(data_dir),
+        "data_fingerprint": fingerprint,
     }
     write_atomic(run_dir / RECORD, orjson.dumps(description, option=orjson.OPT_INDENT_2).decode() + "\n")
-    shutil.copy(data_dir / "build.json", run_dir / "build.json")
-    shutil.copytree(data_dir / "tokenizer", run_dir / "tokenizer", dirs_exist_ok=True)
 
 
 def first_eval(run_dir: Path) -> float | None:
@@ -130,6 +136,16 @@ def data_fingerprint(data_dir: Path) -> dict[str, str]:
                     digest.update(chunk)
             found[name] = digest.hexdigest()
     return found
+
+
+def unchanged_since(data_dir: Path, fingerprint: dict[str, str]) -> None:
+    """Raise unless the dataset's files are those fingerprinted: a `twinlm build` that finished while
+    training read them would have it train on one dataset and record another."""
+    if data_fingerprint(data_dir) != fingerprint:
+        raise TwinError(
+            f"{data_dir}: the dataset changed while training was starting (a `twinlm build` finished "
+            "meanwhile); start the training again"
+        )
 
 
 def read_record(run_dir: Path) -> dict[str, Any]:
