@@ -336,7 +336,7 @@ def export_data(
     from twinlm.prepare.sample import read_samples
 
     ws = open_workspace(workspace)
-    samples = list(read_samples(_dataset_folder(ws) / "samples.jsonl"))
+    samples = read_samples(_dataset_folder(ws) / "samples.jsonl")  # read as written: memory flat
     target = out_dir or ws.root / "export" / f"data-{format}"
     report = export_samples(samples, format, target)
     for line in report.lines():
