@@ -338,3 +338,16 @@ def test_the_change_log_shows_imported_text_literally(twinlm: Run, workspace: Pa
         shown = ok(twinlm(*args)).stdout
         assert "\x1b" not in shown and "\x07" not in shown, args
     assert "[bold" in ok(twinlm("changes", "list")).stdout  # markup shown, not applied
+
+
+def test_show_with_a_session_gives_that_sessions_figures_as_its_own(twinlm: Run, workspace: Path) -> None:
+    """`show --session N` counted samples and trained turns of session N only but printed them beside the
+    chat's number of sessions, as if the whole chat made that few."""
+    whole = ok(twinlm("show", "telegram:42")).stdout.splitlines()[1]
+    one = ok(twinlm("show", "telegram:42", "--session", "1")).stdout.splitlines()[1]
+    total = int(whole.split(" sessions,")[0])
+    assert total >= 2 and whole.startswith(f"{total} sessions, ")
+    data = as_json(twinlm("show", "telegram:42", "--session", "1", "--json"))
+    (part,) = data["sessions"]
+    samples = [s for s in part["samples"] if s["kept"]]
+    assert one.startswith(f"session 1 of {total}: {len(samples)} samples, ")

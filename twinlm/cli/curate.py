@@ -174,8 +174,14 @@ def _print_view(view: ConversationView) -> None:
     if view.note:
         out.print(f"note: {safe_text(view.note)}")
     samples = view.samples()
+    # The figures are of the sessions shown: with --session, of that one, not of the whole chat.
+    shown = f"{view.total_parts:,} sessions,"
+    if len(view.parts) < view.total_parts:
+        first, last = view.parts[0].index, view.parts[-1].index
+        which = f"session {first}" if first == last else f"sessions {first} to {last}"
+        shown = f"{which} of {view.total_parts:,}:"
     out.print(
-        f"{view.total_parts:,} sessions, {len(samples):,} samples, "
+        f"{shown} {len(samples):,} samples, "
         f"{sum(t.trained for s in samples for t in s.turns):,} trained turns "
         "([green]▶ trained[/], [dim]context[/], [red]✗ excluded[/], [yellow]dropped by a rule[/])"
     )
