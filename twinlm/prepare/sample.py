@@ -2,7 +2,8 @@
 
 Everything after selection works on `Sample`s: rendering with a chat template, label masks,
 export to other tools' formats, previews. Its readable form is one JSON object per line
-(`samples.jsonl`), which a user can read and edit by hand.
+(`samples.jsonl`), for people and for export-data; training reads the token rows (train.parquet), so a
+change to what trains goes through the corpus (`twinlm edit`, the review page) and a new build.
 """
 
 from __future__ import annotations
