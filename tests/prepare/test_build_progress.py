@@ -70,3 +70,42 @@ def test_the_build_tells_its_progress_up_to_the_total(
     read = [done for done, _ in told]
     assert read == sorted(read) and 0 < read[0] < expected
     assert told[-1] == (expected, expected)
+
+
+@pytest.mark.parametrize("width", [100, 60])
+def test_the_bar_draws_the_numbers_first_and_crops_only_the_stage(
+    tokenizer_dir: Callable[[str], Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, width: int
+) -> None:
+    """The last frame `twinlm build` draws (on a terminal `width` columns wide): every message read of the
+    total, and the stage's name, cropped with an ellipsis where the line is too narrow for it."""
+    import io
+    import re
+
+    from rich.console import Console
+    from typer.testing import CliRunner
+
+    import twinlm.cli.data as data_cli
+    from twinlm.cli import app
+
+    from testdata import EXAMPLES
+
+    runner = CliRunner()
+    ws = tmp_path / "twin"
+    assert runner.invoke(app, ["init", str(ws), "--me", "Alex Rivera"]).exit_code == 0
+    assert runner.invoke(app, ["ingest", "-w", str(ws), str(EXAMPLES / "telegram")]).exit_code == 0
+    with Corpus(ws / "corpus.db") as corpus:
+        total = lines_read(corpus, None)
+    screen = io.StringIO()
+    terminal = Console(file=screen, force_terminal=True, width=width, color_system=None, legacy_windows=False)
+    monkeypatch.setattr(data_cli, "err", terminal)
+    built = runner.invoke(app, ["build", "-w", str(ws), "--model", str(tokenizer_dir("chatml"))])
+    assert built.exit_code == 0, built.output
+    # Frames are separated by cursor moves; the bar's last frame before the transient display is cleared:
+    frames = [f for f in re.split(r"\x1b\[[0-9;?]*[A-Za-z]|\r", screen.getvalue()) if "messages" in f]
+    last = frames[-1].rstrip()
+    assert f"{total:,}/{total:,} messages" in last
+    assert len(last) <= width
+    if width >= 100:
+        assert re.search(r"\d:\d\d:\d\d Writing the dataset folder$", last)  # the last stage, whole
+    else:
+        assert re.search(r"\d:\d\d:\d\d W…$", last)  # the stage's name cropped, the numbers whole
