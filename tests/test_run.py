@@ -60,11 +60,12 @@ def make_workspace(ws: Path, *, check: bool = True) -> Path:
     return ws
 
 
-def run(ws: Path) -> tuple[dict[str, str], str, str]:
-    """`twinlm run -w WS` in this process: (what each stage did, stdout, stderr)."""
+def run(ws: Path, named: str | None = None) -> tuple[dict[str, str], str, str]:
+    """`twinlm run -w WS` in this process (`named`: WS as given, relative to the current folder): (what each
+    stage did, stdout, stderr)."""
     from twinlm.cli import app
 
-    result = CliRunner().invoke(app, ["run", "-w", str(ws)])
+    result = CliRunner().invoke(app, ["run", "-w", named or str(ws)])
     if result.exception is not None and not isinstance(result.exception, SystemExit):
         raise result.exception
     assert result.exit_code == 0, result.stderr[-3000:]
@@ -110,6 +111,16 @@ def test_a_second_run_does_nothing_and_a_cleaning_rule_rebuilds_and_retrains(tmp
     assert [p.name for p in (ws / "runs").iterdir()] == [first_run]
     assert "ingest: the exports did not change" in stderr
     assert f"eval-{first_run}.html" in stdout
+    # The same workspace named from inside it: nothing changed, nothing is done (the exports were
+    # fingerprinted by where the workspace was named from, so all was ingested and built again).
+    cwd = Path.cwd()
+    os.chdir(ws)
+    try:
+        did, _, _ = run(ws, named=".")
+    finally:
+        os.chdir(cwd)
+    assert did == dict.fromkeys(STAGES, "skipped")
+    assert mtimes(ws) == before
 
     # One cleaning rule changes (Mom's messages are dropped as a bot's): the dataset is built again and a
     # new run trained, evaluated and exported; the exports are not read again.
@@ -135,6 +146,22 @@ def test_a_changed_export_is_ingested_again(tmp_path: Path) -> None:
     # ...and an ingest setting counts too.
     changed = config.model_copy(update={"ingest": IngestConfig(paths=["exports"], timezone="Europe/Paris")})
     assert state_of.fingerprints(ws, changed, "ingest") != state_of.fingerprints(ws, config, "ingest")
+
+
+def test_the_ingest_fingerprint_is_the_same_however_the_workspace_is_named_or_moved(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from twinlm import run as state_of
+
+    ws = make_workspace(tmp_path / "ws")
+    config = TwinConfig.model_validate(yaml.safe_load((ws / "twin.yaml").read_text(encoding="utf-8")))
+    absolute = state_of.fingerprints(ws, config, "ingest")
+    monkeypatch.chdir(tmp_path)
+    relative = state_of.fingerprints(Path("ws"), config, "ingest")
+    monkeypatch.chdir(ws)
+    inside = state_of.fingerprints(Path("."), config, "ingest")
+    moved = ws.rename(tmp_path / "moved")
+    assert absolute == relative == inside == state_of.fingerprints(moved, config, "ingest")
 
 
 KILLER = """

@@ -44,18 +44,21 @@ def file_digest(path: Path) -> str:
     return digest.hexdigest()
 
 
-def tree_digest(paths: list[Path]) -> dict[str, str]:
-    """{path: sha256} of every file at or under `paths` (a missing path is recorded as missing)."""
+def tree_digest(root: Path, paths: list[str]) -> dict[str, str]:
+    """{path: sha256} of every file at or under `paths` (as twin.yaml gives them, relative to the workspace
+    `root`; a missing one is recorded as missing). Keyed by those paths, not by where the workspace is: the
+    same workspace named from inside it (`-w .`) or moved elsewhere gives the same digest."""
     found: dict[str, str] = {}
-    for path in paths:
+    for given in paths:
+        path = root / given
         if path.is_file():
-            found[str(path)] = file_digest(path)
+            found[given] = file_digest(path)
         elif path.is_dir():
             for item in sorted(path.rglob("*")):
                 if item.is_file():
-                    found[str(item)] = file_digest(item)
+                    found[f"{given}/{item.relative_to(path).as_posix()}"] = file_digest(item)
         else:
-            found[str(path)] = "missing"
+            found[given] = "missing"
     return found
 
 
@@ -84,8 +87,8 @@ def fingerprints(root: Path, config: TwinConfig, stage: str, run: str | None = N
 
     data = root / "data"
     if stage == "ingest":
-        paths = [root / p for p in [*config.ingest.paths, *config.ingest.documents]]
-        return _digest([config.ingest.model_dump(mode="json"), tree_digest(paths)])
+        paths = [*config.ingest.paths, *config.ingest.documents]
+        return _digest([config.ingest.model_dump(mode="json"), tree_digest(root, paths)])
     if stage == "build":
         who = {"me": config.me, "people": config.people}
         return _digest([config.build.model_dump(mode="json"), who, corpus_signature(root / "corpus.db")])

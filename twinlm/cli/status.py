@@ -176,6 +176,8 @@ def status_command(workspace: Workspace = Path("."), as_json: AsJson = False) ->
         )
     if report["run_would_redo"] is not None:
         redo = report["run_would_redo"]
-        lines.append("twinlm run: " + (f"would redo {', '.join(redo)} and after" if redo else "up to date"))
+        # Each later stage reruns only if what it reads changes: a re-ingest that adds nothing trains nothing.
+        again = f"would redo {', '.join(redo)}, then each later stage whose inputs that changes"
+        lines.append("twinlm run: " + (again if redo else "up to date"))
     for line in lines:
         out.print(safe_text(line), highlight=False, soft_wrap=True)
