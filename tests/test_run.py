@@ -148,6 +148,37 @@ def test_a_changed_export_is_ingested_again(tmp_path: Path) -> None:
     assert state_of.fingerprints(ws, changed, "ingest") != state_of.fingerprints(ws, config, "ingest")
 
 
+def test_every_corpus_write_changes_the_build_fingerprint_even_one_that_changes_no_table_size(
+    tmp_path: Path,
+) -> None:
+    """`twinlm run` skips the build while this fingerprint stays: an undo (a change marked undone, rows put
+    back) and restored superseded messages change no table's size, and were not seen: the next run kept
+    the old dataset and model, silently."""
+    from twinlm import run as state_of
+    from twinlm.cli import app
+    from twinlm.corpus import changes
+    from twinlm.corpus.db import Corpus
+
+    ws = make_workspace(tmp_path / "ws")
+    config = TwinConfig.model_validate(yaml.safe_load((ws / "twin.yaml").read_text(encoding="utf-8")))
+    assert CliRunner().invoke(app, ["ingest", "-w", str(ws)]).exit_code == 0
+    seen = [state_of.fingerprints(ws, config, "build")]
+    with Corpus(ws / "corpus.db") as corpus:
+        (chat,) = corpus.db.execute("SELECT min(id) FROM conversations").fetchone()
+        changes.apply(corpus, "exclude", {"ids": [chat]}, "conversation", [chat], {"excluded": 1})
+    seen.append(state_of.fingerprints(ws, config, "build"))
+    with Corpus(ws / "corpus.db") as corpus:
+        changes.undo(corpus)
+    seen.append(state_of.fingerprints(ws, config, "build"))
+    assert len(set(seen)) == len(seen), seen
+    with Corpus(ws / "corpus.db") as corpus:  # marked as a newer export would mark them (not a write here)
+        corpus.db.execute("UPDATE messages SET superseded_by_import = 1 WHERE id % 2 = 0")
+    marked = state_of.fingerprints(ws, config, "build")
+    with Corpus(ws / "corpus.db") as corpus:
+        assert corpus.restore_superseded() > 0  # `twinlm superseded --restore`
+    assert state_of.fingerprints(ws, config, "build") != marked
+
+
 def test_the_ingest_fingerprint_is_the_same_however_the_workspace_is_named_or_moved(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

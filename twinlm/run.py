@@ -63,8 +63,9 @@ def tree_digest(root: Path, paths: list[str]) -> dict[str, str]:
 
 
 def corpus_signature(db: Path) -> dict[str, Any]:
-    """What changes whenever ingest or curation writes to the corpus: per table its rows and newest id.
-    (A hash of the file would change with SQLite's own bookkeeping; reading every message would be slow.)"""
+    """What changes whenever ingest or curation writes to the corpus: per table its rows and newest id, and
+    the corpus's count of writes (a hash of the file would change with SQLite's own bookkeeping; reading
+    every message would be slow)."""
     if not db.is_file():
         return {}
     with read_only(db) as conn:
@@ -77,6 +78,10 @@ def corpus_signature(db: Path) -> dict[str, Any]:
             except sqlite3.OperationalError:  # a WITHOUT ROWID table
                 row = conn.execute(f'SELECT count(*) FROM "{table}"').fetchone()
             found[table] = list(row)
+        # Writes that change no table's size (an undo, restored messages): counted in meta (note_write).
+        if "meta" in tables:
+            writes = conn.execute("SELECT value FROM meta WHERE key = 'writes'").fetchone()
+            found["writes"] = writes[0] if writes else None
         return found
 
 

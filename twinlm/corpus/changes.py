@@ -27,7 +27,7 @@ from typing import Any
 import orjson
 
 from twinlm.corpus.browse import reindex
-from twinlm.corpus.db import Corpus, busy
+from twinlm.corpus.db import Corpus, busy, note_write
 from twinlm.errors import TwinError
 
 CHANGES_FORMAT = 1  # "twinlm_changes" in an exported file
@@ -77,6 +77,7 @@ def writing(corpus: Corpus) -> Iterator[sqlite3.Connection]:
         raise found from None
     try:
         yield db
+        note_write(db)
         db.execute("COMMIT")
     except sqlite3.OperationalError as e:
         if db.in_transaction:

@@ -189,6 +189,18 @@ class Changes:
         self.kept_texts.extend(other.kept_texts)
 
 
+def note_write(db: sqlite3.Connection) -> None:
+    """Count one write to what the build reads, inside the writer's transaction (meta 'writes').
+
+    A build is skipped by `twinlm run` while the corpus's signature is the same (twinlm.run), and some
+    writes change no table's size: an undo, superseded messages restored, a change imported again onto
+    rows ingested since. Each writer calls this, so that every write shows."""
+    db.execute(
+        "INSERT INTO meta VALUES ('writes', '1') "
+        "ON CONFLICT (key) DO UPDATE SET value = CAST(value AS INTEGER) + 1"
+    )
+
+
 def damaged(path: Path, error: sqlite3.DatabaseError) -> TwinError:
     """The error for a corpus file SQLite cannot read. Raised for exactly sqlite3.DatabaseError (a damaged
     file or another format), not its subclasses: "database is locked" (OperationalError) says what it is."""
@@ -316,6 +328,7 @@ class Corpus:
             self._conversation_ids.clear()  # each import learns which conversations existed before it
             yield import_id
             self.db.execute("UPDATE imports SET finished_at = ? WHERE id = ?", (_now(), import_id))
+            note_write(self.db)
             self.db.execute("COMMIT")
         except BaseException:
             self.db.execute("ROLLBACK")
@@ -478,9 +491,16 @@ class Corpus:
         if conversation is not None:
             where.append("conversation = ?")
             params.append(conversation)
-        cursor = self.db.execute(
-            f"UPDATE messages SET superseded_by_import = NULL WHERE {' AND '.join(where)}", params
-        )
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            cursor = self.db.execute(
+                f"UPDATE messages SET superseded_by_import = NULL WHERE {' AND '.join(where)}", params
+            )
+            note_write(self.db)
+            self.db.execute("COMMIT")
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
         return cursor.rowcount
 
     def merge_conversations(self, source: str, from_id: str, into_id: str) -> tuple[int, int]:
@@ -496,6 +516,7 @@ class Corpus:
         self.db.execute("BEGIN IMMEDIATE")
         try:
             counts = merge(self.db, source, from_id, into_id)
+            note_write(self.db)
             self.db.execute("COMMIT")
         except BaseException:
             self.db.execute("ROLLBACK")
