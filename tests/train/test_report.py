@@ -81,3 +81,20 @@ def test_a_build_finishing_while_training_starts_stops_it_before_a_run_is_record
     ):
         train(config, tmp_path, "raced")
     assert not list((tmp_path / "runs").glob(f"*/{RECORD}"))  # no run recorded
+
+
+def test_a_run_being_trained_is_not_resumed_by_a_second_train_at_the_same_time(tmp_path: Path) -> None:
+    """Two `twinlm train --resume` of one run (another terminal, a `twinlm run` beside a manual resume)
+    would both write its checkpoints and metrics: the second says so and touches nothing."""
+    import fcntl
+
+    from twinlm.train.run import TRAIN_LOCK
+
+    config = make_workspace(tmp_path, "mistral").model_copy(update={"train": settings("lora", steps=2)})
+    run = train(config, tmp_path, "busy").run_dir
+    files = {p: p.stat().st_mtime_ns for p in run.rglob("*") if p.is_file()}
+    with open(run / TRAIN_LOCK, "a") as held:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)  # as the first training holds it
+        with pytest.raises(TwinError, match=r"another `twinlm train` is training this run; let it finish"):
+            train(config, tmp_path, "busy", resume=True)
+    assert {p: p.stat().st_mtime_ns for p in run.rglob("*") if p.is_file()} == files

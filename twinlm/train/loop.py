@@ -110,6 +110,7 @@ def train(
         )
     # Every process must use the same run folder: the main one picks it (a fresh name is a timestamp).
     run_dir = strategy.broadcast(run_record.run_dir(workspace, run_name, resume) if main else None)
+    held = run_record.hold_run(run_dir) if main else None  # noqa: F841 (the lock lives while training does)
 
     device = str(accelerator.device)
     preset = get_preset(info["model"])

@@ -14,7 +14,7 @@ import re
 import shutil
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import orjson
 from pydantic import ValidationError
@@ -74,6 +74,29 @@ def run_dir(workspace: Path, name: str | None, resume: bool) -> Path:
         )
     folder.mkdir(parents=True, exist_ok=True)
     return folder
+
+
+TRAIN_LOCK = ".train.lock"  # held by the main process while it trains the run
+
+
+def hold_run(run_dir: Path) -> IO[Any] | None:
+    """An exclusive lock on the run for the life of the returned file: a second `twinlm train --resume` of
+    the same run (another terminal, a `twinlm run`) would write the same checkpoints and metrics and
+    remove the other's half-written files. None where there is no flock (Windows)."""
+    try:
+        import fcntl
+    except ImportError:
+        return None
+    lock = open(run_dir / TRAIN_LOCK, "a")  # noqa: SIM115 (held open until training ends)
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock.close()
+        raise TwinError(
+            f"{run_dir}: another `twinlm train` is training this run; let it finish (or stop it), or train a "
+            "new run with another --name"
+        ) from None
+    return lock
 
 
 def describe_run(
