@@ -235,3 +235,55 @@ def test_ctrl_c_during_an_ingest_keeps_nothing_of_it_and_says_so(
     ]
     with Corpus(ws / "corpus.db") as corpus:
         assert (corpus.count("messages"), corpus.count("conversations")) == before
+
+
+def test_a_full_disk_is_one_line_and_leaves_no_half_written_output(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Models and datasets are large: a disk that fills up during a build or an ingest is the user's to fix,
+    said in one line (not a traceback), with the previous dataset and corpus as they were."""
+    import errno
+    import sqlite3
+
+    from twinlm.prepare.stream import Spill
+
+    model = build_tokenizer("chatml", tmp_path / "tokenizer")
+    runner = CliRunner()
+    ws = tmp_path / "twin"
+    assert runner.invoke(app, ["init", str(ws), "--me", "Bob"]).exit_code == 0
+    assert runner.invoke(app, ["ingest", "-w", str(ws), str(TELEGRAM)]).exit_code == 0
+    command = ["build", "-w", str(ws), "--model", str(model), "--targets", "everyone"]
+    assert runner.invoke(app, command).exit_code == 0
+    data = ws / "data"
+    before = {p.name: p.read_bytes() for p in data.iterdir() if p.is_file()}
+
+    staged = data / ".train.parquet.abcd1234.twinlm-tmp"
+
+    def full(self: Spill, *args: object, **kwargs: object) -> object:
+        raise OSError(errno.ENOSPC, "No space left on device", str(staged))
+
+    monkeypatch.setattr(Spill, "write", full)
+    built = runner.invoke(app, command)
+    assert built.exit_code == 1 and isinstance(built.exception, SystemExit), built.output
+    assert [line for line in built.stderr.splitlines() if line.strip()] == [
+        f"error: the disk is full while writing {staged}: free some space and run the same command again"
+    ]
+    assert {p.name: p.read_bytes() for p in data.iterdir() if p.is_file()} == before
+
+    real = Corpus.add
+
+    def add_until_full(self: Corpus, *args: object, **kwargs: object) -> object:
+        raise sqlite3.OperationalError("database or disk is full")
+
+    with Corpus(ws / "corpus.db") as corpus:
+        messages = corpus.count("messages")
+    monkeypatch.setattr(Corpus, "add", add_until_full)
+    ingested = runner.invoke(app, ["ingest", "-w", str(ws), str(EXAMPLES)])
+    monkeypatch.setattr(Corpus, "add", real)
+    assert ingested.exit_code == 1 and isinstance(ingested.exception, SystemExit), ingested.output
+    said = [line for line in ingested.stderr.splitlines() if line.startswith("error:")]
+    assert said == [
+        "error: the disk is full while writing the corpus: free some space and run the same command again"
+    ]
+    with Corpus(ws / "corpus.db") as corpus:
+        assert corpus.count("messages") == messages

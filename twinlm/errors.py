@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+import sqlite3
 from pathlib import Path
 
 
@@ -22,3 +24,17 @@ class ExportError(TwinError):
 
 class ConfigError(TwinError):
     """An invalid twin.yaml: names the file, the line, the field and the fix."""
+
+
+def disk_full(error: BaseException) -> TwinError | None:
+    """A full disk (or a used-up quota) as one line naming what was being written; None for any other
+    error. Models and datasets are large: a full disk is the user's to fix, not a bug to trace."""
+    if isinstance(error, sqlite3.OperationalError) and "disk is full" in str(error):
+        where = " while writing the corpus"
+    elif isinstance(error, OSError) and (
+        error.errno in (errno.ENOSPC, errno.EDQUOT) or "No space left on device" in str(error)
+    ):
+        where = f" while writing {error.filename}" if error.filename else ""
+    else:
+        return None
+    return TwinError(f"the disk is full{where}: free some space and run the same command again")

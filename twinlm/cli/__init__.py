@@ -30,7 +30,7 @@ from rich.console import Console  # noqa: E402
 from twinlm import __version__  # noqa: E402
 from twinlm.cli.display import safe_text  # noqa: E402
 from twinlm.corpus.db import busy  # noqa: E402
-from twinlm.errors import TwinError  # noqa: E402
+from twinlm.errors import TwinError, disk_full  # noqa: E402
 from twinlm.privacy import protect_process  # noqa: E402
 
 app = typer.Typer(
@@ -54,8 +54,8 @@ def _user_errors(command: F) -> F:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return command(*args, **kwargs)
-        except sqlite3.OperationalError as e:  # the corpus locked mid-command by another twinlm process
-            found = busy(e)
+        except (sqlite3.OperationalError, OSError) as e:  # the corpus locked by another process; a full disk
+            found = (busy(e) if isinstance(e, sqlite3.OperationalError) else None) or disk_full(e)
             if found is None:
                 raise
             _say(found)
