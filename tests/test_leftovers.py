@@ -54,6 +54,21 @@ def scratch_folders(ws: Path) -> list[Path]:
     return [p for p in ws.iterdir() if p.is_dir() and p.name.startswith(SCRATCH_PREFIX)]
 
 
+def telegram_twin(tmp_path: Path) -> tuple[CliRunner, Path]:
+    """A workspace (you: Bob) with the sample Telegram export ingested, and the runner that made it."""
+    runner = CliRunner()
+    ws = tmp_path / "twin"
+    assert runner.invoke(app, ["init", str(ws), "--me", "Bob"]).exit_code == 0
+    assert runner.invoke(app, ["ingest", "-w", str(ws), str(TELEGRAM)]).exit_code == 0
+    return runner, ws
+
+
+def build_command(ws: Path, tmp_path: Path) -> list[str]:
+    """`twinlm build` of `ws` with the tiny ChatML tokenizer (made in `tmp_path`), everyone trained."""
+    model = build_tokenizer("chatml", tmp_path / "tokenizer")
+    return ["build", "-w", str(ws), "--model", str(model), "--targets", "everyone"]
+
+
 def kill_when(process: subprocess.Popen[bytes], ready: Callable[[], bool], timeout: float = 120) -> None:
     deadline = time.monotonic() + timeout
     while not ready():
@@ -68,10 +83,7 @@ def kill_when(process: subprocess.Popen[bytes], ready: Callable[[], bool], timeo
 
 
 def test_killed_ingest_leaves_its_scratch_folder_and_the_next_ingest_removes_it(tmp_path: Path) -> None:
-    runner = CliRunner()
-    ws = tmp_path / "twin"
-    assert runner.invoke(app, ["init", str(ws), "--me", "Bob"]).exit_code == 0
-    assert runner.invoke(app, ["ingest", "-w", str(ws), str(TELEGRAM)]).exit_code == 0
+    runner, ws = telegram_twin(tmp_path)
     with Corpus(ws / "corpus.db") as corpus:
         messages = corpus.count("messages")
     # The user's own files in the workspace, with names close to twinlm's temporary ones: never removed.
@@ -124,24 +136,21 @@ def killed_atomic_write(target: Path) -> Path:
 
 
 def test_killed_build_write_is_removed_by_the_next_build(tmp_path: Path) -> None:
-    model = build_tokenizer("chatml", tmp_path / "tokenizer")
-    runner = CliRunner()
-    ws = tmp_path / "twin"
-    assert runner.invoke(app, ["init", str(ws), "--me", "Bob"]).exit_code == 0
-    assert runner.invoke(app, ["ingest", "-w", str(ws), str(TELEGRAM)]).exit_code == 0
+    runner, ws = telegram_twin(tmp_path)
+    command = build_command(ws, tmp_path)
     data = ws / "data"
     left = killed_atomic_write(data / "samples.jsonl")
     (data / "notes.txt").write_text("mine")
     (data / ".samples.jsonl.keep").write_text("mine")
 
-    built = runner.invoke(app, ["build", "-w", str(ws), "--model", str(model), "--targets", "everyone"])
+    built = runner.invoke(app, command)
     assert built.exit_code == 0, built.stderr
     said = [line for line in built.stderr.splitlines() if "interrupted build" in line]
     assert said == [f"Removed 1 temporary file(s) left by an interrupted build: {left.name}"]
     assert not left.exists() and (data / "samples.jsonl").is_file()
     assert (data / "notes.txt").read_text() == "mine" and (data / ".samples.jsonl.keep").read_text() == "mine"
     assert not [p for p in data.iterdir() if p.name.endswith(TMP_SUFFIX)]
-    again = runner.invoke(app, ["build", "-w", str(ws), "--model", str(model), "--targets", "everyone"])
+    again = runner.invoke(app, command)
     assert again.exit_code == 0 and "interrupted build" not in again.stderr
 
 
@@ -181,12 +190,8 @@ def test_ctrl_c_during_a_build_says_what_data_holds_in_one_line(
 ) -> None:
     import twinlm.prepare.build as build_module
 
-    model = build_tokenizer("chatml", tmp_path / "tokenizer")
-    runner = CliRunner()
-    ws = tmp_path / "twin"
-    assert runner.invoke(app, ["init", str(ws), "--me", "Bob"]).exit_code == 0
-    assert runner.invoke(app, ["ingest", "-w", str(ws), str(TELEGRAM)]).exit_code == 0
-    command = ["build", "-w", str(ws), "--model", str(model), "--targets", "everyone"]
+    runner, ws = telegram_twin(tmp_path)
+    command = build_command(ws, tmp_path)
     real = build_module.build
 
     def interrupted(*args: object, **kwargs: object) -> object:
@@ -212,10 +217,7 @@ def test_ctrl_c_during_a_build_says_what_data_holds_in_one_line(
 def test_ctrl_c_during_an_ingest_keeps_nothing_of_it_and_says_so(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    runner = CliRunner()
-    ws = tmp_path / "twin"
-    assert runner.invoke(app, ["init", str(ws), "--me", "Bob"]).exit_code == 0
-    assert runner.invoke(app, ["ingest", "-w", str(ws), str(TELEGRAM)]).exit_code == 0
+    runner, ws = telegram_twin(tmp_path)
     with Corpus(ws / "corpus.db") as corpus:
         before = corpus.count("messages"), corpus.count("conversations")
     real, added = Corpus.add, []
@@ -247,12 +249,8 @@ def test_a_full_disk_is_one_line_and_leaves_no_half_written_output(
 
     from twinlm.prepare.stream import Spill
 
-    model = build_tokenizer("chatml", tmp_path / "tokenizer")
-    runner = CliRunner()
-    ws = tmp_path / "twin"
-    assert runner.invoke(app, ["init", str(ws), "--me", "Bob"]).exit_code == 0
-    assert runner.invoke(app, ["ingest", "-w", str(ws), str(TELEGRAM)]).exit_code == 0
-    command = ["build", "-w", str(ws), "--model", str(model), "--targets", "everyone"]
+    runner, ws = telegram_twin(tmp_path)
+    command = build_command(ws, tmp_path)
     assert runner.invoke(app, command).exit_code == 0
     data = ws / "data"
     before = {p.name: p.read_bytes() for p in data.iterdir() if p.is_file()}
