@@ -192,6 +192,25 @@ def test_open_twin_with_transformers_and_with_a_run(served_workspace: Path) -> N
     assert list(reply) and reply.completion_tokens >= 1
 
 
+def test_open_twin_says_when_a_newer_run_is_not_exported(served_workspace: Path, tmp_path: Path) -> None:
+    """Talking to the newest export while a run trained since is not exported: the user would believe the
+    new model answers. What is used says so, and how to talk to the new run."""
+    import os
+    import shutil
+
+    ws = tmp_path / "ws"
+    shutil.copytree(served_workspace, ws)
+    shutil.copytree(ws / "runs" / "r", ws / "runs" / "r2")
+    later = (ws / "export" / "r" / "merged" / "twinlm-export.json").stat().st_mtime + 60
+    os.utime(ws / "runs" / "r2" / "config.json", (later, later))
+    twin = open_twin(ws, backend="transformers", context_length=256)
+    said = "export/r/merged (run r2 is newer and not exported: `twinlm export -w "
+    assert twin.description.startswith(said)
+    assert "or name it (`r2`) to talk to it now)" in twin.description
+    shutil.copytree(ws / "export" / "r", ws / "export" / "r2")  # exported too: nothing to say
+    assert "newer" not in open_twin(ws, backend="transformers", context_length=256).description
+
+
 def test_open_twin_without_anything_is_one_line(tmp_path: Path, served_workspace: Path) -> None:
     with pytest.raises(TwinError, match="nothing to talk to yet"):
         open_twin(tmp_path)

@@ -277,13 +277,23 @@ class _Choice:
     info_dir: Path | None  # the merged folder (twinlm-export.json, tokenizer); None for a run
     run: Path | None = None  # a run: base model + adapter
     source: Path = Path()
+    note: str = ""  # said after what is used (a newer run that is not exported)
 
 
 def _resolve(root: Path, source: str | Path | None, backend: BackendChoice) -> _Choice:
     if source is None:
         exports = _exports(root)
         if exports:
-            return _from_export(exports[-1], backend)
+            choice = _from_export(exports[-1], backend)
+            newer = _trained_since(root, exports)
+            if newer is None:
+                return choice
+            # A run trained after the newest export is not what the user talks to: say so, and how.
+            note = (
+                f"run {newer.name} is newer and not exported: `twinlm export -w {root}` to talk to it as a "
+                f"GGUF, or name it (`{newer.name}`) to talk to it now"
+            )
+            return replace(choice, note=note)
         runs = _runs(root)
         if runs:
             return _from_run(runs[-1], backend)
@@ -321,6 +331,14 @@ def _resolve(root: Path, source: str | Path | None, backend: BackendChoice) -> _
         f"{source}: not a run, an export folder, a merged model folder or a GGUF (looked in "
         f"{root / 'export'} and {root / 'runs'} too)"
     )
+
+
+def _trained_since(root: Path, exports: list[Path]) -> Path | None:
+    """The newest finished run started after the newest export and not exported itself, if any."""
+    made = (exports[-1] / "merged" / PROVENANCE).stat().st_mtime
+    exported = {p.name for p in exports}
+    newer = [r for r in _runs(root) if r.name not in exported and (r / "config.json").stat().st_mtime > made]
+    return newer[-1] if newer else None
 
 
 def _merged_for(gguf: Path) -> Path:
@@ -414,6 +432,8 @@ def open_twin(
             slots=slots,
         )
         what = f"{_shown(root, choice.model)}"
+    if choice.note:
+        what = f"{what} ({choice.note})"
     personas = info.get("personas")
     if not isinstance(personas, dict) or not personas:
         raise TwinError(f"{choice.source}: no personas recorded; export the run again with `twinlm export`")
