@@ -285,3 +285,25 @@ def test_a_full_disk_is_one_line_and_leaves_no_half_written_output(
     ]
     with Corpus(ws / "corpus.db") as corpus:
         assert corpus.count("messages") == messages
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        OSError(28, "No space left on device", "export/r/merged/.model.safetensors.tmp"),
+        OSError(122, "Disk quota exceeded"),
+        RuntimeError(  # safetensors
+            "Error while serializing: IoError(Os { code: 28, kind: StorageFull, "
+            'message: "No space left on device" })'
+        ),
+        OSError("Error writing bytes to file. Detail: [errno 28] No space left on device"),  # pyarrow
+    ],
+    ids=["ENOSPC", "EDQUOT", "safetensors", "pyarrow"],
+)
+def test_full_disk_errors_from_python_and_native_writers_are_recognised(error: Exception) -> None:
+    from twinlm.errors import disk_full
+
+    found = disk_full(error)
+    assert found is not None and str(found).startswith("the disk is full")
+    assert disk_full(OSError(13, "Permission denied", "x")) is None
+    assert disk_full(RuntimeError("CUDA out of memory")) is None

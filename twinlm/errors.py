@@ -26,15 +26,19 @@ class ConfigError(TwinError):
     """An invalid twin.yaml: names the file, the line, the field and the fix."""
 
 
+# How libraries that write in native code (safetensors, pyarrow, llama.cpp's converter) say it.
+_DISK_FULL = ("No space left on device", "os error 28", "StorageFull", "Disk quota exceeded")
+
+
 def disk_full(error: BaseException) -> TwinError | None:
     """A full disk (or a used-up quota) as one line naming what was being written; None for any other
     error. Models and datasets are large: a full disk is the user's to fix, not a bug to trace."""
     if isinstance(error, sqlite3.OperationalError) and "disk is full" in str(error):
         where = " while writing the corpus"
-    elif isinstance(error, OSError) and (
-        error.errno in (errno.ENOSPC, errno.EDQUOT) or "No space left on device" in str(error)
-    ):
+    elif isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
         where = f" while writing {error.filename}" if error.filename else ""
+    elif any(said in str(error) for said in _DISK_FULL):  # libraries' own errors (safetensors, pyarrow)
+        where = ""
     else:
         return None
     return TwinError(f"the disk is full{where}: free some space and run the same command again")

@@ -54,14 +54,14 @@ def _user_errors(command: F) -> F:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return command(*args, **kwargs)
-        except (sqlite3.OperationalError, OSError) as e:  # the corpus locked by another process; a full disk
+        except TwinError as e:
+            _say(e)
+            raise typer.Exit(1) from None
+        except Exception as e:  # the corpus locked by another process, a full disk: the user's to fix
             found = (busy(e) if isinstance(e, sqlite3.OperationalError) else None) or disk_full(e)
             if found is None:
                 raise
             _say(found)
-            raise typer.Exit(1) from None
-        except TwinError as e:
-            _say(e)
             raise typer.Exit(1) from None
 
     return wrapper  # type: ignore[return-value]
