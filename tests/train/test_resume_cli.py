@@ -278,3 +278,28 @@ def test_ctrl_c_reaching_one_process_first_stops_them_all_at_the_same_step(ws: P
     assert code == 130 and "Traceback" not in stderr and "error:" not in said, stderr[-3000:]
     (run,) = (ws / "runs").glob("run-*")
     assert said.count(f"--name {run.name} --resume --gpus 2") == 1, stderr[-3000:]
+
+
+def test_the_gpu_running_out_of_memory_is_one_line_with_what_lowers_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """CUDA out of memory is how most fine-tunes fail; it was a torch traceback. (Raised here as torch
+    raises it: the class exists in CPU builds too.)"""
+    import torch
+    from typer.testing import CliRunner
+
+    import twinlm.train.loop as loop
+    from twinlm.cli import app
+
+    def out_of_memory(*args: object, **kwargs: object) -> object:
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(loop, "train", out_of_memory)
+    ws = tmp_path / "twin"
+    runner = CliRunner()
+    assert runner.invoke(app, ["init", str(ws), "--me", "Bob"]).exit_code == 0
+    said = runner.invoke(app, ["train", "-w", str(ws), "--name", "big", "--method", "lora"])
+    assert said.exit_code == 1 and isinstance(said.exception, SystemExit), said.output
+    (line,) = [line for line in said.stderr.splitlines() if line.strip()]
+    assert line.startswith("error: run big: the GPU ran out of memory (train.method lora, batch_tokens ")
+    assert "lower train.batch_tokens, turn on train.gradient_checkpointing, or train with method" in line

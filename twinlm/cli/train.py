@@ -130,8 +130,19 @@ def _train(
     else:
         name = name or run_record.new_run_name()
     config = ws.config.model_copy(update={"train": settings})
+    from torch import OutOfMemoryError  # torch is loaded by training anyway
+
     try:
         return _train_with_progress(config, ws.root, name, resume, as_json)
+    except OutOfMemoryError:
+        # The commonest way a fine-tune fails: the settings that decide memory, and what lowers it.
+        checkpointing = "on" if settings.gradient_checkpointing else "off"
+        raise TwinError(
+            f"run {name}: the GPU ran out of memory (train.method {settings.method}, batch_tokens "
+            f"{settings.batch_tokens}, gradient_checkpointing {checkpointing}): lower train.batch_tokens, "
+            "turn on train.gradient_checkpointing, or train with method qlora, in a new run; `twinlm "
+            "validate` estimates a run's peak memory"
+        ) from None
     except KeyboardInterrupt as stop:
         if _main_process():
             _say_interrupted(ws.root, name)
