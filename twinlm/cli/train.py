@@ -135,6 +135,8 @@ def _train(
     try:
         return _train_with_progress(config, ws.root, name, resume, as_json)
     except OutOfMemoryError:
+        if not _main_process():  # with several processes the main one says it, once
+            raise typer.Exit(1) from None
         # The commonest way a fine-tune fails: the settings that decide memory, and what lowers it.
         checkpointing = "on" if settings.gradient_checkpointing else "off"
         raise TwinError(
