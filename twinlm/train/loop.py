@@ -77,7 +77,7 @@ def train(
     """Fine-tune on `workspace`/data into `workspace`/runs/<run_name>; with `resume`, continue it."""
     settings = config.train
     data_dir = workspace / "data"
-    fingerprint = run_record.data_fingerprint(data_dir)  # checked again once the data is read
+    identity = run_record.data_identity(data_dir)  # checked again once the data is read
     info = read_build_info(data_dir)
     if resume:
         # The run goes on as recorded (its settings and step budget, on its data), whatever twin.yaml
@@ -92,7 +92,7 @@ def train(
     rank, world, main = strategy.rank, strategy.world, strategy.main
     strategy.check_method(settings.method)
     train_set, eval_set = load_split(data_dir, "train"), load_split(data_dir, "eval")
-    run_record.unchanged_since(data_dir, fingerprint)  # build.json and both splits are of one build
+    run_record.unchanged_since(data_dir, identity)  # build.json and both splits are of one build
     if not train_set:
         raise TwinError(f"{data_dir / 'train.parquet'}: no training samples; build the dataset again")
 
@@ -143,11 +143,11 @@ def train(
         apply_liger_kernels(model, device)
     if not resume and main:
         run_record.describe_run(
-            run_dir, config, data_dir, info, lr, attention, str(dtype), trainable, total, fingerprint
+            run_dir, config, data_dir, info, lr, attention, str(dtype), trainable, total, identity
         )
 
     pad_id = _pad_id(data_dir)
-    run_record.unchanged_since(data_dir, fingerprint)  # the tokenizer too (each process reads it)
+    run_record.unchanged_since(data_dir, identity)  # the tokenizer too (each process reads it)
     window = _sliding_window(model) if settings.packing else None
 
     def collate(examples: list[Example]) -> dict[str, Any]:

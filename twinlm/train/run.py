@@ -109,16 +109,18 @@ def describe_run(
     dtype: str,
     trainable: int,
     total: int,
-    fingerprint: dict[str, str],
+    identity: dict[str, tuple[int, int, int] | None],
 ) -> None:
     """The run folder describes itself: what config, dataset, tokenizer and template made it.
 
-    `fingerprint`: the dataset's as training first read it. Its build.json and tokenizer are copied, then
-    the dataset is checked unchanged, then the record is written (last: a run folder without it is not a
-    run): a build that finished while the model loaded cannot leave a record of another dataset."""
+    `identity`: the dataset's (`data_identity`) as training first read it. Its build.json and tokenizer
+    are copied and its files hashed, then the dataset is checked unchanged, then the record is written
+    (last: a run folder without it is not a run): a build that finished while the model loaded cannot
+    leave a record of another dataset."""
     shutil.copy(data_dir / "build.json", run_dir / "build.json")
     shutil.copytree(data_dir / "tokenizer", run_dir / "tokenizer", dirs_exist_ok=True)
-    unchanged_since(data_dir, fingerprint)
+    fingerprint = data_fingerprint(data_dir)
+    unchanged_since(data_dir, identity)
     description = {
         "twinlm_run": 1,
         "config": config.model_dump(mode="json"),
@@ -161,10 +163,25 @@ def data_fingerprint(data_dir: Path) -> dict[str, str]:
     return found
 
 
-def unchanged_since(data_dir: Path, fingerprint: dict[str, str]) -> None:
-    """Raise unless the dataset's files are those fingerprinted: a `twinlm build` that finished while
+def data_identity(data_dir: Path) -> dict[str, tuple[int, int, int] | None]:
+    """(inode, size, modification time) of each file training reads and of the tokenizer folder: a build
+    puts each in place by a rename, so any rebuild shows here, read in microseconds (`data_fingerprint`
+    hashes every byte: once per run, for its record)."""
+    found: dict[str, tuple[int, int, int] | None] = {}
+    for name in (*DATA_FILES, "tokenizer"):
+        try:
+            stat = (data_dir / name).stat()
+        except FileNotFoundError:
+            found[name] = None
+        else:
+            found[name] = (stat.st_ino, stat.st_size, stat.st_mtime_ns)
+    return found
+
+
+def unchanged_since(data_dir: Path, identity: dict[str, tuple[int, int, int] | None]) -> None:
+    """Raise unless the dataset's files are still those of `identity`: a `twinlm build` that finished while
     training read them would have it train on one dataset and record another."""
-    if data_fingerprint(data_dir) != fingerprint:
+    if data_identity(data_dir) != identity:
         raise TwinError(
             f"{data_dir}: the dataset changed while training was starting (a `twinlm build` finished "
             "meanwhile); start the training again"
