@@ -18,14 +18,13 @@ Inputs per stage:
 from __future__ import annotations
 
 import hashlib
-import sqlite3
 from pathlib import Path
 from typing import Any
 
 import orjson
 
 from twinlm.config import TwinConfig
-from twinlm.corpus.db import read_only
+from twinlm.corpus.db import data_version, read_only
 from twinlm.files import write_atomic
 
 STATE = Path(".twinlm") / "run-state.json"
@@ -62,27 +61,12 @@ def tree_digest(root: Path, paths: list[str]) -> dict[str, str]:
     return found
 
 
-def corpus_signature(db: Path) -> dict[str, Any]:
-    """What changes whenever ingest or curation writes to the corpus: per table its rows and newest id, and
-    the corpus's count of writes (a hash of the file would change with SQLite's own bookkeeping; reading
-    every message would be slow)."""
+def corpus_signature(db: Path) -> str:
+    """The corpus's `data_version`, read without writing (a Corpus would bring the schema up to date)."""
     if not db.is_file():
-        return {}
+        return ""
     with read_only(db) as conn:
-        query = "SELECT name FROM sqlite_master WHERE type='table' ORDER BY name"
-        tables = [r[0] for r in conn.execute(query)]
-        found: dict[str, Any] = {}
-        for table in tables:
-            try:
-                row = conn.execute(f'SELECT count(*), coalesce(max(rowid), 0) FROM "{table}"').fetchone()
-            except sqlite3.OperationalError:  # a WITHOUT ROWID table
-                row = conn.execute(f'SELECT count(*) FROM "{table}"').fetchone()
-            found[table] = list(row)
-        # Writes that change no table's size (an undo, restored messages): counted in meta (note_write).
-        if "meta" in tables:
-            writes = conn.execute("SELECT value FROM meta WHERE key = 'writes'").fetchone()
-            found["writes"] = writes[0] if writes else None
-        return found
+        return data_version(conn)
 
 
 def fingerprints(root: Path, config: TwinConfig, stage: str, run: str | None = None) -> str:

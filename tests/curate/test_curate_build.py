@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from curate_data import CHAT, ME, NEWER, rows, telegram_export
 
-from twinlm.corpus import changes
+from twinlm.corpus import db as corpus_db
 from twinlm.corpus.db import Corpus
 from twinlm.ingest import ingest
 from twinlm.model import ParseOptions
@@ -131,7 +131,7 @@ def test_show_is_what_the_build_makes(twinlm: Run, workspace: Path) -> None:
 
 @pytest.fixture
 def quick_timeout(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(changes, "BUSY_TIMEOUT_MS", 50)
+    monkeypatch.setattr(corpus_db, "BUSY_TIMEOUT_MS", 50)
 
 
 def test_a_change_while_a_build_reads_the_corpus_is_one_clear_error(
@@ -197,7 +197,7 @@ def test_a_page_of_sessions_is_the_same_as_in_the_whole_view(workspace: Path) ->
 def test_the_data_version_moves_with_every_change_undo_and_import(twinlm: Run, workspace: Path) -> None:
     def version() -> str:
         with Corpus(workspace / "corpus.db") as corpus:
-            return changes.data_version(corpus)
+            return corpus_db.data_version(corpus.db)
 
     seen = [version()]
     ok(twinlm("exclude", "telegram:42"))

@@ -53,9 +53,7 @@ def prepare(corpus: Corpus) -> None:
         )
     }
     if len(have) < 3:
-        from twinlm.corpus.changes import writing
-
-        with writing(corpus) as db:
+        with corpus.writing(counted=False) as db:  # indexes: the build reads nothing new
             db.execute(_BY_CONVERSATION)
             db.execute(_CHOICES)
             db.execute(_SEARCH)
@@ -68,8 +66,6 @@ def _fold(value: str | None) -> str:
 
 def update_search(corpus: Corpus) -> None:
     """Index the messages imported since the last search (all of them the first time)."""
-    from twinlm.corpus.changes import writing
-
     prepare(corpus)
     db = corpus.db
     row = db.execute("SELECT value FROM meta WHERE key = ?", (_INDEXED_TO,)).fetchone()
@@ -78,7 +74,7 @@ def update_search(corpus: Corpus) -> None:
     total = int(db.execute("SELECT count(*) FROM messages").fetchone()[0])
     if (top, total) == (done, counted):
         return
-    with writing(corpus) as w:
+    with corpus.writing(counted=False) as w:
         grown = w.execute("SELECT count(*) FROM messages WHERE id > ?", (done,)).fetchone()[0]
         if counted + grown != total:  # rows were deleted (chats joined): their ids may be reused
             w.execute("DELETE FROM message_search")

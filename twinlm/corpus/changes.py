@@ -9,7 +9,7 @@ changes survive re-ingesting the same or a newer export, and the log exports to 
 (`export_changes`) that `import_changes` applies to another corpus (a new machine, a corpus rebuilt from
 the exports) by the same keys.
 
-SQLite allows one writer: while a build or an ingest holds the database, a change waits `BUSY_TIMEOUT_MS`
+SQLite allows one writer: while a build or an ingest holds the database, a change waits `db.BUSY_TIMEOUT_MS`
 and then fails with one clear line, changing nothing (one transaction: the log and the rows together).
 """
 
@@ -19,7 +19,6 @@ import getpass
 import sqlite3
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -27,11 +26,10 @@ from typing import Any
 import orjson
 
 from twinlm.corpus.browse import reindex
-from twinlm.corpus.db import Corpus, busy, note_write
+from twinlm.corpus.db import Corpus
 from twinlm.errors import TwinError
 
 CHANGES_FORMAT = 1  # "twinlm_changes" in an exported file
-BUSY_TIMEOUT_MS = 5000  # how long a change waits for a build or an ingest to release the corpus
 
 ACTIONS = ("exclude", "include", "edit", "drop", "keep", "restore", "note")
 # What each target's user columns are; nothing else is ever written by a change.
@@ -63,35 +61,6 @@ class Change:
         }
 
 
-@contextmanager
-def writing(corpus: Corpus) -> Iterator[sqlite3.Connection]:
-    """One write transaction; a corpus held by another process (a build, an ingest) is one clear error."""
-    db = corpus.db
-    db.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_MS)}")
-    try:
-        db.execute("BEGIN IMMEDIATE")
-    except sqlite3.OperationalError as e:
-        found = busy(e, corpus.path)
-        if found is None:
-            raise
-        raise found from None
-    try:
-        yield db
-        note_write(db)
-        db.execute("COMMIT")
-    except sqlite3.OperationalError as e:
-        if db.in_transaction:
-            db.execute("ROLLBACK")
-        found = busy(e, corpus.path)
-        if found is None:
-            raise
-        raise found from None
-    except BaseException:
-        if db.in_transaction:
-            db.execute("ROLLBACK")
-        raise
-
-
 def apply(
     corpus: Corpus,
     action: str,
@@ -109,7 +78,7 @@ def apply(
         raise ValueError(f"{target}: only {columns} can be changed, not {sorted(values)}")
     table = _TABLE[target]
     names = list(values)
-    with writing(corpus) as db:
+    with corpus.writing() as db:
         items = []
         for chunk in _chunks(row_ids):
             rows = db.execute(
@@ -179,7 +148,7 @@ def undo(corpus: Corpus, change_id: int | None = None) -> Undone:
 
     A row a later change touched again keeps its later value: undoing the older change must not
     silently revert the newer one (undo that one first)."""
-    with writing(corpus) as db:
+    with corpus.writing() as db:
         if change_id is None:
             row = db.execute(
                 "SELECT * FROM changes WHERE undone_at IS NULL ORDER BY id DESC LIMIT 1"
@@ -218,16 +187,6 @@ def undo(corpus: Corpus, change_id: int | None = None) -> Undone:
         reindex(db, retexted)
         db.execute("UPDATE changes SET undone_at = ? WHERE id = ?", (_now(), change.id))
     return Undone(change, restored, kept, missing)
-
-
-def data_version(corpus: Corpus) -> str:
-    """Changes whenever what a build reads can have changed: an import, a change, an undo. For `twinlm run`
-    (or anything that keeps a build) to tell that the dataset must be rebuilt; cheap (three lookups)."""
-    imports, last, undone = corpus.db.execute(
-        "SELECT (SELECT coalesce(max(id), 0) FROM imports), (SELECT coalesce(max(id), 0) FROM changes), "
-        "(SELECT count(*) FROM changes WHERE undone_at IS NOT NULL)"
-    ).fetchone()
-    return f"{imports}.{last}.{undone}"
 
 
 def log(corpus: Corpus, *, undone: bool = True) -> list[Change]:
@@ -271,7 +230,7 @@ def import_changes(corpus: Corpus, document: Any, *, where: str = "the changes f
     """
     changes = _parse(document, where)
     new = applied = missing = 0
-    with writing(corpus) as db:
+    with corpus.writing() as db:
         retexted = []
         for raw in changes:
             known = db.execute(

@@ -33,6 +33,7 @@ from twinlm.errors import TwinError
 from twinlm.model import Conversation, Kind, Message, Role
 
 SCHEMA_VERSION = 2
+BUSY_TIMEOUT_MS = 5000  # how long a change waits for a build or an ingest to release the corpus
 
 # What one export of a conversation holds, per source, so that what it lacks was deleted or replaced:
 # - "whole": every message, whatever the export's date (ChatGPT writes every conversation whole).
@@ -190,15 +191,28 @@ class Changes:
 
 
 def note_write(db: sqlite3.Connection) -> None:
-    """Count one write to what the build reads, inside the writer's transaction (meta 'writes').
-
-    A build is skipped by `twinlm run` while the corpus's signature is the same (twinlm.run), and some
-    writes change no table's size: an undo, superseded messages restored, a change imported again onto
-    rows ingested since. Each writer calls this, so that every write shows."""
+    """Count one write to what the build reads, inside the writer's transaction (meta 'writes'): some
+    writes leave no other trace `data_version` could read (superseded messages restored, chats joined, a
+    change imported again onto rows ingested since). Corpus.writing and importing call it."""
     db.execute(
         "INSERT INTO meta VALUES ('writes', '1') "
         "ON CONFLICT (key) DO UPDATE SET value = CAST(value AS INTEGER) + 1"
     )
+
+
+def data_version(db: sqlite3.Connection) -> str:
+    """Changes whenever what a build reads can have changed (an import, a change, an undo, any counted
+    write), and not when a search index is made: `twinlm run` keeps a build while it stays. Cheap: four
+    lookups. (The import, change and undo parts also cover writes made before the count existed.)"""
+    tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    if not {"meta", "imports", "changes"} <= tables:
+        return ""
+    found = db.execute(
+        "SELECT (SELECT coalesce(max(id), 0) FROM imports), (SELECT coalesce(max(id), 0) FROM changes), "
+        "(SELECT count(*) FROM changes WHERE undone_at IS NOT NULL), "
+        "(SELECT coalesce(max(value), 0) FROM meta WHERE key = 'writes')"
+    ).fetchone()
+    return ".".join(map(str, found))
 
 
 def damaged(path: Path, error: sqlite3.DatabaseError) -> TwinError:
@@ -313,6 +327,33 @@ class Corpus:
         self.close()
 
     # ------------------------------------------------------------------------------ writing
+
+    @contextmanager
+    def writing(self, counted: bool = True) -> Iterator[sqlite3.Connection]:
+        """One write transaction (a change, an undo, restored or joined messages): it waits up to
+        BUSY_TIMEOUT_MS for a corpus another process holds, then is one clear error, changing nothing.
+        `counted`: it changes what the build reads (`note_write`); an index of the corpus does not."""
+        db = self.db
+        db.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_MS)}")
+        try:
+            db.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as e:
+            found = busy(e, self.path)
+            if found is None:
+                raise
+            raise found from None
+        try:
+            yield db
+            if counted:
+                note_write(db)
+            db.execute("COMMIT")
+        except BaseException as e:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            found = busy(e, self.path) if isinstance(e, sqlite3.OperationalError) else None
+            if found is None:
+                raise
+            raise found from None
 
     @contextmanager
     def importing(self, paths: list[str]) -> Iterator[int]:
@@ -491,16 +532,10 @@ class Corpus:
         if conversation is not None:
             where.append("conversation = ?")
             params.append(conversation)
-        self.db.execute("BEGIN IMMEDIATE")
-        try:
-            cursor = self.db.execute(
+        with self.writing() as db:
+            cursor = db.execute(
                 f"UPDATE messages SET superseded_by_import = NULL WHERE {' AND '.join(where)}", params
             )
-            note_write(self.db)
-            self.db.execute("COMMIT")
-        except BaseException:
-            self.db.execute("ROLLBACK")
-            raise
         return cursor.rowcount
 
     def merge_conversations(self, source: str, from_id: str, into_id: str) -> tuple[int, int]:
@@ -513,14 +548,8 @@ class Corpus:
         """
         from twinlm.corpus.merge import merge  # rarely used; kept out of the upsert's file
 
-        self.db.execute("BEGIN IMMEDIATE")
-        try:
-            counts = merge(self.db, source, from_id, into_id)
-            note_write(self.db)
-            self.db.execute("COMMIT")
-        except BaseException:
-            self.db.execute("ROLLBACK")
-            raise
+        with self.writing() as db:
+            counts = merge(db, source, from_id, into_id)
         self._conversation_ids.clear()
         return counts
 
