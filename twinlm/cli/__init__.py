@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import functools
 import signal
-import sqlite3
 import sys
 import threading
 from collections.abc import Callable
@@ -29,7 +28,7 @@ from rich.console import Console  # noqa: E402
 
 from twinlm import __version__  # noqa: E402
 from twinlm.cli.display import safe_text  # noqa: E402
-from twinlm.corpus.db import busy  # noqa: E402
+from twinlm.corpus.db import corpus_error  # noqa: E402
 from twinlm.errors import TwinError, disk_full  # noqa: E402
 from twinlm.privacy import protect_process  # noqa: E402
 
@@ -57,8 +56,8 @@ def _user_errors(command: F) -> F:
         except TwinError as e:
             _say(e)
             raise typer.Exit(1) from None
-        except Exception as e:  # the corpus locked by another process, a full disk: the user's to fix
-            found = (busy(e) if isinstance(e, sqlite3.OperationalError) else None) or disk_full(e)
+        except Exception as e:  # the corpus held by another process or damaged, a full disk: the user's
+            found = corpus_error(e) or disk_full(e)
             if found is None:
                 raise
             _say(found)

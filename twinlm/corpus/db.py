@@ -236,6 +236,17 @@ def busy(error: sqlite3.OperationalError, path: Path | None = None) -> TwinError
     )
 
 
+def corpus_error(error: BaseException, path: Path | None = None) -> TwinError | None:
+    """What to tell the user of an SQLite error on the corpus: held by another process (`busy`), or a file
+    SQLite cannot read (`damaged`: exactly sqlite3.DatabaseError, not its subclasses, which say what they
+    are); None for anything else, which is a bug."""
+    if isinstance(error, sqlite3.OperationalError):
+        return busy(error, path)
+    if type(error) is sqlite3.DatabaseError:
+        return damaged(path or Path("corpus.db"), error)
+    return None
+
+
 @contextmanager
 def read_only(path: Path) -> Iterator[sqlite3.Connection]:
     """The corpus file opened read-only, for readers that must not write (a Corpus would bring the schema
@@ -244,9 +255,10 @@ def read_only(path: Path) -> Iterator[sqlite3.Connection]:
         try:
             yield conn
         except sqlite3.DatabaseError as e:
-            if type(e) is not sqlite3.DatabaseError:
+            found = corpus_error(e, path)
+            if found is None:
                 raise
-            raise damaged(path, e) from None
+            raise found from None
 
 
 class Corpus:
@@ -261,11 +273,10 @@ class Corpus:
             self._prepare()
         except sqlite3.DatabaseError as e:
             self.db.close()
-            if isinstance(e, sqlite3.OperationalError) and (found := busy(e, path)):
-                raise found from None
-            if type(e) is not sqlite3.DatabaseError:
+            found = corpus_error(e, path)
+            if found is None:
                 raise
-            raise damaged(path, e) from None
+            raise found from None
         except BaseException:
             self.db.close()
             raise
@@ -350,7 +361,7 @@ class Corpus:
         except BaseException as e:
             if db.in_transaction:
                 db.execute("ROLLBACK")
-            found = busy(e, self.path) if isinstance(e, sqlite3.OperationalError) else None
+            found = corpus_error(e, self.path)
             if found is None:
                 raise
             raise found from None

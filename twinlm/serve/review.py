@@ -27,7 +27,7 @@ from starlette.responses import Response
 
 from twinlm.corpus import changes as log
 from twinlm.corpus.browse import Selector, list_conversations
-from twinlm.corpus.db import Corpus, busy
+from twinlm.corpus.db import Corpus, corpus_error
 from twinlm.corpus.queries import account_names, owners
 from twinlm.curate.view import Viewer, last_build, part_json
 from twinlm.errors import TwinError
@@ -297,8 +297,8 @@ def _user(call: Any) -> Any:
         return call()
     except TwinError as e:
         raise HTTPException(409, str(e)) from None
-    except sqlite3.OperationalError as e:  # another twinlm command holds the corpus (a build reading it)
-        found = busy(e)
+    except sqlite3.DatabaseError as e:  # another twinlm command holds the corpus (a build reading it)
+        found = corpus_error(e)
         if found is None:
             raise
         raise HTTPException(409, str(found)) from None
