@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -45,22 +46,25 @@ def read_build_info(folder: Path) -> dict[str, Any]:
 
 def read_rows(path: Path) -> pa.Table:
     """A split's token rows (train.parquet or eval.parquet), or one error line saying what to do."""
-    if not path.is_file():
-        raise TwinError(f"{path}: no such dataset file; run `twinlm build` first")
-    try:
+    with _dataset_file(path):
         return pq.read_table(path, columns=ROW_SCHEMA.names)
-    except (pa.ArrowException, OSError) as err:
-        raise TwinError(f"{path}: not a readable dataset file ({err}); run `twinlm build` again") from None
 
 
 def row_batches(path: Path, rows: int = 8192) -> Iterator[pa.RecordBatch]:
     """A split's token rows in record batches of up to `rows`, read as used: memory holds a batch, however
     large the dataset (`read_rows` holds the file)."""
+    with _dataset_file(path):
+        reader = pq.ParquetFile(path, pre_buffer=False)  # not every row group read ahead
+        yield from reader.iter_batches(batch_size=rows, columns=ROW_SCHEMA.names, use_threads=False)
+
+
+@contextmanager
+def _dataset_file(path: Path) -> Iterator[None]:
+    """A missing or unreadable split file (a copy cut short, a disk error) as one error line."""
     if not path.is_file():
         raise TwinError(f"{path}: no such dataset file; run `twinlm build` first")
     try:
-        reader = pq.ParquetFile(path, pre_buffer=False)  # not every row group read ahead
-        yield from reader.iter_batches(batch_size=rows, columns=ROW_SCHEMA.names, use_threads=False)
+        yield
     except (pa.ArrowException, OSError) as err:
         raise TwinError(f"{path}: not a readable dataset file ({err}); run `twinlm build` again") from None
 
