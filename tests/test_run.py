@@ -179,6 +179,26 @@ def test_every_corpus_write_changes_the_build_fingerprint_even_one_that_changes_
     assert state_of.fingerprints(ws, config, "build") != marked
 
 
+def test_a_search_index_made_or_brought_up_to_date_does_not_change_the_build_fingerprint(
+    tmp_path: Path,
+) -> None:
+    """The review page's search makes and updates an index inside the corpus: not what a build reads, so
+    the next `twinlm run` keeps its build."""
+    from twinlm import run as state_of
+    from twinlm.cli import app
+    from twinlm.corpus.browse import update_search
+    from twinlm.corpus.db import Corpus
+
+    ws = make_workspace(tmp_path / "ws")
+    config = TwinConfig.model_validate(yaml.safe_load((ws / "twin.yaml").read_text(encoding="utf-8")))
+    assert CliRunner().invoke(app, ["ingest", "-w", str(ws)]).exit_code == 0
+    before = state_of.fingerprints(ws, config, "build")
+    with Corpus(ws / "corpus.db") as corpus:
+        update_search(corpus)
+        assert corpus.db.execute("SELECT count(*) FROM message_search").fetchone()[0] > 0
+    assert state_of.fingerprints(ws, config, "build") == before
+
+
 def test_the_ingest_fingerprint_is_the_same_however_the_workspace_is_named_or_moved(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
