@@ -1,9 +1,11 @@
 """One conversation as the build will train it (`twinlm show`, the review page).
 
 The build's own steps, called the way `twinlm.prepare.build` calls them: speakers resolved by the same
-`Identities`, messages in the same order (`_in_time_order`), each message through `clean_message` and the
-`Redactor`, time-gap sessions by `split_by_gap`, `clean_session`, turns by `merge_turns`, trained turns by
-the same `Persona`. What each rule did is kept per message and per session (the counters the build sums
+`Identities`, messages in the same order (`_in_time_order`'s rule), each message through `clean_message` and
+the `Redactor`, time-gap sessions by `split_by_gap`, `clean_session`, turns by `merge_turns`, trained turns
+by the same `Persona`. Only the cut of a whole conversation into review sessions restates the order and the
+gap rule, on arrays (`_cut`: a chat of millions of messages is cached in a few bytes a message); a test
+holds it to the build's functions. What each rule did is kept per message and per session (the counters the build sums
 into build.json), and every message keeps its row id so it can be edited or excluded from the view.
 
 A view also holds what the build leaves out (the user's exclusions, messages superseded by a newer export)
@@ -14,10 +16,13 @@ gaps), and excluding a part excludes each of its messages.
 
 from __future__ import annotations
 
+import itertools
 import threading
 from collections import Counter, OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
+
+import numpy as np
 
 from twinlm.config import TwinConfig
 from twinlm.corpus.browse import prepare
@@ -28,7 +33,7 @@ from twinlm.prepare.clean import Msg, clean_message, clean_session
 from twinlm.prepare.persona import persona_for
 from twinlm.prepare.redact import Redactor
 from twinlm.prepare.sample import read_samples
-from twinlm.prepare.select import Line, _in_time_order
+from twinlm.prepare.select import Line
 from twinlm.prepare.sessions import merge_turns, split_by_gap
 
 
@@ -175,11 +180,13 @@ def part_json(part: PartView) -> dict[str, Any]:
     }
 
 
-# Every message's id and time, in the build's row order (the curation index holds both).
+# Every message's id, time (NO_TIME for none) and whether the build leaves it out, in the build's row order
+# (the curation index holds them).
 _KEYS = """
-SELECT id, ts, excluded OR superseded_by_import IS NOT NULL
+SELECT id, coalesce(ts, ?), excluded OR superseded_by_import IS NOT NULL
 FROM messages WHERE conversation + 0 = ? ORDER BY id
 """
+NO_TIME = -(1 << 63)  # a message without a time, in the int64 array of times
 _MESSAGES = """
 SELECT id, native_id, author_id, author_name, ts, kind, role, text, user_text, excluded,
        superseded_by_import IS NOT NULL
@@ -188,17 +195,66 @@ FROM messages WHERE id IN ({marks})
 
 
 # The sessions of the last conversations viewed (Viewer._parts): the review page asks for one page at a time.
-_PARTS: OrderedDict[tuple[Any, ...], list[list[_Stamp]]] = OrderedDict()
+_PARTS: OrderedDict[tuple[Any, ...], _Parts] = OrderedDict()
 _PARTS_LOCK = threading.Lock()
 
 
-@dataclass(slots=True)
-class _Stamp:
-    """A message as sessions are cut: its id, its time, whether the build leaves it out."""
+@dataclass(frozen=True, slots=True)
+class _Parts:
+    """A conversation cut into review sessions, in arrays: 8 bytes a message (a chat of millions is cached
+    and paged through; a Python object per message cost ~110 bytes, 300 MB for a 2.7M-message chat)."""
 
-    id: int
-    timestamp_ms: int | None
-    out: bool
+    ids: np.ndarray  # int64: the message ids in time order
+    starts: np.ndarray  # int64: where each session starts in `ids`, then len(ids)
+    numbered_before: np.ndarray  # int64: the build sessions numbered before each session (sample ids)
+
+    def __len__(self) -> int:
+        return len(self.starts) - 1
+
+    def ids_of(self, first: int, end: int) -> list[int]:
+        """The message ids of sessions first to end - 1."""
+        return self.ids[self.starts[first] : self.starts[end]].tolist()
+
+
+def _cut(rows: np.ndarray, gap_minutes: float, one_session: bool) -> _Parts:
+    """`rows` (id, time or NO_TIME, left out; in row order) put in time order as the build orders a chat
+    (`_in_time_order`: a message without a time keeps its place after the one before it) and cut where
+    `split_by_gap` cuts; each session's count of build sessions is that of its messages the build reads
+    (`split_by_gap` of those), which is what numbers the samples of the sessions after it."""
+    ids, times, out = rows[:, 0], rows[:, 1], rows[:, 2].astype(bool)
+    timed = times != NO_TIME
+    # Each message's sort key is its time, or the time of the last timed message before it (-inf first).
+    last = np.maximum.accumulate(np.where(timed, np.arange(len(times)), -1))
+    keys = np.where(last >= 0, times[np.maximum(last, 0)].astype(np.float64), -np.inf)
+    if len(keys) > 1 and bool((keys[1:] < keys[:-1]).any()):  # else already in time order (the usual case)
+        order = np.argsort(keys, kind="stable")  # stable: ties keep the row order
+        ids, times, out, timed = ids[order], times[order], out[order], timed[order]
+    gap_ms = gap_minutes * 60_000
+    if one_session or not len(ids):
+        breaks = np.zeros(0, dtype=np.int64)
+    else:
+        breaks = np.flatnonzero(_breaks(times, timed, np.zeros(len(ids), dtype=np.int64), gap_ms))
+    starts = np.concatenate(([0], breaks, [len(ids)])).astype(np.int64) if len(ids) else np.zeros(1, np.int64)
+    # Of the messages the build reads, the sessions split_by_gap makes within each review session.
+    read = np.flatnonzero(~out)
+    part = np.searchsorted(starts, read, side="right") - 1
+    cuts = _breaks(times[read], timed[read], part, gap_ms)
+    sessions = len(starts) - 1
+    made = np.bincount(part, minlength=sessions) > 0
+    made = made.astype(np.int64) + np.bincount(part[cuts], minlength=sessions)
+    numbered_before = np.concatenate(([0], np.cumsum(made)[:-1])).astype(np.int64)
+    return _Parts(ids.copy(), starts, numbered_before[:sessions])
+
+
+def _breaks(times: np.ndarray, timed: np.ndarray, group: np.ndarray, gap_ms: float) -> np.ndarray:
+    """Where `iter_by_gap` starts a new session, run on each group (runs of equal `group`) on its own: a
+    timed message more than `gap_ms` after the last timed message before it in its group."""
+    if not len(times):
+        return np.zeros(0, dtype=bool)
+    previous = np.maximum.accumulate(np.where(timed, np.arange(len(times)), -1))
+    previous = np.concatenate(([-1], previous[:-1]))  # the last timed message before each one
+    at = np.maximum(previous, 0)
+    return timed & (previous >= 0) & (group[at] == group) & ((times - times[at]) > gap_ms)
 
 
 class Viewer:
@@ -241,12 +297,9 @@ class Viewer:
         conversation = ConversationView(
             row_id, source, native_id, kind, title, bool(excluded), note, [], len(parts)
         )
-        index = 0  # the build numbers its sessions across the whole conversation
-        if kind == "chat" and not excluded:
-            for part in parts[: chosen.start]:
-                kept = [s for s in part if not s.out]
-                index += len(split_by_gap(kept, gap)) if kept else 0
-        wanted = [s.id for n in chosen for s in parts[n]]
+        # The build numbers its sessions across the whole conversation.
+        index = int(parts.numbered_before[chosen.start]) if kind == "chat" and not excluded and chosen else 0
+        wanted = parts.ids_of(chosen.start, chosen.stop) if chosen else []
         rows = {}
         for start in range(0, len(wanted), 500):
             chunk = wanted[start : start + 500]
@@ -254,12 +307,12 @@ class Viewer:
                 rows[r[0]] = r
         key = f"{source}:{native_id}"
         for n in chosen:
-            timed = [self._timed(source, bool(excluded), rows[s.id]) for s in parts[n]]
+            timed = [self._timed(source, bool(excluded), rows[i]) for i in parts.ids_of(n, n + 1)]
             samples, index = self._samples(kind, key, timed, index)
             conversation.parts.append(PartView(n, [t.message for t in timed], samples))
         return conversation
 
-    def _parts(self, row_id: int, kind: str, gap: float) -> list[list[_Stamp]]:
+    def _parts(self, row_id: int, kind: str, gap: float) -> _Parts:
         """The conversation cut into sessions by time, kept for the next page or change while its messages,
         the user's exclusions in it and the imports stay the same (a long chat costs a second to cut)."""
         db = self.corpus.db
@@ -278,10 +331,10 @@ class Viewer:
             if parts is not None:
                 _PARTS.move_to_end(key)
                 return parts
-        stamps = [_Stamp(*row) for row in db.execute(_KEYS, (row_id,))]
-        stamps = _in_time_order(stamps)  # type: ignore[arg-type]  # only reads .timestamp_ms
+        found = db.execute(_KEYS, (NO_TIME, row_id))
+        rows = np.fromiter(itertools.chain.from_iterable(found), dtype=np.int64).reshape(-1, 3)
         # An assistant chat or a document is one session whatever the pauses, as in the build.
-        parts = split_by_gap(stamps, gap) if kind == "chat" else [stamps] if stamps else []
+        parts = _cut(rows, gap, one_session=kind != "chat")
         with _PARTS_LOCK:
             _PARTS[key] = parts
             while len(_PARTS) > 8:
