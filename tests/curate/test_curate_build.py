@@ -18,7 +18,7 @@ from twinlm.corpus.db import Corpus
 from twinlm.ingest import ingest
 from twinlm.model import ParseOptions
 from twinlm.prepare.build import build
-from twinlm.prepare.sample import Sample
+from twinlm.prepare.sample import Sample, read_samples
 from twinlm.workspace import open_workspace
 
 Run = Callable[..., Any]
@@ -208,3 +208,58 @@ def test_the_data_version_moves_with_every_change_undo_and_import(twinlm: Run, w
     seen.append(version())
     assert len(set(seen)) == 4
     assert version() == seen[-1]  # reading changes nothing
+
+
+# A chat where a message the build drops ("lol", a non-reply) bridges a pause: the review sees one session
+# (no pause over the 10-minute gap), the build two (without it, 15 minutes pass). A day later, one more.
+BRIDGED = [
+    (1, "Jordan", "shall we go climbing on saturday morning?", 0),
+    (2, ME, "yes, saturday morning works well for me", 60),
+    (3, "Jordan", "lol", 8 * 60),
+    (4, ME, "what time should we meet at the gym then?", 16 * 60),
+    (5, "Jordan", "at ten, at the usual place by the entrance", 17 * 60),
+    (6, ME, "perfect, I will bring the rope and the chalk", 18 * 60),
+    (7, "Jordan", "did you see the new route on the north wall?", 86_400),
+    (8, ME, "not yet, is it as hard as they all say?", 86_460),
+    (9, "Jordan", "very, the crux is a long reach to a sloper", 86_520),
+    (10, ME, "then I need to try it this coming weekend", 86_580),
+]
+
+
+def test_a_later_page_numbers_its_samples_as_the_build_does(twinlm: Run, workspace: Path) -> None:
+    export = telegram_export(workspace.parent / "exports" / "bridged" / "result.json", BRIDGED, chat_id=77)
+    with Corpus(workspace / "corpus.db") as corpus:
+        assert not ingest([export], corpus, ParseOptions(timezone="UTC")).failed
+    made = [s.id for s in built(workspace) if s.conversation == "telegram:77"]
+    assert made == ["telegram:77#0", "telegram:77#1", "telegram:77#2"]  # the build's sessions, as above
+    # The second page first: the first page's messages are cleaned to number it (once shown, a page keeps
+    # its own count with the cut, so the first page is asked for after).
+    pages = [
+        json.loads(ok(twinlm("show", "telegram:77", "--session", str(n), "--json")).stdout) for n in (1, 0)
+    ]
+    parts = [part for page in pages[::-1] for part in page["sessions"]]
+    shown = [s["id"] for part in parts for s in part["samples"] if s["kept"]]
+    assert shown == made
+    assert pages[0]["parts"] == 2  # the review's sessions: the bridged pause is not one
+
+    # Rules that keep the "lol" make the build's first two sessions one: the numbers follow them.
+    from twinlm.curate.view import Viewer
+
+    ws = open_workspace(workspace)
+    clean = ws.config.build.clean.model_copy(update={"non_replies": False})
+    config = ws.config.model_copy(update={"build": ws.config.build.model_copy(update={"clean": clean})})
+    with Corpus(ws.corpus_path) as corpus:
+        build(config, corpus, workspace / "data-lol")
+        row = int(corpus.db.execute("SELECT id FROM conversations WHERE native_id = '77'").fetchone()[0])
+        second = Viewer(config, corpus).conversation(row, 1, 1)
+    samples = read_samples(workspace / "data-lol" / "samples.jsonl")
+    made = [s.id for s in samples if s.conversation == "telegram:77"]
+    assert made == ["telegram:77#0", "telegram:77#1"]
+    assert [s.id for s in second.samples()] == ["telegram:77#1"]
+
+    # So do the user's edits: an edited "lol" that says more is kept, and the first two sessions are one.
+    ok(twinlm("edit", mid(workspace, "lol"), "lol, that sounds like a great plan to me"))
+    made = [s.id for s in built(workspace) if s.conversation == "telegram:77"]
+    page = json.loads(ok(twinlm("show", "telegram:77", "--session", "1", "--json")).stdout)
+    assert made == ["telegram:77#0", "telegram:77#1"]
+    assert [s["id"] for part in page["sessions"] for s in part["samples"] if s["kept"]] == ["telegram:77#1"]

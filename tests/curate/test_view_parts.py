@@ -1,6 +1,7 @@
-"""The review sessions of a conversation, cut in arrays (`twinlm.curate.view._cut`), against the reference:
-the build's own functions on one object per message (`_in_time_order`, `split_by_gap`), which is what the
-view did before it held a chat of millions of messages in a few bytes each."""
+"""The review sessions of a conversation, cut in arrays (`twinlm.curate.view._cut`), and the build sessions
+each one's messages make (`_sessions_made`, which numbers the samples of later pages), against the
+reference: the build's own functions on one object per message (`_in_time_order`, `split_by_gap`), which is
+what the view did before it held a chat of millions of messages in a few bytes each."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from twinlm.curate.view import NO_TIME, _cut
+from twinlm.curate.view import NO_TIME, _cut, _sessions_made
 from twinlm.prepare.select import _in_time_order
 from twinlm.prepare.sessions import split_by_gap
 
@@ -41,7 +42,11 @@ def _ours(rows: list[tuple[int, int | None, bool]], gap: float, one_session: boo
         [(i, NO_TIME if ts is None else ts, out) for i, ts, out in rows], dtype=np.int64
     ).reshape(-1, 3)
     parts = _cut(array, gap, one_session)
-    return [parts.ids_of(n, n + 1) for n in range(len(parts))], parts.numbered_before.tolist()
+    session = np.repeat(np.arange(len(parts)), np.diff(parts.starts))
+    read = np.flatnonzero(~parts.out)  # the messages the build reads (here no rule drops one)
+    made = _sessions_made(parts.times[read], session[read], len(parts), gap)
+    numbered = np.concatenate(([0], np.cumsum(made)))[: len(parts)]
+    return [parts.ids_of(n, n + 1) for n in range(len(parts))], numbered.tolist()
 
 
 _MINUTE = 60_000

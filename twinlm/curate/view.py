@@ -5,8 +5,9 @@ The build's own steps, called the way `twinlm.prepare.build` calls them: speaker
 the `Redactor`, time-gap sessions by `split_by_gap`, `clean_session`, turns by `merge_turns`, trained turns
 by the same `Persona`. Only the cut of a whole conversation into review sessions restates the order and the
 gap rule, on arrays (`_cut`: a chat of millions of messages is cached in a few bytes a message); a test
-holds it to the build's functions. What each rule did is kept per message and per session (the counters the build sums
-into build.json), and every message keeps its row id so it can be edited or excluded from the view.
+holds it to the build's functions. What each rule did is kept per message and per session (the counters
+the build sums into build.json), and every message keeps its row id so it can be edited or excluded from
+the view.
 
 A view also holds what the build leaves out (the user's exclusions, messages superseded by a newer export)
 so the user can bring them back. Review sessions ("parts") are time-gap runs of *all* messages: a build
@@ -26,7 +27,7 @@ import numpy as np
 
 from twinlm.config import TwinConfig
 from twinlm.corpus.browse import prepare
-from twinlm.corpus.db import Corpus
+from twinlm.corpus.db import Corpus, data_version
 from twinlm.corpus.queries import account_names, owners
 from twinlm.identities import ME, Identities
 from twinlm.prepare.clean import Msg, clean_message, clean_session
@@ -187,6 +188,7 @@ SELECT id, coalesce(ts, ?), excluded OR superseded_by_import IS NOT NULL
 FROM messages WHERE conversation + 0 = ? ORDER BY id
 """
 NO_TIME = -(1 << 63)  # a message without a time, in the int64 array of times
+_TEXTS = "SELECT id, coalesce(user_text, text), kind FROM messages WHERE id IN ({marks})"
 _MESSAGES = """
 SELECT id, native_id, author_id, author_name, ts, kind, role, text, user_text, excluded,
        superseded_by_import IS NOT NULL
@@ -201,12 +203,16 @@ _PARTS_LOCK = threading.Lock()
 
 @dataclass(frozen=True, slots=True)
 class _Parts:
-    """A conversation cut into review sessions, in arrays: 8 bytes a message (a chat of millions is cached
+    """A conversation cut into review sessions, in arrays: 17 bytes a message (a chat of millions is cached
     and paged through; a Python object per message cost ~110 bytes, 300 MB for a 2.7M-message chat)."""
 
     ids: np.ndarray  # int64: the message ids in time order
+    times: np.ndarray  # int64: their times (NO_TIME for none)
+    out: np.ndarray  # bool: left out by the build (excluded by the user, superseded by a newer export)
     starts: np.ndarray  # int64: where each session starts in `ids`, then len(ids)
-    numbered_before: np.ndarray  # int64: the build sessions numbered before each session (sample ids)
+    # int64: the build sessions (sample numbers) each session's messages make once cleaned, -1 until they
+    # have been cleaned (Viewer._numbered_before): the samples of a later session are numbered after them.
+    made: np.ndarray
 
     def __len__(self) -> int:
         return len(self.starts) - 1
@@ -219,8 +225,7 @@ class _Parts:
 def _cut(rows: np.ndarray, gap_minutes: float, one_session: bool) -> _Parts:
     """`rows` (id, time or NO_TIME, left out; in row order) put in time order as the build orders a chat
     (`_in_time_order`: a message without a time keeps its place after the one before it) and cut where
-    `split_by_gap` cuts; each session's count of build sessions is that of its messages the build reads
-    (`split_by_gap` of those), which is what numbers the samples of the sessions after it."""
+    `split_by_gap` cuts (nowhere for `one_session`)."""
     ids, times, out = rows[:, 0], rows[:, 1], rows[:, 2].astype(bool)
     timed = times != NO_TIME
     # Each message's sort key is its time, or the time of the last timed message before it (-inf first).
@@ -229,26 +234,26 @@ def _cut(rows: np.ndarray, gap_minutes: float, one_session: bool) -> _Parts:
     if len(keys) > 1 and bool((keys[1:] < keys[:-1]).any()):  # else already in time order (the usual case)
         order = np.argsort(keys, kind="stable")  # stable: ties keep the row order
         ids, times, out, timed = ids[order], times[order], out[order], timed[order]
-    gap_ms = gap_minutes * 60_000
-    if one_session or not len(ids):
-        breaks = np.zeros(0, dtype=np.int64)
-    else:
-        breaks = np.flatnonzero(_breaks(times, timed, np.zeros(len(ids), dtype=np.int64), gap_ms))
+    group = np.zeros(len(ids), dtype=np.int64)
+    breaks = (
+        np.zeros(0, np.int64) if one_session else np.flatnonzero(_breaks(times, timed, group, gap_minutes))
+    )
     starts = np.concatenate(([0], breaks, [len(ids)])).astype(np.int64) if len(ids) else np.zeros(1, np.int64)
-    # Of the messages the build reads, the sessions split_by_gap makes within each review session.
-    read = np.flatnonzero(~out)
-    part = np.searchsorted(starts, read, side="right") - 1
-    cuts = _breaks(times[read], timed[read], part, gap_ms)
-    sessions = len(starts) - 1
-    made = np.bincount(part, minlength=sessions) > 0
-    made = made.astype(np.int64) + np.bincount(part[cuts], minlength=sessions)
-    numbered_before = np.concatenate(([0], np.cumsum(made)[:-1])).astype(np.int64)
-    return _Parts(ids.copy(), starts, numbered_before[:sessions])
+    return _Parts(ids.copy(), times.copy(), out.copy(), starts, np.full(len(starts) - 1, -1, dtype=np.int64))
 
 
-def _breaks(times: np.ndarray, timed: np.ndarray, group: np.ndarray, gap_ms: float) -> np.ndarray:
+def _sessions_made(times: np.ndarray, group: np.ndarray, groups: int, gap_minutes: float) -> np.ndarray:
+    """Per group (0 to groups - 1), how many sessions `split_by_gap` makes of its messages (`times`, in
+    order, each with its group; a group's messages together)."""
+    cuts = _breaks(times, times != NO_TIME, group, gap_minutes)
+    made = (np.bincount(group, minlength=groups) > 0).astype(np.int64)
+    return made + np.bincount(group[cuts], minlength=groups)
+
+
+def _breaks(times: np.ndarray, timed: np.ndarray, group: np.ndarray, gap_minutes: float) -> np.ndarray:
     """Where `iter_by_gap` starts a new session, run on each group (runs of equal `group`) on its own: a
-    timed message more than `gap_ms` after the last timed message before it in its group."""
+    timed message more than the gap after the last timed message before it in its group."""
+    gap_ms = gap_minutes * 60_000
     if not len(times):
         return np.zeros(0, dtype=bool)
     previous = np.maximum.accumulate(np.where(timed, np.arange(len(times)), -1))
@@ -276,9 +281,10 @@ class Viewer:
         """The conversation's sessions `first` to `first + count` (all of them when `count` is None).
 
         Sessions are cut from every message's time alone (one indexed read), so a page of a huge chat
-        reads and cleans only its own messages. Sample ids are numbered as the build numbers them; on a
-        page after the first, the earlier sessions are counted by their time gaps without cleaning them,
-        which differs from the build only where a cleaning rule dropped a message that bridged a pause.
+        reads and cleans its own messages. Sample ids are numbered as the build numbers them: the build
+        cuts its sessions after cleaning, so a message a rule drops can part one review session into two
+        of the build's. A page after the first counts the earlier sessions' by cleaning their messages,
+        once (kept with the cut; a page already shown counts its own).
         """
         head = self.corpus.db.execute(
             "SELECT source, native_id, kind, title, excluded, user_note FROM conversations WHERE id = ?",
@@ -297,8 +303,9 @@ class Viewer:
         conversation = ConversationView(
             row_id, source, native_id, kind, title, bool(excluded), note, [], len(parts)
         )
-        # The build numbers its sessions across the whole conversation.
-        index = int(parts.numbered_before[chosen.start]) if kind == "chat" and not excluded and chosen else 0
+        # The build numbers its sessions across the whole conversation (those of chats between people).
+        numbered = kind == "chat" and not excluded
+        index = self._numbered_before(parts, chosen.start) if numbered and chosen else 0
         wanted = parts.ids_of(chosen.start, chosen.stop) if chosen else []
         rows = {}
         for start in range(0, len(wanted), 500):
@@ -308,24 +315,25 @@ class Viewer:
         key = f"{source}:{native_id}"
         for n in chosen:
             timed = [self._timed(source, bool(excluded), rows[i]) for i in parts.ids_of(n, n + 1)]
-            samples, index = self._samples(kind, key, timed, index)
+            samples, after = self._samples(kind, key, timed, index)
+            if numbered:  # its messages are cleaned now: the next page needs not clean them again
+                parts.made[n] = after - index
+            index = after
             conversation.parts.append(PartView(n, [t.message for t in timed], samples))
         return conversation
 
     def _parts(self, row_id: int, kind: str, gap: float) -> _Parts:
-        """The conversation cut into sessions by time, kept for the next page or change while its messages,
-        the user's exclusions in it and the imports stay the same (a long chat costs a second to cut)."""
+        """The conversation cut into sessions by time, kept for the next page or change while the corpus and
+        the cleaning rules stay the same (a long chat costs a second to cut)."""
         db = self.corpus.db
-        size, top = db.execute(
-            "SELECT count(*), max(id) FROM messages WHERE conversation + 0 = ?", (row_id,)
-        ).fetchone()
-        out = db.execute(
-            "SELECT group_concat(id) FROM messages WHERE conversation + 0 = ? "
-            "AND (excluded OR user_text IS NOT NULL) AND excluded",
-            (row_id,),
-        ).fetchone()[0]
-        imports = db.execute("SELECT max(id) FROM imports").fetchone()[0]
-        key = (str(self.corpus.path), row_id, size, top, out, imports, kind, gap)
+        key = (
+            str(self.corpus.path),
+            row_id,
+            data_version(db),
+            kind,
+            gap,
+            self.settings.clean.model_dump_json(),  # the rules decide the sample numbers (_numbered_before)
+        )
         with _PARTS_LOCK:  # the review page's requests run in threads
             parts = _PARTS.get(key)
             if parts is not None:
@@ -340,6 +348,26 @@ class Viewer:
             while len(_PARTS) > 8:
                 _PARTS.popitem(last=False)
         return parts
+
+    def _numbered_before(self, parts: _Parts, first: int) -> int:
+        """The build sessions the messages of review sessions 0 to first - 1 make: the messages of those not
+        counted yet go through the message rules, as the build cuts its sessions after them."""
+        todo = np.flatnonzero(parts.made[:first] < 0)
+        if len(todo):
+            session = np.repeat(np.arange(len(parts)), np.diff(parts.starts))  # each message's session
+            at = np.flatnonzero(np.isin(session, todo) & ~parts.out)
+            kept = np.zeros(len(at), dtype=bool)
+            clean, counts = self.settings.clean, Counter[str]()
+            for start in range(0, len(at), 500):  # a chunk at a time: a chat's texts are not held together
+                chunk = parts.ids[at[start : start + 500]].tolist()
+                query = _TEXTS.format(marks=",".join("?" * len(chunk)))
+                texts = {i: (text, kind) for i, text, kind in self.corpus.db.execute(query, chunk)}
+                for k, i in enumerate(chunk, start):
+                    kept[k] = clean_message(*texts[i], clean, counts) is not None
+            at = at[kept]
+            made = _sessions_made(parts.times[at], session[at], len(parts), self.settings.session_gap_minutes)
+            parts.made[todo] = made[todo]
+        return int(parts.made[:first].sum())
 
     def _timed(self, source: str, conversation_excluded: bool, row: tuple[Any, ...]) -> _Timed:
         mid, nid, author_id, author_name, ts, mkind, role, text, user_text, m_excluded, superseded = row
