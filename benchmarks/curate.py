@@ -8,7 +8,8 @@ each a fresh connection as a command or a page request opens it:
 - the first page of `twinlm conversations` / the review list (50 conversations with message counts);
 - the first page filtered by chat name;
 - a text search: the first page of conversations holding two words, and the matching messages;
-- the largest conversation's first 20 sessions as the build sees them (the review page), for information.
+- the largest conversation's first 20 sessions as the build sees them (the review page), and a session
+  halfway through it, the first time and again, for information.
 
 Targets (issue 13): the first page under 200 ms, a text search under 1 s.
 
@@ -50,6 +51,7 @@ def _child(workspace: Path) -> None:
         os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})
     from twinlm.corpus.browse import Selector, list_conversations, prepare, select_messages, update_search
     from twinlm.corpus.db import Corpus
+    from twinlm.curate import view as view_module
     from twinlm.curate.view import Viewer
     from twinlm.workspace import open_workspace
 
@@ -86,6 +88,17 @@ def _child(workspace: Path) -> None:
     )
     found["first 20 sessions of the largest conversation (information)"] = fresh(
         lambda c: Viewer(ws.config, c).conversation(biggest, 0, 20)
+    )
+    # A page halfway through: the first time, the sessions before it are cleaned to number its samples as
+    # the build does; then they are kept with the conversation's cut (one run each way, then the median).
+    with Corpus(ws.corpus_path) as c:
+        halfway = Viewer(ws.config, c).conversation(biggest, 0, 1).total_parts // 2
+        view_module._PARTS.clear()
+        found["a session halfway through it, first time (information)"], _ = _timed(
+            lambda: Viewer(ws.config, c).conversation(biggest, halfway, 1)
+        )
+    found["the same session again (information)"] = fresh(
+        lambda c: Viewer(ws.config, c).conversation(biggest, halfway, 1)
     )
     print(json.dumps({"messages": messages, "times": found}))
 
