@@ -351,3 +351,22 @@ def test_show_with_a_session_gives_that_sessions_figures_as_its_own(twinlm: Run,
     (part,) = data["sessions"]
     samples = [s for s in part["samples"] if s["kept"]]
     assert one.startswith(f"session 1 of {total}: {len(samples)} samples, ")
+
+
+def test_show_prints_the_first_sessions_of_a_long_conversation_and_says_how_to_see_more(
+    twinlm: Run, monkeypatch: Any
+) -> None:
+    """A chat of years has hundreds of thousands of sessions: `show` printed (and first built) them all."""
+    import twinlm.cli.curate as curate_cli
+
+    monkeypatch.setattr(curate_cli, "SHOW_SESSIONS", 1)  # the fixture's chat has two sessions
+    first = ok(twinlm("show", "telegram:42")).stdout
+    every = ok(twinlm("show", "telegram:42", "--all")).stdout
+    assert first.count("── session ") == 1 and "── session 0" in first
+    assert first.splitlines()[1].startswith("session 0 of 2: ")
+    said = " ".join(first.split())  # as one line, whatever the terminal's width
+    assert "The first 1 of 2 sessions: --session N shows session N, --all every one" in said
+    assert every.count("── session ") == 2 and every.splitlines()[1].startswith("2 sessions, ")
+    assert "--all every one" not in every
+    assert len(as_json(twinlm("show", "telegram:42", "--json"))["sessions"]) == 2  # scripts get them all
+    assert "--all every one" not in ok(twinlm("show", "telegram:42", "--session", "1")).stdout

@@ -33,6 +33,8 @@ from twinlm.curate.view import ConversationView, Viewer, last_build
 from twinlm.errors import TwinError
 from twinlm.workspace import open_workspace
 
+SHOW_SESSIONS = 50  # sessions `twinlm show` prints of a conversation unless --all or --session
+
 Source = Annotated[str | None, typer.Option(help="Only this source (telegram, discord, whatsapp, ...).")]
 Chat = Annotated[str | None, typer.Option("--chat", help="Chats whose name contains this (any case).")]
 Person = Annotated[
@@ -145,6 +147,14 @@ def show(
     ],
     workspace: Workspace = Path("."),
     session: Annotated[int | None, typer.Option(help="Only this session (numbered from 0).")] = None,
+    all_sessions: Annotated[
+        bool,
+        typer.Option(
+            "--all",
+            help=f"Every session of a long conversation (without it, the first {SHOW_SESSIONS} are shown; "
+            "--json always gives every one).",
+        ),
+    ] = False,
     as_json: AsJson = False,
 ) -> None:
     """One conversation as it will be trained: cleaned, redacted, turns merged, trained turns marked."""
@@ -154,7 +164,10 @@ def show(
         if session is not None and session < 0:
             raise TwinError(f"--session {session}: sessions are numbered from 0")
         viewer = Viewer(ws.config, corpus)
-        view = viewer.conversation(row, session or 0, None if session is None else 1)
+        # A chat of years holds hundreds of thousands of sessions: read, cleaned and printed whole, it
+        # takes minutes and gigabytes. The terminal gets its first sessions unless --all asks for more.
+        count = 1 if session is not None else None if all_sessions or as_json else SHOW_SESSIONS
+        view = viewer.conversation(row, session or 0, count)
         try:  # the rows the build makes of each sample: it needs the build's tokenizer
             add_pieces(viewer, view, ws.root)
         except TwinError as e:
@@ -166,6 +179,11 @@ def show(
         _dump(view.to_json())
         return
     _print_view(view)
+    if session is None and len(view.parts) < view.total_parts:
+        out.print(
+            f"\n[dim]The first {len(view.parts)} of {view.total_parts:,} sessions: --session N shows session "
+            "N, --all every one, and `twinlm review` pages through them.[/]"
+        )
 
 
 def _print_view(view: ConversationView) -> None:
