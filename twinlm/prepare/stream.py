@@ -83,7 +83,9 @@ class _Rows:
         self.sink.close()
 
     def batches(self) -> Iterator[pa.RecordBatch]:
-        with pa.memory_map(str(self.path)) as source:
+        # Read, not memory-mapped: every page of a mapped file read stays in the process's resident memory
+        # until the end, so the peak grew with the dataset (+225 MiB from 1M to 10M messages).
+        with pa.OSFile(str(self.path), "rb") as source:
             yield from pa.ipc.open_stream(source)
 
 
