@@ -33,7 +33,7 @@ from twinlm.identities import ME, Identities
 from twinlm.prepare.clean import Msg, clean_message, clean_session
 from twinlm.prepare.persona import persona_for
 from twinlm.prepare.redact import Redactor
-from twinlm.prepare.sample import read_samples
+from twinlm.prepare.sample import read_sample_outlines
 from twinlm.prepare.select import Line
 from twinlm.prepare.sessions import merge_turns, split_by_gap
 
@@ -469,11 +469,11 @@ def last_build(data: Any) -> dict[str, dict[str, int]]:
     found: dict[str, dict[str, int]] = {}
     if not (data / "samples.jsonl").is_file():
         return found
-    for sample in read_samples(data / "samples.jsonl"):
-        entry = found.setdefault(sample.conversation, {"samples": 0, "trained_turns": 0, "trained_chars": 0})
+    for conversation, turns in read_sample_outlines(data / "samples.jsonl"):
+        entry = found.setdefault(conversation, {"samples": 0, "trained_turns": 0, "trained_chars": 0})
         entry["samples"] += 1
-        for turn in sample.turns:
-            if turn.trained:
+        for trained, chars in turns:
+            if trained:
                 entry["trained_turns"] += 1
-                entry["trained_chars"] += len(turn.text)
+                entry["trained_chars"] += chars
     return found

@@ -8,10 +8,10 @@ change to what trains goes through the corpus (`twinlm edit`, the review page) a
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import orjson
 
@@ -21,6 +21,7 @@ SampleKind = Literal["chat", "assistant", "document", "dataset"]
 # The label of a token that is not trained: what PyTorch's cross_entropy and transformers ignore. Defined
 # once here, the lowest layer with labels (rendering, the built dataset, training all import it).
 IGNORE_INDEX = -100
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,7 +56,10 @@ class Sample:
 
     @staticmethod
     def from_json(line: bytes | str) -> Sample:
-        data: dict[str, Any] = orjson.loads(line)
+        return Sample.from_dict(orjson.loads(line))
+
+    @staticmethod
+    def from_dict(data: dict[str, Any]) -> Sample:
         return Sample(
             id=data["id"],
             conversation=data["conversation"],
@@ -70,6 +74,23 @@ class Sample:
 def read_samples(path: Path) -> Iterator[Sample]:
     """The samples of a samples.jsonl, read as used; a missing file or a line that is not a sample (a disk
     error, a hand edit gone wrong) is one error line naming the file and the line."""
+    return _read(path, Sample.from_dict)
+
+
+# Of a sample, its conversation and (trained, characters) per turn.
+Outline = tuple[str, list[tuple[bool, int]]]
+
+
+def read_sample_outlines(path: Path) -> Iterator[Outline]:
+    """`read_samples` reduced to what per-conversation figures need (`twinlm conversations`), without a
+    Sample a line: 742,250 samples (a 10M-message build) read in a fraction of the time."""
+    return _read(
+        path,
+        lambda data: (data["conversation"], [(bool(t["trained"]), len(t["text"])) for t in data["turns"]]),
+    )
+
+
+def _read(path: Path, make: Callable[[dict[str, Any]], T]) -> Iterator[T]:
     if not path.is_file():
         raise TwinError(f"{path}: not found; run `twinlm build` first")
     with path.open("rb") as f:
@@ -77,7 +98,7 @@ def read_samples(path: Path) -> Iterator[Sample]:
             if not line.strip():
                 continue
             try:
-                yield Sample.from_json(line)
+                yield make(orjson.loads(line))
             except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError) as err:
                 problem = f"not JSON ({err})" if isinstance(err, orjson.JSONDecodeError) else "not a sample"
                 raise TwinError(f"{path}: line {n}: {problem}; run `twinlm build` again") from None
