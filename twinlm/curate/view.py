@@ -195,6 +195,19 @@ SELECT id, native_id, author_id, author_name, ts, kind, role, text, user_text, e
 FROM messages WHERE id IN ({marks})
 """
 
+_IDS_A_QUERY = 500  # under SQLite's limit on bound parameters
+
+
+def _by_id(db: Any, query: str, ids: list[int]) -> dict[int, tuple[Any, ...]]:
+    """The rows of `query` (its first column the message id, `{marks}` the ids' places) for `ids`."""
+    found = {}
+    for start in range(0, len(ids), _IDS_A_QUERY):
+        chunk = ids[start : start + _IDS_A_QUERY]
+        found.update(
+            (row[0], row) for row in db.execute(query.format(marks=",".join("?" * len(chunk))), chunk)
+        )
+    return found
+
 
 # The sessions of the last conversations viewed (Viewer._parts): the review page asks for one page at a time.
 _PARTS: OrderedDict[tuple[Any, ...], _Parts] = OrderedDict()
@@ -233,11 +246,9 @@ def _cut(rows: np.ndarray, gap_minutes: float, one_session: bool) -> _Parts:
     keys = np.where(last >= 0, times[np.maximum(last, 0)].astype(np.float64), -np.inf)
     if len(keys) > 1 and bool((keys[1:] < keys[:-1]).any()):  # else already in time order (the usual case)
         order = np.argsort(keys, kind="stable")  # stable: ties keep the row order
-        ids, times, out, timed = ids[order], times[order], out[order], timed[order]
+        ids, times, out = ids[order], times[order], out[order]
     group = np.zeros(len(ids), dtype=np.int64)
-    breaks = (
-        np.zeros(0, np.int64) if one_session else np.flatnonzero(_breaks(times, timed, group, gap_minutes))
-    )
+    breaks = np.zeros(0, np.int64) if one_session else np.flatnonzero(_breaks(times, group, gap_minutes))
     starts = np.concatenate(([0], breaks, [len(ids)])).astype(np.int64) if len(ids) else np.zeros(1, np.int64)
     return _Parts(ids.copy(), times.copy(), out.copy(), starts, np.full(len(starts) - 1, -1, dtype=np.int64))
 
@@ -245,17 +256,18 @@ def _cut(rows: np.ndarray, gap_minutes: float, one_session: bool) -> _Parts:
 def _sessions_made(times: np.ndarray, group: np.ndarray, groups: int, gap_minutes: float) -> np.ndarray:
     """Per group (0 to groups - 1), how many sessions `split_by_gap` makes of its messages (`times`, in
     order, each with its group; a group's messages together)."""
-    cuts = _breaks(times, times != NO_TIME, group, gap_minutes)
+    cuts = _breaks(times, group, gap_minutes)
     made = (np.bincount(group, minlength=groups) > 0).astype(np.int64)
     return made + np.bincount(group[cuts], minlength=groups)
 
 
-def _breaks(times: np.ndarray, timed: np.ndarray, group: np.ndarray, gap_minutes: float) -> np.ndarray:
+def _breaks(times: np.ndarray, group: np.ndarray, gap_minutes: float) -> np.ndarray:
     """Where `iter_by_gap` starts a new session, run on each group (runs of equal `group`) on its own: a
     timed message more than the gap after the last timed message before it in its group."""
     gap_ms = gap_minutes * 60_000
     if not len(times):
         return np.zeros(0, dtype=bool)
+    timed = times != NO_TIME
     previous = np.maximum.accumulate(np.where(timed, np.arange(len(times)), -1))
     previous = np.concatenate(([-1], previous[:-1]))  # the last timed message before each one
     at = np.maximum(previous, 0)
@@ -293,8 +305,7 @@ class Viewer:
         if head is None:
             raise KeyError(row_id)
         source, native_id, kind, title, excluded, note = head
-        gap = self.settings.session_gap_minutes
-        parts = self._parts(row_id, kind, gap)
+        parts = self._parts(row_id, kind)
         chosen = (
             range(len(parts))
             if count is None
@@ -307,11 +318,7 @@ class Viewer:
         numbered = kind == "chat" and not excluded
         index = self._numbered_before(parts, chosen.start) if numbered and chosen else 0
         wanted = parts.ids_of(chosen.start, chosen.stop) if chosen else []
-        rows = {}
-        for start in range(0, len(wanted), 500):
-            chunk = wanted[start : start + 500]
-            for r in self.corpus.db.execute(_MESSAGES.format(marks=",".join("?" * len(chunk))), chunk):
-                rows[r[0]] = r
+        rows = _by_id(self.corpus.db, _MESSAGES, wanted)
         key = f"{source}:{native_id}"
         for n in chosen:
             timed = [self._timed(source, bool(excluded), rows[i]) for i in parts.ids_of(n, n + 1)]
@@ -322,10 +329,10 @@ class Viewer:
             conversation.parts.append(PartView(n, [t.message for t in timed], samples))
         return conversation
 
-    def _parts(self, row_id: int, kind: str, gap: float) -> _Parts:
+    def _parts(self, row_id: int, kind: str) -> _Parts:
         """The conversation cut into sessions by time, kept for the next page or change while the corpus and
         the cleaning rules stay the same (a long chat costs a second to cut)."""
-        db = self.corpus.db
+        db, gap = self.corpus.db, self.settings.session_gap_minutes
         key = (
             str(self.corpus.path),
             row_id,
@@ -358,12 +365,12 @@ class Viewer:
             at = np.flatnonzero(np.isin(session, todo) & ~parts.out)
             kept = np.zeros(len(at), dtype=bool)
             clean, counts = self.settings.clean, Counter[str]()
-            for start in range(0, len(at), 500):  # a chunk at a time: a chat's texts are not held together
-                chunk = parts.ids[at[start : start + 500]].tolist()
-                query = _TEXTS.format(marks=",".join("?" * len(chunk)))
-                texts = {i: (text, kind) for i, text, kind in self.corpus.db.execute(query, chunk)}
-                for k, i in enumerate(chunk, start):
-                    kept[k] = clean_message(*texts[i], clean, counts) is not None
+            step = 20 * _IDS_A_QUERY  # a block at a time: a chat's texts are not held together
+            for start in range(0, len(at), step):
+                block = parts.ids[at[start : start + step]].tolist()
+                texts = _by_id(self.corpus.db, _TEXTS, block)
+                for k, i in enumerate(block, start):
+                    kept[k] = clean_message(texts[i][1], texts[i][2], clean, counts) is not None
             at = at[kept]
             made = _sessions_made(parts.times[at], session[at], len(parts), self.settings.session_gap_minutes)
             parts.made[todo] = made[todo]
