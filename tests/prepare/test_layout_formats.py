@@ -66,7 +66,8 @@ def prompts(tokenizer: Any, batch: list[Sample]) -> list[object]:
 
 
 def reference_paths(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Every chat through the template itself, every token position by bisecting all offsets."""
+    """Every chat through the template itself, every token position by bisecting all the offsets the
+    tokenizer gives (not those worked out from byte lengths)."""
 
     def slow_layout(self: layout.Formats, messages: Any, turns: Any, sample_id: str) -> layout.Layout:
         return layout.locate(self.profile, messages, turns, sample_id)
@@ -83,6 +84,7 @@ def reference_paths(monkeypatch: pytest.MonkeyPatch) -> None:
 
     monkeypatch.setattr(layout.Formats, "layout", slow_layout)
     monkeypatch.setattr(render._Renderer, "encode", slow_encode)
+    monkeypatch.setattr(render, "byte_lengths", lambda tokenizer: None)  # the tokenizer's own offsets
 
 
 @pytest.mark.parametrize("family", sorted(FAMILIES))
@@ -94,6 +96,8 @@ def test_fast_rendering_equals_the_reference(
     # Twice: the first pass learns each shape's format, the second fills it.
     got = [rows(fast, batch, n) for n in (4096, 4096, 40)], prompts(fast, batch)
     assert any(f is not None for f in inspect_template(fast).formats["shapes"].values())  # the fast path ran
+    # and a byte-level tokenizer's offsets were worked out from its byte lengths
+    assert (render.byte_lengths(fast) is not None) == (FAMILIES[family].kind == "bytelevel")
     with monkeypatch.context() as m:
         reference_paths(m)
         want = (

@@ -70,7 +70,7 @@ from twinlm.prepare.template import (
     detect_style,
     inspect_template,
 )
-from twinlm.prepare.tokens import Tokens
+from twinlm.prepare.tokens import Tokens, byte_lengths, byte_offsets
 
 __all__ = [
     "FIXED_DATE",
@@ -261,6 +261,7 @@ class _Piece:
     ranges: list[tuple[int, int]]  # [i, j): labels equal ids there, IGNORE_INDEX elsewhere
     text: str
     trained_turns: tuple[int, ...]
+    array: np.ndarray | None = None  # `ids` as int32, where the tokenizer's batch gave them so
 
     def rendered(self, window: int) -> Rendered:
         labels = [IGNORE_INDEX] * len(self.ids)
@@ -269,7 +270,7 @@ class _Piece:
         return Rendered(self.ids, labels, self.text, self.sample_id, window, self.trained_turns)
 
     def row(self) -> Row:
-        ids = np.array(self.ids, dtype=np.int32)
+        ids = self.array if self.array is not None else np.array(self.ids, dtype=np.int32)
         labels = np.full(len(ids), IGNORE_INDEX, dtype=np.int32)
         # The trained runs are the ranges' union, read from the ranges instead of the labels (a token id
         # is never IGNORE_INDEX): numpy's run finding cost a few microseconds a row (issue 18).
@@ -343,12 +344,27 @@ class _Renderer:
         backend = getattr(self.tokenizer, "backend_tokenizer", None)
         bos = self.tokenizer.bos_token_id
         if backend is not None:  # the fast tokenizer's batch call, without the wrapper's conversions
-            return [
-                Tokens([bos, *e.ids], e, shift=1) if layout.add_bos else Tokens(e.ids, e)
-                for layout, e in zip(
-                    layouts, backend.encode_batch(texts, add_special_tokens=False), strict=True
-                )
-            ]
+            table = byte_lengths(self.tokenizer)
+            if table is None or not hasattr(backend, "encode_batch_fast"):
+                encodings = backend.encode_batch(texts, add_special_tokens=False)
+                return [self._with_offsets(layout, e) for layout, e in zip(layouts, encodings, strict=True)]
+            # Offsets from the tokens' byte lengths, so the tokenizer skips tracking them; a text whose
+            # tokens are not its bytes (never seen) is tokenized again with the tokenizer's offsets.
+            id_lists = [e.ids for e in backend.encode_batch_fast(texts, add_special_tokens=False)]
+            out = []
+            for layout, ids, bounds in zip(
+                layouts, id_lists, byte_offsets(id_lists, texts, table), strict=True
+            ):
+                if bounds is None:
+                    (e,) = backend.encode_batch([layout.text], add_special_tokens=False)
+                    out.append(self._with_offsets(layout, e))
+                else:
+                    out.append(
+                        Tokens([bos, *ids], shift=1, bounds=bounds)
+                        if layout.add_bos
+                        else Tokens(ids, bounds=bounds)
+                    )
+            return out
         enc = self.tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True)
         out = []
         for layout, ids, offsets in zip(layouts, enc["input_ids"], enc["offset_mapping"], strict=True):
@@ -356,6 +372,12 @@ class _Renderer:
                 ids, offsets = [bos, *ids], [(0, 0), *offsets]
             out.append(Tokens(list(ids), offsets=list(offsets)))
         return out
+
+    def _with_offsets(self, layout: Layout, encoding: Any) -> Tokens:
+        """A fast tokenizer's Encoding of `layout`, asked for the offsets labels need."""
+        if layout.add_bos:
+            return Tokens([self.tokenizer.bos_token_id, *encoding.ids], encoding, shift=1)
+        return Tokens(encoding.ids, encoding)
 
     def first_token(self, tokens: Tokens, text: str, a: int) -> int:
         """The first token of the text starting at character `a`.
@@ -398,7 +420,7 @@ class _Renderer:
             ranges.append((i, j))
         shown = (self.profile.bos or "") + text if layout.add_bos else text
         trained = tuple(sorted({t for t, y in zip(layout.turns, layout.trained, strict=True) if y}))
-        return _Piece(sample.id, ids, ranges, shown, trained)
+        return _Piece(sample.id, ids, ranges, shown, trained, tokens.array)
 
     def finish(self, batch: list[tuple[Sample, str | None, Layout]]) -> Iterator[tuple[_Piece, int]]:
         """The batch's rows, each with its window number."""

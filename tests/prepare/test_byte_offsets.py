@@ -1,0 +1,166 @@
+"""Offsets worked out from byte lengths are the tokenizer's own (issue 18).
+
+A byte-level BPE's tokens are the bytes of the text, so the rendering asks the tokenizer for ids only
+(`encode_batch_fast`) and adds up the tokens' byte lengths for the offsets the labels need. That is
+right only where the tokenizer changes nothing in the text: these tests hold the worked-out offsets to
+the tokenizer's own on texts with emoji, combining marks, special-token strings and odd whitespace, and
+check that the tokenizers for which it would be wrong are refused.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+from unicodedata import is_normalized
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from tokenizers import Tokenizer, normalizers, processors
+from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+from twinlm.models.tiny import build_tiny_tokenizer
+from twinlm.prepare.tokens import Tokens, byte_lengths, byte_offsets
+
+from tiny_tokenizers import FAMILIES
+
+BYTE_LEVEL = sorted(f for f, fam in FAMILIES.items() if fam.kind == "bytelevel")
+PIECES = [
+    "a", "b c", " ", "  ", "\n", "\t", "\r\n", "hello", " world", "don't", "123", "!?", "é", "ñ", "ß",
+    "İ", "ǅ", "😂", "👍🏽", "❤️", "中文", "e\u0301", "\u2060", "привет", "<|im_start|>", "<|im_end|>",
+    "<|endoftext|>", "<|eot_id|>", "</s>", "<s>", "[INST]",
+]  # fmt: skip
+TEXTS = st.lists(st.sampled_from(PIECES) | st.text(max_size=4), max_size=30).map("".join)
+
+
+def _variant(tokenizer: Any, change: Callable[[Tokenizer], None]) -> PreTrainedTokenizerFast:
+    backend = Tokenizer.from_str(tokenizer.backend_tokenizer.to_str())
+    change(backend)
+    return PreTrainedTokenizerFast(tokenizer_object=backend)
+
+
+@pytest.fixture(scope="module")
+def byte_level(
+    tokenizer_dir: Callable[[str], Path], tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, Any]:
+    """The tokenizers the byte-length offsets are for: the tiny preset's, the byte-level families',
+    and one with Qwen2's NFC normalizer."""
+    found = {f: AutoTokenizer.from_pretrained(tokenizer_dir(f)) for f in BYTE_LEVEL}
+    found["tiny"] = AutoTokenizer.from_pretrained(build_tiny_tokenizer(tmp_path_factory.mktemp("tiny")))
+
+    def nfc(backend: Tokenizer) -> None:
+        backend.normalizer = normalizers.NFC()
+
+    found["nfc"] = _variant(found["qwen2.5"], nfc)
+    return found
+
+
+def _check(tokenizer: Any, texts: list[str]) -> list[bool]:
+    """Per text of one batch, whether the worked-out offsets were used; where they were, they are the
+    tokenizer's own."""
+    table = byte_lengths(tokenizer)
+    assert table is not None
+    backend = tokenizer.backend_tokenizer
+    id_lists = [e.ids for e in backend.encode_batch_fast(texts, add_special_tokens=False)]
+    wanted = backend.encode_batch(texts, add_special_tokens=False)
+    used = []
+    for text, ids, bounds, want in zip(
+        texts, id_lists, byte_offsets(id_lists, texts, table), wanted, strict=True
+    ):
+        used.append(bounds is not None)
+        if bounds is None:
+            continue
+        assert ids == want.ids
+        offsets = [tuple(o) for o in want.offsets]
+        got = Tokens(ids, bounds=bounds)
+        assert got.offsets == offsets, text
+        assert got.array is not None and got.array.dtype == np.int32 and got.array.tolist() == want.ids
+        assert [got.chars(k) for k in range(len(ids))] == offsets
+        with_bos = Tokens([7, *ids], shift=1, bounds=bounds)
+        assert with_bos.offsets == [(0, 0), *offsets]
+        # The positions the labels ask for, against bisecting the tokenizer's offsets.
+        reference = Tokens([7, *ids], offsets=[(0, 0), *offsets])
+        for at in range(len(text) + 2):
+            assert with_bos.ending_after(at) == reference.ending_after(at), (text, at)
+            assert with_bos.starting_from(at) == reference.starting_from(at), (text, at)
+    return used
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(texts=st.lists(TEXTS, min_size=1, max_size=6))
+def test_offsets_from_byte_lengths_are_the_tokenizers_own(
+    byte_level: dict[str, Any], texts: list[str]
+) -> None:
+    for name, tokenizer in byte_level.items():
+        used = _check(tokenizer, texts)
+        for text, fast in zip(texts, used, strict=True):
+            # Only a text the normalizer would change is left to the tokenizer's offsets.
+            assert fast or (name == "nfc" and not is_normalized("NFC", text)), (name, text)
+
+
+def test_the_byte_level_tokenizers_take_the_fast_path_on_every_kind_of_text(
+    byte_level: dict[str, Any],
+) -> None:
+    # NFC makes "e\u0301" "é" (fewer bytes) and puts the marks after "q" in another order (as many
+    # bytes): neither is its own bytes there; the chats after them in the batch still are.
+    changed = ["e\u0301 combining", "q\u0301\u0323 reordered"]
+    texts = ["", "plain ascii", "emoji 😂👍🏽 and é", *changed, "<|im_end|> typed", "中文 \r\n\t x"]
+    for name, tokenizer in byte_level.items():
+        used = _check(tokenizer, texts)
+        assert used == [name != "nfc" or t not in changed for t in texts], name
+
+
+def test_tokenizers_whose_tokens_are_not_the_texts_bytes_are_refused(
+    byte_level: dict[str, Any], tokenizer_dir: Callable[[str], Path]
+) -> None:
+    base = byte_level["qwen2.5"]
+
+    def trimmed(backend: Tokenizer) -> None:
+        backend.post_processor = processors.ByteLevel(trim_offsets=True)
+
+    def prefix_space(backend: Tokenizer) -> None:
+        spec = json.loads(backend.to_str())
+        spec["pre_tokenizer"]["pretokenizers"][-1]["add_prefix_space"] = True
+        backend.pre_tokenizer = Tokenizer.from_str(json.dumps(spec)).pre_tokenizer
+
+    def lowercased(backend: Tokenizer) -> None:
+        backend.normalizer = normalizers.Lowercase()
+
+    # Each of these gives offsets the byte lengths do not: shown on the tokenizer itself.
+    for change in (trimmed, prefix_space, lowercased):
+        tokenizer = _variant(base, change)
+        assert byte_lengths(tokenizer) is None, change.__name__
+    text = " hello world"
+    (trim,) = _variant(base, trimmed).backend_tokenizer.encode_batch([text], add_special_tokens=False)
+    (kept,) = base.backend_tokenizer.encode_batch([text], add_special_tokens=False)
+    assert trim.ids == kept.ids and trim.offsets != kept.offsets  # trimmed: spaces left out of offsets
+
+    spaced = json.loads(base.backend_tokenizer.to_str())
+    spaced["added_tokens"].append(
+        {
+            "id": len(base),
+            "content": "<x>",
+            "single_word": False,
+            "lstrip": True,
+            "rstrip": False,
+            "normalized": False,
+            "special": True,
+        }
+    )
+    assert (
+        byte_lengths(PreTrainedTokenizerFast(tokenizer_object=Tokenizer.from_str(json.dumps(spaced)))) is None
+    )
+
+    for family, fam in FAMILIES.items():  # SentencePiece's "▁" is not the space's byte
+        if fam.kind != "bytelevel":
+            assert byte_lengths(AutoTokenizer.from_pretrained(tokenizer_dir(family))) is None, family
+
+
+def test_the_table_follows_added_tokens(byte_level: dict[str, Any], tmp_path: Path) -> None:
+    tokenizer = AutoTokenizer.from_pretrained(build_tiny_tokenizer(tmp_path))
+    assert byte_lengths(tokenizer) is not None
+    tokenizer.add_special_tokens({"additional_special_tokens": ["<|new_token|>"]})
+    assert _check(tokenizer, ["say <|new_token|> now"]) == [True]
