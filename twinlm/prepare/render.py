@@ -36,7 +36,8 @@ after them (</s>, <|im_end|>, <|eot_id|>, <end_of_turn>, eos for plain), found w
 code: rendered once with each text replaced by a private-use sentinel, the output splits into
 template segments; the real rendering is those segments with the (maybe trimmed) texts between, so
 each text's character span is known and the tokens over it (offsets of one tokenization with
-add_special_tokens=False) are labelled. Labels are explicit: an end-of-turn id equal to the pad id
+add_special_tokens=False; for a byte-level BPE, its tokens' byte lengths added up, which are the same
+offsets: twinlm.prepare.tokens) are labelled. Labels are explicit: an end-of-turn id equal to the pad id
 stays trained. BOS is written by the template where the family has one; where the tokenizer adds
 BOS itself and the template did not, its id is put in front once.
 
