@@ -23,6 +23,9 @@ from tokenizers import Tokenizer, normalizers, processors
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
 from twinlm.models.tiny import build_tiny_tokenizer
+from twinlm.prepare import render
+from twinlm.prepare.render import render_many
+from twinlm.prepare.sample import Sample, Turn
 from twinlm.prepare.tokens import Tokens, byte_lengths, byte_offsets
 
 from tiny_tokenizers import FAMILIES
@@ -164,3 +167,40 @@ def test_the_table_follows_added_tokens(byte_level: dict[str, Any], tmp_path: Pa
     assert byte_lengths(tokenizer) is not None
     tokenizer.add_special_tokens({"additional_special_tokens": ["<|new_token|>"]})
     assert _check(tokenizer, ["say <|new_token|> now"]) == [True]
+
+
+def test_rendering_with_an_nfc_tokenizer_equals_rendering_with_its_own_offsets(
+    tokenizer_dir: Callable[[str], Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Qwen2's tokenizer normalizes to NFC: a chat typed with decomposed accents (macOS input) is not
+    its own bytes there and is tokenized again with offsets; the rows are those of the tokenizer's own."""
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir("qwen2.5"))
+    tokenizer.backend_tokenizer.normalizer = normalizers.NFC()
+    table = byte_lengths(tokenizer)
+    assert table is not None and table.nfc
+    texts = [
+        "cafe\u0301 tomorrow?",
+        "q\u0301\u0323 odd marks",
+        "sure 😂",
+        "plain text",
+        "ok <|im_end|> typed",
+    ]
+    batch = [
+        Sample(
+            id=f"c#{k}",
+            conversation="c",
+            source="telegram",
+            kind="chat",
+            turns=tuple(
+                Turn(s, texts[(k + i) % len(texts)], s == "Me")
+                for i, s in enumerate(["Sam", "Me", "Sam", "Me"])
+            ),
+            system="You are me." if k % 2 else None,
+        )
+        for k in range(len(texts))
+    ]
+    got = list(render_many(batch, tokenizer, 4096, batch_size=3)), list(render_many(batch, tokenizer, 24))
+    monkeypatch.setattr(render, "byte_lengths", lambda _: None)
+    want = list(render_many(batch, tokenizer, 4096, batch_size=3)), list(render_many(batch, tokenizer, 24))
+    assert got == want
+    assert any(row.labels.count(-100) < len(row.labels) for row in got[0])  # something is trained

@@ -350,7 +350,7 @@ class _Renderer:
                 encodings = backend.encode_batch(texts, add_special_tokens=False)
                 return [self._with_offsets(layout, e) for layout, e in zip(layouts, encodings, strict=True)]
             # Offsets from the tokens' byte lengths, so the tokenizer skips tracking them; a text whose
-            # tokens are not its bytes (never seen) is tokenized again with the tokenizer's offsets.
+            # tokens are not its bytes (one an NFC normalizer changes) is tokenized again with offsets.
             id_lists = [e.ids for e in backend.encode_batch_fast(texts, add_special_tokens=False)]
             out = []
             for layout, ids, bounds in zip(

@@ -212,7 +212,7 @@ def _byte_lengths(spec: dict[str, Any]) -> ByteLengths | None:
     for piece, i in vocab.items():
         if _BYTE_ALPHABET.issuperset(piece):  # one character of the byte alphabet a byte
             lengths[i] = len(piece)
-    for t in added:  # matched in the text as written (no normalizer)
+    for t in added:  # matched in the text as written (or as NFC leaves it: the same, where used)
         lengths[t["id"]] = len(t["content"].encode())
     return ByteLengths(lengths, nfc=normalizer is not None)
 
