@@ -26,7 +26,7 @@ from twinlm.models.tiny import build_tiny_tokenizer
 from twinlm.prepare import render
 from twinlm.prepare.render import render_many
 from twinlm.prepare.sample import Sample, Turn
-from twinlm.prepare.tokens import Tokens, byte_lengths, byte_offsets
+from twinlm.prepare.tokens import Tokens, _byte_lengths, _description, byte_lengths, byte_offsets
 
 from tiny_tokenizers import FAMILIES
 
@@ -205,3 +205,22 @@ def test_rendering_with_an_nfc_tokenizer_equals_rendering_with_its_own_offsets(
     want = list(render_many(batch, tokenizer, 4096, batch_size=3)), list(render_many(batch, tokenizer, 24))
     assert got == want
     assert any(row.labels.count(-100) < len(row.labels) for row in got[0])  # something is trained
+
+
+def test_the_description_read_is_the_tokenizer_json(
+    byte_level: dict[str, Any], tokenizer_dir: Callable[[str], Path]
+) -> None:
+    """The parts of the tokenizer read without its merges decide as its whole tokenizer.json would."""
+    found = dict(byte_level)
+    found.update({f: AutoTokenizer.from_pretrained(tokenizer_dir(f)) for f in FAMILIES if f not in found})
+
+    def trimmed(backend: Tokenizer) -> None:
+        backend.post_processor = processors.ByteLevel(trim_offsets=True)
+
+    found["trimmed"] = _variant(byte_level["llama3"], trimmed)
+    for name, tokenizer in found.items():
+        backend = tokenizer.backend_tokenizer
+        read, whole = _byte_lengths(_description(backend)), _byte_lengths(json.loads(backend.to_str()))
+        assert (read is None) == (whole is None), name
+        if read is not None and whole is not None:
+            assert read.nfc == whole.nfc and np.array_equal(read.lengths, whole.lengths), name

@@ -185,9 +185,36 @@ def byte_lengths(tokenizer: Any) -> ByteLengths | None:
     size = backend.get_vocab_size(with_added_tokens=True)
     cached = _BYTE_LENGTHS.get(tokenizer)
     if cached is None or cached[0] != size:
-        cached = (size, _byte_lengths(json.loads(backend.to_str())))
+        cached = (size, _byte_lengths(_description(backend)))
         _BYTE_LENGTHS[tokenizer] = cached
     return cached[1]
+
+
+def _description(backend: Any) -> dict[str, Any]:
+    """What `_byte_lengths` reads of the tokenizer, in tokenizer.json's shape but without the merges:
+    parsing the whole JSON of a tokenizer of 128k tokens took 0.36 s and 57 MiB."""
+
+    def part(component: Any) -> dict[str, Any] | None:
+        return None if component is None else json.loads(component.__getstate__())
+
+    model = backend.model
+    return {
+        "normalizer": part(backend.normalizer),
+        "pre_tokenizer": part(backend.pre_tokenizer),
+        "post_processor": part(backend.post_processor),
+        "model": {
+            "type": type(model).__name__,
+            **{key: getattr(model, key, None) for key in _MODEL_KEYS},
+            "vocab": backend.get_vocab(with_added_tokens=False),
+        },
+        "added_tokens": [
+            {"id": i, "content": t.content, "lstrip": t.lstrip, "rstrip": t.rstrip}
+            for i, t in backend.get_added_tokens_decoder().items()
+        ],
+    }
+
+
+_MODEL_KEYS = ("byte_fallback", "continuing_subword_prefix", "end_of_word_suffix")
 
 
 def _byte_lengths(spec: dict[str, Any]) -> ByteLengths | None:
