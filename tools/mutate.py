@@ -47,6 +47,11 @@ CHECKPOINT_MUTANTS = "tests/train/test_mutants_checkpoint.py"
 # module -> the test files that should kill its mutants (a file not in the tree yet is left out of the run)
 TARGETS: dict[str, list[str]] = {
     "twinlm/prepare/render.py": ["tests/prepare/test_render.py", "tests/prepare/test_mutants_render.py"],
+    "twinlm/prepare/tokens.py": [
+        "tests/prepare/test_byte_offsets.py",
+        "tests/prepare/test_layout_formats.py",
+        "tests/prepare/test_render.py",
+    ],
     "twinlm/prepare/sessions.py": ["tests/prepare/test_select_sessions_persona.py"],
     "twinlm/prepare/redact.py": [
         "tests/prepare/test_redact.py",
