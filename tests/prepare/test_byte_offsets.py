@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 from unicodedata import is_normalized
@@ -19,7 +20,7 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from tokenizers import Tokenizer, normalizers, processors
+from tokenizers import Tokenizer, normalizers, pre_tokenizers, processors
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
 from twinlm.models.tiny import build_tiny_tokenizer
@@ -84,6 +85,7 @@ def _check(tokenizer: Any, texts: list[str]) -> list[bool]:
         assert [got.chars(k) for k in range(len(ids))] == offsets
         with_bos = Tokens([7, *ids], shift=1, bounds=bounds)
         assert with_bos.offsets == [(0, 0), *offsets]
+        assert [with_bos.chars(k) for k in range(len(ids) + 1)] == [(0, 0), *offsets]
         # The positions the labels ask for, against bisecting the tokenizer's offsets.
         every = range(len(text) + 2)
         for fast in (got, with_bos):
@@ -133,8 +135,24 @@ def test_tokenizers_whose_tokens_are_not_the_texts_bytes_are_refused(
     def lowercased(backend: Tokenizer) -> None:
         backend.normalizer = normalizers.Lowercase()
 
+    def spaces_dropped(backend: Tokenizer) -> None:
+        backend.pre_tokenizer = pre_tokenizers.Sequence(
+            [
+                pre_tokenizers.WhitespaceSplit(),
+                pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+            ]
+        )
+
+    def spaces_removed(backend: Tokenizer) -> None:
+        backend.pre_tokenizer = pre_tokenizers.Sequence(
+            [
+                pre_tokenizers.Split(" ", "removed"),
+                pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+            ]
+        )
+
     # Each of these gives offsets the byte lengths do not: shown on the tokenizer itself.
-    for change in (trimmed, prefix_space, lowercased):
+    for change in (trimmed, prefix_space, lowercased, spaces_dropped, spaces_removed):
         tokenizer = _variant(base, change)
         assert byte_lengths(tokenizer) is None, change.__name__
     text = " hello world"
@@ -224,3 +242,39 @@ def test_the_description_read_is_the_tokenizer_json(
         assert (read is None) == (whole is None), name
         if read is not None and whole is not None:
             assert read.nfc == whole.nfc and np.array_equal(read.lengths, whole.lengths), name
+
+
+@pytest.fixture(scope="module")
+def every_family(byte_level: dict[str, Any], tokenizer_dir: Callable[[str], Path]) -> dict[str, Any]:
+    found = dict(byte_level)
+    found.update({f: AutoTokenizer.from_pretrained(tokenizer_dir(f)) for f in FAMILIES if f not in found})
+    return found
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(texts=st.lists(TEXTS, min_size=1, max_size=4))
+def test_an_encodings_answers_are_the_bisected_offsets(
+    every_family: dict[str, Any], texts: list[str]
+) -> None:
+    """Where the offsets are not worked out (SentencePiece and the rest), the Encoding is asked for the
+    few positions the labels need: its answers are those of bisecting all its offsets."""
+    for name, tokenizer in every_family.items():
+        for e in tokenizer.backend_tokenizer.encode_batch(texts, add_special_tokens=False):
+            for shift in (0, 1):
+                ids = [7] * shift + e.ids
+                slow = Tokens(ids, offsets=[(0, 0)] * shift + [tuple(o) for o in e.offsets])
+                every = range(max((end for _, end in e.offsets), default=0) + 2)
+
+                # A fresh one per question: a bisect fallback fills in all the offsets for later ones.
+                asked = partial(Tokens, ids, e, shift=shift)
+
+                assert [asked().ending_after(at) for at in every] == [
+                    slow.ending_after(at) for at in every
+                ], name
+                assert [asked().starting_from(at) for at in every] == [
+                    slow.starting_from(at) for at in every
+                ], name
+                assert [asked().chars(k) for k in range(len(ids))] == [
+                    slow.chars(k) for k in range(len(ids))
+                ], name
+                assert asked().offsets == slow.offsets, name
