@@ -242,6 +242,9 @@ def test_the_description_read_is_the_tokenizer_json(
         assert (read is None) == (whole is None), name
         if read is not None and whole is not None:
             assert read.nfc == whole.nfc and np.array_equal(read.lengths, whole.lengths), name
+    # No post-processor at all (transformers' wrapper always adds one, a tokenizer read otherwise may not).
+    bare = _description(byte_level["llama3"].backend_tokenizer) | {"post_processor": None}
+    assert _byte_lengths(bare) is not None
 
 
 @pytest.fixture(scope="module")
@@ -278,3 +281,32 @@ def test_an_encodings_answers_are_the_bisected_offsets(
                     slow.chars(k) for k in range(len(ids))
                 ], name
                 assert asked().offsets == slow.offsets, name
+
+
+def test_ids_that_are_not_the_texts_bytes_are_refused_and_leave_the_rest(byte_level: dict[str, Any]) -> None:
+    """A chat whose ids are more or fewer bytes than its text gets None and does not shift the chats
+    after it; an id outside the table, or one that is not bytes (unk), refuses the batch."""
+    tokenizer = byte_level["tiny"]
+    table = byte_lengths(tokenizer)
+    assert table is not None
+    backend = tokenizer.backend_tokenizer
+    texts = ["hello there", "emoji 😂 é", "plain"]
+    ids = [e.ids for e in backend.encode_batch_fast(texts, add_special_tokens=False)]
+    offsets = [[tuple(o) for o in e.offsets] for e in backend.encode_batch(texts, add_special_tokens=False)]
+
+    def offsets_of(found: Any) -> list[tuple[int, int]]:
+        return list(zip(found.starts.tolist(), found.ends.tolist(), strict=True))
+
+    for wrong in (0, 1, 2):
+        for changed in (ids[wrong] + ids[wrong], ids[wrong][:-1]):  # more bytes, fewer bytes
+            given_ids = [changed if k == wrong else x for k, x in enumerate(ids)]
+            found = byte_offsets(given_ids, texts, table)
+            assert found[wrong] is None
+            for k, bounds in enumerate(found):
+                if k != wrong:
+                    assert bounds is not None and offsets_of(bounds) == offsets[k], (wrong, k)
+    for outside in (len(table.lengths), -1):
+        assert byte_offsets([ids[0], [outside], ids[2]], texts, table) == [None] * 3
+    unknown = table._replace(lengths=table.lengths.copy())
+    unknown.lengths[ids[1][0]] = 0  # as the table marks a token that is not bytes
+    assert byte_offsets(ids, texts, unknown) == [None] * 3
