@@ -62,6 +62,14 @@ def byte_level(
     return found
 
 
+@pytest.fixture(scope="module")
+def every_family(byte_level: dict[str, Any], tokenizer_dir: Callable[[str], Path]) -> dict[str, Any]:
+    """The byte-level tokenizers and every other family's (SentencePiece ones, the plain one)."""
+    found = dict(byte_level)
+    found.update({f: AutoTokenizer.from_pretrained(tokenizer_dir(f)) for f in FAMILIES if f not in found})
+    return found
+
+
 def _check(tokenizer: Any, texts: list[str]) -> list[bool]:
     """Per text of one batch, whether the worked-out offsets were used; where they were, they are the
     tokenizer's own."""
@@ -226,11 +234,10 @@ def test_rendering_with_an_nfc_tokenizer_equals_rendering_with_its_own_offsets(
 
 
 def test_the_description_read_is_the_tokenizer_json(
-    byte_level: dict[str, Any], tokenizer_dir: Callable[[str], Path]
+    byte_level: dict[str, Any], every_family: dict[str, Any]
 ) -> None:
     """The parts of the tokenizer read without its merges decide as its whole tokenizer.json would."""
-    found = dict(byte_level)
-    found.update({f: AutoTokenizer.from_pretrained(tokenizer_dir(f)) for f in FAMILIES if f not in found})
+    found = dict(every_family)
 
     def trimmed(backend: Tokenizer) -> None:
         backend.post_processor = processors.ByteLevel(trim_offsets=True)
@@ -245,13 +252,6 @@ def test_the_description_read_is_the_tokenizer_json(
     # No post-processor at all (transformers' wrapper always adds one, a tokenizer read otherwise may not).
     bare = _description(byte_level["llama3"].backend_tokenizer) | {"post_processor": None}
     assert _byte_lengths(bare) is not None
-
-
-@pytest.fixture(scope="module")
-def every_family(byte_level: dict[str, Any], tokenizer_dir: Callable[[str], Path]) -> dict[str, Any]:
-    found = dict(byte_level)
-    found.update({f: AutoTokenizer.from_pretrained(tokenizer_dir(f)) for f in FAMILIES if f not in found})
-    return found
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
