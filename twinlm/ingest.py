@@ -14,7 +14,6 @@ layout the parser knows is an error, not a skip: its messages would otherwise be
 
 from __future__ import annotations
 
-import gc
 import os
 import re
 import tempfile
@@ -27,6 +26,7 @@ from datetime import datetime
 from pathlib import Path, PurePosixPath
 
 from twinlm import sources
+from twinlm.collector import collector_paused
 from twinlm.corpus.db import SUPERSEDING, Changes, Corpus
 from twinlm.corpus.rematch import ChatMatcher
 from twinlm.corpus.supersede import Superseding
@@ -167,15 +167,9 @@ def ingest(
         if not path.exists():
             raise ExportError(path, "no such file or folder")
     # Ingest allocates millions of short-lived, acyclic objects; the cycle collector would walk them
-    # over and over (~9% of ingest time). Paused here, restored (and run once) after.
-    gc_was_enabled = gc.isenabled()
-    gc.disable()
-    try:
+    # over and over (~9% of ingest time).
+    with collector_paused():
         return _ingest(paths, documents, corpus, options, fmt, max_unpacked_bytes, on_file, on_progress)
-    finally:
-        if gc_was_enabled:
-            gc.enable()
-            gc.collect()
 
 
 def _ingest(

@@ -4,7 +4,7 @@ the temporary files gone after a build or a failed one."""
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -115,3 +115,38 @@ def test_ctrl_c_during_rendering_closes_the_corpus_reads_before_the_corpus_close
     assert unraisable == []
     assert (out / "train.parquet").read_bytes() == b"the old one"
     assert sorted(p.name for p in out.iterdir() if p.name != ".build.lock") == ["train.parquet"]
+
+
+def test_a_build_runs_with_the_cycle_collector_paused_and_puts_it_back(
+    tokenizer_dir: Callable[[str], Path],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import gc
+
+    import twinlm.prepare.build as build_module
+
+    was = gc.isenabled()
+    gc.enable()
+    seen: list[bool] = []
+    real = build_module.render_arrays
+
+    def watched(*args: object, **kwargs: object) -> Iterator[object]:
+        seen.append(gc.isenabled())
+        yield from real(*args, **kwargs)
+
+    monkeypatch.setattr(build_module, "render_arrays", watched)
+    with Corpus(tmp_path / "corpus.db") as corpus:
+        said = ["are you coming climbing on saturday?", "yes, I will bring the ropes and some snacks"] * 3
+        add(corpus, "chat", *(message(text, i, ["Sam", "Me"][i % 2]) for i, text in enumerate(said)))
+        config = TwinConfig(me=["Me"], build=BuildConfig(model=str(tokenizer_dir("chatml"))))
+        build_module.build(config, corpus, tmp_path / "data")
+        assert seen == [False]
+        assert gc.isenabled()
+        # A failing build puts it back too.
+        failing = TwinConfig(me=["Nobody"], build=BuildConfig(model=str(tokenizer_dir("chatml"))))
+        with pytest.raises(TwinError):
+            build_module.build(failing, corpus, tmp_path / "data2")
+        assert seen == [False, False]
+        assert gc.isenabled()
+    (gc.enable if was else gc.disable)()
