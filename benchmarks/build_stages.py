@@ -4,7 +4,8 @@
 
 WORKSPACE is one the build bench made (benchmarks/.data/build-telegram-1000000 by default: run
 `python benchmarks/run.py --only build` once first). Each stage runs in its own process pinned to one
-core and includes the stages above it, through the build's own functions:
+core, with the cycle collector paused as in the build, and includes the stages above it, through the
+build's own functions:
 
   read       every conversation's messages from the corpus (select.chats)
   rules      + the message rules and redaction (build._cleaned)
@@ -42,6 +43,7 @@ def _child(stage: str, workspace: Path) -> None:
 
     from transformers import AutoTokenizer  # noqa: F401  (loads torch before timing, as run.py does)
 
+    from twinlm.collector import collector_paused
     from twinlm.config import BuildConfig, TwinConfig
     from twinlm.corpus.db import Corpus
     from twinlm.corpus.queries import account_names, owners
@@ -83,12 +85,13 @@ def _child(stage: str, workspace: Path) -> None:
                         )
 
         made = samples()
-        if stage == "render":
-            for _ in render_arrays(made, tokenizer, settings.max_length, counts):
-                pass
-        else:
-            for _ in made:
-                pass
+        with collector_paused():  # as prepare.build runs: the stages stay comparable with the whole build
+            if stage == "render":
+                for _ in render_arrays(made, tokenizer, settings.max_length, counts):
+                    pass
+            else:
+                for _ in made:
+                    pass
         seconds = time.perf_counter() - start
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(json.dumps({"messages": messages, "seconds": seconds, "peak_rss_mb": peak_mb}))
