@@ -171,7 +171,7 @@ def test_clean_session_cuts_at_the_first_message_is_conversation_ender_names(mod
 def _plain_non_reply(text: str, config: CleanConfig) -> str | None:
     """`_non_reply` as it was before its first-word shortcut."""
     rules = clean._rules(config)
-    found = clean._words(text)
+    found = words(text)
     if not found:
         return clean._non_reply(text, config, rules)  # unchanged: no words
     if not config.non_replies:

@@ -142,13 +142,6 @@ def _first_word(text: str) -> str | None:
     return None
 
 
-# A message's words are needed twice (non-replies, then farewells once its session is complete) and
-# short texts repeat ("ok", "yes"): the recent ones are kept.
-@lru_cache(maxsize=1 << 14)
-def _words(text: str) -> tuple[str, ...]:
-    return tuple(words(text))
-
-
 @lru_cache(maxsize=1 << 16)  # chat vocabulary repeats: a dict lookup beats the regex 5x
 def _squeeze(word: str) -> str:
     return _REPEAT.sub(r"\1", word)
@@ -414,10 +407,10 @@ def clean_message(
 
 def _non_reply(text: str, config: CleanConfig, rules: _Rules) -> str | None:
     """The drop reason when `text` is only a reaction or has no words, else None."""
-    # Most texts need only their first word here. A text short enough for the farewell check needs all
-    # its words there anyway (_words keeps them for it); a longer one is read to its first word only.
-    short = len(text) <= config.enders_max_chars
-    first = next(iter(_words(text)), None) if short else _first_word(text)
+    # Nearly every text needs only its first word here. Not all its words, kept for the farewell check
+    # once the session is complete: most texts are unique, and a cache of them cost more than computing
+    # the words again there (benchmarks/RESULTS.md, issue 18).
+    first = _first_word(text)
     if first is None:
         if config.drop_symbol_only:
             return "message dropped: emoji or punctuation only"
@@ -428,7 +421,7 @@ def _non_reply(text: str, config: CleanConfig, rules: _Rules) -> str | None:
         return None
     if not rules.may_start_non_reply(first):
         return None  # nearly every text: no rule below can match
-    found = _words(text)
+    found = words(text)
     if (
         all(map(rules.is_non_reply_word, found))
         or (len(text) <= rules.raw_max and text.casefold() in rules.non_reply_raw)
@@ -459,7 +452,7 @@ def is_conversation_ender(text: str, config: CleanConfig) -> bool:
 
 def _is_ender(text: str, rules: _Rules) -> bool:
     """`is_conversation_ender` of a text within enders_max_chars, with the config's rules at hand."""
-    found = _words(text)  # the clauses' words are the text's words
+    found = words(text)  # the clauses' words are the text's words
     if not rules.may_hold_ender(found):
         return False
     present = set(map(_squeeze, found))
