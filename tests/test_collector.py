@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import gc
 import weakref
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -14,14 +13,6 @@ import twinlm.ingest as ingest_module
 from twinlm.collector import collector_paused
 from twinlm.corpus.db import Corpus
 from twinlm.model import ParseOptions
-
-
-@pytest.fixture
-def collector_on() -> Iterator[None]:
-    was = gc.isenabled()
-    gc.enable()
-    yield
-    (gc.enable if was else gc.disable)()
 
 
 def test_paused_inside_and_back_on_after_also_on_error(collector_on: None) -> None:

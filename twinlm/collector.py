@@ -2,9 +2,10 @@
 
 Ingest and build make a tuple or two per message and keep few of them: none of it is cyclic garbage, but
 the collector runs every 700 allocations and, every so often, walks every object the process holds (the
-imported transformers and torch among them). Paused, ingest ran ~9% faster and a build of 1M messages
-~10% (benchmarks/RESULTS.md), with the same peak memory: a build of a 2.7M-message chat peaked at
-554.6 MiB with it paused and 554.5 MiB without.
+imported transformers and torch among them). Paused, ingest ran ~9% faster (measured when ingest first
+paused it) and a build of 1M messages ~10% (benchmarks/RESULTS.md, "Build, the cycle collector paused"),
+with the same peak memory: a build of a 2.7M-message chat peaked at 554.6 MiB with it paused and
+554.5 MiB without.
 """
 
 from __future__ import annotations

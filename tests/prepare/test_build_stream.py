@@ -121,13 +121,12 @@ def test_a_build_runs_with_the_cycle_collector_paused_and_puts_it_back(
     tokenizer_dir: Callable[[str], Path],
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
+    collector_on: None,
 ) -> None:
     import gc
 
     import twinlm.prepare.build as build_module
 
-    was = gc.isenabled()
-    gc.enable()
     seen: list[bool] = []
     real = build_module.render_arrays
 
@@ -149,4 +148,3 @@ def test_a_build_runs_with_the_cycle_collector_paused_and_puts_it_back(
             build_module.build(failing, corpus, tmp_path / "data2")
         assert seen == [False, False]
         assert gc.isenabled()
-    (gc.enable if was else gc.disable)()
