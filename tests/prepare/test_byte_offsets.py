@@ -100,6 +100,12 @@ def _check(tokenizer: Any, texts: list[str]) -> list[bool]:
             slow = Tokens(fast.ids, offsets=fast.offsets)  # bisected lists, BOS as a (0, 0) token
             assert [fast.ending_after(at) for at in every] == [slow.ending_after(at) for at in every], text
             assert [fast.starting_from(at) for at in every] == [slow.starting_from(at) for at in every], text
+            # All at once (what rendering asks, a turn's start and end each), as one at a time.
+            positions = [*every, *reversed(every), 0, 0]
+            assert fast.ending_after_each(positions) == [slow.ending_after(at) for at in positions], text
+            assert fast.starting_from_each(positions) == [slow.starting_from(at) for at in positions], text
+            assert slow.ending_after_each(positions) == [slow.ending_after(at) for at in positions], text
+            assert slow.starting_from_each(positions) == [slow.starting_from(at) for at in positions], text
     return used
 
 
@@ -277,6 +283,10 @@ def test_an_encodings_answers_are_the_bisected_offsets(
                 assert [asked().starting_from(at) for at in every] == [
                     slow.starting_from(at) for at in every
                 ], name
+                assert asked().ending_after_each(list(every)) == [slow.ending_after(at) for at in every], name
+                assert asked().starting_from_each(list(every)) == [slow.starting_from(at) for at in every], (
+                    name
+                )
                 assert [asked().chars(k) for k in range(len(ids))] == [
                     slow.chars(k) for k in range(len(ids))
                 ], name

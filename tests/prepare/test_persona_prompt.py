@@ -21,7 +21,7 @@ from twinlm.corpus.db import Corpus
 from twinlm.ingest import ingest
 from twinlm.model import ParseOptions
 from twinlm.prepare.build import build
-from twinlm.prepare.persona import persona_prompt
+from twinlm.prepare.persona import TargetChoice, persona_for, persona_prompt
 from twinlm.prepare.sample import Sample
 
 from testdata import EXAMPLES
@@ -85,6 +85,26 @@ def test_the_date_is_the_utc_day_of_a_millisecond_timestamp() -> None:
     assert date(LAST_MS_OF_DAY + 1) == "2024-06-08"
     assert date(0) == "1970-01-01"
     assert date(None) == "unknown"
+    # Before 1970 the day is the one before, up to and including its last millisecond (floor, not
+    # truncation toward zero); the days are cached, so each is asked twice.
+    for _ in range(2):
+        assert date(-1) == "1969-12-31"
+        assert date(-86_400_000) == "1969-12-31"
+        assert date(-86_400_001) == "1969-12-30"
+        assert date(NOON_MS) == "2024-06-07"
+
+
+@pytest.mark.parametrize(
+    "targets", ["auto", "me", "assistant", "everyone", [], ["Sam"], ["Sam", "Sam"], ["me", "Sam"]]
+)
+def test_the_group_prompt_is_chosen_as_the_chat_persona_says(targets: TargetChoice) -> None:
+    # A chat persona with several trained speakers gets the group prompt on a template with named roles.
+    settings = BuildConfig(targets=targets)
+    group = persona_for("chat", targets).several
+    made = persona_prompt(
+        settings, "named", speaker="Sam", participants=["Sam", "Priya"], platform="x", timestamp_ms=0
+    )
+    assert made.startswith("A chat between") == group, made
 
 
 def test_the_settings_do_not_import_the_persona_code() -> None:

@@ -18,6 +18,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from functools import lru_cache
 from typing import TYPE_CHECKING, Literal
 
 from twinlm.config import DEFAULT_GROUP_PROMPT, DEFAULT_SYSTEM_PROMPT, BuildConfig
@@ -107,7 +108,7 @@ def persona_prompt(
     date = _date(timestamp_ms)
     shown = PLATFORM_NAMES.get(platform, platform)
     # Unknown fields cannot reach here: the config refuses them when it is loaded.
-    group = speaker is None or (style != "alternating" and persona_for("chat", settings.targets).several)
+    group = speaker is None or (style != "alternating" and _several(settings.targets))
     if group:
         everyone = sorted(names | ({speaker} if speaker else set()))
         return settings.group_prompt.format(names=_join(everyone) or "someone", platform=shown, date=date)
@@ -116,11 +117,27 @@ def persona_prompt(
     )
 
 
+def _several(targets: TargetChoice) -> bool:
+    """`persona_for("chat", targets).several`, without making the persona (a build asks per sample)."""
+    if isinstance(targets, list):
+        return len(set(targets)) > 1
+    return targets == "everyone"
+
+
 def _date(timestamp_ms: int | None) -> str:
     """The UTC calendar day of a millisecond timestamp, as YYYY-MM-DD ("unknown" without one)."""
     if timestamp_ms is None:
         return "unknown"
-    return (_EPOCH + timedelta(milliseconds=timestamp_ms)).date().isoformat()  # exact: no float seconds
+    return _day(timestamp_ms // _MS_A_DAY)  # floor division: the day before 1970 for negative times
+
+
+_MS_A_DAY = 86_400_000
+
+
+@lru_cache(maxsize=4096)  # a build asks per sample, and a chat's sessions share their days
+def _day(days: int) -> str:
+    """The date `days` days after 1970-01-01, as YYYY-MM-DD."""
+    return (_EPOCH + timedelta(days=days)).date().isoformat()
 
 
 def _join(names: list[str]) -> str:

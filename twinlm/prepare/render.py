@@ -387,7 +387,10 @@ class _Renderer:
         space-only token right before it: pre-tokenizers attach that space to the word only when
         the merge exists, so the model must learn to write it (and chat time stops before it).
         """
-        i = tokens.ending_after(a)
+        return self.back_to_space(tokens, text, tokens.ending_after(a))
+
+    def back_to_space(self, tokens: Tokens, text: str, i: int) -> int:
+        """`i`, or the space-only token right before it (`first_token`)."""
         while i > 0 and tokens.ids[i - 1] not in self.profile.special_ids:
             start, end = tokens.chars(i - 1)
             # Not `end <= start`: a tokenizer that trims offsets (ByteLevel trim_offsets=true) gives a
@@ -400,9 +403,12 @@ class _Renderer:
     def rendered(self, sample: Sample, layout: Layout, tokens: Tokens) -> _Piece:
         ids, special, text = tokens.ids, self.profile.special_ids, layout.text
         ranges: list[tuple[int, int]] = []
-        for (a, b), trained in zip(layout.spans, layout.trained, strict=True):
-            i = self.first_token(tokens, text, a)
-            j = max(i, tokens.starting_from(b))  # the first token at or after the text's end
+        spans = layout.spans
+        after = tokens.ending_after_each([a for a, _ in spans])  # first_token, before the space check
+        ends = tokens.starting_from_each([b for _, b in spans])  # the first token at or after each text's end
+        for i, j, trained in zip(after, ends, layout.trained, strict=True):
+            i = self.back_to_space(tokens, text, i)
+            j = max(i, j)
             if not special.isdisjoint(ids[i:j]):
                 raise TemplateError("a message text became a control token; this is a twinlm bug")
             if not trained:

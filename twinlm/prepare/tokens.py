@@ -81,6 +81,22 @@ class Tokens:
         found = ends.searchsorted(a, "right") if isinstance(ends, np.ndarray) else bisect_right(ends, a)
         return self.shift + int(found)
 
+    def ending_after_each(self, positions: list[int]) -> list[int]:
+        """`ending_after` of each position (a chat's text starts): one search for them all where the
+        offsets are arrays, instead of a numpy call per turn (issue 18)."""
+        ends = self._ends
+        if not isinstance(ends, np.ndarray):
+            return [self.ending_after(a) for a in positions]
+        return (ends.searchsorted(positions, "right") + self.shift).tolist()
+
+    def starting_from_each(self, positions: list[int]) -> list[int]:
+        """`starting_from` of each position (a chat's text ends), as `ending_after_each`."""
+        starts = self._starts
+        if not isinstance(starts, np.ndarray):
+            return [self.starting_from(b) for b in positions]
+        found = (starts.searchsorted(positions, "left") + self.shift).tolist()
+        return [0 if self.shift and b <= 0 else k for b, k in zip(positions, found, strict=True)]
+
     def starting_from(self, b: int) -> int:
         """The first token that starts at or after character `b` (bisect_left over the starts)."""
         if self._starts is None:
