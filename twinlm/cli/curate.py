@@ -203,15 +203,7 @@ def _print_view(view: ConversationView) -> None:
         f"{sum(t.trained for s in samples for t in s.turns):,} trained turns "
         "([green]▶ trained[/], [dim]context[/], [red]✗ excluded[/], [yellow]dropped by a rule[/])"
     )
-    rules: dict[str, int] = {}
-    for part in view.parts:
-        for m in part.messages:
-            for rule, n in m.rules.items():
-                rules[rule] = rules.get(rule, 0) + n
-        for sample in part.samples:
-            for rule, n in sample.rules.items():
-                if rule.startswith("session"):
-                    rules[rule] = rules.get(rule, 0) + n
+    rules = view.rule_counts()
     if rules:
         what = ", ".join(
             f"{safe_text(rule)} ×{n:,}" for rule, n in sorted(rules.items(), key=lambda kv: -kv[1])

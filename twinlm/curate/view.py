@@ -1,9 +1,10 @@
 """One conversation as the build will train it (`twinlm show`, the review page).
 
 The build's own steps, called the way `twinlm.prepare.build` calls them: speakers resolved by the same
-`Identities`, messages in the same order (`_in_time_order`'s rule), each message through `clean_message` and
-the `Redactor`, time-gap sessions by `split_by_gap`, `clean_session`, turns by `merge_turns`, trained turns
-by the same `Persona`. Only the cut of a whole conversation into review sessions restates the order and the
+`Identities`, messages in the same order (`_in_time_order`'s rule), each message through `clean_message`,
+time-gap sessions by `split_by_gap`, those no target speaker talks in set aside (`Persona.trains_someone_in`),
+the others through the `Redactor` and `clean_session`, turns by `merge_turns`, trained turns by the same
+`Persona`. Only the cut of a whole conversation into review sessions restates the order and the
 gap rule, on arrays (`_cut`: a chat of millions of messages is cached in a few bytes a message); a test
 holds it to the build's functions. What each rule did is kept per message and per session (the counters
 the build sums into build.json), and every message keeps its row id so it can be edited or excluded from
@@ -120,6 +121,17 @@ class ConversationView:
 
     def samples(self) -> list[SampleView]:
         return [s for p in self.parts for s in p.samples if s.kept]
+
+    def rule_counts(self) -> dict[str, int]:
+        """What each rule did in the sessions shown, counted as the build counts it: a message rule per
+        message, a session rule per session (its messages name it too, and are not counted again)."""
+        counts: Counter[str] = Counter()
+        for part in self.parts:
+            for m in part.messages:
+                counts.update({rule: n for rule, n in m.rules.items() if not rule.startswith("session")})
+            for sample in part.samples:
+                counts.update({rule: n for rule, n in sample.rules.items() if rule.startswith("session")})
+        return dict(counts)
 
     def to_json(self) -> dict[str, Any]:
         """The sessions asked for; samples and trained turns are theirs (every session's for `show`)."""
@@ -404,10 +416,7 @@ class Viewer:
                 continue
             counts: Counter[str] = Counter()
             text = clean_message(line.text, line.kind, settings.clean, counts, assistant=assistant_style)
-            if text is not None and (
-                kind == "document"
-                or (settings.redact.enabled and not (settings.redact.except_me and line.speaker == ME))
-            ):
+            if text is not None and kind == "document":
                 text = self.redactor(text, counts)
             m.rules = dict(counts)
             m.trained_text = text
@@ -423,6 +432,18 @@ class Viewer:
             sample_id = f"{key}#{index}"
             index += 1
             counts = Counter[str]()
+            if session and not persona.trains_someone_in(t.msg for t in session):
+                for t in session:  # never redacted nor trained (the build sets the session aside)
+                    t.message.trained_text = None
+                found.append(SampleView(sample_id, [], False, dict(counts)))
+                continue
+            if settings.redact.enabled:
+                for t in session:
+                    if not (settings.redact.except_me and t.line.speaker == ME):
+                        redacted: Counter[str] = Counter()
+                        t.msg = t.msg._replace(text=self.redactor(t.msg.text, redacted))
+                        t.message.trained_text = t.msg.text
+                        t.message.rules.update(redacted)
             msgs = [t.msg for t in session]
             kept = clean_session(msgs, settings.clean, counts) if kind == "chat" else msgs
             survivors = {id(m) for m in kept or ()}

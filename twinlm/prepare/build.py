@@ -1,8 +1,10 @@
 """`twinlm build`: from the corpus to a dataset that trains exactly the right tokens.
 
-Top to bottom: select conversations -> clean messages -> redact -> split into sessions -> merge
-turns -> mark the persona's turns as trained -> documents into chunks -> render with the base
-model's own chat template and mask labels -> train/eval split (by trained tokens) -> write the folder.
+Top to bottom: select conversations -> clean messages -> split into sessions -> set aside the sessions
+no target speaker talks in -> redact -> session rules -> merge turns -> mark the persona's turns as
+trained -> documents into chunks -> render with the base model's own chat template and mask labels ->
+train/eval split (by trained tokens) -> write the folder. So the session rules' and redaction's counts
+in build.json are those of the sessions that can reach the dataset.
 The folder describes itself (build.json: config, tokenizer, template style, persona prompt), so
 training needs only its path.
 
@@ -364,11 +366,18 @@ def _samples_of(
                 yield from document_samples(chat.key, chat.title, text, settings.documents)
         return
     persona = persona_for(chat.kind, settings.targets)
-    lines = _cleaned(chat, settings, counts, redactor)
+    lines = _cleaned(chat, settings, counts)
     # Assistant-style conversations are one sample whatever the pauses: the context carries over.
     sessions = iter_by_gap(lines, settings.session_gap_minutes) if chat.kind == "chat" else [list(lines)]
     for index, session in enumerate(sessions):
         on_session()
+        # Before the session rules and redaction: a session no target speaker talks in trains nobody
+        # whatever they drop. Their counts (and redaction's) are thus those of the sessions that can
+        # reach the dataset; the curate view does the same.
+        if session and not persona.trains_someone_in(session):
+            counts["sessions where no target speaker talks after the first turn"] += 1
+            continue
+        session = _redacted(session, settings, counts, redactor)
         kept = clean_session(session, settings.clean, counts) if chat.kind == "chat" else session
         if not kept:
             continue
@@ -406,22 +415,33 @@ def _trains_anyone(kept: list[Msg], roles: dict[str, str], persona: Persona) -> 
     return any(persona.trains(speaker, roles[speaker]) for speaker in {m.author for m in kept[after:]})
 
 
-def _cleaned(chat: Chat, settings: BuildConfig, counts: Counter[str], redactor: Redactor) -> Iterator[Msg]:
-    """The chat's messages through the message rules and redaction, read as they are used."""
+def _cleaned(chat: Chat, settings: BuildConfig, counts: Counter[str]) -> Iterator[Msg]:
+    """The chat's messages through the message rules, read as they are used."""
     assistant_style = chat.kind in ("assistant", "dataset")
-    redact = settings.redact.enabled
-    except_me = settings.redact.except_me
     clean = settings.clean
     new = tuple.__new__  # a Msg per message: without the named tuple's Python-level __new__ (issue 18)
     for speaker, _, text, kind, role, timestamp_ms in chat.lines:
         # Chat rules (non-replies, enders, length caps) are for group chats; assistant answers are
         # long by nature and a short prompt like "ok" is still a prompt.
         text = clean_message(text, kind, clean, counts, assistant=assistant_style)
-        if text is None:
-            continue
-        if redact and not (except_me and speaker == ME):
-            text = redactor(text, counts)
-        yield new(Msg, (speaker, text, kind, timestamp_ms, role))
+        if text is not None:
+            yield new(Msg, (speaker, text, kind, timestamp_ms, role))
+
+
+def _redacted(
+    session: list[Msg], settings: BuildConfig, counts: Counter[str], redactor: Redactor
+) -> list[Msg]:
+    """The session's messages redacted (the session rules see what the dataset will hold)."""
+    if not settings.redact.enabled:
+        return session
+    except_me = settings.redact.except_me
+    new = tuple.__new__
+    return [
+        m
+        if except_me and m.author == ME
+        else new(Msg, (m.author, redactor(m.text, counts), m.kind, m.timestamp_ms, m.role))
+        for m in session
+    ]
 
 
 def _speaker_prompts(settings: BuildConfig, style: str, started: dict[str, int | None]) -> SystemFor:

@@ -14,7 +14,8 @@ Per message, `clean_message`, in this order (a message dropped by one rule is no
      no letters or digits at all (emoji or punctuation only) are dropped;
   7. length: messages over `max_message_chars` are dropped (pasted logs, copypasta) or cut.
 
-Per session (a time-gap session of already cleaned messages), `clean_session`, in this order:
+Per session (a time-gap session of already cleaned messages, where a target speaker talks: the build
+sets the others aside before these rules and redaction), `clean_session`, in this order:
   1. bots named in `bots`; 2. duplicates; 3. conversation enders ("gtg", "going to sleep"...),
   which drop the session or cut it before the ender; 4. low-quality sessions (fewer than
   `low_quality_min_messages` messages, all shorter than `low_quality_short_chars`).

@@ -19,7 +19,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from functools import lru_cache
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Literal, Protocol
 
 from twinlm.config import DEFAULT_GROUP_PROMPT, DEFAULT_SYSTEM_PROMPT, BuildConfig
 from twinlm.identities import ME
@@ -53,6 +53,15 @@ PLATFORM_NAMES = {
 }
 
 
+class Authored(Protocol):
+    """A message as `Persona.trains_someone_in` reads it (twinlm.prepare.clean.Msg)."""
+
+    @property
+    def author(self) -> str: ...
+    @property
+    def role(self) -> str: ...
+
+
 @dataclass(frozen=True, slots=True)
 class Persona:
     """Who the model learns to be in one kind of conversation."""
@@ -65,6 +74,13 @@ class Persona:
         if self.assistant:
             return role == "assistant"
         return self.everyone or speaker in self.names
+
+    def trains_someone_in(self, messages: Iterable[Authored]) -> bool:
+        """Whether a trained speaker wrote one of `messages`. A session where none did trains nobody
+        whatever its cleaning drops, so the build counts it as such before the session rules and
+        redaction and runs neither (about half the sessions of a chat export: issue 18)."""
+        trains = self.trains
+        return any(trains(m.author, m.role) for m in messages)
 
     @property
     def several(self) -> bool:
