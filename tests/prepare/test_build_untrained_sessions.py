@@ -39,6 +39,14 @@ CHAT = [
     # Day 3: Alex talks, but the session is short and its messages too: low quality.
     "04/03/2021, 12:00 - Jo: hey",
     "04/03/2021, 12:01 - Alex Rivera: yo",
+    # Day 4: two session rules drop messages (a repeat, then all from a farewell on): each dropped message
+    # names both reasons, which the view counts once, as the build does.
+    "05/03/2021, 18:00 - Sam: are you coming climbing on saturday morning",
+    "05/03/2021, 18:01 - Sam: are you coming climbing on saturday morning",
+    "05/03/2021, 18:02 - Alex Rivera: yes, I will bring the long rope and the quickdraws",
+    "05/03/2021, 18:03 - Sam: perfect, I will pick you up at nine then",
+    "05/03/2021, 18:04 - Alex Rivera: ok gtg, see you tomorrow",
+    "05/03/2021, 18:05 - Sam: have a good evening, and thanks for the rope",
 ]
 
 
@@ -64,10 +72,11 @@ def test_a_session_nobody_trains_is_neither_redacted_nor_cleaned_and_counted_as_
     counts = report["counts"]
     assert counts["sessions where no target speaker talks after the first turn"] == 1  # day 1
     assert counts["session dropped: low quality"] == 1  # day 3 only: day 1 was set aside before the rules
-    assert "message dropped: duplicate" not in counts  # day 1's repeats were never looked at
+    assert counts["message dropped: duplicate"] == 1  # day 4's: day 1's repeats were never looked at
+    assert counts["message dropped: at or after a conversation ender"] == 2
     assert counts["redacted phone"] == 1 and report["redacted"]["phone"] == 1  # day 2's, not day 1's
     samples = [json.loads(line) for line in (tmp_path / "data" / "samples.jsonl").read_text().splitlines()]
-    assert [s["id"].rsplit("#", 1)[1] for s in samples] == ["1"]  # sessions are numbered before the rules
+    assert [s["id"].rsplit("#", 1)[1] for s in samples] == ["1", "3"]  # numbered before the rules
     (sam, alex, _) = samples[0]["turns"]
     assert sam["text"] == "call me on [PHONE] tonight" and alex["trained"]
 
@@ -82,7 +91,7 @@ def test_the_view_says_what_the_build_counts(
     view = Viewer(config, corpus).conversation(int(row))
     messages = [m for part in view.parts for m in part.messages]
     samples = [s for part in view.parts for s in part.samples]
-    assert [s.kept for s in samples] == [False, True, False]
+    assert [s.kept for s in samples] == [False, True, False, True]
     assert samples[0].rules == {}  # set aside: no session rule ran
     assert samples[2].rules == {"session dropped: low quality": 1}
     day1 = messages[:5]
@@ -91,6 +100,7 @@ def test_the_view_says_what_the_build_counts(
     assert phoned.trained_text == "call me on [PHONE] tonight" and phoned.rules == {"redacted phone": 1}
     # What the view says each rule did (as `twinlm show` sums it) is the build's count of it.
     shown = view.rule_counts()
+    assert shown["message dropped: duplicate"] == 1 and shown["session cut: conversation ender"] == 1
     assert shown == {k: counts[k] for k in shown} and shown
 
 

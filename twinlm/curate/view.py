@@ -38,6 +38,8 @@ from twinlm.prepare.sample import read_sample_outlines
 from twinlm.prepare.select import Line
 from twinlm.prepare.sessions import merge_turns, split_by_gap
 
+_SESSION_RULE = "dropped by a session rule"  # a message's reason where its session's counts name none
+
 
 @dataclass(slots=True)
 class MessageView:
@@ -123,14 +125,22 @@ class ConversationView:
         return [s for p in self.parts for s in p.samples if s.kept]
 
     def rule_counts(self) -> dict[str, int]:
-        """What each rule did in the sessions shown, counted as the build counts it: a message rule per
-        message, a session rule per session (its messages name it too, and are not counted again)."""
+        """What each rule did in the sessions shown, counted as the build counts it: the message rules
+        and redaction from the messages, the session rules from the sessions. (A message a session rule
+        dropped names that session's reasons too, all of them where it has several: not counted again.)"""
         counts: Counter[str] = Counter()
         for part in self.parts:
+            by_sessions = {rule for sample in part.samples for rule in sample.rules}
             for m in part.messages:
-                counts.update({rule: n for rule, n in m.rules.items() if not rule.startswith("session")})
+                counts.update(
+                    {
+                        rule: n
+                        for rule, n in m.rules.items()
+                        if rule not in by_sessions and rule != _SESSION_RULE
+                    }
+                )
             for sample in part.samples:
-                counts.update({rule: n for rule, n in sample.rules.items() if rule.startswith("session")})
+                counts.update(sample.rules)
         return dict(counts)
 
     def to_json(self) -> dict[str, Any]:
@@ -451,7 +461,7 @@ class Viewer:
             why = [k for k in counts if k.startswith("session dropped" if not kept else "message dropped")]
             for t in session:
                 if id(t.msg) not in survivors:
-                    t.message.rules.update(dict.fromkeys(why or ["dropped by a session rule"], 1))
+                    t.message.rules.update(dict.fromkeys(why or [_SESSION_RULE], 1))
             if not kept:
                 found.append(SampleView(sample_id, [], False, dict(counts)))
                 continue

@@ -382,7 +382,7 @@ def _samples_of(
         if not kept:
             continue
         roles = {m.author: m.role for m in kept}  # a speaker's role: that of their last message
-        # Decided before turns are merged: about half the sessions of a chat export train nobody.
+        # Decided before turns are merged: a target speaker may talk in the opening turn only.
         if not _trains_anyone(kept, roles, persona):
             counts["sessions where no target speaker talks after the first turn"] += 1
             continue
