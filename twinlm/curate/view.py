@@ -445,15 +445,14 @@ class Viewer:
             if session and not persona.trains_someone_in(t.msg for t in session):
                 for t in session:  # never redacted nor trained (the build sets the session aside)
                     t.message.trained_text = None
-                found.append(SampleView(sample_id, [], False, dict(counts)))
+                found.append(SampleView(sample_id, [], False, {}))
                 continue
             if settings.redact.enabled:
-                for t in session:
-                    if not (settings.redact.except_me and t.line.speaker == ME):
-                        redacted: Counter[str] = Counter()
-                        t.msg = t.msg._replace(text=self.redactor(t.msg.text, redacted))
-                        t.message.trained_text = t.msg.text
-                        t.message.rules.update(redacted)
+                for t in session:  # as the build redacts the session, each message's counts apart
+                    redacted: Counter[str] = Counter()
+                    (t.msg,) = self.redactor.session([t.msg], redacted, ME)
+                    t.message.trained_text = t.msg.text
+                    t.message.rules.update(redacted)
             msgs = [t.msg for t in session]
             kept = clean_session(msgs, settings.clean, counts) if kind == "chat" else msgs
             survivors = {id(m) for m in kept or ()}

@@ -377,7 +377,7 @@ def _samples_of(
         if session and not persona.trains_someone_in(session):
             counts["sessions where no target speaker talks after the first turn"] += 1
             continue
-        session = _redacted(session, settings, counts, redactor)
+        session = redactor.session(session, counts, ME)
         kept = clean_session(session, settings.clean, counts) if chat.kind == "chat" else session
         if not kept:
             continue
@@ -426,22 +426,6 @@ def _cleaned(chat: Chat, settings: BuildConfig, counts: Counter[str]) -> Iterato
         text = clean_message(text, kind, clean, counts, assistant=assistant_style)
         if text is not None:
             yield new(Msg, (speaker, text, kind, timestamp_ms, role))
-
-
-def _redacted(
-    session: list[Msg], settings: BuildConfig, counts: Counter[str], redactor: Redactor
-) -> list[Msg]:
-    """The session's messages redacted (the session rules see what the dataset will hold)."""
-    if not settings.redact.enabled:
-        return session
-    except_me = settings.redact.except_me
-    new = tuple.__new__
-    return [
-        m
-        if except_me and m.author == ME
-        else new(Msg, (m.author, redactor(m.text, counts), m.kind, m.timestamp_ms, m.role))
-        for m in session
-    ]
 
 
 def _speaker_prompts(settings: BuildConfig, style: str, started: dict[str, int | None]) -> SystemFor:

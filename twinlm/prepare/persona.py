@@ -19,12 +19,13 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from functools import lru_cache
-from typing import TYPE_CHECKING, Literal, Protocol
+from typing import TYPE_CHECKING, Literal
 
 from twinlm.config import DEFAULT_GROUP_PROMPT, DEFAULT_SYSTEM_PROMPT, BuildConfig
 from twinlm.identities import ME
 
 if TYPE_CHECKING:
+    from twinlm.prepare.clean import Msg
     from twinlm.prepare.template import Style
 
 __all__ = [
@@ -53,15 +54,6 @@ PLATFORM_NAMES = {
 }
 
 
-class Authored(Protocol):
-    """A message as `Persona.trains_someone_in` reads it (twinlm.prepare.clean.Msg)."""
-
-    @property
-    def author(self) -> str: ...
-    @property
-    def role(self) -> str: ...
-
-
 @dataclass(frozen=True, slots=True)
 class Persona:
     """Who the model learns to be in one kind of conversation."""
@@ -75,7 +67,7 @@ class Persona:
             return role == "assistant"
         return self.everyone or speaker in self.names
 
-    def trains_someone_in(self, messages: Iterable[Authored]) -> bool:
+    def trains_someone_in(self, messages: Iterable[Msg]) -> bool:
         """Whether a trained speaker wrote one of `messages`. A session where none did trains nobody
         whatever its cleaning drops, so the build counts it as such before the session rules and
         redaction and runs neither (about half the sessions of a chat export: issue 18)."""
@@ -124,20 +116,13 @@ def persona_prompt(
     date = _date(timestamp_ms)
     shown = PLATFORM_NAMES.get(platform, platform)
     # Unknown fields cannot reach here: the config refuses them when it is loaded.
-    group = speaker is None or (style != "alternating" and _several(settings.targets))
+    group = speaker is None or (style != "alternating" and persona_for("chat", settings.targets).several)
     if group:
         everyone = sorted(names | ({speaker} if speaker else set()))
         return settings.group_prompt.format(names=_join(everyone) or "someone", platform=shown, date=date)
     return settings.system_prompt.format(
         name=speaker, others=_join(sorted(names - {speaker})) or "someone", platform=shown, date=date
     )
-
-
-def _several(targets: TargetChoice) -> bool:
-    """`persona_for("chat", targets).several`, without making the persona (a build asks per sample)."""
-    if isinstance(targets, list):
-        return len(set(targets)) > 1
-    return targets == "everyone"
 
 
 def _date(timestamp_ms: int | None) -> str:

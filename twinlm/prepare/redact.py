@@ -33,6 +33,7 @@ import phonenumbers
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from stdnum import iban, luhn
 
+from twinlm.prepare.clean import Msg
 from twinlm.prepare.pseudonyms import Pseudonyms
 from twinlm.prepare.redact_addresses import addresses
 from twinlm.prepare.redact_phones import default_region, ips, phones
@@ -414,6 +415,20 @@ class Redactor:
         self.kinds: list[str] = list(config.kinds)
         self.region = default_region() if config.region == "auto" else config.region
         self.pseudonyms = Pseudonyms(people) if config.pseudonymize_people and people else None
+
+    def session(self, messages: list[Msg], counts: Counter[str], me: str) -> list[Msg]:
+        """The messages of one session redacted, each but `me`'s where `except_me` is set: the build and
+        the curate view redact a session so, once it is known to train someone (twinlm.prepare.build)."""
+        if not self.config.enabled:
+            return messages
+        except_me = self.config.except_me
+        new = tuple.__new__  # a Msg per message, without the named tuple's Python-level __new__ (issue 18)
+        return [
+            m
+            if except_me and m.author == me
+            else new(Msg, (m.author, self(m.text, counts), m.kind, m.timestamp_ms, m.role))
+            for m in messages
+        ]
 
     def __call__(self, text: str, counts: Counter[str]) -> str:
         """`text` with personal data replaced by typed placeholders; each replacement counted by kind.
